@@ -1,0 +1,50 @@
+"""Molecular dynamics on JAX-MD: Nosé–Hoover NVT replicas under ``vmap``.
+
+* :mod:`stabie_jax.md.thermostat` - thermostat time ``tau`` (authors' ``ttime`` mapping),
+  masses, Maxwell–Boltzmann momenta, kinetic temperature.
+* :mod:`stabie_jax.md.replicas` - :func:`make_simulator`: batched replica state with an alive
+  mask, ring buffer for rewinds, neighbour lists with host-side overflow handling, and a jitted
+  ``simulate`` that records every S-th frame.
+"""
+
+from stabie_jax.md.replicas import (
+    History,
+    ReplicaState,
+    Simulator,
+    Space,
+    Trajectory,
+    free_space,
+    make_simulator,
+    periodic_space,
+)
+from stabie_jax.md.thermostat import (
+    authors_thermostat_mass,
+    degrees_of_freedom,
+    kinetic_energy,
+    kinetic_temperature,
+    masses_from_atomic_numbers,
+    maxwell_boltzmann_momenta,
+    tau_from_ttime,
+    tau_from_wavenumber,
+    thermostat_kinetic_energy_period,
+)
+
+__all__ = [
+    "History",
+    "ReplicaState",
+    "Simulator",
+    "Space",
+    "Trajectory",
+    "authors_thermostat_mass",
+    "degrees_of_freedom",
+    "free_space",
+    "kinetic_energy",
+    "kinetic_temperature",
+    "make_simulator",
+    "masses_from_atomic_numbers",
+    "maxwell_boltzmann_momenta",
+    "periodic_space",
+    "tau_from_ttime",
+    "tau_from_wavenumber",
+    "thermostat_kinetic_energy_period",
+]

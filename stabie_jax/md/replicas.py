@@ -1,0 +1,584 @@
+"""Replicas of Nosé–Hoover NVT dynamics advanced side by side, with freezing and rewinds.
+
+A *replica* is one independent MD trajectory of the same system. All replicas share the model
+parameters and live on a leading batch axis ``R``; one step is ``jax.vmap`` of JAX-MD's
+``simulate.nvt_nose_hoover`` step. The whole batch is an immutable :class:`ReplicaState`:
+
+* ``md``: the batched ``NVTNoseHooverState`` (positions, momenta, forces, masses, chain);
+* ``neighbor``: batched JAX-MD ``Sparse`` neighbour lists (one per replica) or ``None`` for dense
+  all-pairs edges;
+* ``alive``: ``[R]`` bool; a replica with ``alive=False`` is *frozen*: its state is carried over
+  bit for bit, its step counter does not advance;
+* ``nonfinite``: ``[R]`` bool, set when a step produced NaN/inf; such a replica is frozen at its
+  last finite state (the non-finite result is discarded with ``jnp.where`` on the whole state, so
+  it never reaches the stored state, the trajectory or another replica);
+* ``step``: ``[R]`` int32, steps simulated by each replica (simulated time = ``step · dt``);
+* ``history``: a ring buffer of past states saved every ``history_every`` steps of each replica,
+  so that rewinding by ``k`` saves is an index (:func:`rewind`).
+
+Neighbour lists are rebuilt from the current positions at every step (JAX-MD's
+``dr_threshold=0`` mode, with the model cutoff plus a ``skin`` as list cutoff). Under ``vmap`` a
+conditional rebuild costs the same (``lax.cond`` with a batched predicate runs both branches), and
+this way the list is a pure function of positions, so rewinds and re-runs are exact. Overflow is
+carried in each list and checked on the host after each :meth:`Simulator.simulate` call; the call
+is then repeated from its input state with a larger capacity (nothing is silently dropped).
+
+Positions are never wrapped into the box (``space.periodic(box, wrapped=False)``): the
+displacement is minimum image, and unwrapped positions are what MSD/diffusivity need.
+
+Examples:
+  >>> sim = make_simulator(energy_fn, masses, dt=dt, kT=kT, space=free_space(),
+  ...                      history_every=100)                              # doctest: +SKIP
+  >>> state = sim.init(params, key, positions)            # positions [R, N, 3]  # doctest: +SKIP
+  >>> state, traj = sim.simulate(params, state, 1000, 100)                 # doctest: +SKIP
+  >>> state, ok = sim.rewind(state, ~stable, saves_back=1)                 # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax_md import partition, simulate, space
+
+from stabie_jax.md import thermostat
+
+# ---------------------------------------------------------------------------------------------
+# State containers
+
+
+class History(NamedTuple):
+    """Ring buffer of saved states.
+
+    Attributes:
+      md: ``NVTNoseHooverState`` whose leaves are ``[R, H, ...]``.
+      step: ``[R, H]`` int32, the replica step of each entry (``-1`` = empty).
+      count: ``[R]`` int32, number of saves made so far (entry of save ``c`` is slot ``c % H``).
+    """
+
+    md: Any
+    step: jax.Array
+    count: jax.Array
+
+
+class ReplicaState(NamedTuple):
+    """Immutable state of all replicas (see the module docstring)."""
+
+    md: Any
+    neighbor: Any
+    alive: jax.Array
+    nonfinite: jax.Array
+    step: jax.Array
+    history: History
+
+    @property
+    def positions(self) -> jax.Array:
+        """``[R, N, 3]`` Å (unwrapped)."""
+        return self.md.position
+
+    @property
+    def velocities(self) -> jax.Array:
+        """``[R, N, 3]`` Å per internal time unit."""
+        return self.md.momentum / self.md.mass
+
+
+class Trajectory(NamedTuple):
+    """Frames recorded every ``sample_every`` steps of one ``simulate`` call (time-major).
+
+    Attributes:
+      positions: ``[F, R, N, 3]`` Å.
+      velocities: ``[F, R, N, 3]`` Å per internal time unit (``units.fs_to_internal``).
+      step: ``[F, R]`` int32, replica step of the frame.
+      alive: ``[F, R]`` bool, replica alive at the frame (frozen replicas repeat their state).
+      potential_energy: ``[F, R]`` eV, or ``None`` when not recorded.
+    """
+
+    positions: jax.Array
+    velocities: jax.Array
+    step: jax.Array
+    alive: jax.Array
+    potential_energy: jax.Array | None
+
+
+class Space(NamedTuple):
+    """Displacement/shift pair and, for periodic systems, the box (Å)."""
+
+    displacement_fn: Callable
+    shift_fn: Callable
+    box: Any
+
+
+def free_space() -> Space:
+    """Free (non-periodic) space for molecules."""
+    displacement_fn, shift_fn = space.free()
+    return Space(displacement_fn, shift_fn, None)
+
+
+def periodic_space(box) -> Space:
+    """Orthorhombic periodic space with minimum-image displacements and unwrapped positions.
+
+    Args:
+      box: scalar or ``[3]`` side lengths, Å.
+    """
+    box = np.asarray(box, dtype=np.float64)
+    if box.ndim == 2:
+        if not np.allclose(box, np.diag(np.diag(box))):
+            raise ValueError(f"only orthorhombic cells are supported, got cell {box.tolist()}")
+        box = np.diag(box)
+    if np.any(box <= 0):
+        raise ValueError(f"box side lengths must be positive, got {box}")
+    displacement_fn, shift_fn = space.periodic(jnp.asarray(box, jnp.float32), wrapped=False)
+    return Space(displacement_fn, shift_fn, box)
+
+
+class Simulator(NamedTuple):
+    """Functions of one MD setup; see :func:`make_simulator`.
+
+    Attributes:
+      init: ``(params, key, positions [R,N,3], momenta=None, rescale_velocities=False)
+        -> ReplicaState``.
+      simulate: ``(params, state, n_steps, sample_every=None, record_energy=False)
+        -> (ReplicaState, Trajectory | None)``.
+      rewind: ``(state, mask [R], saves_back=0, revive=True) -> (ReplicaState, rewound [R])``.
+      select: ``(mask [R], state_if_true, state_if_false) -> ReplicaState``.
+      energy: ``(params, positions [R,N,3], neighbor=None) -> [R]`` eV.
+      invariant: ``(params, state) -> [R]`` eV, conserved Nosé–Hoover-chain energy.
+      dt: timestep, internal time. kT: eV. tau: thermostat time, internal time.
+      dof: thermostatted degrees of freedom per replica. masses: ``[N]`` amu.
+      history_every, history_length: ring-buffer settings.
+    """
+
+    init: Callable
+    simulate: Callable
+    rewind: Callable
+    select: Callable
+    energy: Callable
+    invariant: Callable
+    dt: float
+    kT: float
+    tau: float
+    dof: int
+    masses: np.ndarray
+    history_every: int
+    history_length: int
+
+
+# ---------------------------------------------------------------------------------------------
+# Small pytree helpers
+
+
+def _where_replicas(mask, a, b):
+    """Per-replica select over two pytrees with leaves ``[R, ...]``."""
+
+    def pick(x, y):
+        m = jnp.reshape(mask, mask.shape + (1,) * (x.ndim - 1))
+        return jnp.where(m, x, y)
+
+    return jax.tree_util.tree_map(pick, a, b)
+
+
+def _replica_finite(md) -> jax.Array:
+    """``[R]`` True where every floating leaf of the replica's state is finite."""
+    finite = None
+    for leaf in jax.tree_util.tree_leaves(md):
+        if not jnp.issubdtype(leaf.dtype, jnp.floating):
+            continue
+        f = jnp.all(jnp.isfinite(leaf), axis=tuple(range(1, leaf.ndim)))
+        finite = f if finite is None else finite & f
+    return finite
+
+
+def _set_dof(md, dof: int, kT: float):
+    """Thermostat the requested ``dof`` (JAX-MD counts ``3N``): first-link mass ``dof·kT·tau²``."""
+    chain = md.chain
+    q = kT * chain.tau[..., None] ** 2 * jnp.ones_like(chain.mass)
+    q = q.at[..., 0].multiply(dof)
+    return md.set(chain=dataclasses.replace(chain, mass=q, degrees_of_freedom=dof))
+
+
+# ---------------------------------------------------------------------------------------------
+# Factory
+
+
+def make_simulator(
+    energy_fn: Callable,
+    masses,
+    *,
+    dt: float,
+    kT: float,
+    space: Space,
+    tau: float | None = None,
+    chain_length: int = 3,
+    chain_steps: int = 2,
+    sy_steps: int = 3,
+    remove_com_dof: bool = True,
+    cutoff: float | None = None,
+    skin: float = 0.3,
+    capacity_multiplier: float = 1.25,
+    history_every: int = 1,
+    history_length: int = 2,
+    dtype=jnp.float32,
+    donate_state: bool = False,
+    max_reallocations: int = 5,
+) -> Simulator:
+    """Build the replica MD functions for one system.
+
+    Args:
+      energy_fn: ``(params, positions [N,3] Å, neighbor=None) -> eV`` (e.g.
+        ``Potential.energy_fn``); with ``cutoff`` set it receives a JAX-MD ``Sparse`` list.
+      masses: ``[N]`` amu (:func:`thermostat.masses_from_atomic_numbers`).
+      dt: timestep, internal time units (``units.fs_to_internal(0.5)``).
+      kT: target thermal energy, eV (``units.kT(500.0)``).
+      space: :func:`free_space` or :func:`periodic_space`.
+      tau: Nosé–Hoover time, internal units; default ``20·dt``, the authors' ``ttime = 20``
+        (see :mod:`stabie_jax.md.thermostat`).
+      chain_length, chain_steps, sy_steps: JAX-MD chain settings (chain_length >= 2; the
+        authors' single thermostat corresponds to the first link, same mass).
+      remove_com_dof: thermostat ``3N − 3`` degrees of freedom (True) or ``3N`` (authors).
+      cutoff: if given, use per-replica neighbour lists with this model cutoff (Å) plus
+        ``skin``; if None, the energy function gets ``neighbor=None`` (dense all-pairs).
+      skin: extra list cutoff (Å) covering one step of motion of two atoms.
+      capacity_multiplier: neighbour capacity headroom at (re)allocation.
+      history_every: save a state into the ring every this many replica steps (``t``).
+      history_length: ring length ``H`` (number of saved states kept per replica).
+      dtype: float32 (default) or float64 (requires ``jax.enable_x64``).
+      donate_state: donate the input state's buffers to ``simulate`` (dense mode only; the
+        input state must not be used afterwards).
+      max_reallocations: neighbour-list capacity increases tried per ``simulate`` call.
+
+    Returns:
+      A :class:`Simulator`.
+    """
+    dtype = jnp.dtype(dtype)
+    if dtype == jnp.float64 and not jax.config.read("jax_enable_x64"):
+        raise ValueError(
+            "make_simulator(dtype=float64) needs 64-bit JAX: run inside `with "
+            "jax.enable_x64(True):` or set jax_enable_x64 once in the entry point."
+        )
+    if dtype not in (jnp.float32, jnp.float64):
+        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+    masses_np = np.asarray(masses, dtype=np.float64)
+    if masses_np.ndim != 1 or np.any(masses_np <= 0):
+        raise ValueError(f"masses must be a positive [N] array in amu, got {masses_np}")
+    n_atoms = masses_np.shape[0]
+    if history_every < 1 or history_length < 1:
+        raise ValueError("history_every and history_length must be >= 1")
+    if chain_length < 2:
+        raise ValueError("JAX-MD's Nose-Hoover chain needs chain_length >= 2")
+    use_nl = cutoff is not None
+    if donate_state and use_nl:
+        raise ValueError(
+            "donate_state=True is only supported without neighbour lists (an overflowing call "
+            "is re-run from its input state)"
+        )
+    tau = thermostat.tau_from_ttime(20, dt) if tau is None else tau
+    dof = thermostat.degrees_of_freedom(n_atoms, remove_com_dof)
+    masses_j = jnp.asarray(masses_np, dtype=dtype)
+    H = int(history_length)
+
+    def md_energy(position, params, neighbor=None):
+        return energy_fn(params, position, neighbor)
+
+    nvt_init, nvt_apply = simulate.nvt_nose_hoover(
+        md_energy,
+        space.shift_fn,
+        dt,
+        kT,
+        chain_length=chain_length,
+        chain_steps=chain_steps,
+        sy_steps=sy_steps,
+        tau=tau,
+    )
+
+    neighbor_fn = None
+    if use_nl:
+        box = space.box if space.box is not None else 1.0e4
+        neighbor_fn = partition.neighbor_list(
+            space.displacement_fn,
+            jnp.asarray(box, jnp.float32),
+            cutoff + skin,
+            dr_threshold=0.0,  # always rebuild: the list is a pure function of positions
+            capacity_multiplier=capacity_multiplier,
+            disable_cell_list=True,  # positions are unwrapped
+            format=partition.NeighborListFormat.Sparse,
+        )
+        list_cutoff_sq = (cutoff + skin) ** 2
+        pair_displacements = jax.vmap(jax.vmap(space.displacement_fn, (None, 0)), (0, None))
+
+        @jax.jit
+        def _max_occupancy(positions):
+            def count(r):
+                d = pair_displacements(r, r)
+                d2 = jnp.sum(d**2, axis=-1)
+                return jnp.sum((d2 < list_cutoff_sq) & ~jnp.eye(n_atoms, dtype=bool))
+
+            return jnp.max(jax.vmap(count)(positions))
+
+    def _allocate(positions, min_capacity: int = 0):
+        """Batched neighbour lists for ``positions [R,N,3]`` with a common capacity."""
+        occupancy = int(_max_occupancy(positions))
+        capacity = max(int(math.ceil(occupancy * capacity_multiplier)) + 1, int(min_capacity))
+        capacity = min(capacity, n_atoms * (n_atoms - 1))
+        template = neighbor_fn.allocate(positions[0])
+        template = dataclasses.replace(template, max_occupancy=capacity)
+        return jax.jit(jax.vmap(lambda r: template.update(r)))(positions)
+
+    def _rebuild(neighbor, positions):
+        return jax.vmap(lambda n, r: n.update(r))(neighbor, positions)
+
+    # -- init -----------------------------------------------------------------------------------
+
+    @jax.jit
+    def _init_md(params, positions, momenta, neighbor):
+        def one(r, p, nbr):
+            return nvt_init(
+                jax.random.PRNGKey(0), r, mass=masses_j, momenta=p, params=params, neighbor=nbr
+            )
+
+        md = jax.vmap(one)(positions, momenta, neighbor)
+        return _set_dof(md, dof, kT)
+
+    def init(params, key, positions, momenta=None, rescale_velocities: bool = False):
+        """Start all replicas.
+
+        Args:
+          params: model parameters.
+          key: PRNG key for the Maxwell–Boltzmann momenta (unused if ``momenta`` given).
+          positions: ``[R, N, 3]`` Å.
+          momenta: optional ``[R, N, 3]`` amu·Å/internal time.
+          rescale_velocities: rescale sampled momenta to kinetic energy exactly ``dof·kT/2``.
+
+        Returns:
+          A :class:`ReplicaState`, all alive, step 0, the initial state saved in the ring.
+        """
+        positions = jnp.asarray(positions, dtype=dtype)
+        if positions.ndim != 3 or positions.shape[1:] != (n_atoms, 3):
+            raise ValueError(f"positions must be [n_replicas, {n_atoms}, 3], got {positions.shape}")
+        n_rep = positions.shape[0]
+        if momenta is None:
+            momenta = thermostat.maxwell_boltzmann_momenta(
+                key, masses_j, kT, (n_rep,), dof=dof, rescale=rescale_velocities, dtype=dtype
+            )
+        momenta = jnp.asarray(momenta, dtype=dtype)
+        if momenta.shape != positions.shape:
+            raise ValueError(f"momenta shape {momenta.shape} != positions {positions.shape}")
+        neighbor = _allocate(positions) if use_nl else None
+        md = _init_md(params, positions, momenta, neighbor)
+
+        def ring(x):
+            buf = jnp.zeros((x.shape[0], H) + x.shape[1:], x.dtype)
+            return buf.at[:, 0].set(x)
+
+        history = History(
+            md=jax.tree_util.tree_map(ring, md),
+            step=jnp.full((n_rep, H), -1, jnp.int32).at[:, 0].set(0),
+            count=jnp.ones((n_rep,), jnp.int32),
+        )
+        return ReplicaState(
+            md=md,
+            neighbor=neighbor,
+            alive=jnp.ones((n_rep,), bool),
+            nonfinite=jnp.zeros((n_rep,), bool),
+            step=jnp.zeros((n_rep,), jnp.int32),
+            history=history,
+        )
+
+    # -- one step -------------------------------------------------------------------------------
+
+    def _step(params, s: ReplicaState) -> ReplicaState:
+        neighbor = _rebuild(s.neighbor, s.md.position) if use_nl else None
+        new_md = jax.vmap(lambda st, nb: nvt_apply(st, params=params, neighbor=nb))(s.md, neighbor)
+        finite = _replica_finite(new_md)
+        move = s.alive & finite
+        md = _where_replicas(move, new_md, s.md)
+        if use_nl:
+            neighbor = _where_replicas(s.alive, neighbor, s.neighbor)
+        step = s.step + move.astype(jnp.int32)
+
+        hist = s.history
+        save = move & (step % history_every == 0)
+        rows = jnp.arange(step.shape[0])
+        slot = hist.count % H
+
+        def put(buf, x):
+            cur = buf[rows, slot]
+            m = jnp.reshape(save, save.shape + (1,) * (x.ndim - 1))
+            return buf.at[rows, slot].set(jnp.where(m, x, cur))
+
+        hist = History(
+            md=jax.tree_util.tree_map(put, hist.md, md),
+            step=put(hist.step, step),
+            count=hist.count + save.astype(jnp.int32),
+        )
+        return ReplicaState(
+            md=md,
+            neighbor=neighbor,
+            alive=s.alive & finite,
+            nonfinite=s.nonfinite | (s.alive & ~finite),
+            step=step,
+            history=hist,
+        )
+
+    def batched_energy(params, positions, neighbor=None):
+        return jax.vmap(lambda r, nb: energy_fn(params, r, nb))(positions, neighbor)
+
+    def _advance(params, state, n_steps, sample_every, record_energy):
+        every = sample_every or n_steps
+        n_frames = n_steps // every
+
+        def inner(s, _):
+            return _step(params, s), None
+
+        def outer(s, _):
+            s, _ = lax.scan(inner, s, None, length=every)
+            if not sample_every:
+                return s, None
+            energy = batched_energy(params, s.md.position, s.neighbor) if record_energy else None
+            frame = Trajectory(
+                positions=s.md.position,
+                velocities=s.md.momentum / s.md.mass,
+                step=s.step,
+                alive=s.alive,
+                potential_energy=energy,
+            )
+            return s, frame
+
+        return lax.scan(outer, state, None, length=n_frames)
+
+    advance_jit = jax.jit(
+        _advance, static_argnums=(2, 3, 4), donate_argnums=(1,) if donate_state else ()
+    )
+
+    def simulate_fn(params, state, n_steps, sample_every=None, record_energy=False):
+        """Advance every alive replica ``n_steps`` steps.
+
+        Args:
+          params: model parameters.
+          state: :class:`ReplicaState`.
+          n_steps: number of steps (static; one compilation per distinct value).
+          sample_every: record a frame after every this many steps (must divide ``n_steps``);
+            None records nothing.
+          record_energy: also record the potential energy per frame and replica.
+
+        Returns:
+          ``(new_state, trajectory)``; ``trajectory`` is a :class:`Trajectory` with
+          ``F = n_steps // sample_every`` frames, or None.
+
+        Raises:
+          ValueError: bad ``n_steps``/``sample_every``.
+          RuntimeError: the neighbour list still overflows after ``max_reallocations``.
+        """
+        n_steps = int(n_steps)
+        if n_steps < 1:
+            raise ValueError(f"n_steps must be >= 1, got {n_steps}")
+        if sample_every is not None:
+            sample_every = int(sample_every)
+            if sample_every < 1 or n_steps % sample_every:
+                raise ValueError(
+                    f"sample_every={sample_every} must be >= 1 and divide n_steps={n_steps}"
+                )
+        if not use_nl:
+            return advance_jit(params, state, n_steps, sample_every, bool(record_energy))
+        for _ in range(max_reallocations + 1):
+            new_state, traj = advance_jit(params, state, n_steps, sample_every, bool(record_energy))
+            overflow = np.asarray(new_state.neighbor.did_buffer_overflow)
+            if not overflow.any():
+                return new_state, traj
+            capacity = state.neighbor.idx.shape[-1]
+            state = state._replace(
+                neighbor=_allocate(state.md.position, min_capacity=int(1.5 * capacity) + 1)
+            )
+        raise RuntimeError(
+            f"neighbour list still overflows after {max_reallocations} reallocations "
+            f"(capacity {state.neighbor.idx.shape[-1]}); the system may have collapsed"
+        )
+
+    # -- rewinds, selection, invariants ----------------------------------------------------------
+
+    @jax.jit
+    def rewind(state: ReplicaState, mask, saves_back=0, revive=True):
+        """Restore replicas from their ring buffer.
+
+        ``saves_back = 0`` restores the most recent saved state, ``k`` the one ``k`` saves
+        (``k·history_every`` replica steps) earlier. Entries newer than the restored one are
+        discarded, so a later rewind counts from the restored state.
+
+        Args:
+          state: :class:`ReplicaState`.
+          mask: ``[R]`` bool, replicas to rewind.
+          saves_back: int or ``[R]`` ints.
+          revive: mark rewound replicas alive (and clear ``nonfinite``).
+
+        Returns:
+          ``(new_state, rewound)``; ``rewound[r]`` is False where ``mask[r]`` was set but the
+          ring does not hold that many saves (the replica is left unchanged).
+        """
+        hist = state.history
+        n_rep = state.step.shape[0]
+        back = jnp.broadcast_to(jnp.asarray(saves_back, jnp.int32), (n_rep,))
+        available = jnp.minimum(hist.count, H)
+        ok = jnp.asarray(mask, bool) & (back >= 0) & (back < available)
+        rows = jnp.arange(n_rep)
+        slot = (hist.count - 1 - back) % H
+        restored = jax.tree_util.tree_map(lambda buf: buf[rows, slot], hist.md)
+        md = _where_replicas(ok, restored, state.md)
+        neighbor = state.neighbor
+        if use_nl:
+            neighbor = _where_replicas(ok, _rebuild(neighbor, md.position), neighbor)
+        alive = jnp.where(ok & revive, True, state.alive)
+        nonfinite = jnp.where(ok & revive, False, state.nonfinite)
+        new = ReplicaState(
+            md=md,
+            neighbor=neighbor,
+            alive=alive,
+            nonfinite=nonfinite,
+            step=jnp.where(ok, hist.step[rows, slot], state.step),
+            history=History(hist.md, hist.step, jnp.where(ok, hist.count - back, hist.count)),
+        )
+        return new, ok
+
+    def select(mask, state_true: ReplicaState, state_false: ReplicaState) -> ReplicaState:
+        """Per replica, ``state_true`` where ``mask`` else ``state_false`` (neighbour lists are
+        rebuilt with ``state_true``'s capacity, so states of different capacities combine)."""
+        mask = jnp.asarray(mask, bool)
+        fields = {
+            name: _where_replicas(mask, getattr(state_true, name), getattr(state_false, name))
+            for name in ("md", "alive", "nonfinite", "step", "history")
+        }
+        neighbor = None
+        if use_nl:
+            neighbor = jax.jit(_rebuild)(state_true.neighbor, fields["md"].position)
+        return ReplicaState(neighbor=neighbor, **fields)
+
+    @jax.jit
+    def invariant(params, state: ReplicaState):
+        """Conserved energy of the Nosé–Hoover chain dynamics, ``[R]`` eV."""
+        md = state.md
+        pe = batched_energy(params, md.position, state.neighbor)
+        ke = thermostat.kinetic_energy(md.momentum, masses_j)
+        c = md.chain
+        e = pe + ke + c.momentum[:, 0] ** 2 / (2 * c.mass[:, 0]) + dof * kT * c.position[:, 0]
+        e = e + jnp.sum(c.momentum[:, 1:] ** 2 / (2 * c.mass[:, 1:]) + kT * c.position[:, 1:], -1)
+        return e
+
+    return Simulator(
+        init=init,
+        simulate=simulate_fn,
+        rewind=rewind,
+        select=select,
+        energy=batched_energy,
+        invariant=invariant,
+        dt=dt,
+        kT=kT,
+        tau=tau,
+        dof=dof,
+        masses=masses_np,
+        history_every=int(history_every),
+        history_length=H,
+    )
