@@ -1,0 +1,223 @@
+"""Losses: the quantum-mechanical energy/force loss L_QM and the observable loss L_obs.
+
+**L_QM** (paper eq. 3) over a batch of reference frames ``(R_b, U_b, F_b)``:
+
+.. math::
+
+   L_{QM}(θ) = λ_U \\, \\overline{ℓ_U(U_b − U_θ(R_b))} + λ_F \\, \\overline{ℓ_F(F_b + ∇U_θ(R_b))}
+
+averaged over frames (weighted by an optional mask for padded batches). Choices, matching the
+authors' training codes (../shared/REFERENCE_SETTINGS.md B2):
+
+* energy term ``"mse"`` (squared error, SchNet/NequIP) or ``"mae"`` (absolute error, GemNet);
+  ``per_atom_energy=True`` divides the energy error by the number of atoms first (NequIP's
+  per-atom energy MSE);
+* force term ``"mse"``: mean over the ``3N`` components of the squared error (the paper's
+  ``‖F_ref + ∇U‖²`` divided by ``3N``; the constant is absorbed in ``λ_F``), or ``"l2mae"``:
+  mean over atoms of the Euclidean norm of the per-atom error (GemNet / OCP).
+
+Energies and forces of a frame come from one ``jax.value_and_grad`` pass.
+
+**L_obs** (paper eq. 7): ``‖⟨g⟩ − g_ref‖²``; :func:`observable_loss` returns the mean over
+components by default, as the authors' code does (MSE over h(r) bins), or the sum.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from stabie_jax.models.potential import Potential
+
+ENERGY_LOSSES = ("mse", "mae")
+FORCE_LOSSES = ("mse", "l2mae")
+
+
+class LabelledFrames(NamedTuple):
+    """Reference frames of one system (fixed atom count and order).
+
+    Attributes:
+      positions: ``[F, N, 3]`` Å.
+      energies: ``[F]`` eV.
+      forces: ``[F, N, 3]`` eV/Å.
+    """
+
+    positions: jax.Array
+    energies: jax.Array
+    forces: jax.Array
+
+
+class QMErrors(NamedTuple):
+    """Per-frame prediction errors, ``prediction − reference``.
+
+    Attributes:
+      energy: ``[F]`` eV.
+      forces: ``[F, N, 3]`` eV/Å.
+    """
+
+    energy: jax.Array
+    forces: jax.Array
+
+
+def predict_energy_forces(potential: Potential, params, positions, neighbor=None):
+    """Energy and forces of one frame from a single backward pass.
+
+    Args:
+      potential: a :class:`Potential`.
+      params: its parameters.
+      positions: ``[N, 3]`` Å.
+      neighbor: optional JAX-MD neighbour list.
+
+    Returns:
+      ``(energy [] eV, forces [N, 3] eV/Å)``.
+    """
+    energy, grad = jax.value_and_grad(potential.energy_fn, argnums=1)(params, positions, neighbor)
+    return energy, -grad
+
+
+def qm_errors(potential: Potential, params, frames: LabelledFrames) -> QMErrors:
+    """Energy and force errors over a batch of frames (``vmap``), eV and eV/Å."""
+    energy, forces = jax.vmap(lambda r: predict_energy_forces(potential, params, r))(
+        frames.positions
+    )
+    return QMErrors(energy - frames.energies, forces - frames.forces)
+
+
+def _check_loss_names(energy_loss: str, force_loss: str) -> None:
+    if energy_loss not in ENERGY_LOSSES:
+        raise ValueError(f"energy_loss must be one of {ENERGY_LOSSES}, got {energy_loss!r}")
+    if force_loss not in FORCE_LOSSES:
+        raise ValueError(f"force_loss must be one of {FORCE_LOSSES}, got {force_loss!r}")
+
+
+def _safe_norm(x: jax.Array) -> jax.Array:
+    sq = jnp.sum(x**2, axis=-1)
+    positive = sq > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+
+
+def qm_loss_from_errors(
+    errors: QMErrors,
+    *,
+    energy_weight: float,
+    force_weight: float,
+    weights: jax.Array | None = None,
+    per_atom_energy: bool = False,
+    energy_loss: str = "mse",
+    force_loss: str = "mse",
+) -> jax.Array:
+    """``λ_U·mean ℓ_U + λ_F·mean ℓ_F`` from errors; see the module docstring.
+
+    Args:
+      errors: :class:`QMErrors` for ``F`` frames.
+      energy_weight: ``λ_U`` (1/eV² for ``"mse"``).
+      force_weight: ``λ_F`` (Å²/eV² for ``"mse"``).
+      weights: ``[F]`` non-negative frame weights (0 for padding); default all 1.
+      per_atom_energy: divide energy errors by ``N`` first.
+      energy_loss: ``"mse"`` or ``"mae"``.
+      force_loss: ``"mse"`` or ``"l2mae"``.
+
+    Returns:
+      Scalar loss.
+    """
+    _check_loss_names(energy_loss, force_loss)
+    n_atoms = errors.forces.shape[-2]
+    de = errors.energy / n_atoms if per_atom_energy else errors.energy
+    e_term = de**2 if energy_loss == "mse" else jnp.abs(de)
+    if force_loss == "mse":
+        f_term = jnp.mean(errors.forces**2, axis=(-1, -2))
+    else:
+        f_term = jnp.mean(_safe_norm(errors.forces), axis=-1)
+    if weights is None:
+        weights = jnp.ones_like(e_term)
+    norm = jnp.maximum(jnp.sum(weights), 1e-12)
+    return (
+        energy_weight * jnp.sum(weights * e_term) + force_weight * jnp.sum(weights * f_term)
+    ) / norm
+
+
+def qm_loss(
+    potential: Potential,
+    params,
+    frames: LabelledFrames,
+    *,
+    energy_weight: float,
+    force_weight: float,
+    weights: jax.Array | None = None,
+    per_atom_energy: bool = False,
+    energy_loss: str = "mse",
+    force_loss: str = "mse",
+) -> jax.Array:
+    """L_QM of ``params`` on a batch of frames (differentiable in ``params``).
+
+    Examples:
+      >>> kw = dict(energy_weight=0.05, force_weight=0.95)               # doctest: +SKIP
+      >>> loss = qm_loss(pot, params, frames, **kw)                       # doctest: +SKIP
+      >>> grads = jax.grad(lambda p: qm_loss(pot, p, frames, **kw))(params)  # doctest: +SKIP
+    """
+    _check_loss_names(energy_loss, force_loss)
+    return qm_loss_from_errors(
+        qm_errors(potential, params, frames),
+        energy_weight=energy_weight,
+        force_weight=force_weight,
+        weights=weights,
+        per_atom_energy=per_atom_energy,
+        energy_loss=energy_loss,
+        force_loss=force_loss,
+    )
+
+
+def make_qm_loss_fn(
+    potential: Potential,
+    *,
+    energy_weight: float,
+    force_weight: float,
+    per_atom_energy: bool = False,
+    energy_loss: str = "mse",
+    force_loss: str = "mse",
+) -> Callable:
+    """``loss_fn(params, frames, weights=None) -> (loss, QMErrors)`` with fixed settings.
+
+    Use with ``jax.value_and_grad(loss_fn, has_aux=True)``.
+    """
+    _check_loss_names(energy_loss, force_loss)
+
+    def loss_fn(params, frames: LabelledFrames, weights=None):
+        errors = qm_errors(potential, params, frames)
+        loss = qm_loss_from_errors(
+            errors,
+            energy_weight=energy_weight,
+            force_weight=force_weight,
+            weights=weights,
+            per_atom_energy=per_atom_energy,
+            energy_loss=energy_loss,
+            force_loss=force_loss,
+        )
+        return loss, errors
+
+    return loss_fn
+
+
+def observable_loss(
+    observable_mean: jax.Array, observable_ref: jax.Array, *, reduction: str = "mean"
+) -> jax.Array:
+    """``L_obs = ‖⟨g⟩ − g_ref‖²`` as a mean (default; MSE over bins) or sum over components.
+
+    Args:
+      observable_mean: ``[...]`` ensemble average ``⟨g⟩``.
+      observable_ref: same shape, reference ``g_ref``.
+      reduction: ``"mean"`` or ``"sum"``.
+    """
+    if observable_mean.shape != observable_ref.shape:
+        raise ValueError(
+            f"observable shapes differ: {observable_mean.shape} vs {observable_ref.shape}"
+        )
+    sq = (observable_mean - observable_ref) ** 2
+    if reduction == "mean":
+        return jnp.mean(sq)
+    if reduction == "sum":
+        return jnp.sum(sq)
+    raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
