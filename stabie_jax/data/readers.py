@@ -162,17 +162,18 @@ def _check_file(path: pathlib.Path) -> None:
 def _read_npz_arrays(path: pathlib.Path) -> dict[str, np.ndarray]:
     """All arrays of an ``.npz`` file, loaded eagerly (no pickles)."""
     _check_file(path)
+    corrupt = f"{path}: cannot read as .npz (truncated or corrupt file?)"
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            if not isinstance(archive, np.lib.npyio.NpzFile):
-                raise ValueError("not an .npz archive")
-            return {key: np.asarray(archive[key]) for key in archive.files}
-    except AttributeError as e:  # np.load returned a bare array: no context manager
-        raise ValueError(f"{path}: is a single .npy array, not an .npz archive.") from e
+        archive = np.load(path, allow_pickle=False)
     except _NPZ_READ_ERRORS as e:
-        raise ValueError(
-            f"{path}: cannot read as .npz (truncated or corrupt file?): {type(e).__name__}: {e}"
-        ) from e
+        raise ValueError(f"{corrupt}: {type(e).__name__}: {e}") from e
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path}: is a single .npy array, not an .npz archive.")
+    try:
+        with archive:
+            return {key: np.asarray(archive[key]) for key in archive.files}
+    except _NPZ_READ_ERRORS as e:
+        raise ValueError(f"{corrupt}: {type(e).__name__}: {e}") from e
 
 
 def _require(arrays: Mapping[str, np.ndarray], key: str, src: str, fmt: str) -> np.ndarray:

@@ -1,0 +1,478 @@
+"""Tests for stabie_jax.data.readers: formats, units, bad input, fuzzing, real data."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import pickle
+import tempfile
+
+import ase
+import ase.io
+import numpy as np
+import pytest
+from ase.calculators.singlepoint import SinglePointCalculator
+from conftest import shared_file
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from stabie_jax import units
+from stabie_jax.data import (
+    Dataset,
+    detect_npz_format,
+    load_dataset,
+    read_ase,
+    read_file,
+    read_mdsim_water_npy,
+    read_npz,
+    read_rmd17_npz,
+    read_sgdml_npz,
+    read_stabie_npz,
+    save_dataset,
+    velocities_from_angstrom_per_fs,
+)
+
+KCAL = 0.0433641042418  # eV per kcal/mol = 4184 J / (e * N_A), written out independently
+RNG = np.random.default_rng(0)
+R3 = np.array([[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0]])
+
+
+def _frames(n_frames=4, n_atoms=3):
+    base = R3 if n_atoms == 3 else RNG.normal(size=(n_atoms, 3))
+    return base + 0.01 * RNG.normal(size=(n_frames, n_atoms, 3))
+
+
+def _sgdml(path, n_frames=4, **extra):
+    arrays = dict(
+        R=_frames(n_frames),
+        z=np.array([8, 1, 1], dtype=np.uint8),
+        E=RNG.normal(size=(n_frames, 1)) - 1000.0,
+        F=RNG.normal(size=(n_frames, 3, 3)),
+    )
+    arrays.update(extra)
+    arrays = {k: v for k, v in arrays.items() if v is not None}
+    np.savez(path, **arrays)
+    return arrays
+
+
+def _rmd17(path, n_frames=4):
+    arrays = dict(
+        nuclear_charges=np.array([8, 1, 1], dtype=np.uint8),
+        coords=_frames(n_frames),
+        energies=RNG.normal(size=n_frames) - 1000.0,
+        forces=RNG.normal(size=(n_frames, 3, 3)),
+        old_indices=np.arange(n_frames) * 7,
+        old_energies=RNG.normal(size=n_frames) - 1462.0,
+        old_forces=RNG.normal(size=(n_frames, 3, 3)),
+    )
+    np.savez(path, **arrays)
+    return arrays
+
+
+def _water_npz(path, n_frames=4, labels=True):
+    arrays = dict(
+        R=_frames(n_frames).astype(np.float32),
+        V=(0.01 * RNG.normal(size=(n_frames, 3, 3))).astype(np.float32),
+        z=np.array([8, 1, 1]),
+        cell=5.0 * np.eye(3),
+        masses=np.array([15.9994, 1.008, 1.008]),
+        dt_fs=np.array(10.0),
+        temperature_K=np.array(300.0),
+    )
+    if labels:
+        arrays["E"] = RNG.normal(size=n_frames) - 10.0
+        arrays["F"] = RNG.normal(size=(n_frames, 3, 3)).astype(np.float32)
+    np.savez_compressed(path, **arrays)
+    return arrays
+
+
+# --- formats and units -------------------------------------------------------------------------
+def test_kcal_constant_matches_units_module():
+    assert units.kcal_per_mol_to_ev(1.0) == pytest.approx(KCAL, rel=1e-9)
+
+
+def test_sgdml_download_is_kcal_per_mol(tmp_path):
+    raw = _sgdml(tmp_path / "md17_x.npz", type=np.array("d"), name=np.array("x"))
+    ds = read_file(tmp_path / "md17_x.npz")
+    np.testing.assert_allclose(ds.energies, raw["E"][:, 0] * KCAL, rtol=1e-9)
+    np.testing.assert_allclose(ds.forces, raw["F"] * KCAL, rtol=1e-9)
+    np.testing.assert_array_equal(ds.positions, raw["R"])
+    assert ds.metadata["format"] == "sgdml" and ds.metadata["name"] == "x"
+    assert ds.metadata["original_units"]["energy"] == "kcal/mol"
+    assert "type/md5/theory" in ds.metadata["units_from"]
+
+
+def test_sgdml_unit_keys_are_used(tmp_path):
+    raw = _sgdml(tmp_path / "a.npz", e_unit=np.array("eV"), r_unit=np.array("bohr"))
+    ds = read_file(tmp_path / "a.npz")
+    np.testing.assert_allclose(ds.energies, raw["E"][:, 0])
+    np.testing.assert_allclose(ds.positions, raw["R"] * units.BOHR_IN_ANGSTROM)
+    np.testing.assert_allclose(ds.forces, raw["F"] / units.BOHR_IN_ANGSTROM)
+
+
+def test_sgdml_without_units_needs_explicit_unit(tmp_path):
+    raw = _sgdml(tmp_path / "nequip_npz.npz")
+    with pytest.raises(ValueError, match="nequip_npz.npz: key 'e_unit' is missing.*energy_unit="):
+        read_file(tmp_path / "nequip_npz.npz")
+    ds = read_file(tmp_path / "nequip_npz.npz", energy_unit="eV")
+    np.testing.assert_allclose(ds.energies, raw["E"][:, 0])
+    _sgdml(tmp_path / "b.npz", e_unit=np.array("kcal/mol"))
+    with pytest.raises(ValueError, match="contradicts"):
+        read_sgdml_npz(tmp_path / "b.npz", energy_unit="eV")
+    _sgdml(tmp_path / "c.npz", e_unit=np.array("furlongs"))
+    with pytest.raises(ValueError, match="c.npz: key 'e_unit'.*'furlongs'.*not known"):
+        read_file(tmp_path / "c.npz")
+
+
+@pytest.mark.parametrize(
+    "labels, e_key, f_key",
+    [("rmd17", "energies", "forces"), ("md17", "old_energies", "old_forces")],
+)
+def test_rmd17_label_sets(tmp_path, labels, e_key, f_key):
+    raw = _rmd17(tmp_path / "rmd17_x.npz")
+    ds = read_file(tmp_path / "rmd17_x.npz", labels=labels)
+    np.testing.assert_allclose(ds.energies, raw[e_key] * KCAL, rtol=1e-9)
+    np.testing.assert_allclose(ds.forces, raw[f_key] * KCAL, rtol=1e-9)
+    np.testing.assert_array_equal(ds.frame_ids, raw["old_indices"])
+    np.testing.assert_array_equal(ds.atomic_numbers, [8, 1, 1])
+    assert ds.metadata["labels"] == labels
+
+
+def test_rmd17_rejects_unknown_label_set(tmp_path):
+    _rmd17(tmp_path / "r.npz")
+    with pytest.raises(ValueError, match="labels='dft'"):
+        read_rmd17_npz(tmp_path / "r.npz", labels="dft")
+
+
+def test_openmm_water_units_time_and_dense(tmp_path):
+    raw = _water_npz(tmp_path / "w.npz")
+    ds = read_file(tmp_path / "w.npz")
+    assert ds.is_periodic and ds.temperature_kelvin == 300.0
+    np.testing.assert_allclose(ds.energies, raw["E"] * KCAL, rtol=1e-9)
+    np.testing.assert_allclose(ds.forces, raw["F"].astype(np.float64) * KCAL, rtol=1e-9)
+    np.testing.assert_allclose(ds.velocities * units.fs_to_internal(1.0), raw["V"], rtol=1e-6)
+    np.testing.assert_array_equal(ds.time_fs, [0.0, 10.0, 20.0, 30.0])
+    np.testing.assert_array_equal(ds.masses, raw["masses"])
+    _water_npz(tmp_path / "dense.npz", labels=False)
+    with pytest.raises(ValueError, match="dense.npz: missing key 'E'"):
+        read_file(tmp_path / "dense.npz")
+    dense = read_file(tmp_path / "dense.npz", require_labels=False)
+    assert not dense.has_labels and dense.velocities is not None
+
+
+def test_stabie_roundtrip(tmp_path):
+    rng = np.random.default_rng(1)
+    ds = Dataset(
+        positions=_frames(3),
+        energies=rng.normal(size=3),
+        forces=rng.normal(size=(3, 3, 3)),
+        atomic_numbers=np.array([8, 1, 1]),
+        cell=np.diag([5.0, 6.0, 7.0]),
+        pbc=np.array([True, True, False]),
+        velocities=velocities_from_angstrom_per_fs(0.01 * rng.normal(size=(3, 3, 3))),
+        masses=np.array([16.0, 2.014, 1.008]),
+        time_fs=np.array([0.0, 5.0, 10.0]),
+        frame_ids=np.array([4, 5, 6]),
+        metadata={"temperature_kelvin": 500.0, "method": "GFN2-xTB", "seed": 3, "nested": [1, 2]},
+    )
+    path = save_dataset(ds, tmp_path / "out")
+    assert path.name == "out.npz" and not list(tmp_path.glob("*.tmp"))
+    back = read_file(path)
+    for key in (
+        "positions",
+        "energies",
+        "forces",
+        "atomic_numbers",
+        "cell",
+        "pbc",
+        "masses",
+        "time_fs",
+        "frame_ids",
+    ):
+        np.testing.assert_array_equal(getattr(back, key), getattr(ds, key), err_msg=key)
+    np.testing.assert_allclose(back.velocities, ds.velocities, rtol=1e-14)
+    assert back.metadata["method"] == "GFN2-xTB" and back.metadata["nested"] == (1, 2)
+    assert back.temperature_kelvin == 500.0 and back.metadata["format"] == "stabie"
+    with np.load(path) as raw:  # on disk: velocities in Å/fs, metadata JSON with units
+        np.testing.assert_allclose(raw["velocities"] / units.fs_to_internal(1.0), ds.velocities)
+        assert json.loads(str(raw["metadata"]))["units"]["energy"] == "eV"
+
+
+def test_stabie_declared_non_ev_units_rejected(tmp_path):
+    np.savez(
+        tmp_path / "s.npz",
+        positions=_frames(2),
+        energies=np.zeros(2),
+        forces=np.zeros((2, 3, 3)),
+        atomic_numbers=np.array([8, 1, 1]),
+        metadata=np.array(json.dumps({"units": {"energy": "kcal/mol"}})),
+    )
+    with pytest.raises(ValueError, match="s.npz: metadata declares energy unit 'kcal/mol'"):
+        read_stabie_npz(tmp_path / "s.npz")
+
+
+def _extxyz(path, energies_ev, with_forces=True, momenta=False, cell=None):
+    frames = []
+    for i, energy in enumerate(energies_ev):
+        atoms = ase.Atoms("OH2", positions=R3 + 0.01 * i, cell=cell, pbc=cell is not None)
+        if momenta:
+            atoms.set_momenta(np.full((3, 3), 0.1 * (i + 1)))
+        forces = np.full((3, 3), float(i)) if with_forces else None
+        atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces)
+        frames.append(atoms)
+    ase.io.write(path, frames, format="extxyz")
+
+
+def test_ase_extxyz_requires_explicit_units(tmp_path):
+    _extxyz(tmp_path / "t.extxyz", [-1.0, -2.0], momenta=True, cell=6.0 * np.eye(3))
+    with pytest.raises(ValueError, match="t.extxyz: energy unit unknown.*energy_unit="):
+        read_file(tmp_path / "t.extxyz")
+    ds = read_file(tmp_path / "t.extxyz", energy_unit="eV")
+    np.testing.assert_allclose(ds.energies, [-1.0, -2.0])
+    np.testing.assert_allclose(ds.forces[1], 1.0)
+    np.testing.assert_allclose(ds.cell, 6.0 * np.eye(3))
+    # Momenta p [amu·Å/internal time] → velocities p/m.
+    np.testing.assert_allclose(ds.velocities[0, 0], 0.1 / ds.masses[0])
+    kcal = read_file(tmp_path / "t.extxyz", energy_unit="kcal/mol")
+    np.testing.assert_allclose(kcal.forces[1], KCAL, rtol=1e-9)
+
+
+def test_ase_extxyz_without_forces_rejected(tmp_path):
+    _extxyz(tmp_path / "noforce.extxyz", [-1.0], with_forces=False)
+    with pytest.raises(ValueError, match="noforce.extxyz \\(frame 0\\): missing key 'forces'"):
+        read_ase(tmp_path / "noforce.extxyz", energy_unit="eV")
+
+
+def test_sgdml_xyz_convention_detected(tmp_path):
+    text = "3\nEnergy=-100.5 Properties=species:S:1:pos:R:3:forces:R:3\n"
+    text += "".join(
+        f"{s} {x} {y} {z} 1.0 2.0 3.0\n" for s, (x, y, z) in zip("OHH", R3, strict=True)
+    )
+    (tmp_path / "md22_test.xyz").write_text(text)
+    ds = read_file(tmp_path / "md22_test.xyz")
+    np.testing.assert_allclose(ds.energies, [-100.5 * KCAL], rtol=1e-9)
+    np.testing.assert_allclose(ds.forces[0, 0], np.array([1.0, 2.0, 3.0]) * KCAL, rtol=1e-9)
+    (tmp_path / "other.xyz").write_text(text)  # same content, unknown origin: no guessing
+    with pytest.raises(ValueError, match="energy unit unknown"):
+        read_file(tmp_path / "other.xyz")
+
+
+def test_mdsim_water_npy(tmp_path):
+    n = 3
+    data = dict(
+        wrapped_coords=_frames(n),
+        atom_types=np.array([8, 1, 1]),
+        lengths=np.array([5.0] * 3),
+        angles=np.array([90.0] * 3),
+        energy=RNG.normal(size=n),
+        forces=RNG.normal(size=(n, 3, 3)),
+    )
+    np.save(tmp_path / "water.npy", np.array(data, dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="allow_pickle=True"):
+        read_file(tmp_path / "water.npy")
+    ds = read_mdsim_water_npy(tmp_path / "water.npy", allow_pickle=True)
+    np.testing.assert_allclose(ds.energies, data["energy"] * KCAL, rtol=1e-9)
+    np.testing.assert_allclose(ds.cell, 5.0 * np.eye(3))
+    assert ds.temperature_kelvin == 300.0 and ds.metadata["positions_key"] == "wrapped_coords"
+    data["angles"] = np.array([90.0, 90.0, 60.0])
+    np.save(tmp_path / "tri.npy", np.array(data, dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="'angles'"):
+        read_mdsim_water_npy(tmp_path / "tri.npy", allow_pickle=True)
+
+
+def test_detect_npz_format():
+    assert detect_npz_format(["positions", "atomic_numbers", "energies"]) == "stabie"
+    assert detect_npz_format(["nuclear_charges", "coords"]) == "rmd17"
+    assert detect_npz_format(["R", "z", "cell", "dt_fs", "temperature_K", "V"]) == "openmm_water"
+    assert detect_npz_format(["R", "z", "E", "F"]) == "sgdml"
+    with pytest.raises(ValueError, match="x.npz: unknown .npz dataset format with keys \\['a'\\]"):
+        detect_npz_format(["a"], "x.npz")
+
+
+# --- bad input ---------------------------------------------------------------------------------
+def _valid_npz_bytes(tmp_path) -> bytes:
+    _sgdml(tmp_path / "valid.npz", type=np.array("d"))
+    return (tmp_path / "valid.npz").read_bytes()
+
+
+@pytest.mark.parametrize(
+    "name, content, match",
+    [
+        ("empty.npz", b"", "empty.npz: file is empty"),
+        ("random.npz", bytes(range(256)) * 4, "random.npz: cannot read as .npz"),
+        ("random.xyz", bytes(range(256)) * 4, "random.xyz: ASE cannot parse"),
+        ("empty.extxyz", b"\n", "empty.extxyz"),
+        ("text.npz", b"hello world", "text.npz: cannot read as .npz"),
+    ],
+)
+def test_corrupt_files(tmp_path, name, content, match):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(ValueError, match=match):
+        read_file(tmp_path / name)
+
+
+def test_truncated_npz(tmp_path):
+    data = _valid_npz_bytes(tmp_path)
+    for cut in (10, len(data) // 3, len(data) - 5):
+        (tmp_path / "cut.npz").write_bytes(data[:cut])
+        with pytest.raises(ValueError, match="cut.npz"):
+            read_file(tmp_path / "cut.npz")
+
+
+def test_single_npy_named_npz(tmp_path):
+    with open(tmp_path / "arr.npz", "wb") as f:
+        np.save(f, np.zeros(3))
+    with pytest.raises(ValueError, match="arr.npz: is a single .npy array"):
+        read_file(tmp_path / "arr.npz")
+
+
+def test_missing_file_and_options(tmp_path):
+    with pytest.raises(ValueError, match="nothere.npz: file not found"):
+        read_file(tmp_path / "nothere.npz")
+    _sgdml(tmp_path / "a.npz", type=np.array("d"))
+    with pytest.raises(ValueError, match="options \\['allow_pickle'\\] do not apply"):
+        read_file(tmp_path / "a.npz", allow_pickle=True)
+
+
+@pytest.mark.parametrize(
+    "change, key, expected",
+    [
+        (dict(F=None), "'F'", "missing key 'F'"),
+        (dict(E=np.zeros((5, 1))), "'energies'", r"expected \[4\]"),
+        (dict(F=np.zeros((4, 2, 3))), "'forces'", r"expected \[4, 3, 3\]"),
+        (dict(z=np.array([8, 1])), "'atomic_numbers'", r"expected \[3\]"),
+        (dict(E=np.full((4, 2), 1.0)), "'E'", r"expected \[F\] or \[F, 1\]"),
+        (dict(R=np.full((4, 3, 3), np.nan)), "'positions'", "non-finite"),
+        (dict(E=np.array(["a", "b", "c", "d"])), "'E'", "numeric"),
+    ],
+)
+def test_bad_arrays_name_file_key_expectation(tmp_path, change, key, expected):
+    _sgdml(tmp_path / "bad.npz", type=np.array("d"), **change)
+    with pytest.raises(ValueError) as info:
+        read_file(tmp_path / "bad.npz")
+    message = str(info.value)
+    assert "bad.npz" in message and key in message, message
+    assert pytest.importorskip("re").search(expected, message), message
+
+
+def test_object_arrays_are_not_unpickled(tmp_path):
+    np.savez(tmp_path / "obj.npz", R=np.array([{"a": 1}], dtype=object), z=np.array([1]))
+    with pytest.raises(ValueError, match="obj.npz: cannot read as .npz"):
+        read_file(tmp_path / "obj.npz")
+
+
+def _check_outcome(path: pathlib.Path):
+    """Reading must either give a fully valid Dataset or raise ValueError naming the file."""
+    try:
+        ds = read_file(path, energy_unit="eV") if path.suffix != ".npz" else read_npz(path)
+    except ValueError as e:
+        assert path.name in str(e), str(e)
+        return None
+    assert isinstance(ds, Dataset)
+    assert ds.positions.shape == (ds.n_frames, ds.n_atoms, 3) and not ds.positions.flags.writeable
+    assert np.all(np.isfinite(ds.positions)) and np.all(np.isfinite(ds.energies))
+    return ds
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(content=st.binary(max_size=2048), suffix=st.sampled_from([".npz", ".xyz", ".extxyz"]))
+def test_fuzz_random_bytes(content, suffix):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = pathlib.Path(tmp) / f"fuzz{suffix}"
+        path.write_bytes(content)
+        _check_outcome(path)
+
+
+_VALID = {}
+
+
+def _valid_files() -> dict[str, bytes]:
+    if not _VALID:
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = pathlib.Path(tmp)
+            _sgdml(tmp / "a.npz", n_frames=2, type=np.array("d"))
+            _rmd17(tmp / "b.npz", n_frames=2)
+            _water_npz(tmp / "c.npz", n_frames=2)
+            _extxyz(tmp / "d.extxyz", [-1.0, -2.0])
+            for p in tmp.iterdir():
+                _VALID[p.name] = p.read_bytes()
+    return _VALID
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    which=st.sampled_from(["a.npz", "b.npz", "c.npz", "d.extxyz"]),
+    edits=st.lists(st.tuples(st.floats(0, 1), st.integers(0, 255)), min_size=0, max_size=8),
+    cut=st.floats(0.0, 1.0),
+)
+def test_fuzz_mutated_valid_files(which, edits, cut):
+    data = bytearray(_valid_files()[which])
+    for where, value in edits:
+        data[min(int(where * len(data)), len(data) - 1)] = value
+    data = bytes(data[: max(1, int(round(cut * len(data))))]) if cut < 1.0 else bytes(data)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = pathlib.Path(tmp) / which
+        path.write_bytes(data)
+        _check_outcome(path)
+
+
+def test_mdsim_npy_garbage_is_value_error(tmp_path):
+    (tmp_path / "water.npy").write_bytes(b"\x93NUMPY garbage")
+    with pytest.raises(ValueError, match="water.npy"):
+        read_mdsim_water_npy(tmp_path / "water.npy", allow_pickle=True)
+    with open(tmp_path / "list.npy", "wb") as f:
+        pickle.dump([1, 2], f)
+    with pytest.raises(ValueError, match="list.npy"):
+        read_mdsim_water_npy(tmp_path / "list.npy", allow_pickle=True)
+
+
+# --- real data (skipped when ../shared/data is absent) -----------------------------------------
+def test_real_rmd17_aspirin_units_and_spread():
+    path = shared_file("rmd17_aspirin", "rmd17_aspirin_train_01.npz")
+    ds = load_dataset(path)
+    with np.load(path) as raw:
+        e_kcal, f_kcal, old_e = raw["energies"], raw["forces"], raw["old_energies"]
+    assert (ds.n_frames, ds.n_atoms) == (1000, 21)
+    assert ds.atomic_numbers.tolist() == [6] * 7 + [8] * 3 + [6, 6, 8] + [1] * 8
+    # kcal/mol -> eV by the CODATA factor: std ≈ std_kcal / 23.06, mean ≈ −17,618 eV.
+    assert ds.energies.std() == pytest.approx(e_kcal.std() / 23.0605, rel=1e-5)
+    assert 0.1 < ds.energies.std() < 1.0
+    assert ds.energies.mean() == pytest.approx(-17617.7, abs=1.0)
+    np.testing.assert_allclose(np.abs(ds.forces).mean(), np.abs(f_kcal).mean() / 23.0605, rtol=1e-5)
+    assert 0.5 < np.abs(ds.forces).mean() < 1.5  # eV/Å; ≈ 21.8 kcal/mol/Å in the file
+    md17 = load_dataset(path, labels="md17")
+    offset = (md17.energies - ds.energies).mean()
+    assert offset == pytest.approx((old_e - e_kcal).mean() * KCAL, rel=1e-9)
+    assert offset == pytest.approx(-463 * KCAL, rel=0.01)  # the ≈462 kcal/mol label offset
+
+
+def test_real_rmd17_five_train_shards_concatenate():
+    shared_file("rmd17_aspirin", "rmd17_aspirin_train_01.npz")
+    pattern = str(shared_file("rmd17_aspirin")) + "/rmd17_aspirin_train_0*.npz"
+    ds = load_dataset(pattern)
+    assert ds.n_frames == 5000 and ds.metadata["concatenated_frames"] == (1000,) * 5
+    assert all("train" in f for f in ds.metadata["source_files"])
+    assert len(np.unique(ds.frame_ids)) < 5000  # the official splits overlap
+
+
+def test_real_md22_xyz():
+    ds = load_dataset(shared_file("md22_ac_ala3_nhme", "md22_Ac-Ala3-NHMe_5frames.xyz"))
+    assert (ds.n_frames, ds.n_atoms) == (5, 42)
+    counts = np.bincount(ds.atomic_numbers)
+    assert (counts[1], counts[6], counts[7], counts[8]) == (22, 12, 4, 4)
+    assert ds.energies[0] == pytest.approx(-620726.002662 * KCAL, rel=1e-9)  # ≈ −26,917 eV
+    assert np.abs(ds.forces).mean() == pytest.approx(12.6 * KCAL, rel=0.05)
+    assert not ds.is_periodic
+
+
+def test_real_water_npz():
+    ds = load_dataset(shared_file("spcfw_water_64", "spcfw_water_64_300K.npz"))
+    assert (ds.n_frames, ds.n_atoms) == (10_000, 192)
+    np.testing.assert_allclose(ds.cell, 12.4297 * np.eye(3), atol=1e-4)
+    assert ds.temperature_kelvin == 300.0 and ds.time_fs[1] == 10.0
+    # Potential energy: −9.999 kcal/mol per molecule (PROVENANCE), here in eV.
+    assert ds.energies.mean() / 64 == pytest.approx(-9.999 * KCAL, rel=2e-3)
+    # On-step kinetic temperature 291.6 K with 3N−3 dof (PROVENANCE): checks the Å/fs conversion.
+    ke = 0.5 * np.einsum("i,fij->f", ds.masses, ds.velocities**2)
+    temperature = 2 * ke.mean() / ((3 * 192 - 3) * units.BOLTZMANN_EV_PER_K)
+    assert temperature == pytest.approx(291.6, abs=1.0)
