@@ -1,0 +1,160 @@
+"""Per-atom neighbour tables with static capacity: GemNet-T's triplets built inside ``jit``.
+
+GemNet-T passes messages along *triplets*: pairs of distinct directed edges ``b -> a`` and
+``c -> a`` that end on the same atom ``a`` (the angle ``angle(c, a, b)`` enters the basis).
+Together with the swap ``c -> a  <->  a -> c`` this realises two-hop paths ``b -> a -> c``.
+
+The edge list of a :class:`~stabie_jax.models.graph.Graph` (a JAX-MD ``Sparse`` neighbour list
+or all pairs) is re-indexed into a dense per-atom table of fixed width ``capacity``:
+
+* slot ``(a, k)``, flattened to ``a * capacity + k``, holds the ``k``-th edge ``s -> a`` that
+  ends on atom ``a`` **and is shorter than the cutoff** (edges in the skin of a neighbour list
+  are left out; they would contribute exactly zero through the envelope anyway);
+* the triplets of atom ``a`` are all pairs ``(k, k')`` with ``k != k'`` of filled slots, so the
+  triplet tensors are ``[n_atoms, capacity, capacity, ...]`` with a mask: no variable-length
+  index lists, nothing data-dependent in any shape;
+* ``swap[slot]`` is the slot of the reverse edge ``a -> s``.
+
+Nothing is dropped silently: if an atom has more than ``capacity`` neighbours inside the
+cutoff, ``overflow`` is set; if an edge's reverse is missing from the graph (an asymmetric
+list, e.g. JAX-MD's ``OrderedSparse``), ``missing_reverse`` is set. GemNet-T returns NaN energies
+when either flag is set and :func:`check_table_status` raises on the host with the fix.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from stabie_jax.models.graph import PADDING_DISTANCE, Graph
+
+
+class NeighborTable(NamedTuple):
+    """Dense per-atom table of the edges inside the cutoff.
+
+    ``n_slots = n_atoms * capacity``; empty slots have ``slot_mask == False``.
+
+    Attributes:
+      slot_edge: ``[n_slots]`` int32, index into the graph's edges (``n_edges`` when empty).
+      slot_mask: ``[n_slots]`` bool.
+      senders: ``[n_slots]`` int32, source atom of the slot's edge (``n_atoms`` when empty).
+      vectors: ``[n_slots, 3]`` Å, ``R[a] - R[s]``; a dummy of length ``PADDING_DISTANCE``
+        when empty.
+      swap: ``[n_slots]`` int32, slot of the reverse edge, ``n_slots`` when there is none.
+      overflow: scalar bool, some atom has more than ``capacity`` neighbours in the cutoff.
+      missing_reverse: scalar bool, some edge inside the cutoff has no reverse edge.
+      max_neighbors: scalar int32, largest number of neighbours inside the cutoff of any atom.
+    """
+
+    slot_edge: jax.Array
+    slot_mask: jax.Array
+    senders: jax.Array
+    vectors: jax.Array
+    swap: jax.Array
+    overflow: jax.Array
+    missing_reverse: jax.Array
+    max_neighbors: jax.Array
+
+
+class TableStatus(NamedTuple):
+    """The host-checkable part of a :class:`NeighborTable` (see :func:`check_table_status`)."""
+
+    overflow: jax.Array
+    missing_reverse: jax.Array
+    max_neighbors: jax.Array
+
+
+def build_neighbor_table(graph: Graph, n_atoms: int, cutoff: float, capacity: int) -> NeighborTable:
+    """Re-index a graph's edges inside ``cutoff`` into a ``[n_atoms, capacity]`` table.
+
+    Jit-compatible; all shapes depend only on ``n_atoms``, ``capacity`` and ``n_edges``.
+
+    Args:
+      graph: edges ``senders -> receivers`` with vectors (Å), padded with index ``n_atoms``.
+      n_atoms: number of atoms (static).
+      cutoff: Å; edges of length ``>= cutoff`` are left out.
+      capacity: maximum number of neighbours per atom inside the cutoff (static).
+
+    Returns:
+      A :class:`NeighborTable`.
+    """
+    if n_atoms + 1 > 46340:
+        raise ValueError(f"build_neighbor_table: n_atoms={n_atoms} too large for int32 pair keys")
+    n_edges = graph.senders.shape[0]
+    n_slots = n_atoms * capacity
+    edge_ids = jnp.arange(n_edges, dtype=jnp.int32)
+    lengths = jax.lax.stop_gradient(graph.edge_lengths)
+    real = graph.edge_mask
+    inside = real & (lengths < cutoff)
+    send = jnp.where(real, graph.senders, n_atoms).astype(jnp.int32)
+    recv = jnp.where(real, graph.receivers, n_atoms).astype(jnp.int32)
+
+    # Rank of each inside-cutoff edge among the edges ending on the same atom.
+    recv_key = jnp.where(inside, recv, n_atoms)
+    order = jnp.argsort(recv_key, stable=True)
+    sorted_key = recv_key[order]
+    first = jnp.searchsorted(sorted_key, sorted_key, side="left").astype(jnp.int32)
+    rank = jnp.zeros(n_edges, jnp.int32).at[order].set(edge_ids - first)
+    in_table = inside & (rank < capacity)
+    slot_of_edge = jnp.where(in_table, recv * capacity + rank, n_slots)
+    slot_edge = jnp.full(n_slots, n_edges, jnp.int32).at[slot_of_edge].set(edge_ids, mode="drop")
+    slot_mask = slot_edge < n_edges
+
+    # Reverse edge a -> s of every edge s -> a by a sorted search over pair keys.
+    pair_key = send * (n_atoms + 1) + recv
+    pair_order = jnp.argsort(pair_key)
+    sorted_pairs = pair_key[pair_order]
+    reverse_key = recv * (n_atoms + 1) + send
+    pos = jnp.clip(jnp.searchsorted(sorted_pairs, reverse_key), 0, n_edges - 1)
+    has_reverse = real & (sorted_pairs[pos] == reverse_key)
+    reverse_edge = pair_order[pos]
+    # A reverse edge that exists but sits exactly at the cutoff after rounding has no slot;
+    # its message is zero there (envelope), so pointing at the zero row is exact.
+    edge_swap = jnp.where(has_reverse, slot_of_edge[reverse_edge], n_slots)
+    gather_edge = jnp.minimum(slot_edge, n_edges - 1)
+    swap = jnp.where(slot_mask, edge_swap[gather_edge], n_slots)
+
+    dummy = jnp.zeros((n_slots, 3), graph.edge_vectors.dtype).at[:, 0].set(PADDING_DISTANCE)
+    vectors = jnp.where(slot_mask[:, None], graph.edge_vectors[gather_edge], dummy)
+    senders = jnp.where(slot_mask, send[gather_edge], n_atoms)
+    counts = jax.ops.segment_sum(inside.astype(jnp.int32), recv, num_segments=n_atoms + 1)
+    return NeighborTable(
+        slot_edge=slot_edge,
+        slot_mask=slot_mask,
+        senders=senders,
+        vectors=vectors,
+        swap=swap,
+        overflow=jnp.any(inside & (rank >= capacity)),
+        missing_reverse=jnp.any(inside & ~has_reverse),
+        max_neighbors=jnp.max(counts[:n_atoms]),
+    )
+
+
+def table_status(graph: Graph, n_atoms: int, cutoff: float, capacity: int) -> TableStatus:
+    """The flags of :func:`build_neighbor_table` only (jit-compatible)."""
+    table = build_neighbor_table(graph, n_atoms, cutoff, capacity)
+    return TableStatus(table.overflow, table.missing_reverse, table.max_neighbors)
+
+
+def check_table_status(status: TableStatus, capacity: int) -> None:
+    """Raise on the host if a neighbour table was invalid (energies were NaN).
+
+    Works on a single status or a batch (``vmap``) of them.
+
+    Raises:
+      ValueError: naming the problem and the fix.
+    """
+    max_neighbors = int(jnp.max(status.max_neighbors))
+    if bool(jnp.any(status.overflow)):
+        raise ValueError(
+            f"GemNet-T neighbour table overflow: an atom has {max_neighbors} neighbours inside "
+            f"the cutoff but neighbor_capacity={capacity}. Rebuild the module with "
+            f"GemNetT(..., neighbor_capacity>={max_neighbors}) (parameters are unchanged)."
+        )
+    if bool(jnp.any(status.missing_reverse)):
+        raise ValueError(
+            "GemNet-T needs every edge in both directions: use partition.Sparse (not "
+            "OrderedSparse) neighbour lists or all-pairs edges."
+        )
