@@ -68,12 +68,14 @@ def _source(metadata: Mapping[str, Any]) -> str:
     return "<in-memory dataset>"
 
 
-def _frozen(array: np.ndarray) -> np.ndarray:
-    """A read-only array: ``array`` itself if it is already a read-only owner, else a copy."""
+def _frozen(array: np.ndarray, copy: bool = True) -> np.ndarray:
+    """A read-only array: ``array`` itself if it is already a read-only owner of its data, else
+    a read-only copy (or, with ``copy=False`` for an array nobody else references, itself)."""
     array = np.asarray(array)
     if not array.flags.writeable and array.flags.owndata:
         return array
-    array = np.array(array, copy=True)
+    if copy or not array.flags.owndata:
+        array = np.array(array, copy=True)
     array.setflags(write=False)
     return array
 
@@ -104,6 +106,7 @@ def thaw_metadata(value: Any) -> Any:
 
 def _float_array(name: str, value: Any, shape: tuple, src: str) -> np.ndarray:
     """Validates a float array against ``shape`` (``None`` entries are free) and finiteness."""
+    owned = not isinstance(value, np.ndarray)  # built here from a list/scalar: nobody else has it
     try:
         array = np.asarray(value)
     except (TypeError, ValueError) as e:
@@ -118,14 +121,15 @@ def _float_array(name: str, value: Any, shape: tuple, src: str) -> np.ndarray:
     )
     if mismatch:
         raise ValueError(f"{src}: key '{name}' has shape {list(array.shape)}; expected {expected}.")
-    array = array.astype(np.float64, copy=False)
+    if array.dtype != np.float64:
+        array, owned = array.astype(np.float64), True
     if not np.all(np.isfinite(array)):
         bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
         raise ValueError(
             f"{src}: key '{name}' contains {bad} non-finite value(s) (NaN or inf); expected "
             "finite numbers."
         )
-    return array
+    return _frozen(array, copy=not owned)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -126,7 +126,8 @@ def _to_ev(values, unit: str):
 
 
 def _forces_to_ev_per_angstrom(values, energy_unit: str, length_unit: str):
-    return _to_ev(values, energy_unit) / LENGTH_UNITS[length_unit]
+    forces = _to_ev(values, energy_unit)
+    return forces if length_unit == "angstrom" else forces / LENGTH_UNITS[length_unit]
 
 
 # --- low-level file access -------------------------------------------------------------------
@@ -238,6 +239,15 @@ def _units_record(energy_unit: str, length_unit: str, velocity: str | None = Non
     return record
 
 
+def _dataset(**fields) -> Dataset:
+    """Builds the Dataset from arrays this reader created and nobody else references: marking
+    them read-only first lets :class:`Dataset` keep them without another copy."""
+    for value in fields.values():
+        if isinstance(value, np.ndarray) and value.flags.owndata:
+            value.setflags(write=False)
+    return Dataset(**fields)
+
+
 # --- npz formats -----------------------------------------------------------------------------
 NPZ_FORMATS = {
     "stabie": ("positions", "atomic_numbers"),
@@ -279,8 +289,13 @@ def read_stabie_npz(path: PathLike, *, require_labels: bool = True) -> Dataset:
       ``format`` and ``original_units``.
     """
     path = pathlib.Path(path)
+    return _stabie_from_arrays(path, _read_npz_arrays(path), require_labels=require_labels)
+
+
+def _stabie_from_arrays(
+    path: pathlib.Path, arrays: dict[str, np.ndarray], *, require_labels: bool = True
+) -> Dataset:
     src = str(path)
-    arrays = _read_npz_arrays(path)
     fmt = "stabie npz"
     metadata: dict[str, Any] = {}
     if "metadata" in arrays:
@@ -321,7 +336,7 @@ def read_stabie_npz(path: PathLike, *, require_labels: bool = True) -> Dataset:
     )
     metadata.setdefault("temperature_kelvin", None)
     metadata.setdefault("name", path.stem)
-    return Dataset(
+    return _dataset(
         positions=_numeric(_require(arrays, "positions", src, fmt), src, "positions"),
         energies=energies,
         forces=forces,
@@ -362,8 +377,19 @@ def read_sgdml_npz(
       require_labels: if False, a file without ``E`` and ``F`` loads with ``None`` labels.
     """
     path = pathlib.Path(path)
+    return _sgdml_from_arrays(
+        path, _read_npz_arrays(path), energy_unit=energy_unit, require_labels=require_labels
+    )
+
+
+def _sgdml_from_arrays(
+    path: pathlib.Path,
+    arrays: dict[str, np.ndarray],
+    *,
+    energy_unit: str | None = None,
+    require_labels: bool = True,
+) -> Dataset:
     src = str(path)
-    arrays = _read_npz_arrays(path)
     fmt = "sGDML npz"
     info = _string_keys(arrays, ("name", "theory", "type", "md5", "e_unit", "r_unit"))
     if energy_unit is not None:
@@ -399,7 +425,7 @@ def read_sgdml_npz(
     }
     if "name" in info:
         metadata["name"] = info["name"]
-    return Dataset(
+    return _dataset(
         positions=positions,
         energies=energies,
         forces=forces,
@@ -421,15 +447,20 @@ def read_rmd17_npz(path: PathLike, *, labels: str = "rmd17") -> Dataset:
       MD17 trajectory) when the file has them; ``metadata['labels']`` records the label set.
     """
     path = pathlib.Path(path)
+    return _rmd17_from_arrays(path, _read_npz_arrays(path), labels=labels)
+
+
+def _rmd17_from_arrays(
+    path: pathlib.Path, arrays: dict[str, np.ndarray], *, labels: str = "rmd17"
+) -> Dataset:
     src = str(path)
     if labels not in ("rmd17", "md17"):
         raise ValueError(f"{src}: labels={labels!r}; expected 'rmd17' or 'md17'.")
-    arrays = _read_npz_arrays(path)
     fmt = "revised-MD17 npz"
     e_key, f_key = ("energies", "forces") if labels == "rmd17" else ("old_energies", "old_forces")
     energies, forces = _labels(arrays, e_key, f_key, src, fmt, True, "kcal/mol", "angstrom")
     frame_ids = arrays.get("old_indices")
-    return Dataset(
+    return _dataset(
         positions=_numeric(_require(arrays, "coords", src, fmt), src, "coords"),
         energies=energies,
         forces=forces,
@@ -456,8 +487,13 @@ def read_openmm_water_npz(path: PathLike, *, require_labels: bool = True) -> Dat
     ``_dense`` file has no ``E``/``F``: load it with ``require_labels=False``.
     """
     path = pathlib.Path(path)
+    return _openmm_water_from_arrays(path, _read_npz_arrays(path), require_labels=require_labels)
+
+
+def _openmm_water_from_arrays(
+    path: pathlib.Path, arrays: dict[str, np.ndarray], *, require_labels: bool = True
+) -> Dataset:
     src = str(path)
-    arrays = _read_npz_arrays(path)
     fmt = "OpenMM water npz"
     energies, forces = _labels(arrays, "E", "F", src, fmt, require_labels, "kcal/mol", "angstrom")
     positions = _numeric(_require(arrays, "R", src, fmt), src, "R")
@@ -466,7 +502,7 @@ def read_openmm_water_npz(path: PathLike, *, require_labels: bool = True) -> Dat
     velocities = arrays.get("V")
     if velocities is not None:
         velocities = velocities_from_angstrom_per_fs(_numeric(velocities, src, "V"))
-    return Dataset(
+    return _dataset(
         positions=positions,
         energies=energies,
         forces=forces,
@@ -500,12 +536,12 @@ def read_npz(
     arrays = _read_npz_arrays(path)
     fmt = detect_npz_format(arrays.keys(), str(path))
     if fmt == "stabie":
-        return read_stabie_npz(path, require_labels=require_labels)
+        return _stabie_from_arrays(path, arrays, require_labels=require_labels)
     if fmt == "rmd17":
-        return read_rmd17_npz(path, labels=labels)
+        return _rmd17_from_arrays(path, arrays, labels=labels)
     if fmt == "openmm_water":
-        return read_openmm_water_npz(path, require_labels=require_labels)
-    return read_sgdml_npz(path, energy_unit=energy_unit, require_labels=require_labels)
+        return _openmm_water_from_arrays(path, arrays, require_labels=require_labels)
+    return _sgdml_from_arrays(path, arrays, energy_unit=energy_unit, require_labels=require_labels)
 
 
 # --- MDsim water (pickled dict) ---------------------------------------------------------------
@@ -553,7 +589,7 @@ def read_mdsim_water_npy(path: PathLike, *, allow_pickle: bool = False) -> Datas
             "supported for this format."
         )
     energies, forces = _labels(arrays, "energy", "forces", src, fmt, True, "kcal/mol", "angstrom")
-    return Dataset(
+    return _dataset(
         positions=_numeric(_require(arrays, pos_key, src, fmt), src, pos_key),
         energies=energies,
         forces=forces,
@@ -673,7 +709,7 @@ def read_ase(
     if all(m is not None for m in momenta):
         masses = first.get_masses()
         velocities = np.stack(momenta) / masses[None, :, None]
-    return Dataset(
+    return _dataset(
         positions=np.stack(positions),
         energies=_to_ev(energies, unit),
         forces=_forces_to_ev_per_angstrom(np.stack(forces), unit, "angstrom"),
