@@ -1,0 +1,421 @@
+"""Checkpoints: resumable training state and self-describing trained models.
+
+Two formats, both on orbax-checkpoint:
+
+**Training checkpoints** (:func:`open_manager`, :func:`save_checkpoint`,
+:func:`restore_checkpoint`). A directory managed by ``orbax.checkpoint.CheckpointManager`` with
+one sub-directory per step. Each step holds two items: ``state``, any pytree (params, optimizer
+state, replica state, typed or raw PRNG keys, Python ints/floats as loop counters), and
+``metadata``, a JSON blob (config, metrics). Saving is asynchronous; call
+``manager.wait_until_finished()`` (or :func:`save_checkpoint` with ``wait=True``) before relying
+on the files. Restoring goes into an *abstract* tree built from an example ``target`` pytree, so
+dtypes, shapes and the pytree structure (NamedTuples, dataclasses) come back exactly.
+Each save also records a SHA-256 of all array bytes in the metadata; on restore, a step that
+fails to read or whose checksum differs (a corrupt or partial checkpoint, e.g. a run killed
+mid-write) is moved aside to ``<directory>/corrupt_step_<n>`` with a warning and the previous
+step is tried.
+
+**Model checkpoints** (:func:`save_model_checkpoint`, :func:`load_model_checkpoint`). A
+directory with ``model.json`` (model kind, hyperparameters, atomic numbers, cutoff, energy
+scale and per-species shift; see :class:`ModelMetadata`) and ``params/`` (orbax). Entry points
+(``--config.init_checkpoint=DIR``) and the ASE calculator load these.
+
+Examples:
+  >>> manager = open_manager("/tmp/run/checkpoints", max_to_keep=3)       # doctest: +SKIP
+  >>> save_checkpoint(manager, 10, state, {"epoch": 10})                  # doctest: +SKIP
+  >>> restored = restore_checkpoint(manager, target=state)                # doctest: +SKIP
+  >>> restored.state, restored.metadata, restored.step                    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import pathlib
+import shutil
+import warnings
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from stabie_jax.models.potential import Potential, make_potential
+from stabie_jax.models.registry import abstract_params, build_model
+from stabie_jax.models.scale_shift import scale_shift_potential
+
+_CHECKSUM_KEY = "_state_sha256"
+MODEL_JSON = "model.json"
+MODEL_PARAMS = "params"
+MODEL_FORMAT_VERSION = 1
+
+
+class RestoredCheckpoint(NamedTuple):
+    """Result of :func:`restore_checkpoint`.
+
+    Attributes:
+      state: the pytree, with the structure and dtypes of ``target``.
+      metadata: the JSON blob saved with it (dict), without the internal checksum.
+      step: the step that was restored.
+    """
+
+    state: Any
+    metadata: dict
+    step: int
+
+
+# ---------------------------------------------------------------------------------------------
+# Training checkpoints.
+
+
+def open_manager(
+    directory,
+    *,
+    max_to_keep: int | None = 3,
+    create: bool = True,
+    async_save: bool = True,
+) -> ocp.CheckpointManager:
+    """An orbax ``CheckpointManager`` over ``directory`` keeping the last ``max_to_keep`` steps.
+
+    Args:
+      directory: checkpoint root; made absolute.
+      max_to_keep: number of most recent steps kept (``None``: all).
+      create: create the directory if missing. With ``create=False`` a missing directory is an
+        error (use this when resuming or evaluating).
+      async_save: write in a background thread (call ``wait_until_finished()``).
+
+    Raises:
+      ValueError: ``create=False`` and the directory does not exist.
+    """
+    path = pathlib.Path(directory).expanduser().resolve()
+    if not create and not path.is_dir():
+        raise ValueError(
+            f"checkpoint directory {path} does not exist; check the path (e.g. "
+            "--config.init_checkpoint) or run the stage that writes it first"
+        )
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, create=create, enable_async_checkpointing=async_save
+    )
+    return ocp.CheckpointManager(path, options=options)
+
+
+def latest_step(directory) -> int | None:
+    """Newest finalised step under ``directory`` (``None`` if there is none).
+
+    Raises:
+      ValueError: the directory does not exist.
+    """
+    with open_manager(directory, create=False, async_save=False) as manager:
+        return manager.latest_step()
+
+
+def _host_leaf(leaf) -> np.ndarray:
+    if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        leaf = jax.random.key_data(leaf)
+    return np.asarray(jax.device_get(leaf))
+
+
+def state_checksum(state) -> str:
+    """SHA-256 over the structure, dtypes, shapes and bytes of every leaf of ``state``."""
+    digest = hashlib.sha256()
+    leaves, treedef = jax.tree_util.tree_flatten(state)
+    digest.update(str(treedef).encode())
+    for leaf in leaves:
+        array = _host_leaf(leaf)
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def _jsonable(value):
+    """Convert numpy scalars/arrays and tuples so that ``json.dumps`` accepts them."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic | np.ndarray) or isinstance(value, jax.Array):
+        return _jsonable(np.asarray(value).tolist())
+    return value
+
+
+def save_checkpoint(
+    manager: ocp.CheckpointManager,
+    step: int,
+    state,
+    metadata: Mapping | None = None,
+    *,
+    wait: bool = False,
+) -> None:
+    """Save ``state`` (any pytree) and ``metadata`` (JSON-able mapping) as ``step``.
+
+    Args:
+      manager: from :func:`open_manager`.
+      step: non-negative int, larger than every saved step.
+      state: pytree of arrays, PRNG keys, and Python/numpy scalars.
+      metadata: e.g. ``{"config": ..., "metrics": ...}``; numpy values are converted.
+      wait: block until the files are written.
+    """
+    blob = _jsonable(dict(metadata or {}))
+    if _CHECKSUM_KEY in blob:
+        raise ValueError(f"metadata key {_CHECKSUM_KEY!r} is reserved")
+    blob[_CHECKSUM_KEY] = state_checksum(state)
+    manager.save(
+        int(step),
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), metadata=ocp.args.JsonSave(blob)
+        ),
+        force=True,
+    )
+    if wait:
+        manager.wait_until_finished()
+
+
+def _abstract(target):
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+
+
+def _quarantine(manager: ocp.CheckpointManager, step: int) -> pathlib.Path:
+    root = pathlib.Path(manager.directory)
+    source = root / str(step)
+    dest = root / f"corrupt_step_{step}"
+    suffix = 0
+    while dest.exists():
+        suffix += 1
+        dest = root / f"corrupt_step_{step}_{suffix}"
+    if source.exists():
+        shutil.move(os.fspath(source), os.fspath(dest))
+    manager.reload()
+    return dest
+
+
+def restore_checkpoint(
+    manager: ocp.CheckpointManager,
+    target,
+    *,
+    step: int | None = None,
+    fallback: bool = True,
+) -> RestoredCheckpoint:
+    """Restore into the structure of ``target`` (an example pytree, e.g. the initial state).
+
+    Args:
+      manager: from :func:`open_manager`.
+      target: pytree whose structure, shapes and dtypes the saved state must have; only its
+        shapes/dtypes are used.
+      step: a specific step; default the latest.
+      fallback: if the requested/latest step cannot be read or fails its checksum, warn,
+        move it aside to ``corrupt_step_<n>`` and try the next older step.
+
+    Returns:
+      :class:`RestoredCheckpoint`.
+
+    Raises:
+      ValueError: there is no (readable) checkpoint in the directory.
+    """
+    manager.wait_until_finished()
+    manager.reload()
+    steps = sorted(manager.all_steps(), reverse=True)
+    if step is not None:
+        if step not in steps:
+            raise ValueError(
+                f"no checkpoint for step {step} in {manager.directory}; available: {steps}"
+            )
+        steps = [s for s in steps if s <= step]
+    if not steps:
+        raise ValueError(
+            f"no checkpoint found in {manager.directory}; run the stage that writes it first "
+            "or point to the right directory"
+        )
+    abstract = _abstract(target)
+    errors = []
+    for candidate in steps:
+        try:
+            restored = manager.restore(
+                candidate,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract), metadata=ocp.args.JsonRestore()
+                ),
+            )
+            metadata = dict(restored.metadata)
+            expected = metadata.pop(_CHECKSUM_KEY, None)
+            if expected is None:
+                raise ValueError("checksum missing from metadata")
+            if state_checksum(restored.state) != expected:
+                raise ValueError("checksum mismatch (corrupt data)")
+            return RestoredCheckpoint(restored.state, metadata, int(candidate))
+        except Exception as err:  # noqa: BLE001 - any read failure means "try the previous step"
+            errors.append(f"step {candidate}: {type(err).__name__}: {str(err)[:300]}")
+            if not fallback:
+                raise
+            moved = _quarantine(manager, candidate)
+            message = (
+                f"checkpoint step {candidate} in {manager.directory} is unreadable or corrupt "
+                f"({type(err).__name__}: {str(err)[:200]}); moved to {moved}, falling back"
+            )
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+            logging.warning(message)
+    raise ValueError(
+        f"no readable checkpoint in {manager.directory}; errors: {errors}. Delete the directory "
+        "to start fresh."
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Model checkpoints.
+
+
+class ModelMetadata(NamedTuple):
+    """Everything besides the parameters needed to rebuild a trained potential.
+
+    Attributes:
+      kind: model kind for :func:`stabie_jax.models.registry.build_model` (e.g. ``"schnet"``).
+      hparams: keyword arguments of the model constructor (JSON-able).
+      atomic_numbers: ``[N]`` atomic numbers of the system it was trained on.
+      cutoff_angstrom: interaction cutoff of the model, Å (sizes neighbour lists).
+      energy_scale: ``s`` in ``e_i = s·u_i + μ_Z``, eV per model unit.
+      energy_shift: ``{Z: μ_Z}`` per-species shifts, eV.
+      extra: free-form JSON (training report, dataset, versions, ...).
+    """
+
+    kind: str
+    hparams: dict
+    atomic_numbers: tuple[int, ...]
+    cutoff_angstrom: float
+    energy_scale: float = 1.0
+    energy_shift: dict = {}
+    extra: dict = {}
+
+    def to_json(self) -> dict:
+        """JSON-ready dict (the content of ``model.json`` minus the format version)."""
+        return _jsonable(
+            {
+                "kind": self.kind,
+                "hparams": self.hparams,
+                "atomic_numbers": [int(z) for z in self.atomic_numbers],
+                "cutoff_angstrom": float(self.cutoff_angstrom),
+                "energy_scale": float(self.energy_scale),
+                "energy_shift": {str(int(z)): float(v) for z, v in self.energy_shift.items()},
+                "extra": self.extra,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, blob: Mapping, source: str = "model.json") -> ModelMetadata:
+        """Inverse of :meth:`to_json`; ``source`` names the file in error messages."""
+        required = ("kind", "hparams", "atomic_numbers", "cutoff_angstrom")
+        missing = [k for k in required if k not in blob]
+        if missing:
+            raise ValueError(f"{source} lacks required keys {missing}; re-save the model")
+        return cls(
+            kind=str(blob["kind"]),
+            hparams=dict(blob["hparams"]),
+            atomic_numbers=tuple(int(z) for z in blob["atomic_numbers"]),
+            cutoff_angstrom=float(blob["cutoff_angstrom"]),
+            energy_scale=float(blob.get("energy_scale", 1.0)),
+            energy_shift={int(z): float(v) for z, v in blob.get("energy_shift", {}).items()},
+            extra=dict(blob.get("extra", {})),
+        )
+
+
+class LoadedModel(NamedTuple):
+    """A model checkpoint in memory: ``module`` (Flax), ``params``, ``metadata``."""
+
+    module: Any
+    params: Any
+    metadata: ModelMetadata
+
+
+def save_model_checkpoint(
+    directory, params, metadata: ModelMetadata, *, overwrite: bool = False
+) -> pathlib.Path:
+    """Write ``model.json`` and ``params/`` under ``directory`` (synchronously).
+
+    Args:
+      directory: target directory (created).
+      params: Flax ``params`` collection of ``build_model(metadata.kind, **metadata.hparams)``.
+      metadata: see :class:`ModelMetadata`.
+      overwrite: replace an existing model checkpoint.
+
+    Returns:
+      The absolute directory.
+    """
+    path = pathlib.Path(directory).expanduser().resolve()
+    if (path / MODEL_JSON).exists() and not overwrite:
+        raise ValueError(f"a model checkpoint already exists in {path}; pass overwrite=True")
+    path.mkdir(parents=True, exist_ok=True)
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(path / MODEL_PARAMS, params, force=True)
+        checkpointer.wait_until_finished()
+    blob = {"format_version": MODEL_FORMAT_VERSION, **metadata.to_json()}
+    blob["extra"][_CHECKSUM_KEY] = state_checksum(params)
+    tmp = path / (MODEL_JSON + ".tmp")
+    tmp.write_text(json.dumps(blob, indent=2, sort_keys=True))
+    os.replace(tmp, path / MODEL_JSON)
+    return path
+
+
+def read_model_metadata(directory) -> ModelMetadata:
+    """Parse ``model.json`` of a model checkpoint without loading the parameters."""
+    path = pathlib.Path(directory).expanduser().resolve()
+    json_path = path / MODEL_JSON
+    if not json_path.is_file():
+        raise ValueError(
+            f"{json_path} not found: {path} is not a model checkpoint (write one with "
+            "stabie_jax.checkpoint.save_model_checkpoint, e.g. by running the pretrain stage)"
+        )
+    blob = json.loads(json_path.read_text())
+    version = blob.get("format_version")
+    if version != MODEL_FORMAT_VERSION:
+        raise ValueError(
+            f"{json_path} has format_version {version}, expected {MODEL_FORMAT_VERSION}"
+        )
+    return ModelMetadata.from_json(blob, source=os.fspath(json_path))
+
+
+def load_model_checkpoint(directory) -> LoadedModel:
+    """Load a model checkpoint: ``(module, params, metadata)``.
+
+    The params are restored into the abstract tree of ``module.init`` (shapes checked) and
+    verified against the checksum in ``model.json``.
+
+    Raises:
+      ValueError: missing directory/files, unknown model kind, or corrupt parameters.
+    """
+    metadata = read_model_metadata(directory)
+    path = pathlib.Path(directory).expanduser().resolve()
+    module = build_model(metadata.kind, **metadata.hparams)
+    abstract = abstract_params(module, metadata.atomic_numbers)
+    with ocp.StandardCheckpointer() as checkpointer:
+        try:
+            params = checkpointer.restore(path / MODEL_PARAMS, abstract)
+        except Exception as err:
+            raise ValueError(f"cannot read parameters in {path / MODEL_PARAMS}: {err}") from err
+    expected = metadata.extra.get(_CHECKSUM_KEY)
+    if expected is not None and state_checksum(params) != expected:
+        raise ValueError(f"parameters in {path / MODEL_PARAMS} fail their checksum (corrupt)")
+    extra = {k: v for k, v in metadata.extra.items() if k != _CHECKSUM_KEY}
+    return LoadedModel(module, params, metadata._replace(extra=extra))
+
+
+def make_model_potential(
+    module, metadata: ModelMetadata, displacement_fn, *, use_neighbor_list: bool = False
+) -> Potential:
+    """The physical (scaled and shifted) :class:`Potential` of a checkpointed model.
+
+    Args:
+      module: the Flax module (``LoadedModel.module``).
+      metadata: its :class:`ModelMetadata`.
+      displacement_fn: JAX-MD displacement of the space to simulate in.
+      use_neighbor_list: see :func:`stabie_jax.models.potential.make_potential`.
+    """
+    bare = make_potential(
+        module, metadata.atomic_numbers, displacement_fn, use_neighbor_list=use_neighbor_list
+    )
+    return scale_shift_potential(
+        bare,
+        metadata.atomic_numbers,
+        energy_scale=metadata.energy_scale,
+        energy_shift=metadata.energy_shift,
+    )

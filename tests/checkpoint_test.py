@@ -1,0 +1,230 @@
+"""Tests of training checkpoints (orbax) and model checkpoints."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import pathlib
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax_md import space
+from toy_model import TOY_KIND, PairMLP, register_toy_model
+
+from stabie_jax import checkpoint as ckpt
+from stabie_jax.models import registry
+
+# Failed tensorstore reads (the corruption tests) leave un-awaited asyncio tasks behind.
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+
+class LoopState(NamedTuple):
+    params: dict
+    opt_state: object
+    key: jax.Array
+    typed_key: jax.Array
+    step: int
+    best: float
+
+
+def make_state(scale: float = 1.0) -> LoopState:
+    params = {"w": jnp.arange(12.0).reshape(3, 4) * scale, "b": jnp.ones(4) * scale}
+    return LoopState(
+        params=params,
+        opt_state=optax.adam(1e-3).init(params),
+        key=jax.random.PRNGKey(3),
+        typed_key=jax.random.key(7),
+        step=int(scale),
+        best=0.1 + 0.2 * scale,
+    )
+
+
+def assert_tree_equal(a, b):
+    assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x, y = jax.random.key_data(x), jax.random.key_data(y)
+        assert type(x) is type(y) or (hasattr(x, "dtype") and x.dtype == y.dtype)
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def save_steps(directory, steps, max_to_keep=3):
+    manager = ckpt.open_manager(directory, max_to_keep=max_to_keep)
+    for s in steps:
+        ckpt.save_checkpoint(manager, s, make_state(float(s)), {"epoch": s, "arr": np.arange(2)})
+    manager.wait_until_finished()
+    return manager
+
+
+def test_roundtrip_exact_with_metadata_and_keep_last(tmp_path):
+    manager = save_steps(tmp_path / "ck", [1, 2, 3, 4], max_to_keep=2)
+    assert manager.all_steps() == [3, 4]
+    assert ckpt.latest_step(tmp_path / "ck") == 4
+    restored = ckpt.restore_checkpoint(manager, target=make_state(0.0))
+    assert restored.step == 4
+    assert restored.metadata == {"epoch": 4, "arr": [0, 1]}
+    assert_tree_equal(restored.state, make_state(4.0))
+    assert isinstance(restored.state, LoopState)
+    assert isinstance(restored.state.step, int) and restored.state.best == 0.1 + 0.2 * 4.0
+    older = ckpt.restore_checkpoint(manager, target=make_state(0.0), step=3)
+    assert_tree_equal(older.state, make_state(3.0))
+    with pytest.raises(ValueError, match="no checkpoint for step 1"):
+        ckpt.restore_checkpoint(manager, target=make_state(0.0), step=1)
+
+
+def _corrupt_data_files(step_dir: pathlib.Path):
+    files = glob.glob(os.fspath(step_dir / "state" / "**" / "d" / "*"), recursive=True)
+    assert files
+    for name in files:
+        data = bytearray(pathlib.Path(name).read_bytes())
+        for i in range(len(data) // 2, len(data)):
+            data[i] ^= 0xFF
+        pathlib.Path(name).write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["flip_bytes", "delete_state", "wrong_checksum"])
+def test_corrupt_latest_falls_back_with_warning(tmp_path, damage):
+    directory = tmp_path / "ck"
+    manager = save_steps(directory, [1, 2, 3])
+    latest = directory / "3"
+    if damage == "flip_bytes":
+        _corrupt_data_files(latest)
+    elif damage == "delete_state":
+        for name in glob.glob(os.fspath(latest / "state" / "**" / "*"), recursive=True):
+            if os.path.isfile(name):
+                os.remove(name)
+    else:
+        meta = latest / "metadata" / "metadata"
+        blob = json.loads(meta.read_text())
+        blob[ckpt._CHECKSUM_KEY] = "0" * 64
+        meta.write_text(json.dumps(blob))
+    with pytest.warns(RuntimeWarning, match="step 3 .* corrupt"):
+        restored = ckpt.restore_checkpoint(manager, target=make_state(0.0))
+    assert restored.step == 2
+    assert_tree_equal(restored.state, make_state(2.0))
+    assert (directory / "corrupt_step_3").is_dir() and not latest.exists()
+    # The run can continue and re-save step 3 after the fallback.
+    ckpt.save_checkpoint(manager, 3, make_state(30.0), wait=True)
+    again = ckpt.restore_checkpoint(manager, target=make_state(0.0))
+    assert again.step == 3
+    assert_tree_equal(again.state, make_state(30.0))
+
+
+def test_no_fallback_raises_and_all_corrupt_raises(tmp_path):
+    directory = tmp_path / "ck"
+    manager = save_steps(directory, [1])
+    _corrupt_data_files(directory / "1")
+    with pytest.raises(Exception):  # noqa: B017 - orbax/tensorstore error type
+        ckpt.restore_checkpoint(manager, target=make_state(0.0), fallback=False)
+    with pytest.warns(RuntimeWarning), pytest.raises(ValueError, match="no readable checkpoint"):
+        ckpt.restore_checkpoint(manager, target=make_state(0.0))
+
+
+def test_missing_or_empty_directory_errors(tmp_path):
+    missing = tmp_path / "nope"
+    with pytest.raises(ValueError, match=f"{missing}.*does not exist"):
+        ckpt.open_manager(missing, create=False)
+    with pytest.raises(ValueError, match="does not exist"):
+        ckpt.latest_step(missing)
+    manager = ckpt.open_manager(tmp_path / "empty")
+    with pytest.raises(ValueError, match="no checkpoint found"):
+        ckpt.restore_checkpoint(manager, target=make_state(0.0))
+
+
+def test_shape_mismatch_with_target_is_reported(tmp_path):
+    manager = save_steps(tmp_path / "ck", [1])
+    bad = make_state(0.0)._replace(params={"w": jnp.zeros((5, 4)), "b": jnp.ones(4)})
+    with pytest.raises(Exception):  # noqa: B017
+        ckpt.restore_checkpoint(manager, target=bad, fallback=False)
+
+
+# ------------------------------------------------------------------------------ model checkpoints
+
+
+def toy_model_and_metadata():
+    register_toy_model()
+    module = PairMLP(hidden=8, cutoff=3.5)
+    z = (8, 1, 1)
+    params = registry.init_params(module, z, jax.random.PRNGKey(0))
+    metadata = ckpt.ModelMetadata(
+        kind=TOY_KIND,
+        hparams=registry.model_hparams(module),
+        atomic_numbers=z,
+        cutoff_angstrom=3.5,
+        energy_scale=0.7,
+        energy_shift={1: -13.6, 8: -432.1},
+        extra={"note": "test"},
+    )
+    return module, params, metadata
+
+
+def test_model_checkpoint_roundtrip_and_potential(tmp_path):
+    module, params, metadata = toy_model_and_metadata()
+    ckpt.save_model_checkpoint(tmp_path / "model", params, metadata)
+    loaded = ckpt.load_model_checkpoint(tmp_path / "model")
+    assert loaded.metadata == metadata
+    assert loaded.module == module
+    assert_tree_equal(loaded.params, params)
+    positions = jnp.array([[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0]])
+    pot = ckpt.make_model_potential(loaded.module, loaded.metadata, space.free()[0])
+    bare = ckpt.make_model_potential(
+        module, metadata._replace(energy_scale=1.0, energy_shift={}), space.free()[0]
+    )
+    per_atom, forces, bare_per_atom, bare_forces = jax.jit(
+        lambda p, q: (
+            pot.per_atom_energy_fn(p, positions),
+            pot.force_fn(p, positions),
+            bare.per_atom_energy_fn(q, positions),
+            bare.force_fn(q, positions),
+        )
+    )(loaded.params, params)
+    assert float(jnp.abs(bare_forces).max()) > 1e-3  # the comparison is not trivially 0 == 0
+    np.testing.assert_allclose(
+        per_atom, 0.7 * bare_per_atom + np.array([-432.1, -13.6, -13.6]), rtol=1e-6
+    )
+    np.testing.assert_allclose(forces, 0.7 * bare_forces, rtol=1e-5)
+    with pytest.raises(ValueError, match="already exists"):
+        ckpt.save_model_checkpoint(tmp_path / "model", params, metadata)
+
+
+def test_model_checkpoint_errors(tmp_path):
+    module, params, metadata = toy_model_and_metadata()
+    with pytest.raises(ValueError, match="not a model checkpoint"):
+        ckpt.load_model_checkpoint(tmp_path / "absent")
+    path = ckpt.save_model_checkpoint(tmp_path / "model", params, metadata)
+    blob = json.loads((path / "model.json").read_text())
+    blob["kind"] = "no_such_model"
+    (path / "model.json").write_text(json.dumps(blob))
+    with pytest.raises(ValueError, match="unknown model kind 'no_such_model'"):
+        ckpt.load_model_checkpoint(path)
+    path = ckpt.save_model_checkpoint(tmp_path / "model2", params, metadata)
+    blob = json.loads((path / "model.json").read_text())
+    del blob["cutoff_angstrom"]
+    (path / "model.json").write_text(json.dumps(blob))
+    with pytest.raises(ValueError, match="lacks required keys"):
+        ckpt.load_model_checkpoint(path)
+    path = ckpt.save_model_checkpoint(tmp_path / "model3", params, metadata)
+    blob = json.loads((path / "model.json").read_text())
+    blob["extra"][ckpt._CHECKSUM_KEY] = "f" * 64
+    (path / "model.json").write_text(json.dumps(blob))
+    with pytest.raises(ValueError, match="checksum"):
+        ckpt.load_model_checkpoint(path)
+
+
+def test_registry_errors_and_hparams_roundtrip():
+    register_toy_model()
+    module = registry.build_model(TOY_KIND, hidden=5, n_rbf=3, cutoff=2.0)
+    assert registry.model_hparams(module) == {"hidden": 5, "n_rbf": 3, "cutoff": 2.0}
+    assert registry.build_model(TOY_KIND, **registry.model_hparams(module)) == module
+    with pytest.raises(ValueError, match="bad hyperparameters"):
+        registry.build_model(TOY_KIND, width=3)
+    with pytest.raises(ValueError, match="unknown model kind"):
+        registry.build_model("mace")
+    with pytest.raises(ValueError, match="built in"):
+        registry.register_model("schnet", PairMLP)
+    assert {"schnet", "nequip", "gemnet_t", TOY_KIND} <= set(registry.available_models())
