@@ -193,3 +193,21 @@ def test_load_lists_globs_and_errors(tmp_path):
     (tmp_path / "part_1.npz").write_bytes(b"corrupt")  # one bad file: no partial result
     with pytest.raises(ValueError, match="part_1.npz"):
         load_dataset(str(tmp_path / "part_*.npz"))
+
+
+@pytest.mark.parametrize(
+    "name, n_atoms, n_molecules",
+    [("aspirin_xtb_500K", 21, 1), ("water_spcfw_64_300K", 192, 64)],
+)
+def test_shipped_builtin_datasets_load(name, n_atoms, n_molecules):
+    from stabie_jax.data import bonds_from_dataset, molecule_labels
+
+    if name not in loader.list_builtin():
+        pytest.skip(f"builtin:{name} not generated yet (see stabie_jax/data/generate)")
+    ds = load_dataset(f"builtin:{name}")
+    assert ds.n_atoms == n_atoms and ds.has_labels and ds.metadata["format"] == "stabie"
+    assert ds.temperature_kelvin is not None
+    graph = bonds_from_dataset(ds, frames=np.arange(0, ds.n_frames, max(1, ds.n_frames // 50)))
+    assert molecule_labels(ds.n_atoms, graph.bonds).max() + 1 == n_molecules
+    if name.startswith("aspirin"):
+        assert len(graph.bonds) == 21

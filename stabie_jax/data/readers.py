@@ -329,6 +329,14 @@ def _stabie_from_arrays(
     velocities = get("velocities")
     if velocities is not None:
         velocities = velocities_from_angstrom_per_fs(_numeric(velocities, src, "velocities"))
+    velocity_unit = str(declared.get("velocities", "Å/fs")).strip().lower().replace(" ", "")
+    if velocity_unit not in ("å/fs", "angstrom/fs", "ang/fs", "a/fs"):
+        raise ValueError(
+            f"{src}: metadata declares velocity unit {declared['velocities']!r}; the stabie npz "
+            "format stores Å/fs."
+        )
+    if metadata.get("format", "stabie") != "stabie":
+        metadata["file_format"] = metadata["format"]
     metadata.update(
         source_files=[src],
         format="stabie",
