@@ -476,3 +476,19 @@ def test_real_water_npz():
     ke = 0.5 * np.einsum("i,fij->f", ds.masses, ds.velocities**2)
     temperature = 2 * ke.mean() / ((3 * 192 - 3) * units.BOLTZMANN_EV_PER_K)
     assert temperature == pytest.approx(291.6, abs=1.0)
+
+
+def test_stabie_bad_metadata_json(tmp_path):
+    arrays = dict(
+        positions=_frames(2),
+        energies=np.zeros(2),
+        forces=np.zeros((2, 3, 3)),
+        atomic_numbers=np.array([8, 1, 1]),
+    )
+    for i, meta in enumerate([np.array("{not json"), np.array(b"\xff\xfe"), np.array("[1]")]):
+        np.savez(tmp_path / f"m{i}.npz", metadata=meta, **arrays)
+        with pytest.raises(ValueError, match=f"m{i}.npz: key 'metadata'"):
+            read_file(tmp_path / f"m{i}.npz")
+    np.savez(tmp_path / "deep.npz", metadata=np.array("[" * 100_000 + "]" * 100_000), **arrays)
+    with pytest.raises(ValueError, match="deep.npz: key 'metadata'"):
+        read_file(tmp_path / "deep.npz")

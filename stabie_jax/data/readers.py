@@ -2,29 +2,24 @@
 
 Supported formats (:func:`read_file` picks one from the file name and, for ``.npz``, the keys):
 
-=================  ===========================================  ===============================
-format             keys / content                               units in the file
-=================  ===========================================  ===============================
-``stabie``         positions, energies, forces, atomic_numbers,  eV, Å, Å/fs (velocities); the
-                   [cell, pbc, velocities, masses, time_fs,      format this project writes
-                   frame_ids, metadata (JSON)]                   (:func:`save_dataset`)
-``sgdml``          R, z, E ([F] or [F, 1]), F                   ``e_unit``/``r_unit`` keys when
-                   (MD17, MD22 sGDML downloads)                 present; sGDML downloads (keys
-                                                                 ``type``/``md5``/``theory``)
-                                                                 are kcal/mol and Å; otherwise
-                                                                 ``energy_unit=`` is required
-``rmd17``          nuclear_charges, coords, energies, forces,   kcal/mol, Å
-                   old_indices, old_energies, old_forces
-``openmm_water``   R, z, cell, masses, dt_fs, temperature_K,     kcal/mol, Å, Å/fs (the staged
-                   [E, F, V]                                    SPC/Fw water of this project)
-``mdsim_water``    ``water.npy``: a pickled dict (wrapped_coords, kcal/mol, Å (MDsim's
-                   atom_types, lengths, angles, energy, forces) ``preprocessing/water.py``)
-``ase``            anything ``ase.io.read`` parses with per-atom  ``energy_unit=`` required,
-                   forces and a per-frame energy (extxyz, ...)  except sGDML's own xyz export
-                                                                 (``md17_*``/``md22_*`` files
-                                                                 with an ``Energy=`` comment):
-                                                                 kcal/mol
-=================  ===========================================  ===============================
+* ``stabie`` (``.npz``, written by :func:`save_dataset` and the data generators): keys
+  ``positions``, ``energies``, ``forces``, ``atomic_numbers``, optional ``cell``, ``pbc``,
+  ``velocities``, ``masses``, ``time_fs``, ``frame_ids``, ``metadata`` (JSON). Units eV, Å, amu,
+  velocities Å/fs.
+* ``sgdml`` (``.npz``, MD17 and MD22 downloads): keys ``R``, ``z``, ``E`` ([F] or [F, 1]),
+  ``F``. Units from the ``e_unit``/``r_unit`` keys when present; an sGDML download without them
+  (recognised by its ``type``/``md5``/``theory`` keys) is kcal/mol and Å; any other ``R, z, E,
+  F`` file needs ``energy_unit=``.
+* ``rmd17`` (``.npz``, revised MD17): keys ``nuclear_charges``, ``coords``, ``energies``,
+  ``forces``, ``old_indices``, ``old_energies``, ``old_forces``. kcal/mol, Å.
+* ``openmm_water`` (``.npz``, the staged SPC/Fw water of this project): keys ``R``, ``z``,
+  ``cell``, ``masses``, ``dt_fs``, ``temperature_K``, optional ``E``, ``F``, ``V``. kcal/mol, Å,
+  Å/fs.
+* ``mdsim_water`` (``water.npy`` of MDsim, a pickled dict): ``wrapped_coords``, ``atom_types``,
+  ``lengths``, ``angles``, ``energy``, ``forces``. kcal/mol, Å (MDsim ``preprocessing/water.py``).
+* ``ase`` (anything else ``ase.io.read`` parses with a per-frame energy and per-atom forces, e.g.
+  extxyz): ``energy_unit=`` is required, except for sGDML's own xyz export (file name
+  ``md17_*``/``md22_*`` and an ``Energy=`` comment key), which is kcal/mol.
 
 The revised-MD17 files carry two label sets: ``labels="rmd17"`` (default) reads the recomputed
 ``energies``/``forces``; ``labels="md17"`` reads ``old_energies``/``old_forces``, the original
@@ -91,14 +86,24 @@ ENERGY_UNITS = {
 }
 """Energy unit name (lower case) → function converting values to eV."""
 
-_ENERGY_ALIASES = {"ev": "ev", "kcal/mol": "kcal/mol", "kcal mol-1": "kcal/mol", "ha": "hartree"}
-_ENERGY_ALIASES["hartree"] = "hartree"
+_ENERGY_ALIASES = {
+    "ev": "ev",
+    "kcal/mol": "kcal/mol",
+    "kcal mol-1": "kcal/mol",
+    "hartree": "hartree",
+    "ha": "hartree",
+}
 
 LENGTH_UNITS = {"angstrom": 1.0, "bohr": units.BOHR_IN_ANGSTROM}
 """Length unit name (lower case) → size in Å."""
 
-_LENGTH_ALIASES = {"ang": "angstrom", "angstrom": "angstrom", "å": "angstrom", "a": "angstrom"}
-_LENGTH_ALIASES["bohr"] = "bohr"
+_LENGTH_ALIASES = {
+    "angstrom": "angstrom",
+    "ang": "angstrom",
+    "å": "angstrom",
+    "a": "angstrom",
+    "bohr": "bohr",
+}
 
 
 def _energy_unit(name: Any, src: str, key: str) -> str:
@@ -299,10 +304,10 @@ def _stabie_from_arrays(
     fmt = "stabie npz"
     metadata: dict[str, Any] = {}
     if "metadata" in arrays:
+        text = _scalar(arrays, "metadata", src, kind="s")
         try:
-            text = _scalar(arrays, "metadata", src, kind="s")
             metadata = json.loads(text)
-        except json.JSONDecodeError as e:
+        except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError
             raise ValueError(f"{src}: key 'metadata' is not valid JSON ({e}).") from e
         if not isinstance(metadata, dict):
             raise ValueError(f"{src}: key 'metadata' must be a JSON object; got {type(metadata)}.")
@@ -507,6 +512,11 @@ def _openmm_water_from_arrays(
     positions = _numeric(_require(arrays, "R", src, fmt), src, "R")
     dt_fs = float(_scalar(arrays, "dt_fs", src))
     temperature = float(_scalar(arrays, "temperature_K", src))
+    if not (np.isfinite(dt_fs) and dt_fs > 0 and np.isfinite(temperature) and temperature > 0):
+        raise ValueError(
+            f"{src}: keys 'dt_fs'={dt_fs} and 'temperature_K'={temperature}; expected positive "
+            "finite numbers (fs, K)."
+        )
     velocities = arrays.get("V")
     if velocities is not None:
         velocities = velocities_from_angstrom_per_fs(_numeric(velocities, src, "V"))
@@ -577,6 +587,8 @@ def read_mdsim_water_npy(path: PathLike, *, allow_pickle: bool = False) -> Datas
     _check_file(path)
     try:
         raw = np.load(path, allow_pickle=True)
+        if isinstance(raw, np.lib.npyio.NpzFile):
+            raw.close()
         data = raw.item() if isinstance(raw, np.ndarray) and raw.dtype == object else None
     except Exception as e:  # noqa: BLE001 - unpickling can raise anything; report it as bad input
         raise ValueError(
