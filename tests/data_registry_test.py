@@ -211,3 +211,24 @@ def test_shipped_builtin_datasets_load(name, n_atoms, n_molecules):
     assert molecule_labels(ds.n_atoms, graph.bonds).max() + 1 == n_molecules
     if name.startswith("aspirin"):
         assert len(graph.bonds) == 21
+
+
+def test_mdsim_water_entry_from_cache_records_sha256(tmp_path):
+    rng = np.random.default_rng(3)
+    water = np.array([[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0]])
+    data = dict(
+        wrapped_coords=water + 0.01 * rng.normal(size=(4, 3, 3)),
+        atom_types=np.array([8, 1, 1]),
+        lengths=np.array([6.0, 6.0, 6.0]),
+        angles=np.array([90.0, 90.0, 90.0]),
+        energy=rng.normal(size=4),
+        forces=rng.normal(size=(4, 3, 3)),
+    )
+    directory = tmp_path / "water_mdsim_1k"
+    directory.mkdir()
+    np.save(directory / "water.npy", np.array(data, dtype=object), allow_pickle=True)
+    ds = load_dataset("water_mdsim_1k", cache_dir=tmp_path)
+    assert ds.metadata["format"] == "mdsim_water" and ds.temperature_kelvin == 300.0
+    np.testing.assert_allclose(ds.energies, data["energy"] * 0.0433641042418, rtol=1e-9)
+    record = (directory / "water.npy.sha256").read_text().split()[0]
+    assert record == sha256_of_file(directory / "water.npy")
