@@ -1,0 +1,637 @@
+"""Import (and export) MDsim / torch_geometric SchNet checkpoints.
+
+The StABlE paper's SchNet models were trained with MDsim (a fork of the Open Catalyst Project
+trainer) around torch_geometric's ``SchNet``. A checkpoint is a ``torch.save`` pickle::
+
+    {"state_dict": {"module.embedding.weight": [100, H], ...},    # DataParallel prefix
+     "normalizers": {"target": {"mean": <eV>, "std": <eV>}, ...},
+     "config": {"model": {"hidden_channels", "num_filters", "num_interactions",
+                          "num_gaussians", "cutoff", ...},
+                "dataset": {"molecule": "aspirin", ...} (or a list of such dicts), ...},
+     ...}
+
+and the energy of a structure is ``E = std * sum_i out_i + mean`` in eV (MDsim normalises the
+*total* energy), forces ``F = -dE/dR`` in eV/Å.
+
+Mapping onto :class:`stabie_jax.models.schnet.SchNet` (torch ``Linear.weight`` is ``[out, in]``,
+a Flax ``Dense`` kernel is ``[in, out]``, so every weight matrix is transposed):
+
+==============================================  ==================================================
+torch_geometric                                 stabie_jax params
+==============================================  ==================================================
+``embedding.weight`` [100, H]                   ``embedding/embedding`` [100, H]
+``interactions.{i}.mlp.0.{weight,bias}``        ``interaction_{i}/filter_0/{kernel,bias}``
+``interactions.{i}.mlp.2.{weight,bias}``        ``interaction_{i}/filter_1/{kernel,bias}``
+``interactions.{i}.conv.lin1.weight``           ``interaction_{i}/conv_in/kernel`` (no bias)
+``interactions.{i}.conv.lin2.{weight,bias}``    ``interaction_{i}/conv_out/{kernel,bias}``
+``interactions.{i}.lin.{weight,bias}``          ``interaction_{i}/dense/{kernel,bias}``
+``lin1.{weight,bias}`` / ``lin2.{weight,bias}``  ``readout_0`` / ``readout_1``
+==============================================  ==================================================
+
+``interactions.{i}.conv.nn.*`` is the same tensor as ``interactions.{i}.mlp.*`` (torch_geometric
+shares the filter network between the block and its convolution); the importer checks that
+they are equal. ``distance_expansion.offset`` is the fixed grid ``linspace(0, cutoff, G)`` and
+``atomic_mass`` an unused buffer; both are checked, not imported.
+
+The normaliser becomes the model checkpoint's ``energy_scale = std`` and per-species
+``energy_shift`` whose sum over the molecule's atoms is ``mean``
+(:func:`stabie_jax.models.scale_shift.fit_energy_shift` on the single composition), applied
+around the model by :func:`stabie_jax.checkpoint.make_model_potential`; the SchNet module's own
+``energy_scale``/``energy_shift`` fields stay at 1 and 0.
+
+:func:`export_torch_checkpoint` writes the inverse: an MDsim-style pickle that
+``torch_geometric.nn.SchNet`` (and MDsim's ``SchNetWrap``) loads, so a model trained with
+stabie_jax can go back to PyTorch.
+
+torch is needed only here, at import time (``pip install stabie-jax[torch]``); the imported
+model runs on JAX alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from collections.abc import Mapping
+from typing import NamedTuple
+
+import numpy as np
+
+from stabie_jax.models.scale_shift import fit_energy_shift
+
+MD17_ATOMIC_NUMBERS: dict[str, tuple[int, ...]] = {
+    # Atom order of the MD17 / rMD17 aspirin files (C9H8O4), which MDsim's datasets keep.
+    "aspirin": (6, 6, 6, 6, 6, 6, 6, 8, 8, 8, 6, 6, 8, 1, 1, 1, 1, 1, 1, 1, 1),
+}
+"""Atomic numbers (in dataset order) of the MD17 molecules whose checkpoints we have checked."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SchNetConfig:
+    """Hyperparameters of a torch_geometric SchNet plus MDsim's energy normaliser.
+
+    Attributes:
+      hidden_channels: atom feature width ``H``.
+      num_filters: filter width ``F``.
+      num_interactions: number of interaction blocks.
+      num_gaussians: number of Gaussians ``G`` on ``[0, cutoff]``.
+      cutoff: cutoff radius, Å.
+      energy_scale: normaliser std, eV per model output unit.
+      energy_shift: normaliser mean, eV per molecule (total, not per atom).
+      gaussian_offsets: the Gaussian centres (Å) exactly as stored in the checkpoint's
+        ``distance_expansion.offset`` buffer; ``None`` for float32 ``linspace(0, cutoff, G)``.
+        (torch and numpy round ``linspace`` differently in the last bit of float32, which moves
+        float64 energies by ~1e-6 eV, so the stored values are carried over.)
+    """
+
+    hidden_channels: int = 64
+    num_filters: int = 64
+    num_interactions: int = 6
+    num_gaussians: int = 25
+    cutoff: float = 5.0
+    energy_scale: float = 1.0
+    energy_shift: float = 0.0
+    gaussian_offsets: tuple[float, ...] | None = None
+
+
+class TorchCheckpoint(NamedTuple):
+    """An MDsim checkpoint read into numpy.
+
+    Attributes:
+      state_dict: ``{name: float64 array}`` without the ``module.`` prefix.
+      config: the hyperparameters and normaliser.
+      molecule: dataset molecule name from the checkpoint config (``None`` if absent).
+      raw_config: the checkpoint's ``config`` dict as stored.
+      path: where it was read from.
+    """
+
+    state_dict: dict[str, np.ndarray]
+    config: SchNetConfig
+    molecule: str | None
+    raw_config: dict
+    path: str
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError as err:  # pragma: no cover - exercised where torch is absent
+        raise ImportError(
+            "reading PyTorch checkpoints needs torch: pip install 'stabie-jax[torch]' "
+            "(torch==2.13.0)"
+        ) from err
+    return torch
+
+
+def _to_float(value, what: str, path) -> float:
+    if hasattr(value, "item"):
+        value = value.item()
+    try:
+        return float(value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: {what} is not a number: {value!r}") from err
+
+
+def read_torch_checkpoint(path) -> TorchCheckpoint:
+    """Read an MDsim / torch_geometric SchNet checkpoint (needs torch).
+
+    The file is a pickle of Python objects and tensors, so it is loaded with
+    ``weights_only=False``: only read checkpoints you trust.
+
+    Args:
+      path: ``.pt`` file written by MDsim (``best_checkpoint.pt``, StABlE's ``ckpt.pt``).
+
+    Returns:
+      A :class:`TorchCheckpoint`.
+
+    Raises:
+      ValueError: the file lacks ``state_dict``/``normalizers``/``config`` or the model section.
+    """
+    torch = _torch()
+    path = pathlib.Path(path).expanduser()
+    if not path.is_file():
+        raise ValueError(f"checkpoint {path} does not exist")
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(blob, Mapping):
+        raise ValueError(f"{path}: expected a dict checkpoint, got {type(blob).__name__}")
+    missing = [k for k in ("state_dict", "normalizers", "config") if k not in blob]
+    if missing:
+        raise ValueError(
+            f"{path}: not an MDsim checkpoint, missing keys {missing} (have {sorted(blob)})"
+        )
+    state_dict = {}
+    for name, tensor in blob["state_dict"].items():
+        key = name[len("module.") :] if name.startswith("module.") else name
+        state_dict[key] = tensor.detach().cpu().to(torch.float64).numpy()
+
+    raw_config = dict(blob["config"])
+    # MDsim writes either OCP's layout (model: "schnet", model_attributes: {...}) or the
+    # YAML layout (model: {...}, name optional).
+    model = raw_config.get("model")
+    if isinstance(model, str):
+        name, model = model, raw_config.get("model_attributes")
+    else:
+        name = model.get("name", "schnet") if isinstance(model, Mapping) else None
+    if not isinstance(model, Mapping):
+        raise ValueError(
+            f"{path}: config has neither a 'model' dict nor 'model_attributes' with the SchNet "
+            "hyperparameters"
+        )
+    if name != "schnet":
+        raise ValueError(f"{path}: the model is {name!r}; this importer reads 'schnet'")
+    sizes = ("hidden_channels", "num_filters", "num_interactions", "num_gaussians", "cutoff")
+    missing = [k for k in sizes if k not in model]
+    if missing:
+        raise ValueError(f"{path}: model config lacks {missing}")
+    try:
+        target = blob["normalizers"]["target"]
+        mean = _to_float(target["mean"], "normalizers.target.mean", path)
+        std = _to_float(target["std"], "normalizers.target.std", path)
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"{path}: normalizers.target.mean/std missing: {err}") from err
+    grad = blob["normalizers"].get("grad_target")
+    if grad is not None:
+        grad_std = _to_float(grad["std"], "normalizers.grad_target.std", path)
+        if not np.isclose(grad_std, std):
+            raise ValueError(
+                f"{path}: force normaliser std {grad_std} differs from the energy std {std}; "
+                "such a model's forces are not -dE/dR of its energy and cannot be imported"
+            )
+    config = SchNetConfig(
+        hidden_channels=int(model["hidden_channels"]),
+        num_filters=int(model["num_filters"]),
+        num_interactions=int(model["num_interactions"]),
+        num_gaussians=int(model["num_gaussians"]),
+        cutoff=float(model["cutoff"]),
+        energy_scale=std,
+        energy_shift=mean,
+        gaussian_offsets=(
+            tuple(float(x) for x in state_dict["distance_expansion.offset"])
+            if "distance_expansion.offset" in state_dict
+            else None
+        ),
+    )
+    if model.get("use_pbc", False):
+        raise ValueError(
+            f"{path}: config.model.use_pbc is true; only free-space (molecular) SchNet "
+            "checkpoints are supported"
+        )
+    dataset = raw_config.get("dataset")
+    if isinstance(dataset, list):
+        dataset = dataset[0] if dataset else None
+    molecule = dataset.get("molecule") if isinstance(dataset, Mapping) else None
+    _check_state_dict(state_dict, config, path)
+    return TorchCheckpoint(state_dict, config, molecule, raw_config, str(path))
+
+
+def _expected_shapes(config: SchNetConfig) -> dict[str, tuple[int, ...]]:
+    h, f, g = config.hidden_channels, config.num_filters, config.num_gaussians
+    shapes = {"embedding.weight": (100, h)}
+    for i in range(config.num_interactions):
+        p = f"interactions.{i}."
+        shapes.update(
+            {
+                p + "mlp.0.weight": (f, g),
+                p + "mlp.0.bias": (f,),
+                p + "mlp.2.weight": (f, f),
+                p + "mlp.2.bias": (f,),
+                p + "conv.lin1.weight": (f, h),
+                p + "conv.lin2.weight": (h, f),
+                p + "conv.lin2.bias": (h,),
+                p + "lin.weight": (h, h),
+                p + "lin.bias": (h,),
+            }
+        )
+    shapes.update(
+        {
+            "lin1.weight": (h // 2, h),
+            "lin1.bias": (h // 2,),
+            "lin2.weight": (1, h // 2),
+            "lin2.bias": (1,),
+        }
+    )
+    return shapes
+
+
+def _check_state_dict(state_dict: Mapping[str, np.ndarray], config: SchNetConfig, path) -> None:
+    expected = _expected_shapes(config)
+    missing = sorted(set(expected) - set(state_dict))
+    if missing:
+        raise ValueError(
+            f"{path}: state_dict lacks {missing[:5]}{'...' if len(missing) > 5 else ''}"
+        )
+    for name, shape in expected.items():
+        if tuple(state_dict[name].shape) != shape:
+            raise ValueError(
+                f"{path}: {name} has shape {tuple(state_dict[name].shape)}, expected {shape} "
+                f"for {config}"
+            )
+    known = set(expected) | {"distance_expansion.offset", "atomic_mass"}
+    for i in range(config.num_interactions):
+        for layer in ("0.weight", "0.bias", "2.weight", "2.bias"):
+            shared = f"interactions.{i}.conv.nn.{layer}"
+            known.add(shared)
+            if shared in state_dict and not np.array_equal(
+                state_dict[shared], state_dict[f"interactions.{i}.mlp.{layer}"]
+            ):
+                raise ValueError(
+                    f"{path}: {shared} differs from interactions.{i}.mlp.{layer}; torch_geometric "
+                    "shares them, so this is not a torch_geometric SchNet"
+                )
+    unknown = sorted(set(state_dict) - known)
+    if unknown:
+        raise ValueError(
+            f"{path}: state_dict has tensors this importer does not understand: {unknown[:5]} "
+            "(atomref/dipole/other SchNet variants are not supported)"
+        )
+    if "distance_expansion.offset" in state_dict:
+        offsets = state_dict["distance_expansion.offset"]
+        grid = np.linspace(0.0, config.cutoff, config.num_gaussians)
+        if offsets.shape != grid.shape or not np.allclose(offsets, grid, rtol=0, atol=1e-6):
+            raise ValueError(
+                f"{path}: distance_expansion.offset is not linspace(0, {config.cutoff}, "
+                f"{config.num_gaussians}); custom Gaussian grids are not supported"
+            )
+
+
+def torch_geometric_reference(checkpoint: TorchCheckpoint, dtype: str = "float64"):
+    """The checkpoint as the original torch_geometric ``SchNet`` (needs torch_geometric).
+
+    This is the reference the importer is tested against. Edges are all ordered pairs of one
+    molecule closer than the cutoff, passed through SchNet's ``interaction_graph`` hook, so
+    neither pyg-lib nor torch-cluster (needed by torch_geometric's own ``radius_graph``) is
+    required; for molecules with fewer than ``max_num_neighbors = 32`` atoms within the cutoff
+    (aspirin has 21 atoms) this is the same graph.
+
+    Args:
+      checkpoint: from :func:`read_torch_checkpoint`.
+      dtype: ``"float64"`` or ``"float32"``.
+
+    Returns:
+      ``energy_and_forces(atomic_numbers [N], positions [N, 3] Å) -> (E eV, F [N, 3] eV/Å)``,
+      numpy in and out, with MDsim's normaliser applied.
+    """
+    torch = _torch()
+    try:
+        from torch_geometric.nn import SchNet as TorchGeometricSchNet
+    except ImportError as err:  # pragma: no cover - exercised where torch_geometric is absent
+        raise ImportError(
+            "the reference model needs torch_geometric: pip install torch_geometric"
+        ) from err
+
+    cfg = checkpoint.config
+    torch_dtype = {"float64": torch.float64, "float32": torch.float32}[dtype]
+
+    class AllPairsWithinCutoff(torch.nn.Module):
+        def forward(self, pos, batch):
+            with torch.no_grad():
+                dist = torch.cdist(pos, pos)
+                keep = (batch[:, None] == batch[None, :]) & (dist < cfg.cutoff)
+                keep.fill_diagonal_(False)
+                row, col = keep.nonzero(as_tuple=True)
+            return torch.stack([row, col]), (pos[row] - pos[col]).norm(dim=-1)
+
+    model = TorchGeometricSchNet(
+        hidden_channels=cfg.hidden_channels,
+        num_filters=cfg.num_filters,
+        num_interactions=cfg.num_interactions,
+        num_gaussians=cfg.num_gaussians,
+        cutoff=cfg.cutoff,
+        interaction_graph=AllPairsWithinCutoff(),
+    )
+    wanted = model.state_dict()
+    tensors = {
+        k: torch.as_tensor(v, dtype=wanted[k].dtype)
+        for k, v in checkpoint.state_dict.items()
+        if k in wanted
+    }
+    model.load_state_dict(tensors, strict=True)
+    model = model.to(torch_dtype).eval()
+
+    def energy_and_forces(atomic_numbers, positions):
+        z = torch.as_tensor(np.asarray(atomic_numbers), dtype=torch.long)
+        pos = torch.tensor(np.asarray(positions), dtype=torch_dtype, requires_grad=True)
+        out = model(z, pos).sum()
+        (grad,) = torch.autograd.grad(out, pos)
+        energy = cfg.energy_scale * out.item() + cfg.energy_shift
+        return energy, -cfg.energy_scale * grad.numpy().astype(np.float64)
+
+    return energy_and_forces
+
+
+def _dense(kernel_from_weight: np.ndarray, bias: np.ndarray | None, dtype) -> dict:
+    layer = {"kernel": np.asarray(kernel_from_weight, dtype=np.float64).T.astype(dtype)}
+    if bias is not None:
+        layer["bias"] = np.asarray(bias, dtype=np.float64).astype(dtype)
+    return layer
+
+
+def state_dict_to_params(
+    state_dict: Mapping[str, np.ndarray], config: SchNetConfig, dtype=np.float32
+) -> dict:
+    """torch_geometric SchNet tensors -> stabie_jax SchNet ``params`` (Flax collection).
+
+    Args:
+      state_dict: ``{torch_geometric name: array}`` without the ``module.`` prefix.
+      config: hyperparameters (sizes are checked).
+      dtype: numpy dtype of the returned leaves (the checkpoints are float32).
+
+    Returns:
+      A nested dict with the structure of ``SchNet(...).init(...)["params"]``.
+    """
+    _check_state_dict(state_dict, config, "state_dict")
+    sd = state_dict
+    params: dict = {"embedding": {"embedding": np.asarray(sd["embedding.weight"]).astype(dtype)}}
+    for i in range(config.num_interactions):
+        p = f"interactions.{i}."
+        params[f"interaction_{i}"] = {
+            "filter_0": _dense(sd[p + "mlp.0.weight"], sd[p + "mlp.0.bias"], dtype),
+            "filter_1": _dense(sd[p + "mlp.2.weight"], sd[p + "mlp.2.bias"], dtype),
+            "conv_in": _dense(sd[p + "conv.lin1.weight"], None, dtype),
+            "conv_out": _dense(sd[p + "conv.lin2.weight"], sd[p + "conv.lin2.bias"], dtype),
+            "dense": _dense(sd[p + "lin.weight"], sd[p + "lin.bias"], dtype),
+        }
+    params["readout_0"] = _dense(sd["lin1.weight"], sd["lin1.bias"], dtype)
+    params["readout_1"] = _dense(sd["lin2.weight"], sd["lin2.bias"], dtype)
+    return params
+
+
+def params_to_state_dict(params, config: SchNetConfig) -> dict[str, np.ndarray]:
+    """stabie_jax SchNet ``params`` -> torch_geometric SchNet tensors (inverse of the import).
+
+    The filter network is written under both ``interactions.{i}.mlp`` and
+    ``interactions.{i}.conv.nn`` (torch_geometric shares it), and the Gaussian centres as the
+    ``distance_expansion.offset`` buffer, so ``torch_geometric.nn.SchNet.load_state_dict``
+    accepts the result with ``strict=True``.
+
+    Args:
+      params: Flax ``params`` of :class:`stabie_jax.models.schnet.SchNet` (leaves: any arrays).
+      config: hyperparameters.
+
+    Returns:
+      ``{name: float32 numpy array}`` (no ``module.`` prefix).
+    """
+
+    def weight(layer) -> np.ndarray:
+        return np.asarray(layer["kernel"], dtype=np.float32).T.copy()
+
+    def bias(layer) -> np.ndarray:
+        return np.asarray(layer["bias"], dtype=np.float32).copy()
+
+    try:
+        sd = {"embedding.weight": np.asarray(params["embedding"]["embedding"], dtype=np.float32)}
+        sd["distance_expansion.offset"] = _offsets(config).astype(np.float32)
+        for i in range(config.num_interactions):
+            block = params[f"interaction_{i}"]
+            p = f"interactions.{i}."
+            for torch_name, flax_name in (("0", "filter_0"), ("2", "filter_1")):
+                for prefix in ("mlp.", "conv.nn."):
+                    sd[p + prefix + torch_name + ".weight"] = weight(block[flax_name])
+                    sd[p + prefix + torch_name + ".bias"] = bias(block[flax_name])
+            sd[p + "conv.lin1.weight"] = weight(block["conv_in"])
+            sd[p + "conv.lin2.weight"] = weight(block["conv_out"])
+            sd[p + "conv.lin2.bias"] = bias(block["conv_out"])
+            sd[p + "lin.weight"] = weight(block["dense"])
+            sd[p + "lin.bias"] = bias(block["dense"])
+        sd["lin1.weight"] = weight(params["readout_0"])
+        sd["lin1.bias"] = bias(params["readout_0"])
+        sd["lin2.weight"] = weight(params["readout_1"])
+        sd["lin2.bias"] = bias(params["readout_1"])
+    except KeyError as err:
+        raise ValueError(
+            f"params lack {err}: not a stabie_jax SchNet with {config.num_interactions} "
+            "interactions"
+        ) from err
+    _check_state_dict(sd, config, "params")
+    return sd
+
+
+def _offsets(config: SchNetConfig) -> np.ndarray:
+    from stabie_jax.models.radial import gaussian_offsets
+
+    if config.gaussian_offsets is not None:
+        return np.asarray(config.gaussian_offsets, dtype=np.float64)
+    return gaussian_offsets(0.0, config.cutoff, config.num_gaussians)
+
+
+def schnet_hparams(config: SchNetConfig) -> dict:
+    """Keyword arguments of :class:`stabie_jax.models.schnet.SchNet` for ``config``.
+
+    The module's own energy scale/shift stay at their defaults (1, 0): the normaliser is
+    stored in the model checkpoint's metadata instead.
+    """
+    return {
+        "hidden": config.hidden_channels,
+        "num_filters": config.num_filters,
+        "num_interactions": config.num_interactions,
+        "num_gaussians": config.num_gaussians,
+        "cutoff": config.cutoff,
+        "gaussian_offsets": (
+            None if config.gaussian_offsets is None else tuple(config.gaussian_offsets)
+        ),
+    }
+
+
+def config_from_metadata(metadata) -> SchNetConfig:
+    """:class:`SchNetConfig` of a stabie_jax SchNet model checkpoint.
+
+    Needs a *total* energy shift: the per-species shifts are summed over the metadata's atoms.
+
+    Raises:
+      ValueError: not a SchNet, or a per-species energy scale the MDsim format cannot express.
+    """
+    if metadata.kind != "schnet":
+        raise ValueError(f"model kind is {metadata.kind!r}; only 'schnet' exports to PyTorch")
+    hp = metadata.hparams
+    if np.ndim(hp.get("energy_scale", 1.0)) or np.ndim(hp.get("energy_shift", 0.0)):
+        raise ValueError("per-species SchNet energy_scale/energy_shift fields cannot be exported")
+    if float(hp.get("energy_scale", 1.0)) != 1.0:
+        raise ValueError("SchNet.energy_scale != 1 inside the module cannot be exported")
+    shift = sum(float(metadata.energy_shift.get(int(z), 0.0)) for z in metadata.atomic_numbers)
+    shift += float(hp.get("energy_shift", 0.0)) * len(metadata.atomic_numbers)
+    return SchNetConfig(
+        hidden_channels=int(hp.get("hidden", 64)),
+        num_filters=int(hp.get("num_filters", 64)),
+        num_interactions=int(hp.get("num_interactions", 6)),
+        num_gaussians=int(hp.get("num_gaussians", 25)),
+        cutoff=float(hp.get("cutoff", 5.0)),
+        energy_scale=float(metadata.energy_scale),
+        energy_shift=shift,
+        gaussian_offsets=(
+            None if hp.get("gaussian_offsets") is None else tuple(hp["gaussian_offsets"])
+        ),
+    )
+
+
+def _resolve_atomic_numbers(atomic_numbers, ckpt: TorchCheckpoint) -> tuple[int, ...]:
+    molecule, path = ckpt.molecule, ckpt.path
+    dataset = ckpt.raw_config.get("dataset")
+    if isinstance(dataset, list):
+        dataset = dataset[0] if dataset else None
+    if atomic_numbers is None and isinstance(dataset, Mapping) and "atomic_numbers" in dataset:
+        atomic_numbers = dataset["atomic_numbers"]  # written by export_torch_checkpoint
+    if atomic_numbers is not None:
+        z = tuple(int(a) for a in np.asarray(atomic_numbers).reshape(-1))
+        if not z:
+            raise ValueError("atomic_numbers is empty")
+        return z
+    if molecule in MD17_ATOMIC_NUMBERS:
+        return MD17_ATOMIC_NUMBERS[molecule]
+    raise ValueError(
+        f"{path}: cannot tell the atoms of molecule {molecule!r} from the checkpoint; pass "
+        "atomic_numbers=[...] (in the dataset's atom order), e.g. the dataset's nuclear charges"
+    )
+
+
+def import_torch_checkpoint(path, atomic_numbers=None, dtype=np.float32):
+    """Load an MDsim / torch_geometric SchNet checkpoint as a stabie_jax potential.
+
+    Args:
+      path: the ``.pt`` checkpoint (e.g. the StABlE paper's aspirin ``best_checkpoint.pt``).
+      atomic_numbers: ``[N]`` atomic numbers of the molecule in dataset order; default taken
+        from the checkpoint's ``config.dataset.molecule`` for known MD17 molecules (aspirin).
+      dtype: dtype of the returned parameters (positions decide the compute precision).
+
+    Returns:
+      ``(potential, params, metadata)``: a free-space
+      :class:`~stabie_jax.models.potential.Potential` (energies eV incl. the normaliser, forces
+      eV/Å), the SchNet ``params`` and a :class:`stabie_jax.checkpoint.ModelMetadata`
+      (write both with :func:`stabie_jax.checkpoint.save_model_checkpoint`).
+
+    Examples:
+      >>> pot, params, meta = import_torch_checkpoint("pretrained_1k.pt")   # doctest: +SKIP
+      >>> pot.energy_fn(params, positions)                                  # doctest: +SKIP
+    """
+    import hashlib
+
+    from jax_md import space
+
+    from stabie_jax.checkpoint import ModelMetadata, make_model_potential
+    from stabie_jax.models.registry import build_model
+
+    ckpt = read_torch_checkpoint(path)
+    z = _resolve_atomic_numbers(atomic_numbers, ckpt)
+    cfg = ckpt.config
+    params = state_dict_to_params(ckpt.state_dict, cfg, dtype=dtype)
+    params = _to_jax(params)
+    hparams = schnet_hparams(cfg)
+    module = build_model("schnet", **hparams)
+    digest = hashlib.sha256(pathlib.Path(ckpt.path).read_bytes()).hexdigest()
+    metadata = ModelMetadata(
+        kind="schnet",
+        hparams=hparams,
+        atomic_numbers=z,
+        cutoff_angstrom=cfg.cutoff,
+        energy_scale=cfg.energy_scale,
+        energy_shift=fit_energy_shift([cfg.energy_shift], z),
+        extra={
+            "imported_from": {
+                "format": "MDsim/torch_geometric SchNet",
+                "file": pathlib.Path(ckpt.path).name,
+                "sha256": digest,
+                "molecule": ckpt.molecule,
+                "normalizer_mean_ev": cfg.energy_shift,
+                "normalizer_std_ev": cfg.energy_scale,
+            }
+        },
+    )
+    potential = make_model_potential(module, metadata, space.free()[0])
+    return potential, params, metadata
+
+
+def _to_jax(tree):
+    import jax
+    import jax.numpy as jnp
+
+    return jax.tree_util.tree_map(jnp.asarray, tree)
+
+
+def export_torch_checkpoint(params, metadata, path) -> pathlib.Path:
+    """Write a stabie_jax SchNet as an MDsim-style PyTorch checkpoint (needs torch).
+
+    The file holds ``state_dict`` (``module.``-prefixed torch_geometric names), ``normalizers``
+    (``target`` mean/std from the metadata's energy scale and total shift) and ``config``
+    (``model`` hyperparameters), so :func:`import_torch_checkpoint` and torch_geometric's
+    ``SchNet`` read it back.
+
+    Args:
+      params: SchNet ``params``.
+      metadata: its :class:`stabie_jax.checkpoint.ModelMetadata`.
+      path: output ``.pt`` file.
+
+    Returns:
+      The written path.
+    """
+    torch = _torch()
+    cfg = config_from_metadata(metadata)
+    sd = params_to_state_dict(params, cfg)
+    blob = {
+        "state_dict": {"module." + k: torch.from_numpy(v) for k, v in sd.items()},
+        "normalizers": {
+            "target": {
+                "mean": torch.tensor(cfg.energy_shift, dtype=torch.float64),
+                "std": torch.tensor(cfg.energy_scale, dtype=torch.float64),
+            },
+            "grad_target": {
+                "mean": torch.tensor(0.0, dtype=torch.float64),
+                "std": torch.tensor(cfg.energy_scale, dtype=torch.float64),
+            },
+        },
+        "config": {
+            "model": {
+                "name": "schnet",
+                "hidden_channels": cfg.hidden_channels,
+                "num_filters": cfg.num_filters,
+                "num_interactions": cfg.num_interactions,
+                "num_gaussians": cfg.num_gaussians,
+                "cutoff": cfg.cutoff,
+                "otf_graph": True,
+                "use_pbc": False,
+            },
+            "dataset": {"molecule": None, "atomic_numbers": list(metadata.atomic_numbers)},
+            "exported_by": "stabie_jax",
+        },
+    }
+    path = pathlib.Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(blob, path)
+    return path

