@@ -86,7 +86,7 @@ def qm_errors(potential: Potential, params, frames: LabelledFrames) -> QMErrors:
     return QMErrors(energy - frames.energies, forces - frames.forces)
 
 
-def _check_loss_names(energy_loss: str, force_loss: str) -> None:
+def check_loss_names(energy_loss: str, force_loss: str) -> None:
     if energy_loss not in ENERGY_LOSSES:
         raise ValueError(f"energy_loss must be one of {ENERGY_LOSSES}, got {energy_loss!r}")
     if force_loss not in FORCE_LOSSES:
@@ -123,7 +123,7 @@ def qm_loss_from_errors(
     Returns:
       Scalar loss.
     """
-    _check_loss_names(energy_loss, force_loss)
+    check_loss_names(energy_loss, force_loss)
     n_atoms = errors.forces.shape[-2]
     de = errors.energy / n_atoms if per_atom_energy else errors.energy
     e_term = de**2 if energy_loss == "mse" else jnp.abs(de)
@@ -158,7 +158,7 @@ def qm_loss(
       >>> loss = qm_loss(pot, params, frames, **kw)                       # doctest: +SKIP
       >>> grads = jax.grad(lambda p: qm_loss(pot, p, frames, **kw))(params)  # doctest: +SKIP
     """
-    _check_loss_names(energy_loss, force_loss)
+    check_loss_names(energy_loss, force_loss)
     return qm_loss_from_errors(
         qm_errors(potential, params, frames),
         energy_weight=energy_weight,
@@ -183,7 +183,7 @@ def make_qm_loss_fn(
 
     Use with ``jax.value_and_grad(loss_fn, has_aux=True)``.
     """
-    _check_loss_names(energy_loss, force_loss)
+    check_loss_names(energy_loss, force_loss)
 
     def loss_fn(params, frames: LabelledFrames, weights=None):
         errors = qm_errors(potential, params, frames)

@@ -57,7 +57,7 @@ def lennard_jones(positions, epsilon=0.5, sigma=2.0):
     return jnp.sum(4.0 * epsilon * (sr6**2 - sr6))
 
 
-def lj_dataset(n_frames, n_atoms=3, noise=0.15, seed=0, epsilon=0.5, sigma=2.0):
+def lj_dataset(n_frames, n_atoms=3, noise=0.08, seed=0, epsilon=0.5, sigma=2.0):
     """Perturbed LJ clusters near equilibrium: (positions [F,N,3], energies [F], forces)."""
     rng = np.random.default_rng(seed)
     r0 = 2.0 ** (1.0 / 6.0) * sigma
@@ -71,5 +71,5 @@ def lj_dataset(n_frames, n_atoms=3, noise=0.15, seed=0, epsilon=0.5, sigma=2.0):
     )[:n_atoms]
     positions = base[None] + noise * rng.standard_normal((n_frames, n_atoms, 3))
     energy_fn = lambda r: lennard_jones(r, epsilon, sigma)
-    e, g = jax.vmap(jax.value_and_grad(energy_fn))(jnp.asarray(positions, jnp.float32))
+    e, g = jax.jit(jax.vmap(jax.value_and_grad(energy_fn)))(jnp.asarray(positions, jnp.float32))
     return np.asarray(positions, np.float32), np.asarray(e), -np.asarray(g)

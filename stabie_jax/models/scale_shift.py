@@ -79,6 +79,29 @@ def shift_table(energy_shift: Mapping[int, float] | None) -> np.ndarray:
     return table
 
 
+def affine_potential(potential: Potential, energy_scale, per_atom_shift) -> Potential:
+    """``e_i = energy_scale·u_i + per_atom_shift[i]`` with array (possibly traced) constants.
+
+    Args:
+      potential: the bare model's :class:`Potential`.
+      energy_scale: scalar ``s``, eV per model unit.
+      per_atom_shift: ``[N]`` eV, ``μ_{Z_i}`` of each atom.
+    """
+
+    def per_atom_energy_fn(params, positions, neighbor=None, **kwargs):
+        e = potential.per_atom_energy_fn(params, positions, neighbor, **kwargs)
+        return energy_scale * e + per_atom_shift
+
+    def energy_fn(params, positions, neighbor=None, **kwargs):
+        e = potential.energy_fn(params, positions, neighbor, **kwargs)
+        return energy_scale * e + jnp.sum(per_atom_shift)
+
+    def force_fn(params, positions, neighbor=None, **kwargs):
+        return energy_scale * potential.force_fn(params, positions, neighbor, **kwargs)
+
+    return Potential(energy_fn, per_atom_energy_fn, force_fn)
+
+
 def scale_shift_potential(
     potential: Potential,
     atomic_numbers,
@@ -98,18 +121,5 @@ def scale_shift_potential(
       A :class:`Potential` in eV, eV/Å with the same call signatures.
     """
     z = np.asarray(atomic_numbers, dtype=np.int64)
-    per_atom_shift = jnp.asarray(shift_table(energy_shift)[z], dtype=jnp.float32)
-    scale = float(energy_scale)
-    total_shift = float(np.sum(shift_table(energy_shift)[z]))
-
-    def per_atom_energy_fn(params, positions, neighbor=None, **kwargs):
-        e = potential.per_atom_energy_fn(params, positions, neighbor, **kwargs)
-        return scale * e + per_atom_shift.astype(e.dtype)
-
-    def energy_fn(params, positions, neighbor=None, **kwargs):
-        return scale * potential.energy_fn(params, positions, neighbor, **kwargs) + total_shift
-
-    def force_fn(params, positions, neighbor=None, **kwargs):
-        return scale * potential.force_fn(params, positions, neighbor, **kwargs)
-
-    return Potential(energy_fn, per_atom_energy_fn, force_fn)
+    per_atom_shift = np.asarray(shift_table(energy_shift)[z], dtype=np.float32)
+    return affine_potential(potential, np.float32(energy_scale), per_atom_shift)

@@ -1,0 +1,661 @@
+"""Energy/force pretraining of a potential (minimising L_QM, paper eq. 3) with optax.
+
+The loop follows the authors' recipes (../shared/REFERENCE_SETTINGS.md B2), available as
+:data:`RECIPES` and used as configurable defaults:
+
+* minibatches of ``batch_size`` frames, reshuffled every epoch with
+  ``fold_in(PRNGKey(seed), epoch)`` (so the batch order of epoch ``k`` does not depend on how the
+  run got there); the last batch is padded with zero-weight frames, so every frame is used once
+  per epoch and every step has the same shape. One epoch is a single jitted ``lax.scan`` over
+  its batches; each step ``vmap``s energies and forces over the batch;
+* Adam (optionally AMSGrad, decoupled weight decay, global-norm clipping) with learning rate
+  ``lr(step) = lr_plateau · w(step)``, where ``w`` rises linearly from ``warmup_factor`` to 1
+  over ``warmup_steps`` optimizer steps and ``lr_plateau`` is reduced on plateaus of the
+  validation loss (:mod:`stabie_jax.plateau`; factor 0.8, patience 5, floor ``min_learning_rate``);
+* optional exponential moving average (EMA) of the parameters, used for evaluation;
+* early stopping on the validation force MAE (``early_stopping_patience`` epochs); the
+  parameters with the best validation force MAE are returned;
+* the model predicts normalised energies: a per-species energy shift (least squares of the
+  training energies on element counts) and a scale (RMS of the training forces) are fitted
+  first and applied around the potential (:mod:`stabie_jax.models.scale_shift`);
+* an orbax checkpoint of the whole :class:`PretrainState` after every epoch; calling
+  :func:`pretrain` again with the same ``workdir`` resumes from the latest readable checkpoint
+  and continues bit-for-bit as the uninterrupted run would (same RNG, batches, schedule);
+* ``workdir/metrics.jsonl`` (one JSON line per epoch: epoch, step, lr, train loss, train and
+  validation E/F MAE, wall time) and ``workdir/report.json`` (final validation and test energy
+  and force MAE in eV and kcal/mol).
+
+Library code reads no config object: everything comes from :class:`PretrainSettings`.
+
+Examples:
+  >>> pot = make_potential(module, z, space.free()[0])                        # doctest: +SKIP
+  >>> settings = recipe("schnet", max_epochs=100)                              # doctest: +SKIP
+  >>> params, report = pretrain(pot, params, train, val, atomic_numbers=z,
+  ...                           settings=settings, workdir="/tmp/pre", test=test)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import math
+import pathlib
+import time
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import tqdm
+
+from stabie_jax import units
+from stabie_jax.checkpoint import open_manager, restore_checkpoint, save_checkpoint
+from stabie_jax.losses import LabelledFrames, check_loss_names, make_qm_loss_fn
+from stabie_jax.models.potential import Potential
+from stabie_jax.models.scale_shift import (
+    affine_potential,
+    fit_energy_shift,
+    force_rms,
+    shift_table,
+)
+from stabie_jax.plateau import PlateauState, plateau_init, plateau_update
+
+METRICS_FILE = "metrics.jsonl"
+REPORT_FILE = "report.json"
+CHECKPOINT_DIR = "checkpoints"
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainSettings:
+    """Static settings of :func:`pretrain` (defaults: the SchNet recipe).
+
+    Attributes:
+      learning_rate: initial (peak) learning rate.
+      batch_size: frames per optimizer step.
+      max_epochs: stop after this many epochs.
+      energy_weight: ``λ_U``.
+      force_weight: ``λ_F``.
+      per_atom_energy: energy term on ``ΔU/N`` (NequIP).
+      energy_loss: ``"mse"`` or ``"mae"``.
+      force_loss: ``"mse"`` or ``"l2mae"``.
+      optimizer: ``"adam"`` or ``"adamw"`` (decoupled weight decay).
+      adam_eps: Adam epsilon.
+      amsgrad: use AMSGrad.
+      weight_decay: decoupled weight decay (``"adamw"`` only).
+      gradient_clip_norm: global-norm clipping threshold, or None.
+      warmup_steps: optimizer steps of linear warm-up (0: none).
+      warmup_factor: warm-up starts at ``warmup_factor · lr``.
+      plateau_factor: learning-rate factor on a validation-loss plateau.
+      plateau_patience: epochs without improvement tolerated before reducing.
+      plateau_threshold: relative improvement that counts.
+      min_learning_rate: learning-rate floor.
+      stop_at_min_learning_rate: stop once the plateau rate has reached the floor.
+      early_stopping_patience: stop after this many epochs without a better validation
+        force MAE (None: never).
+      ema_decay: EMA decay of the evaluated parameters, or None.
+      fit_energy_shift: fit per-species energy shifts on the training set (else 0).
+      fit_energy_scale: scale by the training force RMS (else 1).
+      eval_batch_size: frames per evaluation batch (default ``batch_size``).
+      seed: seed of the shuffling key.
+      checkpoint_every_epochs: save a checkpoint every this many epochs (and at the end).
+      max_checkpoints_to_keep: orbax ``max_to_keep``.
+      progress_bar: show a tqdm bar over epochs.
+    """
+
+    learning_rate: float = 1e-3
+    batch_size: int = 100
+    max_epochs: int = 10_000
+    energy_weight: float = 0.05
+    force_weight: float = 0.95
+    per_atom_energy: bool = False
+    energy_loss: str = "mse"
+    force_loss: str = "mse"
+    optimizer: str = "adam"
+    adam_eps: float = 1e-8
+    amsgrad: bool = False
+    weight_decay: float = 0.0
+    gradient_clip_norm: float | None = None
+    warmup_steps: int = 5000
+    warmup_factor: float = 0.2
+    plateau_factor: float = 0.8
+    plateau_patience: int = 5
+    plateau_threshold: float = 1e-4
+    min_learning_rate: float = 1e-6
+    stop_at_min_learning_rate: bool = False
+    early_stopping_patience: int | None = 50
+    ema_decay: float | None = None
+    fit_energy_shift: bool = True
+    fit_energy_scale: bool = True
+    eval_batch_size: int | None = None
+    seed: int = 0
+    checkpoint_every_epochs: int = 1
+    max_checkpoints_to_keep: int = 3
+    progress_bar: bool = True
+
+
+# Settings that may change between a run and its resumption without breaking exactness.
+_RESUMABLE_CHANGES = (
+    "max_epochs",
+    "progress_bar",
+    "max_checkpoints_to_keep",
+    "checkpoint_every_epochs",
+    "eval_batch_size",
+)
+
+RECIPES: dict[str, PretrainSettings] = {
+    # MDsim configs/md17/schnet.yml: Adam 1e-3, batch 100, warm-up 5000 steps x0.2,
+    # plateau 0.8/5, min lr 1e-6, <= 10 000 epochs, 0.05 E + 0.95 F.
+    "schnet": PretrainSettings(),
+    # StABlE-Training Ac-Ala3 NequIP: Adam 5e-3, batch 5, plateau 0.8/5, EMA 0.99,
+    # 1000 F + 1 per-atom E MSE, early stopping patience 50.
+    "nequip": PretrainSettings(
+        learning_rate=5e-3,
+        batch_size=5,
+        energy_weight=1.0,
+        force_weight=1000.0,
+        per_atom_energy=True,
+        warmup_steps=0,
+        ema_decay=0.99,
+        early_stopping_patience=50,
+    ),
+    # MDsim configs/water/gemnet-T.yml: AdamW (AMSGrad, eps 1e-7, wd 2e-6) 1e-3, batch 1,
+    # plateau 0.8/5, EMA 0.999, clip 10, l2mae 0.999 F + 0.001 E, <= 2000 epochs.
+    "gemnet_t": PretrainSettings(
+        learning_rate=1e-3,
+        batch_size=1,
+        max_epochs=2000,
+        energy_weight=0.001,
+        force_weight=0.999,
+        energy_loss="mae",
+        force_loss="l2mae",
+        optimizer="adamw",
+        adam_eps=1e-7,
+        amsgrad=True,
+        weight_decay=2e-6,
+        gradient_clip_norm=10.0,
+        warmup_steps=0,
+        ema_decay=0.999,
+    ),
+}
+
+
+def recipe(kind: str, **overrides) -> PretrainSettings:
+    """The authors' settings for model ``kind`` (``"schnet"``, ``"nequip"``, ``"gemnet_t"``)."""
+    if kind not in RECIPES:
+        raise ValueError(f"no pretraining recipe for {kind!r}; known: {sorted(RECIPES)}")
+    return dataclasses.replace(RECIPES[kind], **overrides)
+
+
+class PretrainState(NamedTuple):
+    """Everything the loop needs to continue exactly (checkpointed each epoch).
+
+    Attributes:
+      params: current parameters (bare model, normalised energy units).
+      opt_state: optax state.
+      ema_params: EMA of ``params`` (equal to ``params`` when EMA is off).
+      best_params: evaluated parameters with the best validation force MAE so far.
+      step: ``[]`` int32 optimizer steps taken.
+      key: PRNG key of the shuffling (raw ``uint32[2]``).
+      epoch: completed epochs.
+      plateau: :class:`~stabie_jax.plateau.PlateauState` of the learning rate.
+      best_val_force_mae: eV/Å.
+      best_epoch: epoch of ``best_params``.
+      epochs_without_improvement: for early stopping.
+    """
+
+    params: Any
+    opt_state: Any
+    ema_params: Any
+    best_params: Any
+    step: jax.Array
+    key: jax.Array
+    epoch: int
+    plateau: PlateauState
+    best_val_force_mae: float
+    best_epoch: int
+    epochs_without_improvement: int
+
+
+def make_optimizer(settings: PretrainSettings) -> optax.GradientTransformation:
+    """Unit-learning-rate optimizer direction (the loop multiplies by ``-lr(step)``)."""
+    parts = []
+    if settings.gradient_clip_norm is not None:
+        parts.append(optax.clip_by_global_norm(settings.gradient_clip_norm))
+    if settings.amsgrad:
+        parts.append(optax.scale_by_amsgrad(eps=settings.adam_eps))
+    else:
+        parts.append(optax.scale_by_adam(eps=settings.adam_eps))
+    if settings.optimizer == "adamw":
+        parts.append(optax.add_decayed_weights(settings.weight_decay))
+    elif settings.optimizer != "adam":
+        raise ValueError(f"optimizer must be 'adam' or 'adamw', got {settings.optimizer!r}")
+    return optax.chain(*parts)
+
+
+def warmup_multiplier(step, warmup_steps: int, warmup_factor: float):
+    """Linear warm-up factor ``w(step)`` from ``warmup_factor`` to 1 (jit-friendly)."""
+    if warmup_steps <= 0:
+        return jnp.ones((), jnp.float32)
+    frac = jnp.minimum(step.astype(jnp.float32) / warmup_steps, 1.0)
+    return warmup_factor + (1.0 - warmup_factor) * frac
+
+
+def _as_frames(data, name: str) -> LabelledFrames:
+    try:
+        positions, energies, forces = data.positions, data.energies, data.forces
+    except AttributeError as err:
+        raise ValueError(
+            f"{name} must have .positions [F,N,3], .energies [F], .forces [F,N,3]: {err}"
+        ) from err
+    frames = LabelledFrames(jnp.asarray(positions), jnp.asarray(energies), jnp.asarray(forces))
+    f, n = frames.positions.shape[:2]
+    if frames.energies.shape != (f,) or frames.forces.shape != (f, n, 3) or f == 0:
+        raise ValueError(
+            f"{name}: inconsistent shapes positions {frames.positions.shape}, energies "
+            f"{frames.energies.shape}, forces {frames.forces.shape}"
+        )
+    return frames
+
+
+def _batches(n_frames: int, batch_size: int, order: np.ndarray | None = None):
+    """``[n_batches, batch_size]`` indices and weights (padding repeats frame 0, weight 0)."""
+    order = np.arange(n_frames) if order is None else np.asarray(order)
+    n_batches = -(-n_frames // batch_size)
+    pad = n_batches * batch_size - n_frames
+    idx = np.concatenate([order, np.zeros(pad, dtype=order.dtype)]).reshape(n_batches, -1)
+    w = np.concatenate([np.ones(n_frames), np.zeros(pad)]).reshape(n_batches, -1)
+    return jnp.asarray(idx, jnp.int32), jnp.asarray(w, jnp.float32)
+
+
+def _gather(frames: LabelledFrames, idx) -> LabelledFrames:
+    return LabelledFrames(*(jnp.take(x, idx, axis=0) for x in frames))
+
+
+def _static_settings(settings: PretrainSettings) -> PretrainSettings:
+    """Settings with the fields that do not affect the compiled steps normalised (jit cache key)."""
+    return dataclasses.replace(
+        settings,
+        max_epochs=0,
+        progress_bar=False,
+        checkpoint_every_epochs=1,
+        max_checkpoints_to_keep=0,
+        eval_batch_size=None,
+        seed=0,
+    )
+
+
+def _loss_fn(potential: Potential, settings: PretrainSettings, energy_scale, per_atom_shift):
+    return make_qm_loss_fn(
+        affine_potential(potential, energy_scale, per_atom_shift),
+        energy_weight=settings.energy_weight,
+        force_weight=settings.force_weight,
+        per_atom_energy=settings.per_atom_energy,
+        energy_loss=settings.energy_loss,
+        force_loss=settings.force_loss,
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("potential", "settings"))
+def _eval_batch(potential, settings, params, energy_scale, per_atom_shift, frames, idx, w):
+    loss_fn = _loss_fn(potential, settings, energy_scale, per_atom_shift)
+    loss, errors = loss_fn(params, _gather(frames, idx), w)
+    w_sum = jnp.sum(w)
+    return jnp.stack(
+        [
+            loss * w_sum,
+            jnp.sum(w * jnp.abs(errors.energy)),
+            jnp.sum(w * jnp.mean(jnp.abs(errors.forces), axis=(-1, -2))),
+            w_sum,
+        ]
+    )
+
+
+def make_evaluate_fn(
+    potential: Potential,
+    settings: PretrainSettings,
+    energy_scale: float,
+    per_atom_shift,
+):
+    """``evaluate(params, frames) -> dict`` of the loss and MAEs (eV, eV/Å) of the physical
+    potential ``energy_scale · potential + per_atom_shift``, in jitted batches."""
+    batch_size = settings.eval_batch_size or settings.batch_size
+    static = _static_settings(settings)
+    scale = jnp.float32(energy_scale)
+    shift = jnp.asarray(per_atom_shift, jnp.float32)
+
+    def evaluate(params, frames: LabelledFrames) -> dict:
+        n_frames, n_atoms = frames.positions.shape[:2]
+        idx, w = _batches(n_frames, min(batch_size, n_frames))
+        total = np.zeros(4)
+        for b in range(idx.shape[0]):
+            sums = _eval_batch(
+                potential=potential,
+                settings=static,
+                params=params,
+                energy_scale=scale,
+                per_atom_shift=shift,
+                frames=frames,
+                idx=idx[b],
+                w=w[b],
+            )
+            total += np.asarray(sums, dtype=np.float64)
+        loss, e_abs, f_abs, count = total
+        return _mae_dict(loss / count, e_abs / count, f_abs / count, n_atoms)
+
+    return evaluate
+
+
+def _mae_dict(loss, energy_mae, force_mae, n_atoms) -> dict:
+    return {
+        "loss": float(loss),
+        "energy_mae_ev": float(energy_mae),
+        "energy_mae_kcal_per_mol": float(units.ev_to_kcal_per_mol(energy_mae)),
+        "energy_mae_per_atom_ev": float(energy_mae / n_atoms),
+        "force_mae_ev_per_angstrom": float(force_mae),
+        "force_mae_kcal_per_mol_per_angstrom": float(units.ev_to_kcal_per_mol(force_mae)),
+    }
+
+
+@functools.partial(jax.jit, static_argnames=("potential", "settings"))
+def _train_epoch(
+    potential,
+    settings,
+    params,
+    opt_state,
+    ema,
+    step,
+    plateau_lr,
+    energy_scale,
+    per_atom_shift,
+    frames,
+    idx,
+    w,
+):
+    """One epoch: ``lax.scan`` of optimizer steps over ``[n_batches, batch]`` indices."""
+    loss_fn = _loss_fn(potential, settings, energy_scale, per_atom_shift)
+    optimizer = make_optimizer(settings)
+    ema_decay = settings.ema_decay
+
+    def step_fn(carry, batch):
+        params, opt_state, ema, step = carry
+        idx, w = batch
+        (loss, errors), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            params, _gather(frames, idx), w
+        )
+        lr = plateau_lr * warmup_multiplier(step, settings.warmup_steps, settings.warmup_factor)
+        direction, opt_state = optimizer.update(grads, opt_state, params)
+        params = jax.tree.map(lambda p, d: p - lr * d, params, direction)
+        if ema_decay is None:
+            ema = params
+        else:
+            ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, params)
+        w_sum = jnp.sum(w)
+        metrics = jnp.stack(
+            [
+                loss * w_sum,
+                jnp.sum(w * jnp.abs(errors.energy)),
+                jnp.sum(w * jnp.mean(jnp.abs(errors.forces), axis=(-1, -2))),
+                w_sum,
+                lr,
+            ]
+        )
+        return (params, opt_state, ema, step + 1), metrics
+
+    return jax.lax.scan(step_fn, (params, opt_state, ema, step), (idx, w))
+
+
+def _settings_json(settings: PretrainSettings) -> dict:
+    return dataclasses.asdict(settings)
+
+
+def _check_resume_compatible(saved: dict, settings: PretrainSettings, workdir) -> None:
+    current = _settings_json(settings)
+    diffs = [
+        f"{k}: checkpoint {saved.get(k)!r} vs now {v!r}"
+        for k, v in current.items()
+        if k not in _RESUMABLE_CHANGES and saved.get(k) != v
+    ]
+    if diffs:
+        raise ValueError(
+            f"cannot resume the pretraining run in {workdir} with different settings "
+            f"({'; '.join(diffs)}); use a new workdir or the original settings"
+        )
+
+
+def _truncate_metrics(path: pathlib.Path, last_epoch: int) -> None:
+    """Drop log lines written after the checkpoint we resume from (a kill between the two)."""
+    if not path.exists():
+        return
+    kept = [
+        line
+        for line in path.read_text().splitlines()
+        if line.strip() and json.loads(line)["epoch"] <= last_epoch
+    ]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def pretrain(
+    potential: Potential,
+    params,
+    train,
+    val,
+    *,
+    atomic_numbers,
+    settings: PretrainSettings,
+    workdir,
+    test=None,
+) -> tuple[Any, dict]:
+    """Train ``params`` of a bare potential on energies and forces; resume if ``workdir`` has
+    checkpoints.
+
+    Args:
+      potential: :class:`Potential` of the bare model (dense edges; ``neighbor=None``). Its
+        outputs are treated as normalised energies; the fitted shift/scale turn them into eV.
+      params: initial parameters.
+      train, val: reference frames with ``.positions [F,N,3]`` Å, ``.energies [F]`` eV,
+        ``.forces [F,N,3]`` eV/Å (e.g. :class:`~stabie_jax.losses.LabelledFrames`).
+      atomic_numbers: ``[N]`` ints, as ``potential`` was built.
+      settings: :class:`PretrainSettings`.
+      workdir: output directory (checkpoints/, metrics.jsonl, report.json).
+      test: optional held-out frames for the final report.
+
+    Returns:
+      ``(params, report)``: the parameters with the best validation force MAE (bare model),
+      and the report dict also written to ``workdir/report.json``, including
+      ``energy_scale`` and ``energy_shift`` (``{Z: eV}``) to store with the model.
+    """
+    workdir = pathlib.Path(workdir).expanduser().resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    train_frames = _as_frames(train, "train")
+    val_frames = _as_frames(val, "val")
+    test_frames = None if test is None else _as_frames(test, "test")
+    n_train = int(train_frames.positions.shape[0])
+    z = np.asarray(atomic_numbers)
+    if z.shape != (train_frames.positions.shape[1],):
+        raise ValueError(
+            f"atomic_numbers has shape {z.shape} but frames have "
+            f"{train_frames.positions.shape[1]} atoms"
+        )
+
+    energy_shift = (
+        fit_energy_shift(np.asarray(train_frames.energies), z) if settings.fit_energy_shift else {}
+    )
+    energy_scale = force_rms(train_frames.forces) if settings.fit_energy_scale else 1.0
+    if not energy_scale > 0.0:
+        raise ValueError("training forces are all zero: set fit_energy_scale=False")
+    per_atom_shift = shift_table(energy_shift)[z].astype(np.float32)
+    static = _static_settings(settings)
+    check_loss_names(settings.energy_loss, settings.force_loss)
+    optimizer = make_optimizer(settings)
+    evaluate = make_evaluate_fn(potential, settings, energy_scale, per_atom_shift)
+
+    state = PretrainState(
+        params=params,
+        opt_state=optimizer.init(params),
+        ema_params=params,
+        best_params=params,
+        step=jnp.zeros((), jnp.int32),
+        key=jax.random.PRNGKey(settings.seed),
+        epoch=0,
+        plateau=plateau_init(settings.learning_rate),
+        best_val_force_mae=math.inf,
+        best_epoch=0,
+        epochs_without_improvement=0,
+    )
+    manager = open_manager(workdir / CHECKPOINT_DIR, max_to_keep=settings.max_checkpoints_to_keep)
+    metrics_path = workdir / METRICS_FILE
+    stop_reason = None
+    if manager.latest_step() is not None:
+        restored = restore_checkpoint(manager, target=state)
+        _check_resume_compatible(restored.metadata["settings"], settings, workdir)
+        if (
+            restored.metadata["energy_scale"] != energy_scale
+            or {int(k): v for k, v in restored.metadata["energy_shift"].items()} != energy_shift
+        ):
+            raise ValueError(
+                f"the training set differs from the one of the checkpoints in {workdir} "
+                "(energy shift/scale changed); use a new workdir"
+            )
+        state = restored.state
+        stop_reason = restored.metadata.get("stop_reason")
+        _truncate_metrics(metrics_path, state.epoch)
+        logging.info("resumed pretraining from epoch %d in %s", state.epoch, workdir)
+    else:
+        _truncate_metrics(metrics_path, -1)
+        initial = evaluate(state.params, val_frames)
+        with metrics_path.open("a") as f:
+            f.write(
+                json.dumps({"epoch": 0, "step": 0, **{f"val_{k}": v for k, v in initial.items()}})
+                + "\n"
+            )
+
+    bar = tqdm.tqdm(
+        total=settings.max_epochs,
+        initial=state.epoch,
+        desc="pretrain",
+        unit="epoch",
+        disable=not settings.progress_bar,
+    )
+    while stop_reason is None and state.epoch < settings.max_epochs:
+        t0 = time.perf_counter()
+        epoch_key = jax.random.fold_in(state.key, state.epoch)
+        order = np.asarray(jax.random.permutation(epoch_key, n_train))
+        idx, w = _batches(n_train, min(settings.batch_size, n_train), order)
+        (params, opt_state, ema, step), batch_metrics = _train_epoch(
+            potential=potential,
+            settings=static,
+            params=state.params,
+            opt_state=state.opt_state,
+            ema=state.ema_params,
+            step=state.step,
+            plateau_lr=jnp.float32(state.plateau.learning_rate),
+            energy_scale=jnp.float32(energy_scale),
+            per_atom_shift=jnp.asarray(per_atom_shift),
+            frames=train_frames,
+            idx=idx,
+            w=w,
+        )
+        sums = np.asarray(batch_metrics, dtype=np.float64)
+        count = sums[:, 3].sum()
+        train_loss = sums[:, 0].sum() / count
+        if not np.isfinite(train_loss):
+            raise FloatingPointError(
+                f"non-finite training loss at epoch {state.epoch + 1}; lower the learning rate"
+            )
+        val_metrics = evaluate(ema, val_frames)
+        epoch = state.epoch + 1
+        plateau = plateau_update(
+            state.plateau,
+            val_metrics["loss"],
+            factor=settings.plateau_factor,
+            patience=settings.plateau_patience,
+            min_lr=settings.min_learning_rate,
+            threshold=settings.plateau_threshold,
+        )
+        improved = val_metrics["force_mae_ev_per_angstrom"] < state.best_val_force_mae
+        state = PretrainState(
+            params=params,
+            opt_state=opt_state,
+            ema_params=ema,
+            best_params=ema if improved else state.best_params,
+            step=step,
+            key=state.key,
+            epoch=epoch,
+            plateau=plateau,
+            best_val_force_mae=(
+                val_metrics["force_mae_ev_per_angstrom"] if improved else state.best_val_force_mae
+            ),
+            best_epoch=epoch if improved else state.best_epoch,
+            epochs_without_improvement=0 if improved else state.epochs_without_improvement + 1,
+        )
+        if (
+            settings.early_stopping_patience is not None
+            and state.epochs_without_improvement >= settings.early_stopping_patience
+        ):
+            stop_reason = "early_stopping"
+        elif settings.stop_at_min_learning_rate and (
+            plateau.learning_rate <= settings.min_learning_rate
+        ):
+            stop_reason = "min_learning_rate"
+        record = {
+            "epoch": epoch,
+            "step": int(step),
+            "lr": float(sums[-1, 4]),
+            "plateau_lr": plateau.learning_rate,
+            "train_loss": float(train_loss),
+            "train_energy_mae_ev": float(sums[:, 1].sum() / count),
+            "train_force_mae_ev_per_angstrom": float(sums[:, 2].sum() / count),
+            **{f"val_{k}": v for k, v in val_metrics.items()},
+            "epoch_seconds": time.perf_counter() - t0,
+        }
+        # Log first: lines past the checkpoint a resumed run starts from are dropped on resume.
+        with metrics_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if (
+            epoch % settings.checkpoint_every_epochs == 0
+            or stop_reason is not None
+            or epoch >= settings.max_epochs
+        ):
+            save_checkpoint(
+                manager,
+                epoch,
+                state,
+                {
+                    "settings": _settings_json(settings),
+                    "energy_scale": energy_scale,
+                    "energy_shift": energy_shift,
+                    "metrics": record,
+                    "stop_reason": stop_reason,
+                },
+            )
+        bar.update(1)
+        bar.set_postfix(
+            lr=f"{record['lr']:.2e}",
+            loss=f"{train_loss:.3g}",
+            val_f_mae=f"{val_metrics['force_mae_ev_per_angstrom']:.4f}",
+        )
+    bar.close()
+    manager.wait_until_finished()
+    manager.close()
+
+    report = {
+        "epochs": state.epoch,
+        "steps": int(state.step),
+        "best_epoch": state.best_epoch,
+        "stop_reason": stop_reason or "max_epochs",
+        "final_learning_rate": state.plateau.learning_rate,
+        "energy_scale": energy_scale,
+        "energy_shift": {str(k): v for k, v in energy_shift.items()},
+        "n_train": n_train,
+        "n_val": int(val_frames.positions.shape[0]),
+        "val": evaluate(state.best_params, val_frames),
+        "settings": _settings_json(settings),
+    }
+    if test_frames is not None:
+        report["n_test"] = int(test_frames.positions.shape[0])
+        report["test"] = evaluate(state.best_params, test_frames)
+    (workdir / REPORT_FILE).write_text(json.dumps(report, indent=2))
+    return state.best_params, report

@@ -1,0 +1,248 @@
+"""Tests of energy/force pretraining: learning, exact resume, early stopping, shift/scale."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import jax
+import numpy as np
+import pytest
+from jax_md import space
+from toy_model import PairMLP, lj_dataset
+
+from stabie_jax import units
+from stabie_jax.checkpoint import latest_step
+from stabie_jax.losses import LabelledFrames
+from stabie_jax.models.potential import make_potential
+from stabie_jax.models.registry import init_params
+from stabie_jax.models.scale_shift import fit_energy_shift, force_rms
+from stabie_jax.plateau import plateau_init, plateau_update
+from stabie_jax.pretrain import _batches, pretrain, recipe
+
+Z_AR3 = np.array([18, 18, 18])
+
+
+def lj_splits(*sizes, seed=0):
+    pos, e, f = lj_dataset(sum(sizes), n_atoms=3, seed=seed)
+    cut = np.cumsum([0, *sizes])
+    return [
+        LabelledFrames(pos[a:b], e[a:b], f[a:b]) for a, b in zip(cut[:-1], cut[1:], strict=True)
+    ]
+
+
+def toy_setup(hidden=16):
+    module = PairMLP(hidden=hidden, cutoff=4.5)
+    pot = make_potential(module, Z_AR3, space.free()[0])
+    return pot, init_params(module, Z_AR3, jax.random.PRNGKey(0))
+
+
+def read_metrics(workdir):
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_pretraining_reduces_force_mae_on_lennard_jones_trimer(tmp_path):
+    train, val, test = lj_splits(48, 16, 16)
+    pot, params = toy_setup()
+    settings = recipe(
+        "schnet",
+        learning_rate=1e-2,
+        batch_size=8,
+        max_epochs=40,
+        warmup_steps=10,
+        energy_weight=0.2,
+        force_weight=0.8,
+        checkpoint_every_epochs=10,
+        progress_bar=False,
+    )
+    trained, report = pretrain(
+        pot,
+        params,
+        train,
+        val,
+        atomic_numbers=Z_AR3,
+        settings=settings,
+        workdir=tmp_path,
+        test=test,
+    )
+    metrics = read_metrics(tmp_path)
+    initial = metrics[0]["val_force_mae_ev_per_angstrom"]
+    assert [m["epoch"] for m in metrics] == list(range(41))
+    final = report["val"]["force_mae_ev_per_angstrom"]
+    assert final < initial / 5.0, (initial, final)
+    assert report["test"]["force_mae_ev_per_angstrom"] < initial / 4.0
+    # The returned parameters are the best-validation ones and reproduce the report.
+    assert final == pytest.approx(
+        min(m["val_force_mae_ev_per_angstrom"] for m in metrics[1:]), rel=1e-5
+    )
+    for split in ("val", "test"):
+        r = report[split]
+        assert r["energy_mae_kcal_per_mol"] == pytest.approx(
+            units.ev_to_kcal_per_mol(r["energy_mae_ev"])
+        )
+        assert r["force_mae_kcal_per_mol_per_angstrom"] == pytest.approx(
+            units.ev_to_kcal_per_mol(r["force_mae_ev_per_angstrom"])
+        )
+    assert json.loads((tmp_path / "report.json").read_text())["test"] == report["test"]
+    assert latest_step(tmp_path / "checkpoints") == 40
+    assert report["energy_scale"] == pytest.approx(force_rms(train.forces))
+    # Single composition: the shift of the molecule is the mean training energy.
+    assert 3 * report["energy_shift"]["18"] == pytest.approx(float(np.mean(train.energies)))
+    assert jax.tree.structure(trained) == jax.tree.structure(params)
+
+
+def test_resume_after_interruption_is_bit_identical(tmp_path):
+    train, val = lj_splits(20, 8)
+    pot, params = toy_setup(hidden=4)
+    base = recipe(
+        "schnet",
+        learning_rate=5e-3,
+        batch_size=8,
+        warmup_steps=3,
+        plateau_patience=0,
+        plateau_threshold=0.9,
+        progress_bar=False,
+    )
+    full, full_report = pretrain(
+        pot,
+        params,
+        train,
+        val,
+        atomic_numbers=Z_AR3,
+        settings=base.__class__(**{**base.__dict__, "max_epochs": 4}),
+        workdir=tmp_path / "a",
+    )
+    # "Killed" after epoch 2, then the same call with the full budget resumes.
+    half_settings = recipe(
+        "schnet",
+        learning_rate=5e-3,
+        batch_size=8,
+        warmup_steps=3,
+        plateau_patience=0,
+        plateau_threshold=0.9,
+        progress_bar=False,
+        max_epochs=2,
+    )
+    pretrain(
+        pot,
+        params,
+        train,
+        val,
+        atomic_numbers=Z_AR3,
+        settings=half_settings,
+        workdir=tmp_path / "b",
+    )
+    resumed, resumed_report = pretrain(
+        pot,
+        params,
+        train,
+        val,
+        atomic_numbers=Z_AR3,
+        settings=half_settings.__class__(**{**half_settings.__dict__, "max_epochs": 4}),
+        workdir=tmp_path / "b",
+    )
+    for x, y in zip(jax.tree.leaves(full), jax.tree.leaves(resumed), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    strip = lambda ms: [{k: v for k, v in m.items() if k != "epoch_seconds"} for m in ms]
+    metrics_a, metrics_b = read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")
+    assert strip(metrics_a) == strip(metrics_b)
+    # plateau_patience=0 makes the learning rate move, so the schedule state was restored too.
+    assert len({m["plateau_lr"] for m in metrics_a[1:]}) > 1
+    assert full_report["val"] == resumed_report["val"]
+
+
+def test_early_stopping_resume_of_finished_run_and_settings_mismatch(tmp_path):
+    train, val = lj_splits(8, 4)
+    pot, params = toy_setup(hidden=4)
+    settings = recipe(
+        "schnet",
+        learning_rate=0.0,
+        batch_size=4,
+        max_epochs=10,
+        early_stopping_patience=1,
+        progress_bar=False,
+    )
+    out, report = pretrain(
+        pot, params, train, val, atomic_numbers=Z_AR3, settings=settings, workdir=tmp_path
+    )
+    # lr = 0: epoch 1 sets the best validation MAE, epoch 2 does not improve -> stop.
+    assert report["stop_reason"] == "early_stopping" and report["epochs"] == 2
+    for x, y in zip(jax.tree.leaves(out), jax.tree.leaves(params), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    again, report2 = pretrain(
+        pot, params, train, val, atomic_numbers=Z_AR3, settings=settings, workdir=tmp_path
+    )
+    assert report2["epochs"] == 2 and report2["val"] == report["val"]
+    with pytest.raises(ValueError, match="learning_rate: checkpoint 0.0 vs now 0.1"):
+        pretrain(
+            pot,
+            params,
+            train,
+            val,
+            atomic_numbers=Z_AR3,
+            settings=settings.__class__(**{**settings.__dict__, "learning_rate": 0.1}),
+            workdir=tmp_path,
+        )
+
+
+def test_bad_inputs():
+    train, val = lj_splits(4, 2)
+    pot, params = toy_setup(hidden=4)
+    settings = recipe("schnet", max_epochs=1, progress_bar=False)
+    with pytest.raises(ValueError, match="atomic_numbers has shape"):
+        pretrain(
+            pot,
+            params,
+            train,
+            val,
+            atomic_numbers=[18, 18],
+            settings=settings,
+            workdir="/tmp/unused_stabie_pretrain",
+        )
+    with pytest.raises(ValueError, match="val must have"):
+        pretrain(
+            pot,
+            params,
+            train,
+            object(),
+            atomic_numbers=Z_AR3,
+            settings=settings,
+            workdir="/tmp/unused_stabie_pretrain",
+        )
+    with pytest.raises(ValueError, match="no pretraining recipe"):
+        recipe("mace")
+
+
+def test_batches_cover_every_frame_once():
+    order = np.random.default_rng(0).permutation(11)
+    idx, w = _batches(11, 4, order)
+    assert idx.shape == (3, 4) and w.shape == (3, 4)
+    used = np.asarray(idx)[np.asarray(w) > 0]
+    np.testing.assert_array_equal(np.sort(used), np.arange(11))
+    assert float(w.sum()) == 11.0
+
+
+def test_plateau_follows_pytorch_semantics():
+    state = plateau_init(1.0)
+    lrs = []
+    for v in [1.0, 0.9, 0.95, 0.9, 0.95, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8]:
+        state = plateau_update(state, v, factor=0.5, patience=2, min_lr=0.3)
+        lrs.append(state.learning_rate)
+    # bad epochs after 0.9: 0.95, 0.9 (no relative improvement), 0.95 -> 3 > 2 -> halve;
+    # 0.8 improves; then five 0.8s: third bad one halves again but is floored at 0.3.
+    assert lrs == [1.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.5, 0.3, 0.3, 0.3]
+    assert state.num_reductions == 2
+    assert plateau_update(plateau_init(1.0), math.nan, factor=0.5, patience=0).learning_rate == 0.5
+
+
+def test_energy_shift_least_squares():
+    mu = {1: -13.6, 6: -1029.8, 8: -2041.3}
+    rng = np.random.default_rng(1)
+    z = rng.choice([1, 6, 8], size=(30, 9))
+    energies = np.array([sum(mu[int(a)] for a in row) for row in z]) + 1e-3 * rng.normal(size=30)
+    fitted = fit_energy_shift(energies, z)
+    assert set(fitted) == {1, 6, 8}
+    for k in mu:
+        assert fitted[k] == pytest.approx(mu[k], abs=1e-2)
+    with pytest.raises(ValueError, match="frames"):
+        fit_energy_shift(energies[:3], z)
