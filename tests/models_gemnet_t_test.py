@@ -64,7 +64,7 @@ def tiny():
     model = GemNetT(**TINY, scale_factors=scales)
     positions, z, _ = water_lattice(1, 3.0)
     graph = build_graph(space.free()[0], jnp.asarray(positions), *dense_edges(3))
-    params = model.init(jax.random.key(0), jnp.asarray(z), graph)["params"]
+    params = jax.jit(model.init)(jax.random.key(0), jnp.asarray(z), graph)["params"]
     return model, params
 
 
@@ -227,7 +227,8 @@ def test_padding_and_skin_edges_contribute_exactly_zero(tiny):
     r = jnp.asarray(positions)
     senders, receivers = dense_edges(len(z))
     graph = build_graph(space.free()[0], r, senders, receivers)
-    e0 = model.apply({"params": params}, jnp.asarray(z), graph)
+    apply = jax.jit(model.apply)
+    e0 = apply({"params": params}, jnp.asarray(z), graph)
     # Twice as many slots of padding, and the edge list in a different order.
     n = len(z)
     order = np.random.default_rng(7).permutation(len(senders))
@@ -238,13 +239,13 @@ def test_padding_and_skin_edges_contribute_exactly_zero(tiny):
         np.concatenate([senders[order], pad]),
         np.concatenate([receivers[order], pad]),
     )
-    e1 = model.apply({"params": params}, jnp.asarray(z), padded)
+    e1 = apply({"params": params}, jnp.asarray(z), padded)
     np.testing.assert_allclose(e1, e0, atol=1e-6)
     # A far atom (beyond the cutoff from all) adds only its own isolated energy.
     far = jnp.concatenate([r, jnp.array([[40.0, 0.0, 0.0]])])
     z_far = np.append(z, 8)
     graph_far = build_graph(space.free()[0], far, *dense_edges(n + 1))
-    e_far = model.apply({"params": params}, jnp.asarray(z_far), graph_far)
+    e_far = apply({"params": params}, jnp.asarray(z_far), graph_far)
     np.testing.assert_allclose(e_far[:n], e0, atol=1e-6)
 
 
@@ -272,10 +273,12 @@ def test_one_directional_edges_are_rejected(tiny):
     senders, receivers = dense_edges(len(z))
     keep = senders < receivers  # OrderedSparse-like half list
     graph = build_graph(space.free()[0], jnp.asarray(positions), senders[keep], receivers[keep])
-    table = build_neighbor_table(graph, len(z), CUTOFF, model.neighbor_capacity)
+    table = jax.jit(build_neighbor_table, static_argnums=(1, 2, 3))(
+        graph, len(z), CUTOFF, model.neighbor_capacity
+    )
     assert bool(table.missing_reverse)
     with jax.debug_nans(False):
-        energies = model.apply({"params": params}, jnp.asarray(z), graph)
+        energies = jax.jit(model.apply)({"params": params}, jnp.asarray(z), graph)
     assert np.all(np.isnan(np.asarray(energies)))
 
 
@@ -292,7 +295,9 @@ def test_neighbor_list_buffer_overflow_detected_and_reallocated(tiny):
     pot_nl = make_potential(model, z, displacement, use_neighbor_list=True)
     pot_all = make_potential(model, z, displacement)
     np.testing.assert_allclose(
-        pot_nl.energy_fn(params, squeezed, fresh), pot_all.energy_fn(params, squeezed), rtol=1e-5
+        jax.jit(pot_nl.energy_fn)(params, squeezed, fresh),
+        jax.jit(pot_all.energy_fn)(params, squeezed),
+        rtol=1e-5,
     )
     same, reallocated = update_neighbor_list(neighbor_fn, squeezed, fresh)
     assert not reallocated
@@ -322,3 +327,112 @@ def test_wrong_number_of_scale_factors_raises(tiny):
         model.clone(scale_factors=MDSIM_WATER_SCALE_FACTORS).apply(
             {"params": params}, jnp.asarray(z), graph
         )
+
+
+def _reference_energies(params, model: GemNetT, z, positions):
+    """Independent float64 numpy GemNet-T on explicit edge and triplet index lists.
+
+    Edges are only the pairs inside the cutoff; triplets are the index pairs ``(b->a, c->a)``;
+    the bilinear layer is applied per triplet (no neighbour table, no efficient reordering).
+    """
+    p = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float64), params)
+    scales = model._scales()
+    n_int = 3 * model.num_blocks
+
+    def act(x):
+        return x / (1.0 + np.exp(-x)) / 0.6
+
+    def dense(x, node):
+        return x @ node["kernel"]
+
+    def residual(x, node):
+        return (x + act(dense(act(dense(x, node["dense_0"])), node["dense_1"]))) / np.sqrt(2)
+
+    n = len(z)
+    diff = positions[None, :, :] - positions[:, None, :]  # [s, t] = R_t - R_s
+    dist = np.linalg.norm(diff, axis=-1)
+    src, dst = np.nonzero((dist < model.cutoff) & ~np.eye(n, dtype=bool))
+    vec = positions[dst] - positions[src]
+    d = np.linalg.norm(vec, axis=1)
+    unit = vec / d[:, None]
+    lookup = {(s, t): e for e, (s, t) in enumerate(zip(src, dst, strict=True))}
+    swap = np.array([lookup[(t, s)] for s, t in zip(src, dst, strict=True)])
+    trip_ba, trip_ca = zip(
+        *[(b, c) for c in range(len(src)) for b in np.nonzero(dst == dst[c])[0] if b != c],
+        strict=True,
+    )
+    trip_ba, trip_ca = np.array(trip_ba), np.array(trip_ca)
+
+    x = d / model.cutoff
+    centres = np.linspace(0, 1, model.num_radial)
+    width = 1.0 / (model.num_radial - 1)
+    pexp = model.envelope_exponent
+    env = (
+        1
+        - (pexp + 1) * (pexp + 2) / 2 * x**pexp
+        + pexp * (pexp + 2) * x ** (pexp + 1)
+        - pexp * (pexp + 1) / 2 * x ** (pexp + 2)
+    )
+    rbf = env[:, None] * np.exp(-((x[:, None] - centres) ** 2) / (2 * width**2))
+    cos = np.sum(unit[trip_ca] * unit[trip_ba], axis=1)
+    sph = np.stack(
+        [
+            np.sqrt((2 * ell + 1) / (4 * np.pi))
+            * np.polynomial.legendre.legval(cos, np.eye(model.num_spherical)[ell])
+            for ell in range(model.num_spherical)
+        ],
+        axis=1,
+    )
+    cbf = np.einsum("tl,tr,lri->ti", sph, rbf[trip_ca], p["mlp_cbf3"])  # per triplet
+    rbf3, rbf_h, rbf_out = (dense(rbf, p[k]) for k in ("mlp_rbf3", "mlp_rbf_h", "mlp_rbf_out"))
+    h = p["atom_emb"]["embedding"][np.asarray(z) - 1]
+
+    def edge_concat(h, feats, node):
+        return act(dense(np.concatenate([h[src], h[dst], feats], axis=1), node))
+
+    def atom_sum(m, rbf_e, node, scale):
+        out = np.zeros((n, m.shape[1]))
+        np.add.at(out, dst, m * dense(rbf_e, node["dense_rbf"]))
+        out = act(dense(out * scale, node["dense_in"]))
+        for i in range(model.num_atom):
+            out = residual(out, node[f"residual_{i}"])
+        return out
+
+    def output(i, m):
+        node = p[f"out_block_{i}"]
+        x = atom_sum(m, rbf_out, node["atom"], scales[n_int + i])
+        return dense(x, node["out_energy"])[:, 0]
+
+    m = edge_concat(h, rbf, p["edge_emb"])
+    energy = output(0, m)
+    for b in range(1, model.num_blocks + 1):
+        node = p[f"int_block_{b}"]
+        tn = node["trip_interaction"]
+        s_rbf, s_cbf, s_atom = scales[3 * (b - 1) : 3 * b]
+        x_ba = act(dense(m, tn["dense_ba"])) * dense(rbf3, tn["mlp_rbf"]) * s_rbf
+        x_ba = act(dense(x_ba, tn["down_projection"]))
+        per_trip = np.einsum("ti,tj,jio->to", cbf, x_ba[trip_ba], tn["bilinear"])
+        x = np.zeros((len(src), per_trip.shape[1]))
+        np.add.at(x, trip_ca, per_trip)
+        x = x * s_cbf
+        x3 = act(dense(x, tn["up_projection_ca"])) + act(dense(x, tn["up_projection_ac"]))[swap]
+        x = (act(dense(m, node["dense_ca"])) + x3 / np.sqrt(2)) / np.sqrt(2)
+        x = residual(x, node["before_skip_0"])
+        m = residual((m + x) / np.sqrt(2), node["after_skip_0"])
+        h = (h + atom_sum(m, rbf_h, node["atom_update"], s_atom)) / np.sqrt(2)
+        m2 = residual(edge_concat(h, m, node["concat_layer"]), node["residual_m_0"])
+        m = (m + m2) / np.sqrt(2)
+        energy = energy + output(b, m)
+    return energy
+
+
+def test_matches_independent_edge_list_reference(tiny):
+    model, params = tiny
+    positions, z = _free_molecule(4, seed=8)
+    with jax.enable_x64(True):
+        params64 = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float64), params)
+        pot = make_potential(model, z, space.free()[0])
+        ours = np.asarray(jax.jit(pot.per_atom_energy_fn)(params64, jnp.asarray(positions)))
+    reference = _reference_energies(params, model, z, np.asarray(positions, np.float64))
+    assert np.std(reference) > 1e-3
+    np.testing.assert_allclose(ours, reference, rtol=1e-9, atol=1e-10)
