@@ -73,6 +73,8 @@ def build_model(kind: str, **hparams):
       ValueError: for an unknown kind or hyperparameters the module does not accept.
     """
     factory = model_factory(kind)
+    # JSON has no tuples; module fields that are sequences must stay hashable.
+    hparams = {k: tuple(v) if isinstance(v, list) else v for k, v in hparams.items()}
     try:
         return factory(**hparams)
     except TypeError as err:

@@ -1,0 +1,221 @@
+"""An ASE calculator backed by a stabie_jax model, for ASE MD, optimisation and vibrations.
+
+:class:`StabieCalculator` wraps either a model checkpoint directory (written by
+:func:`stabie_jax.checkpoint.save_model_checkpoint`, e.g. after pretraining or StABlE training)
+or an in-memory ``(module, params, metadata)`` triple, or a ready :class:`Potential`.
+
+Space: for ``atoms.pbc`` all False the free space is used; for all True, JAX-MD's
+``space.periodic_general`` in real (Cartesian) coordinates with the box passed at call time as
+``box = atoms.cell.T`` (JAX-MD boxes hold lattice vectors as columns, ASE cells as rows), so a
+changing cell (e.g. a cell filter) reuses the compiled function. The minimum-image convention
+needs the model cutoff to be at most half the smallest perpendicular cell width; a smaller cell
+is rejected with a ValueError. Mixed periodicity is not supported.
+
+Neighbour lists: by default systems of more than ``dense_max_atoms`` atoms use a JAX-MD sparse
+neighbour list (rebuilt exactly on every call, no skin; reallocated on overflow) instead of all
+``N(N−1)`` pairs.
+
+The jitted energy+forces functions are built once per space kind at construction and are not
+retraced across calls with the same atom count (``trace_count`` records compilations).
+Properties: ``energy``, ``free_energy`` (= energy, no electronic entropy), ``forces`` and
+per-atom ``energies``, in eV and eV/Å.
+
+Examples:
+  >>> from ase.build import molecule                                     # doctest: +SKIP
+  >>> atoms = molecule("H2O"); atoms.calc = StabieCalculator("model_dir")  # doctest: +SKIP
+  >>> atoms.get_forces()                                                  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ase.calculators.calculator import Calculator, all_changes
+from jax_md import partition, space
+
+from stabie_jax.checkpoint import ModelMetadata, load_model_checkpoint, make_model_potential
+from stabie_jax.models.potential import Potential
+
+DENSE_MAX_ATOMS = 64
+
+
+def _min_perpendicular_width(cell: np.ndarray) -> float:
+    volume = abs(np.linalg.det(cell))
+    widths = [
+        volume / np.linalg.norm(np.cross(cell[(i + 1) % 3], cell[(i + 2) % 3])) for i in range(3)
+    ]
+    return float(min(widths))
+
+
+class StabieCalculator(Calculator):
+    """ASE calculator for a stabie_jax model.
+
+    Exactly one source must be given:
+
+    * ``checkpoint``: a model checkpoint directory;
+    * ``module``, ``params`` and ``metadata`` (:class:`~stabie_jax.checkpoint.ModelMetadata`);
+    * ``potential``, ``params`` and ``atomic_numbers``: a ready :class:`Potential` used as it
+      is (its space is fixed; ``atoms.cell`` and ``atoms.pbc`` are ignored).
+
+    Args:
+      checkpoint: directory of a model checkpoint.
+      module, params, metadata: an in-memory model.
+      potential, atomic_numbers: a ready potential and the atomic numbers it was built for.
+      neighbor_list: force (True) or forbid (False) neighbour lists; default: automatic for
+        more than ``dense_max_atoms`` atoms (model sources only).
+      dense_max_atoms: threshold of the automatic choice.
+      capacity_multiplier: neighbour-list over-allocation factor.
+      **kwargs: forwarded to :class:`ase.calculators.calculator.Calculator`.
+
+    Raises:
+      ValueError: inconsistent sources; at calculation time, atomic numbers that differ from
+        the model's, mixed periodicity, or a cell too small for the cutoff.
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces", "energies"]
+
+    def __init__(
+        self,
+        checkpoint=None,
+        *,
+        module=None,
+        params=None,
+        metadata: ModelMetadata | None = None,
+        potential: Potential | None = None,
+        atomic_numbers=None,
+        neighbor_list: bool | None = None,
+        dense_max_atoms: int = DENSE_MAX_ATOMS,
+        capacity_multiplier: float = 1.25,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        sources = [checkpoint is not None, module is not None, potential is not None]
+        if sum(sources) != 1:
+            raise ValueError(
+                "StabieCalculator needs exactly one of checkpoint=DIR, module=+params=+metadata=,"
+                " or potential=+params=+atomic_numbers="
+            )
+        self.trace_count = 0
+        self._neighbors = None
+        self._capacity_multiplier = float(capacity_multiplier)
+        if checkpoint is not None:
+            module, params, metadata = load_model_checkpoint(checkpoint)
+        if potential is not None:
+            if params is None or atomic_numbers is None:
+                raise ValueError("potential= needs params= and atomic_numbers=")
+            self.atomic_numbers = np.asarray(atomic_numbers, dtype=int)
+            self.cutoff = None
+            self._module = None
+            self._fixed = self._jit(potential, with_box=False, with_neighbors=False)
+        else:
+            if params is None or metadata is None:
+                raise ValueError("module= needs params= and metadata=")
+            self.atomic_numbers = np.asarray(metadata.atomic_numbers, dtype=int)
+            self.cutoff = float(metadata.cutoff_angstrom)
+            self._module = module
+            self._metadata = metadata
+            self._fixed = None
+            n_atoms = len(self.atomic_numbers)
+            self.uses_neighbor_list = (
+                n_atoms > dense_max_atoms if neighbor_list is None else bool(neighbor_list)
+            )
+            self._free = self._jit(
+                make_model_potential(module, metadata, space.free()[0]),
+                with_box=False,
+                with_neighbors=False,
+            )
+            displacement_fn, _ = space.periodic_general(jnp.eye(3), fractional_coordinates=False)
+            self._periodic_displacement = displacement_fn
+            self._periodic = self._jit(
+                make_model_potential(
+                    module, metadata, displacement_fn, use_neighbor_list=self.uses_neighbor_list
+                ),
+                with_box=True,
+                with_neighbors=self.uses_neighbor_list,
+            )
+            if self.uses_neighbor_list:
+                self._neighbor_fn = partition.neighbor_list(
+                    displacement_fn,
+                    jnp.eye(3),
+                    self.cutoff,
+                    dr_threshold=0.0,
+                    capacity_multiplier=self._capacity_multiplier,
+                    disable_cell_list=True,
+                    format=partition.Sparse,
+                )
+                self._neighbor_update = jax.jit(
+                    lambda r, nbrs, box: self._neighbor_fn.update(r, nbrs, box=box)
+                )
+        self.params = params
+
+    def _jit(self, potential: Potential, *, with_box: bool, with_neighbors: bool):
+        def energies_and_forces(params, positions, box, neighbor):
+            self.trace_count += 1  # Python side effect: runs only while tracing.
+            kwargs = {"box": box} if with_box else {}
+            nbr = neighbor if with_neighbors else None
+
+            def total(r):
+                e_i = potential.per_atom_energy_fn(params, r, nbr, **kwargs)
+                return jnp.sum(e_i), e_i
+
+            (energy, per_atom), grad = jax.value_and_grad(total, has_aux=True)(positions)
+            return energy, per_atom, -grad
+
+        return jax.jit(energies_and_forces)
+
+    def _check_atoms(self, atoms) -> None:
+        numbers = atoms.get_atomic_numbers()
+        if len(numbers) != len(self.atomic_numbers) or np.any(numbers != self.atomic_numbers):
+            raise ValueError(
+                "atomic numbers of the atoms "
+                f"{numbers.tolist()} do not match the model's {self.atomic_numbers.tolist()} "
+                "(same elements in the same order are required)"
+            )
+
+    def _periodic_box(self, atoms) -> jax.Array:
+        cell = np.asarray(atoms.cell.array, dtype=np.float64)
+        if abs(np.linalg.det(cell)) < 1e-12:
+            raise ValueError("atoms.pbc is True but the cell is degenerate (zero volume)")
+        width = _min_perpendicular_width(cell)
+        if self.cutoff is not None and self.cutoff > 0.5 * width:
+            raise ValueError(
+                f"cell too small for the minimum-image convention: cutoff {self.cutoff} Å > "
+                f"half the smallest cell width {width:.3f} Å; use a supercell (atoms.repeat)"
+            )
+        return jnp.asarray(cell.T)
+
+    def _neighbors_for(self, positions, box):
+        if self._neighbors is None:
+            self._neighbors = self._neighbor_fn.allocate(positions, box=box)
+        nbrs = self._neighbor_update(positions, self._neighbors, box)
+        if bool(nbrs.did_buffer_overflow):
+            nbrs = self._neighbor_fn.allocate(positions, box=box)
+        self._neighbors = nbrs
+        return nbrs
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        """Compute all implemented properties for ``atoms`` (ASE calls this)."""
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        self._check_atoms(atoms)
+        positions = jnp.asarray(atoms.get_positions())
+        pbc = np.asarray(atoms.pbc, dtype=bool)
+        dummy_box = jnp.eye(3, dtype=positions.dtype)
+        if self._fixed is not None:
+            energy, per_atom, forces = self._fixed(self.params, positions, dummy_box, None)
+        elif not pbc.any():
+            energy, per_atom, forces = self._free(self.params, positions, dummy_box, None)
+        elif pbc.all():
+            box = self._periodic_box(atoms).astype(positions.dtype)
+            nbrs = self._neighbors_for(positions, box) if self.uses_neighbor_list else None
+            energy, per_atom, forces = self._periodic(self.params, positions, box, nbrs)
+        else:
+            raise ValueError(f"mixed periodic boundary conditions {pbc.tolist()} are not supported")
+        energy = float(energy)
+        self.results = {
+            "energy": energy,
+            "free_energy": energy,
+            "energies": np.asarray(per_atom, dtype=np.float64),
+            "forces": np.asarray(forces, dtype=np.float64),
+        }
