@@ -351,6 +351,8 @@ def generate_molecule(
         "format": "stabie-npz/1",
         "generator": "stabie_jax.data.generate molecule",
         "units": {
+            "energy": "eV",
+            "length": "angstrom",
             "positions": "angstrom",
             "energies": "eV",
             "forces": "eV/angstrom",

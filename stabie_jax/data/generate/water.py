@@ -30,7 +30,8 @@ thermalises every degree of freedom separately. ``thermostat="nose-hoover"`` rem
 
 Saved velocities are on-step. OpenMM's leapfrog-type integrators hold half-step velocities
 v(t − dt/2); each frame stores [v(t − dt/2) + v(t + dt/2)] / 2, for which one extra step is
-taken after reading positions, energy and forces at t (frames stay ``save_interval`` apart).
+taken after reading positions, energy and forces at t and counted towards the next interval
+(frames stay exactly ``save_interval`` apart).
 Positions are unwrapped (OpenMM never wraps unless asked).
 
 Examples:
@@ -313,28 +314,37 @@ class OpenMMEngine:
         if minimize:
             mm.LocalEnergyMinimizer.minimize(self.context, 1.0, 1000)
         self.context.setVelocitiesToTemperature(temperature_kelvin * u.kelvin, int(seed))
+        self._ahead = 0
 
     def _state(self, forces: bool):
         return self.context.getState(
             getPositions=forces, getVelocities=True, getForces=forces, getEnergy=forces
         )
 
+    def _step_to(self, n_steps: int) -> None:
+        # After a sample the integrator is one step ahead of the frame's time (the step taken
+        # for v(t + dt/2)); that step counts towards the next interval.
+        if n_steps - self._ahead > 0:
+            self.integrator.step(n_steps - self._ahead)
+        self._ahead = 0
+
     def advance(self, n_steps: int) -> None:
-        """Run ``n_steps`` MD steps."""
-        self.integrator.step(n_steps)
+        """Advance the trajectory time by ``n_steps`` MD steps."""
+        self._step_to(n_steps)
 
     def sample(self, n_steps: int) -> dict[str, np.ndarray]:
-        """Run ``n_steps`` in total and return the frame at step ``n_steps - 1``.
+        """Advance by ``n_steps`` and return the frame at the new time t.
 
-        Positions, energy and forces are read at time t after ``n_steps - 1`` steps; the
-        velocity is the mean of the half-step velocities before and after t.
+        Positions, energy and forces are read at t; the velocity is the mean of the half-step
+        velocities before and after t, which needs one more step (kept as a lead on the next
+        interval, so frames are exactly ``n_steps`` apart).
         """
         u = self._u
-        if n_steps > 1:
-            self.integrator.step(n_steps - 1)
+        self._step_to(n_steps)
         state = self._state(forces=True)
         v_before = state.getVelocities(asNumpy=True).value_in_unit(u.angstrom / u.femtosecond)
         self.integrator.step(1)
+        self._ahead = 1
         v_after = self._state(forces=False).getVelocities(asNumpy=True)
         v_after = v_after.value_in_unit(u.angstrom / u.femtosecond)
         energy = state.getPotentialEnergy().value_in_unit(u.kilocalorie_per_mole)
@@ -348,11 +358,15 @@ class OpenMMEngine:
 
     def get_state(self) -> dict[str, np.ndarray]:
         """OpenMM's binary checkpoint (positions, velocities, RNG, thermostat), as uint8."""
-        return {"openmm_checkpoint": np.frombuffer(self.context.createCheckpoint(), np.uint8)}
+        return {
+            "openmm_checkpoint": np.frombuffer(self.context.createCheckpoint(), np.uint8),
+            "steps_ahead": np.asarray(self._ahead),
+        }
 
     def set_state(self, state) -> None:
         """Restore from :meth:`get_state` (same platform and OpenMM version)."""
         self.context.loadCheckpoint(np.asarray(state["openmm_checkpoint"]).tobytes())
+        self._ahead = int(state["steps_ahead"])
 
     def pme_parameters(self) -> dict[str, Any]:
         """Ewald splitting parameter (Å⁻¹) and PME grid actually used."""
@@ -476,6 +490,8 @@ def generate_water(
         "format": "stabie-npz/1",
         "generator": "stabie_jax.data.generate water",
         "units": {
+            "energy": "eV",
+            "length": "angstrom",
             "positions": "angstrom",
             "energies": "eV",
             "forces": "eV/angstrom",
