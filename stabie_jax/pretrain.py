@@ -52,9 +52,15 @@ import optax
 import tqdm
 
 from stabie_jax import units
-from stabie_jax.checkpoint import open_manager, restore_checkpoint, save_checkpoint
+from stabie_jax.checkpoint import (
+    ModelMetadata,
+    open_manager,
+    restore_checkpoint,
+    save_checkpoint,
+)
 from stabie_jax.losses import LabelledFrames, check_loss_names, make_qm_loss_fn
 from stabie_jax.models.potential import Potential
+from stabie_jax.models.registry import model_hparams
 from stabie_jax.models.scale_shift import (
     affine_potential,
     fit_energy_shift,
@@ -659,3 +665,31 @@ def pretrain(
         report["test"] = evaluate(state.best_params, test_frames)
     (workdir / REPORT_FILE).write_text(json.dumps(report, indent=2))
     return state.best_params, report
+
+
+def pretrained_model_metadata(
+    kind: str, module, atomic_numbers, cutoff_angstrom: float, report: dict, **extra
+) -> ModelMetadata:
+    """:class:`~stabie_jax.checkpoint.ModelMetadata` for the result of :func:`pretrain`.
+
+    Carries the fitted energy scale and per-species shift, so that
+    ``save_model_checkpoint(dir, params, pretrained_model_metadata(...))`` gives a checkpoint
+    whose :func:`~stabie_jax.checkpoint.make_model_potential` reproduces the trained potential.
+
+    Args:
+      kind: registry name of ``module`` (e.g. ``"schnet"``).
+      module: the Flax module that was trained.
+      atomic_numbers: ``[N]`` ints.
+      cutoff_angstrom: the model's cutoff, Å.
+      report: the report returned by :func:`pretrain`.
+      **extra: more JSON-able entries for ``metadata.extra`` (e.g. dataset name).
+    """
+    return ModelMetadata(
+        kind=kind,
+        hparams=model_hparams(module),
+        atomic_numbers=tuple(int(z) for z in np.asarray(atomic_numbers)),
+        cutoff_angstrom=float(cutoff_angstrom),
+        energy_scale=float(report["energy_scale"]),
+        energy_shift={int(k): float(v) for k, v in report["energy_shift"].items()},
+        extra={"pretrain_report": report, **extra},
+    )

@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 
 import jax
 import numpy as np
@@ -246,3 +253,119 @@ def test_energy_shift_least_squares():
         assert fitted[k] == pytest.approx(mu[k], abs=1e-2)
     with pytest.raises(ValueError, match="frames"):
         fit_energy_shift(energies[:3], z)
+
+
+@pytest.mark.slow
+def test_schnet_pretraining_and_model_checkpoint_reproduce_the_potential(tmp_path):
+    """SchNet end to end: a few epochs lower the force error, and the saved model checkpoint
+    (with the fitted shift/scale) gives the same energies and forces as the trained potential
+    through the ASE calculator."""
+    from stabie_jax.ase_calculator import StabieCalculator
+    from stabie_jax.checkpoint import make_model_potential, save_model_checkpoint
+    from stabie_jax.models.schnet import SchNet
+    from stabie_jax.pretrain import pretrained_model_metadata
+
+    train, val = lj_splits(24, 8)
+    module = SchNet(hidden=16, num_filters=16, num_interactions=2, num_gaussians=12, cutoff=4.5)
+    pot = make_potential(module, Z_AR3, space.free()[0])
+    params = init_params(module, Z_AR3, jax.random.PRNGKey(0))
+    settings = recipe(
+        "schnet",
+        learning_rate=5e-3,
+        batch_size=8,
+        max_epochs=8,
+        warmup_steps=0,
+        progress_bar=False,
+        checkpoint_every_epochs=8,
+    )
+    trained, report = pretrain(
+        pot, params, train, val, atomic_numbers=Z_AR3, settings=settings, workdir=tmp_path / "w"
+    )
+    initial = read_metrics(tmp_path / "w")[0]["val_force_mae_ev_per_angstrom"]
+    assert report["val"]["force_mae_ev_per_angstrom"] < 0.7 * initial
+    metadata = pretrained_model_metadata("schnet", module, Z_AR3, 4.5, report, dataset="lj3")
+    save_model_checkpoint(tmp_path / "model", trained, metadata)
+    physical = make_model_potential(module, metadata, space.free()[0])
+    r = val.positions[0]
+    energy, forces = jax.jit(lambda p: (physical.energy_fn(p, r), physical.force_fn(p, r)))(trained)
+    # The checkpointed potential reproduces the reported validation error on frame 0 scale.
+    assert abs(float(energy) - float(val.energies[0])) < 5 * report["val"]["energy_mae_ev"] + 0.5
+    import ase
+
+    atoms = ase.Atoms(numbers=Z_AR3, positions=np.asarray(r))
+    atoms.calc = StabieCalculator(tmp_path / "model")
+    assert atoms.get_potential_energy() == pytest.approx(float(energy), rel=1e-6, abs=1e-5)
+    np.testing.assert_allclose(atoms.get_forces(), forces, rtol=1e-4, atol=1e-5)
+
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, {tests_dir!r})
+    from pretrain_test import Z_AR3, kill_test_settings, lj_splits, toy_setup
+    from stabie_jax.pretrain import pretrain
+
+    train, val = lj_splits(20, 8)
+    pot, params = toy_setup(hidden=4)
+    pretrain(pot, params, train, val, atomic_numbers=Z_AR3,
+             settings=kill_test_settings(100000), workdir={workdir!r})
+    """
+)
+
+
+def kill_test_settings(max_epochs):
+    return recipe(
+        "schnet",
+        learning_rate=5e-3,
+        batch_size=8,
+        warmup_steps=3,
+        plateau_patience=0,
+        plateau_threshold=0.5,
+        progress_bar=False,
+        max_epochs=max_epochs,
+        early_stopping_patience=None,
+    )
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_resume_matches_uninterrupted(tmp_path):
+    """A real SIGKILL of a training process (possibly mid-write), then resume in-process."""
+    workdir = tmp_path / "killed"
+    script = KILL_SCRIPT.format(
+        tests_dir=os.fspath(pathlib.Path(__file__).parent), workdir=os.fspath(workdir)
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.time() + 300
+        while not (workdir / "checkpoints" / "3").exists():
+            assert proc.poll() is None, "training subprocess died"
+            assert time.time() < deadline, "no checkpoint within 300 s"
+            time.sleep(0.02)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    n_epochs = 60
+    train, val = lj_splits(20, 8)
+    pot, params = toy_setup(hidden=4)
+    resumed, _ = pretrain(
+        pot,
+        params,
+        train,
+        val,
+        atomic_numbers=Z_AR3,
+        settings=kill_test_settings(n_epochs),
+        workdir=workdir,
+    )
+    full, _ = pretrain(
+        pot,
+        params,
+        train,
+        val,
+        atomic_numbers=Z_AR3,
+        settings=kill_test_settings(n_epochs),
+        workdir=tmp_path / "full",
+    )
+    for x, y in zip(jax.tree.leaves(full), jax.tree.leaves(resumed), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    strip = lambda ms: [{k: v for k, v in m.items() if k != "epoch_seconds"} for m in ms]
+    assert strip(read_metrics(workdir)) == strip(read_metrics(tmp_path / "full"))
