@@ -33,11 +33,12 @@ shares the filter network between the block and its convolution); the importer c
 they are equal. ``distance_expansion.offset`` is the fixed grid ``linspace(0, cutoff, G)`` and
 ``atomic_mass`` an unused buffer; both are checked, not imported.
 
-The normaliser becomes the model checkpoint's ``energy_scale = std`` and per-species
-``energy_shift`` whose sum over the molecule's atoms is ``mean``
-(:func:`stabie_jax.models.scale_shift.fit_energy_shift` on the single composition), applied
-around the model by :func:`stabie_jax.checkpoint.make_model_potential`; the SchNet module's own
-``energy_scale``/``energy_shift`` fields stay at 1 and 0.
+The normaliser goes into the SchNet module's constant fields: ``energy_scale = std`` and
+``energy_shift = mean / N`` per atom for the ``N``-atom molecule, so that
+``E = sum_i (std u_i + mean / N) = std sum_i u_i + mean`` exactly as in MDsim. These are Python
+floats, so they are applied in the precision of the positions (float64 under x64, where the
+imported model matches torch_geometric to ~1e-12 eV), and the model checkpoint's own
+``energy_scale``/``energy_shift`` metadata stay at 1 and ``{}``.
 
 :func:`export_torch_checkpoint` writes the inverse: an MDsim-style pickle that
 ``torch_geometric.nn.SchNet`` (and MDsim's ``SchNetWrap``) loads, so a model trained with
@@ -55,8 +56,6 @@ from collections.abc import Mapping
 from typing import NamedTuple
 
 import numpy as np
-
-from stabie_jax.models.scale_shift import fit_energy_shift
 
 MD17_ATOMIC_NUMBERS: dict[str, tuple[int, ...]] = {
     # Atom order of the MD17 / rMD17 aspirin files (C9H8O4), which MDsim's datasets keep.
@@ -456,8 +455,9 @@ def _offsets(config: SchNetConfig) -> np.ndarray:
 def schnet_hparams(config: SchNetConfig) -> dict:
     """Keyword arguments of :class:`stabie_jax.models.schnet.SchNet` for ``config``.
 
-    The module's own energy scale/shift stay at their defaults (1, 0): the normaliser is
-    stored in the model checkpoint's metadata instead.
+    Sizes, cutoff and Gaussian grid only; the energy normaliser (``energy_scale``,
+    ``energy_shift`` per atom) depends on the molecule and is added by
+    :func:`import_torch_checkpoint`.
     """
     return {
         "hidden": config.hidden_channels,
@@ -484,17 +484,18 @@ def config_from_metadata(metadata) -> SchNetConfig:
     hp = metadata.hparams
     if np.ndim(hp.get("energy_scale", 1.0)) or np.ndim(hp.get("energy_shift", 0.0)):
         raise ValueError("per-species SchNet energy_scale/energy_shift fields cannot be exported")
-    if float(hp.get("energy_scale", 1.0)) != 1.0:
-        raise ValueError("SchNet.energy_scale != 1 inside the module cannot be exported")
+    # E = s_meta (sum_i (s_mod u_i + shift_mod)) + sum_i mu_Zi  (module inside, metadata outside)
+    module_scale = float(hp.get("energy_scale", 1.0))
+    n_atoms = len(metadata.atomic_numbers)
     shift = sum(float(metadata.energy_shift.get(int(z), 0.0)) for z in metadata.atomic_numbers)
-    shift += float(hp.get("energy_shift", 0.0)) * len(metadata.atomic_numbers)
+    shift += float(metadata.energy_scale) * float(hp.get("energy_shift", 0.0)) * n_atoms
     return SchNetConfig(
         hidden_channels=int(hp.get("hidden", 64)),
         num_filters=int(hp.get("num_filters", 64)),
         num_interactions=int(hp.get("num_interactions", 6)),
         num_gaussians=int(hp.get("num_gaussians", 25)),
         cutoff=float(hp.get("cutoff", 5.0)),
-        energy_scale=float(metadata.energy_scale),
+        energy_scale=float(metadata.energy_scale) * module_scale,
         energy_shift=shift,
         gaussian_offsets=(
             None if hp.get("gaussian_offsets") is None else tuple(hp["gaussian_offsets"])
@@ -554,6 +555,8 @@ def import_torch_checkpoint(path, atomic_numbers=None, dtype=np.float32):
     params = state_dict_to_params(ckpt.state_dict, cfg, dtype=dtype)
     params = _to_jax(params)
     hparams = schnet_hparams(cfg)
+    hparams["energy_scale"] = cfg.energy_scale
+    hparams["energy_shift"] = cfg.energy_shift / len(z)
     module = build_model("schnet", **hparams)
     digest = hashlib.sha256(pathlib.Path(ckpt.path).read_bytes()).hexdigest()
     metadata = ModelMetadata(
@@ -561,8 +564,8 @@ def import_torch_checkpoint(path, atomic_numbers=None, dtype=np.float32):
         hparams=hparams,
         atomic_numbers=z,
         cutoff_angstrom=cfg.cutoff,
-        energy_scale=cfg.energy_scale,
-        energy_shift=fit_energy_shift([cfg.energy_shift], z),
+        energy_scale=1.0,
+        energy_shift={},
         extra={
             "imported_from": {
                 "format": "MDsim/torch_geometric SchNet",
@@ -605,7 +608,7 @@ def export_torch_checkpoint(params, metadata, path) -> pathlib.Path:
     cfg = config_from_metadata(metadata)
     sd = params_to_state_dict(params, cfg)
     blob = {
-        "state_dict": {"module." + k: torch.from_numpy(v) for k, v in sd.items()},
+        "state_dict": {"module." + k: torch.tensor(np.array(v)) for k, v in sd.items()},
         "normalizers": {
             "target": {
                 "mean": torch.tensor(cfg.energy_shift, dtype=torch.float64),
