@@ -143,6 +143,26 @@ def test_shape_mismatch_with_target_is_reported(tmp_path):
         ckpt.restore_checkpoint(manager, target=bad, fallback=False)
 
 
+def test_jax_md_replica_state_roundtrip(tmp_path):
+    """What the StABlE driver saves: a vmapped JAX-MD NVT state plus masks and counters."""
+    from jax_md import energy, simulate
+
+    displacement_fn, shift_fn = space.free()
+    init_fn, apply_fn = simulate.nvt_nose_hoover(
+        energy.soft_sphere_pair(displacement_fn), shift_fn, 1e-3, kT=0.1
+    )
+    positions = 3.0 * jax.random.uniform(jax.random.PRNGKey(0), (5, 3))
+    keys = jax.random.split(jax.random.PRNGKey(1), 4)
+    replicas = jax.jit(jax.vmap(lambda k: apply_fn(init_fn(k, positions))))(keys)
+    state = {"replicas": replicas, "alive": jnp.array([True, False, True, True]), "epoch": 7}
+    manager = ckpt.open_manager(tmp_path / "ck")
+    ckpt.save_checkpoint(manager, 7, state, {"phase": "learning"}, wait=True)
+    restored = ckpt.restore_checkpoint(manager, target=state)
+    assert type(restored.state["replicas"]) is type(replicas)
+    assert restored.metadata == {"phase": "learning"}
+    assert_tree_equal(restored.state, state)
+
+
 # ------------------------------------------------------------------------------ model checkpoints
 
 

@@ -159,7 +159,12 @@ def test_resume_after_interruption_is_bit_identical(tmp_path):
 
 
 def test_early_stopping_resume_of_finished_run_and_settings_mismatch(tmp_path):
-    train, val = lj_splits(8, 4)
+    from stabie_jax.data.dataset import Dataset
+
+    # The data layer's Dataset is accepted directly (numpy arrays, extra fields ignored).
+    pos, e, f = lj_dataset(12, n_atoms=3, seed=0)
+    frames = Dataset(positions=pos, energies=e, forces=f, atomic_numbers=Z_AR3)
+    train, val = frames.subset(np.arange(8)), frames.subset(np.arange(8, 12))
     pot, params = toy_setup(hidden=4)
     settings = recipe(
         "schnet",
