@@ -11,9 +11,13 @@ changing cell (e.g. a cell filter) reuses the compiled function. The minimum-ima
 needs the model cutoff to be at most half the smallest perpendicular cell width; a smaller cell
 is rejected with a ValueError. Mixed periodicity is not supported.
 
-Neighbour lists: by default systems of more than ``dense_max_atoms`` atoms use a JAX-MD sparse
-neighbour list (rebuilt exactly on every call, no skin; reallocated on overflow) instead of all
-``N(N−1)`` pairs.
+Neighbour lists: by default systems of more than ``dense_max_atoms`` atoms (free or periodic)
+use a JAX-MD sparse neighbour list (rebuilt exactly on every call, no skin; reallocated on
+overflow) instead of all ``N(N−1)`` pairs as model edges.
+
+Precision: positions are converted with ``jnp.asarray``, so computations run in float32 unless
+the application enabled ``jax_enable_x64``; float32 energies limit finite-difference
+vibrational analysis to displacements of about 0.01 Å.
 
 The jitted energy+forces functions are built once per space kind at construction and are not
 retraced across calls with the same atom count (``trace_count`` records compilations).
@@ -28,6 +32,9 @@ Examples:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,6 +45,14 @@ from stabie_jax.checkpoint import ModelMetadata, load_model_checkpoint, make_mod
 from stabie_jax.models.potential import Potential
 
 DENSE_MAX_ATOMS = 64
+
+
+class _SpaceFns(NamedTuple):
+    """Compiled functions of one space: energies+forces, and the neighbour-list pair."""
+
+    energy_forces: Callable
+    neighbor_fn: Any
+    neighbor_update: Callable | None
 
 
 def _min_perpendicular_width(cell: np.ndarray) -> float:
@@ -97,7 +112,6 @@ class StabieCalculator(Calculator):
                 " or potential=+params=+atomic_numbers="
             )
         self.trace_count = 0
-        self._neighbors = None
         self._capacity_multiplier = float(capacity_multiplier)
         if checkpoint is not None:
             module, params, metadata = load_model_checkpoint(checkpoint)
@@ -106,48 +120,51 @@ class StabieCalculator(Calculator):
                 raise ValueError("potential= needs params= and atomic_numbers=")
             self.atomic_numbers = np.asarray(atomic_numbers, dtype=int)
             self.cutoff = None
-            self._module = None
+            self.uses_neighbor_list = False
             self._fixed = self._jit(potential, with_box=False, with_neighbors=False)
         else:
             if params is None or metadata is None:
                 raise ValueError("module= needs params= and metadata=")
             self.atomic_numbers = np.asarray(metadata.atomic_numbers, dtype=int)
             self.cutoff = float(metadata.cutoff_angstrom)
-            self._module = module
-            self._metadata = metadata
             self._fixed = None
             n_atoms = len(self.atomic_numbers)
             self.uses_neighbor_list = (
                 n_atoms > dense_max_atoms if neighbor_list is None else bool(neighbor_list)
             )
-            self._free = self._jit(
-                make_model_potential(module, metadata, space.free()[0]),
-                with_box=False,
-                with_neighbors=False,
+            free_displacement, _ = space.free()
+            periodic_displacement, _ = space.periodic_general(
+                jnp.eye(3), fractional_coordinates=False
             )
-            displacement_fn, _ = space.periodic_general(jnp.eye(3), fractional_coordinates=False)
-            self._periodic_displacement = displacement_fn
-            self._periodic = self._jit(
-                make_model_potential(
-                    module, metadata, displacement_fn, use_neighbor_list=self.uses_neighbor_list
-                ),
-                with_box=True,
-                with_neighbors=self.uses_neighbor_list,
-            )
-            if self.uses_neighbor_list:
-                self._neighbor_fn = partition.neighbor_list(
-                    displacement_fn,
-                    jnp.eye(3),
-                    self.cutoff,
-                    dr_threshold=0.0,
-                    capacity_multiplier=self._capacity_multiplier,
-                    disable_cell_list=True,
-                    format=partition.Sparse,
-                )
-                self._neighbor_update = jax.jit(
-                    lambda r, nbrs, box: self._neighbor_fn.update(r, nbrs, box=box)
-                )
+            self._spaces = {
+                "free": self._space_fns(module, metadata, free_displacement, with_box=False),
+                "periodic": self._space_fns(module, metadata, periodic_displacement, with_box=True),
+            }
+            self._neighbors = {"free": None, "periodic": None}
         self.params = params
+
+    def _space_fns(self, module, metadata, displacement_fn, *, with_box: bool) -> _SpaceFns:
+        potential = make_model_potential(
+            module, metadata, displacement_fn, use_neighbor_list=self.uses_neighbor_list
+        )
+        energy_forces = self._jit(
+            potential, with_box=with_box, with_neighbors=self.uses_neighbor_list
+        )
+        if not self.uses_neighbor_list:
+            return _SpaceFns(energy_forces, None, None)
+        # dr_threshold 0: rebuilt exactly on every call (ASE moves atoms arbitrarily between
+        # calls); no cell list, so any box shape works and the box can change between calls.
+        neighbor_fn = partition.neighbor_list(
+            displacement_fn,
+            jnp.eye(3),
+            self.cutoff,
+            dr_threshold=0.0,
+            capacity_multiplier=self._capacity_multiplier,
+            disable_cell_list=True,
+            format=partition.Sparse,
+        )
+        update = jax.jit(lambda r, nbrs, **kw: neighbor_fn.update(r, nbrs, **kw))
+        return _SpaceFns(energy_forces, neighbor_fn, update)
 
     def _jit(self, potential: Potential, *, with_box: bool, with_neighbors: bool):
         def energies_and_forces(params, positions, box, neighbor):
@@ -185,14 +202,19 @@ class StabieCalculator(Calculator):
             )
         return jnp.asarray(cell.T)
 
-    def _neighbors_for(self, positions, box):
-        if self._neighbors is None:
-            self._neighbors = self._neighbor_fn.allocate(positions, box=box)
-        nbrs = self._neighbor_update(positions, self._neighbors, box)
-        if bool(nbrs.did_buffer_overflow):
-            nbrs = self._neighbor_fn.allocate(positions, box=box)
-        self._neighbors = nbrs
-        return nbrs
+    def _evaluate(self, kind: str, positions, box):
+        fns = self._spaces[kind]
+        kwargs = {} if kind == "free" else {"box": box}
+        nbrs = None
+        if fns.neighbor_fn is not None:
+            nbrs = self._neighbors[kind]
+            if nbrs is None:
+                nbrs = fns.neighbor_fn.allocate(positions, **kwargs)
+            nbrs = fns.neighbor_update(positions, nbrs, **kwargs)
+            if bool(nbrs.did_buffer_overflow):
+                nbrs = fns.neighbor_fn.allocate(positions, **kwargs)
+            self._neighbors[kind] = nbrs
+        return fns.energy_forces(self.params, positions, box, nbrs)
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         """Compute all implemented properties for ``atoms`` (ASE calls this)."""
@@ -205,11 +227,10 @@ class StabieCalculator(Calculator):
         if self._fixed is not None:
             energy, per_atom, forces = self._fixed(self.params, positions, dummy_box, None)
         elif not pbc.any():
-            energy, per_atom, forces = self._free(self.params, positions, dummy_box, None)
+            energy, per_atom, forces = self._evaluate("free", positions, dummy_box)
         elif pbc.all():
             box = self._periodic_box(atoms).astype(positions.dtype)
-            nbrs = self._neighbors_for(positions, box) if self.uses_neighbor_list else None
-            energy, per_atom, forces = self._periodic(self.params, positions, box, nbrs)
+            energy, per_atom, forces = self._evaluate("periodic", positions, box)
         else:
             raise ValueError(f"mixed periodic boundary conditions {pbc.tolist()} are not supported")
         energy = float(energy)

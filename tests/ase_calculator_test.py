@@ -68,7 +68,7 @@ def ase_reference_energy(module, params, metadata, atoms):
         jnp.ones(len(i), bool),
     )
     z = jnp.asarray(atoms.get_atomic_numbers())
-    u = module.apply({"params": params}, z, graph)
+    u = jax.jit(module.apply)({"params": params}, z, graph)
     shift = np.array([metadata.energy_shift[int(a)] for a in atoms.get_atomic_numbers()])
     return float(metadata.energy_scale * jnp.sum(u) + shift.sum())
 
@@ -145,6 +145,13 @@ def test_neighbor_list_path_equals_dense_path():
     a.calc, b.calc = dense, sparse
     assert b.get_potential_energy() == pytest.approx(a.get_potential_energy(), rel=1e-5)
     np.testing.assert_allclose(b.get_forces(), a.get_forces(), atol=1e-5)
+    # Free space (same atoms, no periodicity) also has a neighbour-list path.
+    fa, fb = atoms.copy(), atoms.copy()
+    fa.pbc = fb.pbc = False
+    fa.calc, fb.calc = dense, sparse
+    assert fb.get_potential_energy() == pytest.approx(fa.get_potential_energy(), rel=1e-5)
+    np.testing.assert_allclose(fb.get_forces(), fa.get_forces(), atol=1e-5)
+    assert abs(fa.get_potential_energy() - a.get_potential_energy()) > 1e-3  # PBC matters
     # Compress the cell: more neighbours than allocated -> reallocation, still exact.
     for calc_atoms in (a, b):
         calc_atoms.set_cell(np.diag([6.4, 6.6, 6.9]), scale_atoms=True)
