@@ -1,0 +1,88 @@
+"""Shared absl entry point: flags for config, workdir and devices, then one ``run`` call.
+
+Flags:
+  --config: an ml_collections config file, ``path.py[:variant]`` (``--config.x=y`` overrides).
+  --workdir: output directory (default ``runs/<system>_<variant>``).
+  --platform: ``cpu``, ``gpu`` or ``tpu`` (sets ``JAX_PLATFORMS`` before JAX starts).
+  --host_devices: fake N CPU devices (``--xla_force_host_platform_device_count``) to try
+    multi-device sharding on a CPU.
+  --distributed: call ``jax.distributed.initialize()`` (multi-host; coordinator, process count
+    and id come from the environment or the flags below, as JAX documents).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+
+
+def define_flags(default_config: str) -> None:
+    config_flags.DEFINE_config_file(
+        "config",
+        default_config,
+        "Experiment configuration (path.py[:variant]).",
+        lock_config=True,
+    )
+    flags.DEFINE_string("workdir", None, "Output directory (default runs/<system>_<variant>).")
+    flags.DEFINE_enum("platform", None, ["cpu", "gpu", "cuda", "tpu"], "JAX platform.")
+    flags.DEFINE_integer("host_devices", None, "Fake this many CPU devices (testing sharding).")
+    flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host).")
+    flags.DEFINE_string("coordinator_address", None, "Multi-host coordinator host:port.")
+    flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
+    flags.DEFINE_integer("process_id", None, "Multi-host: id of this process.")
+
+
+def _configure_jax(config) -> None:
+    """Device and precision choices, made once before any computation."""
+    if FLAGS.platform:
+        os.environ["JAX_PLATFORMS"] = FLAGS.platform
+    if FLAGS.host_devices:
+        xla = os.environ.get("XLA_FLAGS", "")
+        os.environ["XLA_FLAGS"] = (
+            f"{xla} --xla_force_host_platform_device_count={FLAGS.host_devices}".strip()
+        )
+    import jax
+
+    if FLAGS.distributed:
+        jax.distributed.initialize(
+            coordinator_address=FLAGS.coordinator_address,
+            num_processes=FLAGS.num_processes,
+            process_id=FLAGS.process_id,
+        )
+    if config.float64:
+        jax.config.update("jax_enable_x64", True)
+    logging.info("JAX %s on %s", jax.__version__, jax.devices())
+
+
+def main_for(run_fn, default_config: str):
+    """Return an absl ``main`` that configures JAX and calls ``run_fn(config, workdir)``."""
+
+    def main(argv):
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        config = FLAGS.config
+        if not FLAGS.is_parsed() or FLAGS["verbosity"].using_default_value:
+            # Orbax logs every checkpoint write at INFO; progress bars show what a user needs.
+            logging.set_verbosity(logging.WARNING)
+        _configure_jax(config)
+        workdir = FLAGS.workdir or os.path.join(
+            "runs", f"{config.system}_{config.get('variant', 'paper')}"
+        )
+        logging.info("workdir %s, stages %s", workdir, config.stages)
+        summary = run_fn(config, workdir)
+        print(f"done: {workdir}")
+        for key, value in summary.get("wall_seconds", {}).items():
+            print(f"  {key}: {value:.1f} s")
+        return 0
+
+    return main
+
+
+def launch(run_fn, default_config: str) -> None:
+    define_flags(default_config)
+    app.run(main_for(run_fn, default_config), argv=sys.argv)

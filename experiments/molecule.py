@@ -1,0 +1,476 @@
+"""Pretrain → StABlE → evaluate for a single flexible molecule (aspirin, Ac-Ala3-NHMe).
+
+This is the only layer that reads a config: :func:`run` unpacks it into explicit arguments of
+library functions. Each stage is resumable and skippable (``config.stages``); a stage whose
+output already exists in ``workdir`` is reused:
+
+* ``pretrain`` → ``workdir/pretrain/`` (checkpoints, metrics, report) and the model checkpoint
+  ``workdir/model_pretrained/``; skipped when ``config.init_checkpoint`` names a model;
+* ``stabie`` → ``workdir/stabie/`` (checkpoints, metrics.jsonl) and ``workdir/model_stabie/``;
+* ``evaluate`` → ``workdir/evaluate/`` (report.json, report.md, plots).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+import time
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from stabie_jax import checkpoint, data, estimator, losses, md, observables, stability, units
+from stabie_jax import pretrain as pretrain_lib
+from stabie_jax import stabie as stabie_lib
+from stabie_jax.models import make_potential
+from stabie_jax.models.registry import build_model, init_params
+
+PRETRAINED_MODEL = "model_pretrained"
+STABIE_MODEL = "model_stabie"
+STAGES = ("pretrain", "stabie", "evaluate")
+
+
+class MoleculeData(NamedTuple):
+    """Splits of one molecule's dataset and what is derived from the reference frames.
+
+    Attributes:
+      train, val, test: :class:`stabie_jax.data.Dataset` splits (test is held out).
+      reference: non-test frames used for the reference h(r) and equilibrium bond lengths.
+      bonds: :class:`stabie_jax.data.BondGraph` (covalent bonds, mean lengths Å).
+    """
+
+    train: data.Dataset
+    val: data.Dataset
+    test: data.Dataset
+    reference: data.Dataset
+    bonds: data.BondGraph
+
+    @property
+    def atomic_numbers(self) -> np.ndarray:
+        return np.asarray(self.train.atomic_numbers)
+
+
+def parse_stages(text: str) -> tuple[str, ...]:
+    """``"pretrain,stabie"`` → ``("pretrain", "stabie")``, validated."""
+    stages = tuple(s.strip() for s in str(text).split(",") if s.strip())
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown} in config.stages; choose from {STAGES}")
+    return stages
+
+
+def load_molecule_data(
+    source: str,
+    *,
+    test_source: str,
+    reader_options: dict,
+    download: bool,
+    n_train: int,
+    n_val: int,
+    n_test: int,
+    split_seed: int,
+    contiguous: bool,
+    max_reference_frames: int,
+) -> MoleculeData:
+    """Load and split the dataset; test frames never enter training or the reference."""
+    full = data.load_dataset(source, download=download, **reader_options)
+    if test_source:
+        test_full = data.load_dataset(test_source, download=download, **reader_options)
+        if n_test > test_full.n_frames:
+            raise ValueError(f"n_test={n_test} but {test_source} holds {test_full.n_frames} frames")
+        test = test_full.subset(np.arange(n_test))
+        # Registry splits may share frames (rMD17's train/test files overlap a little): frames
+        # of the held-out set never enter training, validation or the reference.
+        pool = np.arange(full.n_frames)
+        if full.frame_ids is not None and test_full.frame_ids is not None:
+            pool = pool[~np.isin(full.frame_ids, test_full.frame_ids)]
+        inner = data.split_by_counts(
+            len(pool), n_train=n_train, n_val=n_val, seed=split_seed, contiguous=contiguous
+        )
+        train_idx, val_idx, not_test = pool[inner.train], pool[inner.val], pool
+    else:
+        split = data.split_by_counts(
+            full.n_frames,
+            n_train=n_train,
+            n_val=n_val,
+            n_test=n_test,
+            seed=split_seed,
+            contiguous=contiguous,
+        )
+        test = full.subset(split.test)
+        train_idx, val_idx = split.train, split.val
+        not_test = np.setdiff1d(np.arange(full.n_frames), split.test)
+    if len(not_test) > max_reference_frames:
+        rng = np.random.default_rng(split_seed + 1)
+        not_test = np.sort(rng.choice(not_test, max_reference_frames, replace=False))
+    reference = full.subset(not_test)
+    bonds = data.bonds_from_dataset(reference)
+    return MoleculeData(full.subset(train_idx), full.subset(val_idx), test, reference, bonds)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 1: pretraining.
+
+
+def run_pretrain(
+    molecule: MoleculeData,
+    *,
+    kind: str,
+    hparams: dict,
+    settings: pretrain_lib.PretrainSettings,
+    workdir: pathlib.Path,
+    seed: int,
+) -> pathlib.Path:
+    """Energy/force pretraining; returns the model checkpoint directory (reused if present)."""
+    model_dir = workdir / PRETRAINED_MODEL
+    if (model_dir / checkpoint.MODEL_JSON).exists():
+        logging.info("pretrained model exists in %s: skipping pretraining", model_dir)
+        return model_dir
+    z = molecule.atomic_numbers
+    module = build_model(kind, **hparams)
+    params = init_params(module, z, jax.random.PRNGKey(seed))
+    bare = make_potential(module, z, md.free_space().displacement_fn)
+    params, report = pretrain_lib.pretrain(
+        bare,
+        params,
+        molecule.train,
+        molecule.val,
+        atomic_numbers=z,
+        settings=settings,
+        workdir=workdir / "pretrain",
+        test=molecule.test,
+    )
+    metadata = pretrain_lib.pretrained_model_metadata(
+        kind, module, z, float(hparams.get("cutoff", 5.0)), report
+    )
+    checkpoint.save_model_checkpoint(model_dir, params, metadata, overwrite=True)
+    return model_dir
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 2: StABlE training.
+
+
+class StabieInputs(NamedTuple):
+    """Explicit StABlE settings unpacked from the config (all units in the names)."""
+
+    temperature_kelvin: float
+    timestep_fs: float
+    thermostat_ttime_steps: int
+    rescale_velocities: bool
+    n_replicas: int
+    history_length: int
+    minibatch_size: int
+    hyperparameter_convention: str
+    learning_rate: float
+    qm_weight: float
+    grad_clip_norm: float
+    qm_batch_size: int
+    qm_batches_per_step: int
+    qm_energy_weight: float
+    qm_force_weight: float
+    bond_deviation_angstrom: float
+    h_r_max_angstrom: float
+    h_n_bins: int
+    h_sigma_angstrom: float
+    settings_kwargs: dict
+
+
+def exact_hyperparameters(
+    convention: str, learning_rate: float, qm_weight: float, clip: float | None, kT: float, B: int
+) -> tuple[float, float, float | None]:
+    """Convert the authors' (α, λ, clip) to this project's exact estimator.
+
+    The authors' observable gradient is ``c·∇L_obs`` with ``c = kT·(B−1)/B`` (their estimator
+    drops 1/kT and B/(B−1)); their update is ``α·clip(c·∇L_obs + λ·∇L_QM)``. With the exact
+    gradient the same update is ``(α c)·clip'(∇L_obs + (λ/c)·∇L_QM)`` with ``clip' = clip/c``.
+    """
+    if convention == "exact":
+        return learning_rate, qm_weight, clip
+    if convention != "authors":
+        raise ValueError(
+            f"hyperparameter_convention must be 'authors' or 'exact', got {convention!r}"
+        )
+    c = estimator.authors_learning_rate_to_exact(1.0, kT, B)
+    return learning_rate * c, qm_weight / c, None if clip is None else clip / c
+
+
+def make_qm_loss_fn(potential, train: data.Dataset, inputs: StabieInputs):
+    """``(params, key) -> L_QM`` on training frames: all of them, or random batches per step."""
+    frames = losses.LabelledFrames(
+        jnp.asarray(train.positions, jnp.float32),
+        jnp.asarray(train.energies, jnp.float32),
+        jnp.asarray(train.forces, jnp.float32),
+    )
+    n, B = train.n_frames, inputs.qm_batch_size
+    kw = dict(energy_weight=inputs.qm_energy_weight, force_weight=inputs.qm_force_weight)
+
+    def batch_loss(params, idx):
+        sub = jax.tree.map(lambda x: x[idx], frames)
+        return losses.qm_loss(potential, params, sub, **kw)
+
+    if inputs.qm_batches_per_step <= 0:
+        n_batches = n // B
+        batches = jnp.arange(n_batches * B).reshape(n_batches, B)
+
+        def loss_fn(params, key):
+            del key
+            return jnp.mean(jax.lax.map(lambda idx: batch_loss(params, idx), batches))
+    else:
+
+        def loss_fn(params, key):
+            idx = jax.random.choice(key, n, (inputs.qm_batches_per_step, B), replace=False)
+            return jnp.mean(jax.lax.map(lambda i: batch_loss(params, i), idx))
+
+    return loss_fn
+
+
+def build_stabie_problem(loaded: checkpoint.LoadedModel, molecule: MoleculeData, inp):
+    """Simulator, stability criterion and losses of the StABlE problem for a molecule."""
+    z = molecule.atomic_numbers
+    space = md.free_space()
+    potential = checkpoint.make_model_potential(
+        loaded.module, loaded.metadata, space.displacement_fn
+    )
+    kT = units.kT(inp.temperature_kelvin)
+    dt = units.fs_to_internal(inp.timestep_fs)
+    t = int(inp.settings_kwargs["steps_per_epoch"])
+    simulator = md.make_simulator(
+        potential.energy_fn,
+        md.masses_from_atomic_numbers(z),
+        dt=dt,
+        kT=kT,
+        space=space,
+        tau=md.tau_from_ttime(inp.thermostat_ttime_steps, dt),
+        history_every=t,
+        history_length=inp.history_length,
+    )
+    bonds = np.asarray(molecule.bonds.bonds)
+    lengths = np.asarray(molecule.bonds.lengths)
+
+    def stable_fn(traj):
+        ok, _ = stability.bond_length_deviation(
+            traj.positions, bonds, lengths, inp.bond_deviation_angstrom, frame_axis=0
+        )
+        return ok
+
+    h_kw = dict(r_max=inp.h_r_max_angstrom, n_bins=inp.h_n_bins)
+    h_ref = observables.h_of_r_reference(jnp.asarray(molecule.reference.positions), **h_kw)
+    observable_fn = lambda r: observables.h_of_r(r, sigma=inp.h_sigma_angstrom, **h_kw)
+    obs_loss = stabie_lib.global_observable_loss(
+        potential.energy_fn, observable_fn, h_ref, kT, batch_size=inp.minibatch_size
+    )
+    qm_fn = make_qm_loss_fn(potential, molecule.train, inp) if inp.qm_weight else None
+    return stabie_lib.StabieProblem(simulator, stable_fn, obs_loss, qm_fn), h_ref
+
+
+def run_stabie_stage(
+    pretrained_dir: pathlib.Path,
+    molecule: MoleculeData,
+    inputs: StabieInputs,
+    *,
+    workdir: pathlib.Path,
+    seed: int,
+    metadata: dict,
+    progress: bool,
+    shard: bool,
+) -> pathlib.Path:
+    """StABlE-train the pretrained model; returns the trained model's checkpoint directory."""
+    model_dir = workdir / STABIE_MODEL
+    loaded = checkpoint.load_model_checkpoint(pretrained_dir)
+    problem, _ = build_stabie_problem(loaded, molecule, inputs)
+    kT = units.kT(inputs.temperature_kelvin)
+    lr, qm_weight, clip = exact_hyperparameters(
+        inputs.hyperparameter_convention,
+        inputs.learning_rate,
+        inputs.qm_weight,
+        inputs.grad_clip_norm,
+        kT,
+        inputs.minibatch_size,
+    )
+    settings = stabie_lib.StabieSettings(
+        learning_rate=lr, qm_weight=qm_weight, grad_clip_norm=clip, **inputs.settings_kwargs
+    )
+    key = jax.random.PRNGKey(seed)
+    k_ic, k_state = jax.random.split(key)
+    if inputs.n_replicas > molecule.train.n_frames:
+        raise ValueError(
+            f"n_replicas={inputs.n_replicas} exceeds the {molecule.train.n_frames} training "
+            "frames used as initial conditions"
+        )
+    ic = np.asarray(
+        jax.random.choice(k_ic, molecule.train.n_frames, (inputs.n_replicas,), replace=False)
+    )
+    state = stabie_lib.init_state(
+        problem,
+        settings,
+        loaded.params,
+        jnp.asarray(molecule.train.positions[ic], jnp.float32),
+        k_state,
+        rescale_velocities=inputs.rescale_velocities,
+    )
+    shard_fn = stabie_lib.shard_replicas if shard else None
+    run_metadata = {
+        **metadata,
+        "exact_learning_rate": lr,
+        "exact_qm_weight": qm_weight,
+        "exact_grad_clip_norm": clip,
+        "initial_frames": ic.tolist(),
+    }
+    final, _ = stabie_lib.run_stabie(
+        problem,
+        settings,
+        state,
+        workdir / "stabie",
+        metadata=run_metadata,
+        progress=progress,
+        shard_fn=shard_fn,
+    )
+    extra = {**loaded.metadata.extra, "stabie": run_metadata}
+    checkpoint.save_model_checkpoint(
+        model_dir, final.train.params, loaded.metadata._replace(extra=extra), overwrite=True
+    )
+    return model_dir
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point used by experiments/aspirin.py and experiments/ala3.py.
+
+
+def stabie_inputs_from_config(config) -> StabieInputs:
+    s, m, o = config.stabie, config.md, config.observable
+    recipe = pretrain_lib.recipe(config.pretrain.recipe)
+    max_wall = float(s.max_wall_hours) * 3600.0 if s.max_wall_hours else None
+    return StabieInputs(
+        temperature_kelvin=float(m.temperature_kelvin),
+        timestep_fs=float(m.timestep_fs),
+        thermostat_ttime_steps=int(m.thermostat_ttime_steps),
+        rescale_velocities=bool(m.rescale_velocities),
+        n_replicas=int(s.n_replicas),
+        history_length=int(s.history_length),
+        minibatch_size=int(s.minibatch_size),
+        hyperparameter_convention=str(s.hyperparameter_convention),
+        learning_rate=float(s.learning_rate),
+        qm_weight=float(s.qm_weight),
+        grad_clip_norm=float(s.grad_clip_norm) if s.grad_clip_norm else None,
+        qm_batch_size=int(s.qm_batch_size),
+        qm_batches_per_step=int(s.qm_batches_per_step),
+        qm_energy_weight=float(recipe.energy_weight),
+        qm_force_weight=float(recipe.force_weight),
+        bond_deviation_angstrom=float(s.bond_deviation_angstrom),
+        h_r_max_angstrom=float(o.r_max_angstrom),
+        h_n_bins=int(o.n_bins),
+        h_sigma_angstrom=float(o.sigma_angstrom),
+        settings_kwargs=dict(
+            steps_per_epoch=int(s.steps_per_epoch),
+            sample_every=int(s.sample_every),
+            f_max=float(s.f_max),
+            f_min=float(s.f_min),
+            plateau_factor=float(s.plateau_factor),
+            plateau_patience=int(s.plateau_patience),
+            min_lr_fraction=float(s.min_lr_fraction),
+            reset_probability=float(s.reset_probability),
+            max_learning_epochs=int(s.max_learning_epochs),
+            max_epochs=int(s.max_epochs),
+            max_wall_seconds=max_wall,
+            checkpoint_every=int(s.checkpoint_every),
+        ),
+    )
+
+
+def run(config, workdir) -> dict:
+    """Run the configured stages for a molecule; returns a summary dict (also in workdir)."""
+    workdir = pathlib.Path(workdir).expanduser().resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    stages = parse_stages(config.stages)
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    wall: dict[str, float] = {}
+
+    started = time.time()
+    d = config.data
+    molecule = load_molecule_data(
+        d.source,
+        test_source=d.test_source,
+        reader_options={
+            k: v for k, v in (("labels", d.labels), ("energy_unit", d.energy_unit)) if v
+        },
+        download=bool(d.download),
+        n_train=int(d.n_train),
+        n_val=int(d.n_val),
+        n_test=int(d.n_test),
+        split_seed=int(d.split_seed),
+        contiguous=bool(d.contiguous),
+        max_reference_frames=int(d.max_reference_frames),
+    )
+    wall["data"] = time.time() - started
+    logging.info(
+        "data: %d train / %d val / %d test frames, %d atoms, %d bonds",
+        molecule.train.n_frames,
+        molecule.val.n_frames,
+        molecule.test.n_frames,
+        len(molecule.atomic_numbers),
+        len(molecule.bonds.bonds),
+    )
+
+    if config.init_checkpoint:
+        pretrained_dir = pathlib.Path(config.init_checkpoint).expanduser().resolve()
+        checkpoint.read_model_metadata(pretrained_dir)  # clear error if it is not a model
+    elif "pretrain" in stages:
+        started = time.time()
+        overrides = dict(config.pretrain.overrides)
+        settings = pretrain_lib.recipe(
+            config.pretrain.recipe,
+            seed=int(config.seed),
+            progress_bar=bool(config.progress),
+            **overrides,
+        )
+        pretrained_dir = run_pretrain(
+            molecule,
+            kind=config.model.kind,
+            hparams=dict(config.model.hparams),
+            settings=settings,
+            workdir=workdir,
+            seed=int(config.seed),
+        )
+        wall["pretrain"] = time.time() - started
+    else:
+        pretrained_dir = workdir / PRETRAINED_MODEL
+        checkpoint.read_model_metadata(pretrained_dir)
+
+    stabie_dir = workdir / STABIE_MODEL
+    if "stabie" in stages:
+        started = time.time()
+        n_devices = jax.device_count()
+        shard = n_devices > 1 and int(config.stabie.n_replicas) % n_devices == 0
+        stabie_dir = run_stabie_stage(
+            pretrained_dir,
+            molecule,
+            stabie_inputs_from_config(config),
+            workdir=workdir,
+            seed=int(config.seed),
+            metadata={"config": json.loads(config.to_json_best_effort())},
+            progress=bool(config.progress),
+            shard=shard,
+        )
+        wall["stabie"] = time.time() - started
+
+    summary = {
+        "workdir": str(workdir),
+        "stages": list(stages),
+        "wall_seconds": wall,
+        "pretrained_model": str(pretrained_dir),
+    }
+    if "evaluate" in stages:
+        from experiments import evaluation
+
+        started = time.time()
+        summary["evaluation"] = evaluation.evaluate_molecule(
+            config, workdir, molecule, pretrained_dir, stabie_dir, wall
+        )
+        wall["evaluate"] = time.time() - started
+    summary["stabie_model"] = str(stabie_dir) if stabie_dir.exists() else None
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
