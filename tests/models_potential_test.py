@@ -228,6 +228,9 @@ def test_jit_matches_eager_vmap_and_does_not_retrace(harness):
         harness.potential.energy_fn, harness.params32, POSITIONS.astype(np.float32)
     )
     assert out.dtype == jnp.float32
+    with jax.enable_x64(True):  # float32 params, float64 positions: computed in float64
+        out = jax.eval_shape(harness.potential.energy_fn, harness.params32, jnp.asarray(POSITIONS))
+    assert out.dtype == jnp.float64
 
 
 def test_periodic_box_and_sparse_neighbor_list_match_free_space(harness):
