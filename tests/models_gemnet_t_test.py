@@ -436,3 +436,19 @@ def test_matches_independent_edge_list_reference(tiny):
     reference = _reference_energies(params, model, z, np.asarray(positions, np.float64))
     assert np.std(reference) > 1e-3
     np.testing.assert_allclose(ours, reference, rtol=1e-9, atol=1e-10)
+
+
+def test_registry_round_trip_and_init_on_a_crowded_graph(tiny):
+    from stabie_jax.models.registry import build_model, init_params, model_hparams
+
+    model, params = tiny
+    rebuilt = build_model("gemnet_t", **model_hparams(model))
+    assert model_hparams(rebuilt) == model_hparams(model)
+    positions, z = _free_molecule(2)
+    graph = build_graph(space.free()[0], jnp.asarray(positions), *dense_edges(len(z)))
+    apply = jax.jit(lambda m, p: m.apply({"params": p}, jnp.asarray(z), graph), static_argnums=0)
+    np.testing.assert_allclose(apply(rebuilt, params), apply(model, params), rtol=1e-6)
+    # Initialising on an example graph that overflows the table must not produce NaNs.
+    crowded = rebuilt.clone(neighbor_capacity=4)
+    new_params = init_params(crowded, np.tile([8, 1, 1], 9), jax.random.key(1))
+    assert count_parameters(new_params) == count_parameters(params)
