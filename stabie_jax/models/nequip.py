@@ -38,13 +38,23 @@ paper's Ac-Ala3-NHMe settings (3 layers, ``l_max = 1``, ``32x0e+32x1e+32x0o+32x1
 functions, ``r_max = 5`` Å, radial MLP 2 x 64, ``avg_num_neighbors = 21.3525``) the model has
 120,984 parameters, the trainable count of the published checkpoint (paper: 0.12M).
 
-Mapping notes for an importer of nequip checkpoints: e3nn (torch) and e3nn-jax use the same
-normalisations (weights N(0, 1) divided by ``sqrt(fan_in)``, "component" tensor products) but
-different real bases for ``l = 1`` and possibly signs of Clebsch-Gordan coefficients, and e3nn-jax
-simplifies a Linear's output irreps (one weight block per (input irrep, output irrep type)).
-The activation normalisation constants of torch's ``normalize2mom`` come from a Monte-Carlo
-estimate; here they are computed by Gauss-Hermite quadrature, and ``silu_normalization`` /
-``tanh_normalization`` accept torch's values for bit-level agreement.
+Mapping notes for an importer of nequip checkpoints (e3nn 0.4 torch -> e3nn-jax 0.21):
+
+* normalisations agree: weights N(0, 1) divided by ``sqrt(fan_in)`` (Linear, FullyConnectedNet),
+  "component" spherical harmonics and tensor products; the self-connection's
+  ``FullyConnectedTensorProduct`` weight ``[mul_in, num_species, mul_out]`` becomes the indexed
+  Linear weight ``[num_species, mul_in, mul_out]`` (the ``1 / sqrt(num_species)`` is applied here);
+* e3nn-jax simplifies a Linear's irreps (one block per input and output irrep type, e.g.
+  ``linear_2`` ``64x0e -> 96x0e`` holds nequip's ``32x0e`` scalar and ``64x0e`` gate blocks) and
+  sorts the tensor-product output by its own irrep order: map blocks by irrep type;
+* the uvu weights produced by ``fc`` are laid out path by path in nequip's instruction order
+  (input irrep, then SH irrep, then output irrep), channels within a path; the same here;
+* the real bases and signs of the l >= 1 components and Clebsch-Gordan coefficients should be
+  checked numerically (e.g. one layer at a time) rather than assumed;
+* torch's ``normalize2mom`` constants are Monte-Carlo estimates (1e6 samples); here they are
+  Gauss-Hermite values, and ``silu_normalization`` / ``tanh_normalization`` take torch's numbers;
+* MDsim's ASE calculator caps the NequIP graph at 32 neighbours per atom; this model keeps every
+  pair within ``cutoff`` (the nequip package itself does not cap either).
 
 Energy normalisation: ``energy_scale`` and ``energy_shift`` are module fields (constants, never
 optimised), floats or tuples aligned with ``species``: ``e_i = scale[Z_i] * u_i + shift[Z_i]``
