@@ -85,10 +85,10 @@ def pair_displacements(positions, displacement_fn: Callable | None = None):
 
 
 def _safe_norm(v):
-    """Norm with a finite gradient at 0 (the diagonal of pair tables)."""
+    """Norm with a finite gradient at 0 (the diagonal of pair tables); NaN stays NaN."""
     sq = jnp.sum(v**2, axis=-1)
     safe = jnp.where(sq > 0, sq, 1.0)
-    return jnp.where(sq > 0, jnp.sqrt(safe), 0.0)
+    return jnp.where(sq > 0, jnp.sqrt(safe), 0.0 * sq)
 
 
 def pair_distances(positions, displacement_fn: Callable | None = None):
