@@ -36,6 +36,19 @@ ENERGY_LOSSES = ("mse", "mae")
 FORCE_LOSSES = ("mse", "l2mae")
 
 
+class NeighborIndices(NamedTuple):
+    """Stand-in for a JAX-MD ``partition.Sparse`` neighbour list holding only its ``idx``.
+
+    That is all :func:`~stabie_jax.models.potential.make_potential` reads, so per-frame
+    neighbour indices stored with the data can be ``vmap``-ed like any array.
+
+    Attributes:
+      idx: ``[2, capacity]`` int32, (receivers, senders), padded with ``n_atoms``.
+    """
+
+    idx: jax.Array
+
+
 class LabelledFrames(NamedTuple):
     """Reference frames of one system (fixed atom count and order).
 
@@ -43,11 +56,14 @@ class LabelledFrames(NamedTuple):
       positions: ``[F, N, 3]`` Å.
       energies: ``[F]`` eV.
       forces: ``[F, N, 3]`` eV/Å.
+      neighbor_idx: optional ``[F, 2, capacity]`` sparse neighbour indices of each frame, for
+        potentials built with ``use_neighbor_list=True``; ``None`` for dense (all-pairs) ones.
     """
 
     positions: jax.Array
     energies: jax.Array
     forces: jax.Array
+    neighbor_idx: jax.Array | None = None
 
 
 class QMErrors(NamedTuple):
@@ -80,9 +96,14 @@ def predict_energy_forces(potential: Potential, params, positions, neighbor=None
 
 def qm_errors(potential: Potential, params, frames: LabelledFrames) -> QMErrors:
     """Energy and force errors over a batch of frames (``vmap``), eV and eV/Å."""
-    energy, forces = jax.vmap(lambda r: predict_energy_forces(potential, params, r))(
-        frames.positions
-    )
+    if frames.neighbor_idx is None:
+        energy, forces = jax.vmap(lambda r: predict_energy_forces(potential, params, r))(
+            frames.positions
+        )
+    else:
+        energy, forces = jax.vmap(
+            lambda r, idx: predict_energy_forces(potential, params, r, NeighborIndices(idx))
+        )(frames.positions, frames.neighbor_idx)
     return QMErrors(energy - frames.energies, forces - frames.forces)
 
 

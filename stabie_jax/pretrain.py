@@ -256,6 +256,8 @@ def _as_frames(data, name: str) -> LabelledFrames:
         raise ValueError(
             f"{name} must have .positions [F,N,3], .energies [F], .forces [F,N,3]: {err}"
         ) from err
+    if energies is None or forces is None:
+        raise ValueError(f"{name} has no energy/force labels; pretraining needs labelled frames")
     frames = LabelledFrames(jnp.asarray(positions), jnp.asarray(energies), jnp.asarray(forces))
     f, n = frames.positions.shape[:2]
     if frames.energies.shape != (f,) or frames.forces.shape != (f, n, 3) or f == 0:
@@ -277,7 +279,32 @@ def _batches(n_frames: int, batch_size: int, order: np.ndarray | None = None):
 
 
 def _gather(frames: LabelledFrames, idx) -> LabelledFrames:
-    return LabelledFrames(*(jnp.take(x, idx, axis=0) for x in frames))
+    return LabelledFrames(*(None if x is None else jnp.take(x, idx, axis=0) for x in frames))
+
+
+def precompute_neighbor_indices(neighbor_fn, positions, **neighbor_kwargs) -> jax.Array:
+    """Sparse neighbour indices of every frame, with one capacity that fits all of them.
+
+    Args:
+      neighbor_fn: JAX-MD ``partition.neighbor_list(..., format=partition.Sparse)`` functions
+        of the space the potential uses.
+      positions: ``[F, N, 3]`` Å.
+      **neighbor_kwargs: forwarded to ``allocate``/``update`` (e.g. ``box=``).
+
+    Returns:
+      ``[F, 2, capacity]`` int32 (padding ``N``), for ``LabelledFrames.neighbor_idx``.
+    """
+    positions = jnp.asarray(positions)
+    update = jax.jit(
+        jax.vmap(lambda r, nbrs: neighbor_fn.update(r, nbrs, **neighbor_kwargs), (0, None))
+    )
+    extra = 0
+    while True:
+        template = neighbor_fn.allocate(positions[0], extra_capacity=extra, **neighbor_kwargs)
+        nbrs = update(positions, template)
+        if not bool(jnp.any(nbrs.did_buffer_overflow)):
+            return nbrs.idx
+        extra = 2 * extra + max(8, template.idx.shape[-1] // 4)
 
 
 def _static_settings(settings: PretrainSettings) -> PretrainSettings:
@@ -453,6 +480,7 @@ def pretrain(
     settings: PretrainSettings,
     workdir,
     test=None,
+    neighbor_fn=None,
 ) -> tuple[Any, dict]:
     """Train ``params`` of a bare potential on energies and forces; resume if ``workdir`` has
     checkpoints.
@@ -467,6 +495,9 @@ def pretrain(
       settings: :class:`PretrainSettings`.
       workdir: output directory (checkpoints/, metrics.jsonl, report.json).
       test: optional held-out frames for the final report.
+      neighbor_fn: for a potential built with ``use_neighbor_list=True`` (bulk systems): the
+        JAX-MD sparse ``neighbor_list`` of its space. Per-frame neighbour indices are then
+        precomputed once (:func:`precompute_neighbor_indices`) and batched with the frames.
 
     Returns:
       ``(params, report)``: the parameters with the best validation force MAE (bare model),
@@ -478,6 +509,12 @@ def pretrain(
     train_frames = _as_frames(train, "train")
     val_frames = _as_frames(val, "val")
     test_frames = None if test is None else _as_frames(test, "test")
+    if neighbor_fn is not None:
+        with_idx = lambda f: f._replace(
+            neighbor_idx=precompute_neighbor_indices(neighbor_fn, f.positions)
+        )
+        train_frames, val_frames = with_idx(train_frames), with_idx(val_frames)
+        test_frames = None if test_frames is None else with_idx(test_frames)
     n_train = int(train_frames.positions.shape[0])
     z = np.asarray(atomic_numbers)
     if z.shape != (train_frames.positions.shape[1],):

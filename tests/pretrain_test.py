@@ -374,3 +374,54 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted(tmp_path):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     strip = lambda ms: [{k: v for k, v in m.items() if k != "epoch_seconds"} for m in ms]
     assert strip(read_metrics(workdir)) == strip(read_metrics(tmp_path / "full"))
+
+
+def test_neighbor_list_pretraining_matches_dense(tmp_path):
+    """A potential on JAX-MD sparse neighbour lists trains like the dense one (all pairs are
+    within the cutoff here, so only the summation order differs)."""
+    from jax_md import partition
+
+    train, val = lj_splits(16, 8)
+    module = PairMLP(hidden=4, cutoff=4.5)
+    displacement_fn, _ = space.free()
+    dense = make_potential(module, Z_AR3, displacement_fn)
+    sparse = make_potential(module, Z_AR3, displacement_fn, use_neighbor_list=True)
+    neighbor_fn = partition.neighbor_list(
+        displacement_fn, 50.0, 4.5, disable_cell_list=True, format=partition.Sparse
+    )
+    params = init_params(module, Z_AR3, jax.random.PRNGKey(0))
+    settings = recipe("schnet", learning_rate=5e-3, batch_size=8, max_epochs=2, progress_bar=False)
+    out_dense, rep_dense = pretrain(
+        dense,
+        params,
+        train,
+        val,
+        atomic_numbers=Z_AR3,
+        settings=settings,
+        workdir=tmp_path / "dense",
+    )
+    out_sparse, rep_sparse = pretrain(
+        sparse,
+        params,
+        train,
+        val,
+        atomic_numbers=Z_AR3,
+        settings=settings,
+        workdir=tmp_path / "sparse",
+        neighbor_fn=neighbor_fn,
+    )
+    for x, y in zip(jax.tree.leaves(out_dense), jax.tree.leaves(out_sparse), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
+    assert rep_sparse["val"]["force_mae_ev_per_angstrom"] == pytest.approx(
+        rep_dense["val"]["force_mae_ev_per_angstrom"], rel=1e-4
+    )
+    with pytest.raises(ValueError, match="neighbour list"):
+        pretrain(
+            sparse,
+            params,
+            train,
+            val,
+            atomic_numbers=Z_AR3,
+            settings=settings,
+            workdir=tmp_path / "missing",
+        )
