@@ -425,3 +425,35 @@ def test_neighbor_list_pretraining_matches_dense(tmp_path):
             settings=settings,
             workdir=tmp_path / "missing",
         )
+
+
+def test_ema_of_gemnet_recipe_is_the_exponential_average(tmp_path):
+    """One optimizer step (AdamW + AMSGrad + clipping + l2mae, the GemNet-T recipe): the EMA
+    parameters returned equal d·p0 + (1−d)·p1 with p1 the raw updated parameters."""
+    train, val = lj_splits(8, 4)
+    pot, params = toy_setup(hidden=4)
+    common = dict(batch_size=8, max_epochs=1, progress_bar=False, learning_rate=1e-2)
+    raw, rep_raw = pretrain(
+        pot,
+        params,
+        train,
+        val,
+        atomic_numbers=Z_AR3,
+        settings=recipe("gemnet_t", ema_decay=None, **common),
+        workdir=tmp_path / "raw",
+    )
+    decay = 0.75
+    ema, _ = pretrain(
+        pot,
+        params,
+        train,
+        val,
+        atomic_numbers=Z_AR3,
+        settings=recipe("gemnet_t", ema_decay=decay, **common),
+        workdir=tmp_path / "ema",
+    )
+    moved = 0.0
+    for p0, p1, e in zip(*(jax.tree.leaves(t) for t in (params, raw, ema)), strict=True):
+        np.testing.assert_allclose(e, decay * p0 + (1 - decay) * p1, rtol=1e-5, atol=1e-7)
+        moved = max(moved, float(np.abs(np.asarray(p1) - np.asarray(p0)).max()))
+    assert moved > 1e-4 and np.isfinite(rep_raw["val"]["loss"])
