@@ -1,0 +1,901 @@
+"""Evaluation of trained potentials: stable simulation time, observables, test errors.
+
+The paper's protocol (PAPER.md Table 5, A.5, A.8; ../shared/REFERENCE_SETTINGS.md A1
+"Evaluation", A2): many replicas start from held-out structures, with the *same* positions and
+momenta (same PRNG key) for the baseline and the StABlE-trained model, and are simulated in
+chunks of ``check_every_steps`` steps (the authors' 1-ps "epochs"). After every chunk the
+stability criterion is evaluated on the chunk's frames (recorded every ``sample_every`` steps);
+a replica that fails is frozen for good (the simulator's ``alive`` mask). The run stops at
+``total_steps`` or as soon as the unstable fraction reaches ``stop_fraction`` (authors: 0.99,
+water 0.95).
+
+Definitions used throughout:
+
+* **stable time** of a replica: the simulated time before the first chunk whose check failed
+  (a multiple of the chunk length; chunk resolution, as in the authors' code). A replica still
+  stable when the run ends is *censored*: its stable time is the simulated length of the run,
+  a lower bound. Median and mean are taken over all replicas, censored ones included (authors).
+* **fraction unstable** at ``t_k = k · chunk``: the fraction of replicas whose check failed in
+  one of the first ``k`` chunks, i.e. ``mean(stable_time < t_k)`` over the uncensored ones.
+* **observables** are accumulated over the frames of *stable chunks only* (frames of the chunk
+  in which a replica fails are discarded, as are those of a replica frozen for non-finite
+  values): per-frame observables (h(r), element RDFs) as running sums per replica; the VACF from
+  a short dense window of consecutive frames at the start of every chunk; the mean squared
+  displacement of chosen atoms (oxygens) from the unwrapped positions of each replica's stable
+  stretch ``[0, stable time]``.
+
+The state of a run (:class:`EvalState`) is a pytree of arrays: pass ``on_chunk`` to save it
+(e.g. with :mod:`stabie_jax.checkpoint`) and ``resume`` to continue a killed evaluation exactly
+where it stopped.
+
+Metric helpers compare with references: :func:`h_of_r_errors`, :func:`vacf_mae`,
+:func:`rdf_errors`, :func:`qm_test_errors` (eV and kcal/mol), diffusivity in m²/s. The
+temperature transfer (PAPER.md 3.2, A.9) is :func:`reweighted_h_of_r_reference`,
+:func:`effective_sample_size_vs_temperature` and :func:`evaluate_temperature_transfer`.
+
+Examples:
+  >>> result = evaluate_stability(sim, params, test_positions, key, stable_fn=stable_fn,
+  ...     total_steps=600_000, check_every_steps=2000, sample_every=100,
+  ...     frame_observables={"h_of_r": h_of_r_observable()})        # doctest: +SKIP
+  >>> result.median_stable_time_ps, h_of_r_errors(result.observables["h_of_r"], h_ref)
+  ... # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from stabie_jax import observables, reweighting, stability, units
+from stabie_jax.losses import LabelledFrames, qm_errors
+from stabie_jax.md import ReplicaState, Simulator, Trajectory
+
+STOP_FRACTION = 0.99
+"""Unstable fraction that ends an evaluation early (authors; water uses 0.95)."""
+
+WATER_STOP_FRACTION = 0.95
+
+VACF_WINDOW = 100
+"""VACF lags (authors: 100-step window)."""
+
+
+def _ps(steps, dt) -> np.ndarray:
+    """Steps of length ``dt`` (internal units) → ps."""
+    return units.internal_to_fs(np.asarray(steps, np.float64) * dt) / 1000.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Observables recorded during evaluation
+
+
+@functools.cache
+def h_of_r_observable(r_max: float = 10.0, n_bins: int = 500, sigma: float | None = None):
+    """Per-frame h(r) (:func:`stabie_jax.observables.h_of_r`, paper's Gaussian smearing).
+
+    The same arguments return the same function object, so repeated evaluations (baseline,
+    StABlE model, temperatures) reuse one compiled accumulator.
+
+    Returns:
+      ``positions [..., N, 3] -> [..., n_bins]`` for ``frame_observables``.
+    """
+    sigma = observables.H_OF_R_SIGMA if sigma is None else float(sigma)
+    return functools.partial(observables.h_of_r, r_max=r_max, n_bins=n_bins, sigma=sigma)
+
+
+def rdf_observables(
+    species, box, pairs=((8, 8), (8, 1), (1, 1)), r_max: float = 6.0, n_bins: int = 500
+) -> dict[str, Callable]:
+    """Element RDFs (default O–O, O–H, H–H, 0.012-Å bins to 6 Å, the authors' evaluation grid).
+
+    Returns:
+      ``{"rdf_8_8": fn, ...}``, each ``positions [..., N, 3] -> [..., n_bins]``.
+    """
+    return {
+        rdf_name(p): (
+            lambda positions, p=p: observables.rdf(positions, species, p, box, r_max, n_bins)
+        )
+        for p in pairs
+    }
+
+
+def rdf_name(pair) -> str:
+    """Key of an element-pair RDF in ``frame_observables`` (``(8, 1) -> "rdf_8_1"``)."""
+    return f"rdf_{int(pair[0])}_{int(pair[1])}"
+
+
+# ---------------------------------------------------------------------------------------------
+# State and result
+
+
+class EvalState(NamedTuple):
+    """Resumable state of :func:`evaluate_stability` (a pytree of arrays).
+
+    Attributes:
+      replicas: the simulator's :class:`ReplicaState`.
+      chunk: ``[]`` int, chunks simulated.
+      stable_chunks: ``[R]`` int, chunks passed before the first failed check.
+      unstable: ``[R]`` bool, replica failed a check (frozen).
+      initial_momenta: ``[R, N, 3]`` amu·Å/internal time (for pairing checks).
+      obs_sum: ``{name: [R, K]}`` sums of per-frame observables over stable frames.
+      obs_frames: ``[R]`` int, stable frames accumulated per replica.
+      vacf_sum: ``[R, W]`` sum of per-chunk VACFs of stable chunks, or None.
+      vacf_count: ``[R]`` int, VACF windows accumulated.
+      msd_positions: ``[R, M, N, 3]`` Å unwrapped positions every ``msd_every_steps`` (frame 0
+        = initial), or None.
+    """
+
+    replicas: ReplicaState
+    chunk: np.ndarray
+    stable_chunks: np.ndarray
+    unstable: np.ndarray
+    initial_momenta: np.ndarray
+    obs_sum: dict
+    obs_frames: np.ndarray
+    vacf_sum: np.ndarray | None
+    vacf_count: np.ndarray
+    msd_positions: np.ndarray | None
+
+
+class StabilityResult(NamedTuple):
+    """Outcome of :func:`evaluate_stability` (numpy arrays, times in ps).
+
+    Attributes:
+      stable_time_ps: ``[R]`` stable time per replica.
+      censored: ``[R]`` bool, still stable at the end (time is a lower bound).
+      times_ps: ``[C+1]`` check times ``0, chunk, 2·chunk, ...`` up to the end of the run.
+      fraction_unstable: ``[C+1]`` unstable fraction at those times (non-decreasing).
+      median_stable_time_ps, mean_stable_time_ps: over all replicas (censored included).
+      simulated_ps: length of the run (shorter than requested when stopped early).
+      chunk_ps: check interval.
+      stopped_early: the unstable fraction reached ``stop_fraction`` before the end.
+      temperature_kelvin: simulator temperature.
+      initial_momenta: ``[R, N, 3]`` amu·Å/internal time (identical for the same key).
+      observables: ``{name: [K]}`` mean over all stable frames of all replicas (NaN if none).
+      observables_per_replica: ``{name: [R, K]}`` per-replica means (NaN rows if none).
+      observable_frames: ``[R]`` stable frames per replica.
+      vacf_lag_fs: ``[W]`` lags, fs, or None. vacf: ``[W]`` mean VACF (``C(0)=1``) or None.
+      vacf_per_replica: ``[R, W]`` or None.
+      msd_lag_ps: ``[L+1]`` lags, ps, or None. msd: ``[R, L+1]`` Å² (NaN beyond a replica's
+        stable stretch) or None.
+      diffusivity_m2_per_s: ``[R]`` ``MSD/(6 t)`` at each replica's largest available lag
+        (≤ ``msd_max_lag``; NaN if the stretch is shorter than one lag), or None.
+      diffusivity_lag_ps: ``[R]`` the lag used, ps, or None.
+    """
+
+    stable_time_ps: np.ndarray
+    censored: np.ndarray
+    times_ps: np.ndarray
+    fraction_unstable: np.ndarray
+    median_stable_time_ps: float
+    mean_stable_time_ps: float
+    simulated_ps: float
+    chunk_ps: float
+    stopped_early: bool
+    temperature_kelvin: float
+    initial_momenta: np.ndarray
+    observables: dict
+    observables_per_replica: dict
+    observable_frames: np.ndarray
+    vacf_lag_fs: np.ndarray | None
+    vacf: np.ndarray | None
+    vacf_per_replica: np.ndarray | None
+    msd_lag_ps: np.ndarray | None
+    msd: np.ndarray | None
+    diffusivity_m2_per_s: np.ndarray | None
+    diffusivity_lag_ps: np.ndarray | None
+
+    def summary(self) -> dict:
+        """JSON-friendly scalars: median/mean stable time, fractions, diffusivity."""
+        out = {
+            "n_replicas": int(self.stable_time_ps.shape[0]),
+            "median_stable_time_ps": self.median_stable_time_ps,
+            "mean_stable_time_ps": self.mean_stable_time_ps,
+            "simulated_ps": self.simulated_ps,
+            "chunk_ps": self.chunk_ps,
+            "stopped_early": self.stopped_early,
+            "final_fraction_unstable": float(self.fraction_unstable[-1]),
+            "n_censored": int(self.censored.sum()),
+            "temperature_kelvin": self.temperature_kelvin,
+            "stable_frames": int(self.observable_frames.sum()),
+        }
+        if self.diffusivity_m2_per_s is not None:
+            d = self.diffusivity_m2_per_s
+            out["diffusivity_m2_per_s_mean"] = (
+                float(np.nanmean(d)) if np.isfinite(d).any() else None
+            )
+            out["diffusivity_n_replicas"] = int(np.isfinite(d).sum())
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The evaluation loop
+
+
+def _cat_frames(a: Trajectory, b: Trajectory) -> Trajectory:
+    return jax.tree_util.tree_map(lambda x, y: jnp.concatenate([x, y], axis=0), a, b)
+
+
+def _sample_indices(n_dense: int, vacf_every: int, sample_every: int) -> np.ndarray:
+    """Indices of dense frames that fall on the ``sample_every`` grid."""
+    steps = vacf_every * np.arange(1, n_dense + 1)
+    return np.nonzero(steps % sample_every == 0)[0]
+
+
+@functools.lru_cache(maxsize=32)
+def _accumulator(items: tuple) -> Callable:
+    """Jitted ``(positions [F,R,N,3], mask [R]) -> {name: [R, K]}`` sums over masked frames."""
+
+    @jax.jit
+    def accumulate(positions, mask):
+        out = {}
+        for name, fn in items:
+            values = fn(positions)  # [F, R, K]
+            out[name] = jnp.sum(jnp.where(mask[None, :, None], values, 0.0), axis=0)
+        return out
+
+    return accumulate
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _chunk_vacf(velocities, mask, window: int):
+    """``[R, W]`` VACF of one dense window per replica, zero where ``mask`` is False."""
+    c = observables.vacf(velocities, window=window)
+    return jnp.where(mask[:, None], c, 0.0)
+
+
+def evaluate_stability(
+    simulator: Simulator,
+    params,
+    initial_positions,
+    key,
+    *,
+    stable_fn: Callable[[Trajectory], jax.Array],
+    total_steps: int,
+    check_every_steps: int,
+    sample_every: int,
+    stop_fraction: float = STOP_FRACTION,
+    frame_observables: Mapping[str, Callable] | None = None,
+    vacf_window: int | None = None,
+    vacf_every: int = 1,
+    msd_atoms=None,
+    msd_every_steps: int | None = None,
+    msd_max_lag: int = 100,
+    rescale_velocities: bool = True,
+    resume: EvalState | None = None,
+    on_chunk: Callable[[EvalState], None] | None = None,
+    progress: bool = True,
+) -> StabilityResult:
+    """Simulate replicas until they become unstable; stable times and stable-frame observables.
+
+    Args:
+      simulator: :func:`stabie_jax.md.make_simulator` result at the evaluation temperature.
+      params: model parameters.
+      initial_positions: ``[R, N, 3]`` Å, held-out structures (e.g. test frames ``0..R−1``).
+      key: PRNG key for the initial Maxwell–Boltzmann momenta; use the same key for the
+        baseline and the StABlE model so that both start from identical conditions.
+      stable_fn: ``(Trajectory [F, R, ...]) -> [R] bool``, the evaluation criterion over the
+        frames of one chunk (e.g. bond-length deviation at 0.5 Å with ``frame_axis=0``).
+      total_steps: maximum run length in steps (a multiple of ``check_every_steps``).
+      check_every_steps: steps per chunk (stability-check interval; authors: 1 ps).
+      sample_every: steps between frames used for the check and the observables (divides
+        ``check_every_steps``).
+      stop_fraction: stop when the unstable fraction is at least this (0.99; water 0.95).
+      frame_observables: ``{name: fn}``, ``fn(positions [F, R, N, 3]) -> [F, R, K]``, averaged
+        over stable frames (:func:`h_of_r_observable`, :func:`rdf_observables`).
+      vacf_window: if set, record ``vacf_window`` consecutive frames, ``vacf_every`` steps
+        apart, at the start of each chunk and accumulate their VACF (aspirin: 100, every step).
+        ``vacf_window·vacf_every`` must be a multiple of ``sample_every`` and ``sample_every``
+        a multiple of ``vacf_every``.
+      vacf_every: steps between VACF frames (match the reference's frame spacing).
+      msd_atoms: ``[N]`` bool or index array of atoms whose MSD is measured (water oxygens);
+        None disables MSD/diffusivity.
+      msd_every_steps: steps between stored MSD frames (a multiple of ``sample_every`` that
+        divides ``check_every_steps``; default ``check_every_steps``).
+      msd_max_lag: largest MSD lag in stored frames (authors: 100 lags of 1 ps).
+      rescale_velocities: rescale initial momenta to exactly ``dof·kT/2`` (authors).
+      resume: an :class:`EvalState` from ``on_chunk`` to continue an interrupted run (same
+        arguments otherwise); ``key`` is then unused.
+      on_chunk: called with the :class:`EvalState` after every chunk (checkpointing).
+      progress: show a tqdm progress bar.
+
+    Returns:
+      A :class:`StabilityResult`.
+    """
+    total_steps, chunk_steps, sample_every = (
+        int(total_steps),
+        int(check_every_steps),
+        int(sample_every),
+    )
+    if chunk_steps < 1 or total_steps < chunk_steps or total_steps % chunk_steps:
+        raise ValueError(
+            f"total_steps={total_steps} must be a positive multiple of check_every_steps="
+            f"{chunk_steps}"
+        )
+    if sample_every < 1 or chunk_steps % sample_every:
+        raise ValueError(f"sample_every={sample_every} must divide check_every_steps={chunk_steps}")
+    if not 0.0 < stop_fraction <= 1.0:
+        raise ValueError(f"stop_fraction must be in (0, 1], got {stop_fraction}")
+    n_chunks = total_steps // chunk_steps
+    dense_steps = 0
+    if vacf_window is not None:
+        dense_steps = int(vacf_window) * int(vacf_every)
+        if vacf_window < 2 or sample_every % vacf_every or dense_steps % sample_every:
+            raise ValueError(
+                f"VACF window {vacf_window}×{vacf_every} steps must be a multiple of "
+                f"sample_every={sample_every}, and vacf_every must divide sample_every"
+            )
+        if dense_steps > chunk_steps:
+            raise ValueError(
+                f"VACF window ({dense_steps} steps) longer than a chunk ({chunk_steps} steps)"
+            )
+    msd_mask = None
+    if msd_atoms is not None:
+        n_atoms = int(np.asarray(initial_positions).shape[-2])
+        msd_mask = np.zeros(n_atoms, bool)
+        msd_mask[np.asarray(msd_atoms)] = True
+        msd_every_steps = chunk_steps if msd_every_steps is None else int(msd_every_steps)
+        if msd_every_steps % sample_every or chunk_steps % msd_every_steps:
+            raise ValueError(
+                f"msd_every_steps={msd_every_steps} must be a multiple of sample_every and "
+                f"divide check_every_steps={chunk_steps}"
+            )
+    frame_observables = dict(frame_observables or {})
+    frames_per_msd = (msd_every_steps // sample_every) if msd_mask is not None else 0
+
+    if resume is None:
+        positions = jnp.asarray(initial_positions)
+        replicas = simulator.init(params, key, positions, rescale_velocities=rescale_velocities)
+        n_rep = int(replicas.alive.shape[0])
+        state = EvalState(
+            replicas=replicas,
+            chunk=np.asarray(0, np.int64),
+            stable_chunks=np.zeros(n_rep, np.int64),
+            unstable=np.zeros(n_rep, bool),
+            initial_momenta=np.asarray(replicas.md.momentum),
+            obs_sum={name: None for name in frame_observables},
+            obs_frames=np.zeros(n_rep, np.int64),
+            vacf_sum=None,
+            vacf_count=np.zeros(n_rep, np.int64),
+            msd_positions=None,
+        )
+        if msd_mask is not None:
+            n_msd = n_chunks * (chunk_steps // msd_every_steps) + 1
+            buf = np.full((n_rep, n_msd) + tuple(positions.shape[1:]), np.nan, np.float32)
+            buf[:, 0] = np.asarray(replicas.positions)
+            state = state._replace(msd_positions=buf)
+    else:
+        state = resume
+        n_rep = int(state.unstable.shape[0])
+
+    # Only frames on the sample_every grid are checked and accumulated (dense VACF frames are
+    # subsampled onto it), so h(r)/RDFs do not depend on whether a VACF is recorded.
+    dense_idx = _sample_indices(vacf_window or 0, vacf_every, sample_every)
+
+    accumulate = _accumulator(tuple(frame_observables.items()))
+    bar = tqdm(
+        total=n_chunks, initial=int(state.chunk), disable=not progress, unit="chunk", leave=False
+    )
+    stopped_early = False
+    while int(state.chunk) < n_chunks:
+        if np.mean(state.unstable) >= stop_fraction:
+            stopped_early = True
+            break
+        replicas = state.replicas
+        alive_before = ~state.unstable
+        dense = None
+        if dense_steps:
+            replicas, dense = simulator.simulate(params, replicas, dense_steps, int(vacf_every))
+        rest = chunk_steps - dense_steps
+        traj = None
+        if rest:
+            replicas, traj = simulator.simulate(params, replicas, rest, sample_every)
+        if dense is not None:
+            sampled = jax.tree_util.tree_map(lambda x: x[dense_idx], dense)
+            traj = sampled if traj is None else _cat_frames(sampled, traj)
+        ok = np.asarray(stable_fn(traj), bool) & np.asarray(jnp.all(traj.alive, axis=0))
+        stable_now = alive_before & ok
+        newly = alive_before & ~ok
+        mask = jnp.asarray(stable_now)
+
+        obs_sum = dict(state.obs_sum)
+        if frame_observables:
+            sums = jax.device_get(accumulate(traj.positions, mask))
+            for name, s in sums.items():
+                s = np.asarray(s, np.float64)
+                obs_sum[name] = s if obs_sum[name] is None else obs_sum[name] + s
+        vacf_sum, vacf_count = state.vacf_sum, state.vacf_count
+        if dense is not None:
+            c = np.asarray(_chunk_vacf(dense.velocities, mask, int(vacf_window)), np.float64)
+            vacf_sum = c if vacf_sum is None else vacf_sum + c
+            vacf_count = vacf_count + stable_now
+        msd_positions = state.msd_positions
+        if msd_mask is not None:
+            per_chunk = chunk_steps // msd_every_steps
+            idx = np.arange(1, per_chunk + 1) * frames_per_msd - 1
+            start = 1 + int(state.chunk) * per_chunk
+            msd_positions = msd_positions.copy()
+            frames = np.asarray(traj.positions)[idx]  # [per_chunk, R, N, 3]
+            msd_positions[:, start : start + per_chunk] = np.swapaxes(frames, 0, 1)
+
+        unstable = state.unstable | newly
+        replicas = replicas._replace(alive=replicas.alive & jnp.asarray(~unstable))
+        state = EvalState(
+            replicas=replicas,
+            chunk=np.asarray(int(state.chunk) + 1, np.int64),
+            stable_chunks=state.stable_chunks + stable_now,
+            unstable=unstable,
+            initial_momenta=state.initial_momenta,
+            obs_sum=obs_sum,
+            obs_frames=state.obs_frames + stable_now * (traj.positions.shape[0]),
+            vacf_sum=vacf_sum,
+            vacf_count=vacf_count,
+            msd_positions=msd_positions,
+        )
+        if on_chunk is not None:
+            on_chunk(state)
+        bar.update(1)
+        bar.set_postfix(f_unst=f"{np.mean(unstable):.2f}")
+    bar.close()
+    return _result(
+        state,
+        simulator,
+        chunk_steps,
+        stopped_early,
+        vacf_window,
+        vacf_every,
+        msd_mask,
+        msd_every_steps,
+        msd_max_lag,
+    )
+
+
+def _result(
+    state,
+    simulator,
+    chunk_steps,
+    stopped_early,
+    vacf_window,
+    vacf_every,
+    msd_mask,
+    msd_every_steps,
+    msd_max_lag,
+) -> StabilityResult:
+    dt = simulator.dt
+    chunk_ps = float(_ps(chunk_steps, dt))
+    n_done = int(state.chunk)
+    stable_time = state.stable_chunks * chunk_ps
+    censored = ~state.unstable
+    ks = np.arange(n_done + 1)
+    fail_chunk = np.where(state.unstable, state.stable_chunks + 1, np.iinfo(np.int64).max)
+    fraction = np.mean(fail_chunk[None, :] <= ks[:, None], axis=1)
+
+    def mean_rows(total, count):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per = total / np.where(count > 0, count, np.nan)[:, None]
+            pooled = total.sum(0) / (count.sum() if count.sum() > 0 else np.nan)
+        return pooled, per
+
+    obs, obs_rep = {}, {}
+    for name, total in state.obs_sum.items():
+        if total is None:
+            continue
+        obs[name], obs_rep[name] = mean_rows(total, state.obs_frames)
+    vacf = vacf_rep = lag_fs = None
+    if state.vacf_sum is not None:
+        vacf, vacf_rep = mean_rows(state.vacf_sum, state.vacf_count)
+        lag_fs = units.internal_to_fs(np.arange(int(vacf_window)) * vacf_every * dt)
+    msd = lag_ps = d_m2s = d_lag = None
+    if msd_mask is not None:
+        msd, lag_ps, d_m2s, d_lag = _stretch_msd(
+            state.msd_positions,
+            state.stable_chunks * (chunk_steps // msd_every_steps) + 1,
+            simulator.masses,
+            msd_mask,
+            float(_ps(msd_every_steps, dt)),
+            msd_max_lag,
+        )
+    return StabilityResult(
+        stable_time_ps=stable_time,
+        censored=censored,
+        times_ps=ks * chunk_ps,
+        fraction_unstable=fraction,
+        median_stable_time_ps=float(np.median(stable_time)),
+        mean_stable_time_ps=float(np.mean(stable_time)),
+        simulated_ps=n_done * chunk_ps,
+        chunk_ps=chunk_ps,
+        stopped_early=bool(stopped_early),
+        temperature_kelvin=float(units.temperature_from_kT(simulator.kT)),
+        initial_momenta=state.initial_momenta,
+        observables=obs,
+        observables_per_replica=obs_rep,
+        observable_frames=state.obs_frames,
+        vacf_lag_fs=lag_fs,
+        vacf=vacf,
+        vacf_per_replica=vacf_rep,
+        msd_lag_ps=lag_ps,
+        msd=msd,
+        diffusivity_m2_per_s=d_m2s,
+        diffusivity_lag_ps=d_lag,
+    )
+
+
+def _stretch_msd(positions, lengths, masses, atom_mask, frame_ps, max_lag):
+    """Per-replica MSD over the first ``lengths[r]`` stored frames (NaN-padded)."""
+    n_rep = positions.shape[0]
+    msd = np.full((n_rep, max_lag + 1), np.nan)
+    for r in range(n_rep):
+        n = int(lengths[r])
+        lag = min(max_lag, n - 1)
+        if lag < 1:
+            continue
+        msd[r, : lag + 1] = np.asarray(
+            observables.mean_squared_displacement(
+                jnp.asarray(positions[r, :n]), lag, masses=masses, atom_mask=atom_mask
+            )
+        )
+    lags_ps = np.arange(max_lag + 1) * frame_ps
+    d_curve = diffusivity_curve_m2_per_s(msd, lags_ps)
+    last = np.where(np.isfinite(d_curve), np.arange(max_lag + 1), -1).max(axis=1)
+    d = np.where(last > 0, d_curve[np.arange(n_rep), np.maximum(last, 0)], np.nan)
+    d_lag = np.where(last > 0, last * frame_ps, np.nan)
+    return msd, lags_ps, d, d_lag
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics
+
+
+def diffusivity_curve_m2_per_s(msd, lag_ps):
+    """Running diffusivity estimate ``MSD(t)/(6 t)`` in m²/s (NaN at ``t = 0``).
+
+    Args:
+      msd: ``[..., L]`` Å².
+      lag_ps: ``[L]`` ps.
+
+    Returns:
+      ``[..., L]`` m²/s; the authors report the value at the last lag (×10 → 10⁻⁹ m²/s).
+    """
+    lag_ps = np.asarray(lag_ps, np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        d = np.asarray(msd, np.float64) / (6.0 * np.where(lag_ps > 0, lag_ps, np.nan))
+    return d * units.ANGSTROM2_PER_PS_IN_M2_PER_S
+
+
+def reference_msd(positions, frame_interval_fs: float, max_lag: int, masses=None, atom_mask=None):
+    """MSD and ``MSD/(6t)`` of a reference trajectory (e.g. contiguous water frames).
+
+    Args:
+      positions: ``[T, N, 3]`` Å, *unwrapped* (see :func:`unwrap_positions`).
+      frame_interval_fs: time between frames, fs.
+      max_lag: largest lag in frames (authors: 100 frames of 1 ps).
+      masses: ``[N]`` amu for the centre of mass (removed).
+      atom_mask: ``[N]`` bool atoms averaged (oxygens).
+
+    Returns:
+      ``(lag_ps [L+1], msd [L+1] Å², diffusivity [L+1] m²/s)``.
+    """
+    msd = np.asarray(
+        observables.mean_squared_displacement(
+            jnp.asarray(positions), max_lag, masses=masses, atom_mask=atom_mask
+        ),
+        np.float64,
+    )
+    lag_ps = np.arange(max_lag + 1) * frame_interval_fs / 1000.0
+    return lag_ps, msd, diffusivity_curve_m2_per_s(msd, lag_ps)
+
+
+def unwrap_positions(positions, box) -> np.ndarray:
+    """Undo periodic wrapping: accumulate minimum-image steps between consecutive frames.
+
+    Args:
+      positions: ``[T, N, 3]`` Å, wrapped into an orthorhombic box (frames close enough that
+        no atom moves more than half a box between them).
+      box: ``[3]`` or scalar side lengths, Å.
+
+    Returns:
+      ``[T, N, 3]`` Å unwrapped, frame 0 unchanged.
+    """
+    x = np.asarray(positions, np.float64)
+    box = np.broadcast_to(np.asarray(box, np.float64), (3,))
+    step = np.diff(x, axis=0)
+    step -= box * np.round(step / box)
+    return np.concatenate([x[:1], x[:1] + np.cumsum(step, axis=0)], axis=0)
+
+
+def h_of_r_errors(h, h_ref) -> dict:
+    """Errors of an h(r) (sum-100 normalisation) against the reference on the same grid.
+
+    Returns:
+      ``{"mae": mean_bins |Δh|, "l1": Σ|Δh|/100}``; ``l1`` is the integrated absolute
+      difference ``∫|p − p_ref| dr`` of the two probability densities (0..2, MDsim's h(r)
+      error). NaN if ``h`` is NaN (no stable frames).
+    """
+    d = np.abs(np.asarray(h, np.float64) - np.asarray(h_ref, np.float64))
+    if d.shape[-1] != np.asarray(h_ref).shape[-1]:
+        raise ValueError(f"h(r) grids differ: {np.shape(h)} vs {np.shape(h_ref)}")
+    return {"mae": float(np.mean(d)), "l1": float(np.sum(d) / 100.0)}
+
+
+def vacf_mae(vacf, vacf_ref) -> float:
+    """``mean_lags |C − C_ref|`` of two normalised VACFs on the same lags (dimensionless)."""
+    a, b = np.asarray(vacf, np.float64), np.asarray(vacf_ref, np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"VACF lags differ: {a.shape} vs {b.shape}; record the same window")
+    return float(np.mean(np.abs(a - b)))
+
+
+def velocities_from_positions(positions, frame_interval_fs: float) -> np.ndarray:
+    """Central finite-difference velocities (authors' reference VACF from positions).
+
+    Args:
+      positions: ``[T, N, 3]`` Å, consecutive frames.
+      frame_interval_fs: fs.
+
+    Returns:
+      ``[T−2, N, 3]`` Å/fs (VACF normalisation makes the unit irrelevant).
+    """
+    x = np.asarray(positions, np.float64)
+    return (x[2:] - x[:-2]) / (2.0 * frame_interval_fs)
+
+
+def reference_vacf(velocities, window: int = VACF_WINDOW) -> np.ndarray:
+    """Normalised VACF of one reference trajectory ``[T, N, 3]`` (origins averaged), ``[W]``."""
+    return np.asarray(observables.vacf(jnp.asarray(velocities), window), np.float64)
+
+
+def rdf_errors(rdfs: Mapping, reference: Mapping, r_max: float = 6.0) -> dict:
+    """Per-pair RDF errors: ``{name: {"mae": mean|Δg|, "rdf_mae": r_max·mean|Δg|}}``.
+
+    ``rdf_mae`` is the authors' water stability metric (threshold 3.0); ``"max_rdf_mae"`` is
+    the worst pair.
+    """
+    out = {}
+    for name, ref in reference.items():
+        if name not in rdfs:
+            raise ValueError(f"rdf_errors: {name!r} missing from the simulated RDFs {list(rdfs)}")
+        g, ref = np.asarray(rdfs[name], np.float64), np.asarray(ref, np.float64)
+        out[name] = {
+            "mae": float(np.mean(np.abs(g - ref))),
+            "rdf_mae": float(stability.rdf_mae(g, ref, r_max)),
+        }
+    out["max_rdf_mae"] = max(v["rdf_mae"] for v in out.values())
+    return out
+
+
+def qm_test_errors(potential, params, frames: LabelledFrames, batch_size: int = 100) -> dict:
+    """Energy and force MAE on held-out frames, eV and kcal/mol.
+
+    Args:
+      potential: :class:`stabie_jax.models.potential.Potential`.
+      params: model parameters.
+      frames: :class:`LabelledFrames` (test split).
+      batch_size: frames per jitted batch (the last batch is padded and masked).
+
+    Returns:
+      ``{"energy_mae_ev", "energy_mae_kcal_per_mol", "forces_mae_ev_per_angstrom",
+      "forces_mae_kcal_per_mol_per_angstrom", "energy_rmse_ev", "forces_rmse_ev_per_angstrom",
+      "n_frames"}``; force errors are over Cartesian components.
+    """
+    n = int(frames.positions.shape[0])
+    if n == 0:
+        raise ValueError("qm_test_errors: no frames")
+    batch_size = min(int(batch_size), n)
+    fn = jax.jit(lambda p, f: qm_errors(potential, p, f))
+    e_abs = e_sq = f_abs = f_sq = 0.0
+    n_comp = 0
+    for start in range(0, n, batch_size):
+        idx = np.arange(start, start + batch_size)
+        valid = idx < n
+        idx = np.where(valid, idx, n - 1)
+        batch = jax.tree_util.tree_map(lambda x, i=idx: jnp.asarray(np.asarray(x)[i]), frames)
+        err = jax.device_get(fn(params, batch))
+        de = np.asarray(err.energy, np.float64)[valid]
+        df = np.asarray(err.forces, np.float64)[valid]
+        e_abs += np.abs(de).sum()
+        e_sq += (de**2).sum()
+        f_abs += np.abs(df).sum()
+        f_sq += (df**2).sum()
+        n_comp += df.size
+    e_mae, f_mae = e_abs / n, f_abs / n_comp
+    return {
+        "energy_mae_ev": float(e_mae),
+        "energy_mae_kcal_per_mol": float(units.ev_to_kcal_per_mol(e_mae)),
+        "forces_mae_ev_per_angstrom": float(f_mae),
+        "forces_mae_kcal_per_mol_per_angstrom": float(units.ev_to_kcal_per_mol(f_mae)),
+        "energy_rmse_ev": float(np.sqrt(e_sq / n)),
+        "forces_rmse_ev_per_angstrom": float(np.sqrt(f_sq / n_comp)),
+        "n_frames": n,
+    }
+
+
+def median_improvement_replica(baseline: StabilityResult, trained: StabilityResult) -> int:
+    """Replica whose stable-time improvement is the median one (paper section 3 observables).
+
+    Both results must come from the same initial conditions (checked via the momenta).
+    """
+    if not np.array_equal(baseline.initial_momenta, trained.initial_momenta):
+        raise ValueError("results are not paired: initial momenta differ (use the same key)")
+    gain = trained.stable_time_ps - baseline.stable_time_ps
+    order = np.argsort(gain, kind="stable")
+    return int(order[(len(order) - 1) // 2])
+
+
+def pareto_front_mask(force_mae, stable_time) -> np.ndarray:
+    """``[P]`` bool: points not dominated (lower force MAE *and* longer stable time).
+
+    A point is dominated when another is at least as good in both and better in one.
+    """
+    x = np.asarray(force_mae, np.float64)
+    y = np.asarray(stable_time, np.float64)
+    better_eq = (x[None, :] <= x[:, None]) & (y[None, :] >= y[:, None])
+    strictly = (x[None, :] < x[:, None]) | (y[None, :] > y[:, None])
+    return ~np.any(better_eq & strictly, axis=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Temperature transfer (PAPER.md 3.2, A.9)
+
+
+def reweighted_h_of_r_reference(
+    positions,
+    potential_energies,
+    temperature_from_kelvin: float,
+    temperature_to_kelvin: float,
+    r_max: float = 10.0,
+    n_bins: int = 500,
+    frame_batch: int = 1000,
+) -> tuple[np.ndarray, float]:
+    """Reference h(r) at another temperature by Boltzmann reweighting of canonical samples.
+
+    Each frame's pair-distance histogram (the grid of
+    :func:`stabie_jax.observables.h_of_r_reference`, bin 0 zeroed) enters with the weight
+    ``w_i ∝ exp(−U_i (1/kT₂ − 1/kT₁))`` (:mod:`stabie_jax.reweighting`); the result is normalised
+    to sum 100. With ``T₂ = T₁`` it equals the unweighted reference.
+
+    **H is the potential energy only.** h(r) depends on positions alone, and in the canonical
+    ensemble momenta are independent of positions with a Maxwell–Boltzmann factor that
+    integrates out of the ratio exactly, so weighting by ``U`` gives the exact configurational
+    expectation at T₂; adding kinetic energies (which MD17 frames do not even carry) would only
+    add variance (smaller N_eff). The samples must be canonical at T₁ under the reference
+    potential whose energies are given (e.g. the 500 K AIMD training split).
+
+    Args:
+      positions: ``[F, N, 3]`` Å.
+      potential_energies: ``[F]`` eV (reference energies of the same frames).
+      temperature_from_kelvin: T₁, K (500 for aspirin).
+      temperature_to_kelvin: T₂, K.
+      r_max, n_bins: h(r) grid.
+      frame_batch: frames per distance batch (memory).
+
+    Returns:
+      ``(h [n_bins] summing to 100, n_eff)``.
+    """
+    x = np.asarray(positions)
+    e = np.asarray(potential_energies, np.float64)
+    if e.shape != (x.shape[0],):
+        raise ValueError(f"need one energy per frame: {e.shape} vs {x.shape[0]} frames")
+    log_w = _log_weights(e, temperature_from_kelvin, temperature_to_kelvin)
+    w = np.exp(log_w)
+    edges = np.linspace(observables.H_OF_R_MIN, r_max, n_bins + 1)
+    counts = np.zeros(n_bins)
+    for start in range(0, x.shape[0], frame_batch):
+        d = np.asarray(observables.pair_distances(jnp.asarray(x[start : start + frame_batch])))
+        ww = np.broadcast_to(w[start : start + frame_batch, None], d.shape)
+        counts += np.histogram(d.reshape(-1), bins=edges, weights=ww.reshape(-1))[0]
+    counts[0] = 0.0
+    with np.errstate(invalid="ignore"):
+        n_eff = float(np.exp(-np.sum(np.where(w > 0, w * log_w, 0.0))))
+    return 100.0 * counts / counts.sum(), n_eff
+
+
+def _log_weights(energies, t_from, t_to) -> np.ndarray:
+    """Normalised log weights (float64 host copy of :mod:`stabie_jax.reweighting`)."""
+    e = np.asarray(energies, np.float64)
+    ok = np.isfinite(e)
+    shifted = np.where(ok, e - e[ok].mean(), 0.0)
+    with jax.enable_x64(True):
+        lw = reweighting.log_reweighting_weights(
+            jnp.asarray(shifted),
+            units.kT(float(t_from)),
+            units.kT(float(t_to)),
+            mask=jnp.asarray(ok),
+        )
+        return np.asarray(lw, np.float64)
+
+
+def effective_sample_size_vs_temperature(
+    potential_energies, temperature_kelvin: float, temperatures_kelvin
+) -> tuple[np.ndarray, np.ndarray]:
+    """N_eff of reweighting samples from T₁ to each temperature (PAPER.md Fig. 8).
+
+    Args:
+      potential_energies: ``[F]`` eV at T₁ (potential only; see
+        :func:`reweighted_h_of_r_reference`).
+      temperature_kelvin: T₁, K.
+      temperatures_kelvin: ``[T]`` target temperatures, K.
+
+    Returns:
+      ``(temperatures [T] K, n_eff [T])``; ``n_eff`` is ``F`` at T₁ and decreases away from it.
+    """
+    temps = np.asarray(temperatures_kelvin, np.float64).reshape(-1)
+    with np.errstate(invalid="ignore"):
+        n_eff = np.array(
+            [
+                float(np.exp(-np.sum(np.where(np.isfinite(lw), np.exp(lw) * lw, 0.0))))
+                for lw in (_log_weights(potential_energies, temperature_kelvin, t) for t in temps)
+            ]
+        )
+    return temps, n_eff
+
+
+class TemperatureTransferResult(NamedTuple):
+    """Evaluation at another temperature against a reweighted reference.
+
+    Attributes:
+      temperature_kelvin: T₂, K.
+      stability: :class:`StabilityResult` at T₂.
+      h_of_r_reference: ``[n_bins]`` reweighted reference h(r).
+      n_eff: effective sample size of the reweighting.
+      h_of_r_errors: :func:`h_of_r_errors` of the simulated h(r) (NaNs if no stable frame).
+    """
+
+    temperature_kelvin: float
+    stability: StabilityResult
+    h_of_r_reference: np.ndarray
+    n_eff: float
+    h_of_r_errors: dict
+
+
+def evaluate_temperature_transfer(
+    simulator: Simulator,
+    params,
+    initial_positions,
+    key,
+    *,
+    reference_positions,
+    reference_energies,
+    reference_temperature_kelvin: float,
+    r_max: float = 10.0,
+    n_bins: int = 500,
+    sigma: float | None = None,
+    **evaluate_kwargs,
+) -> TemperatureTransferResult:
+    """Run :func:`evaluate_stability` with a simulator built for T₂ and score its h(r).
+
+    Args:
+      simulator: simulator whose ``kT`` is the new temperature T₂.
+      params, initial_positions, key: as :func:`evaluate_stability` (same key for both models).
+      reference_positions: ``[F, N, 3]`` Å, canonical reference frames at T₁.
+      reference_energies: ``[F]`` eV, their reference potential energies.
+      reference_temperature_kelvin: T₁, K.
+      r_max, n_bins: h(r) grid (aspirin: 10 Å, 500).
+      sigma: smearing of the simulated h(r), Å (default the paper's 0.01).
+      **evaluate_kwargs: ``stable_fn``, ``total_steps``, ``check_every_steps``,
+        ``sample_every``, ... forwarded to :func:`evaluate_stability` (an ``"h_of_r"`` frame
+        observable is added).
+
+    Returns:
+      A :class:`TemperatureTransferResult`.
+    """
+    t2 = float(units.temperature_from_kT(simulator.kT))
+    obs = dict(evaluate_kwargs.pop("frame_observables", None) or {})
+    obs["h_of_r"] = h_of_r_observable(r_max, n_bins, sigma)
+    result = evaluate_stability(
+        simulator, params, initial_positions, key, frame_observables=obs, **evaluate_kwargs
+    )
+    h_ref, n_eff = reweighted_h_of_r_reference(
+        reference_positions, reference_energies, reference_temperature_kelvin, t2, r_max, n_bins
+    )
+    return TemperatureTransferResult(
+        temperature_kelvin=t2,
+        stability=result,
+        h_of_r_reference=h_ref,
+        n_eff=n_eff,
+        h_of_r_errors=h_of_r_errors(result.observables["h_of_r"], h_ref),
+    )

@@ -1,0 +1,432 @@
+"""Tests of stabie_jax.evaluate on the diatomic toy (tests/toy_stabie.py) and analytic inputs."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from toy_stabie import (
+    MASSES,
+    R0,
+    TEMPERATURE_K,
+    energy_fn,
+    initial_positions,
+    stable_fn,
+    stable_steps,
+)
+
+from stabie_jax import evaluate, md, observables, units
+from stabie_jax.losses import LabelledFrames
+from stabie_jax.md import thermostat
+
+SOFT = {"log_k": jnp.log(jnp.float32(0.5))}
+STIFF = {"log_k": jnp.log(jnp.float32(20.0))}
+N_REP = 12
+CHUNK = 100
+SAMPLE = 5
+H_KW = dict(r_max=3.0, n_bins=150, sigma=0.05)
+
+
+def make_sim(temperature_k=TEMPERATURE_K):
+    return md.make_simulator(
+        energy_fn,
+        MASSES,
+        dt=units.fs_to_internal(1.0),
+        kT=units.kT(temperature_k),
+        space=md.free_space(),
+    )
+
+
+SIM = make_sim()
+
+
+def run(params, n_chunks=20, key=0, **kw):
+    kw.setdefault("stop_fraction", 1.0)
+    return evaluate.evaluate_stability(
+        SIM,
+        params,
+        initial_positions(N_REP),
+        jax.random.PRNGKey(key),
+        stable_fn=stable_fn(0.5),
+        total_steps=n_chunks * CHUNK,
+        check_every_steps=CHUNK,
+        sample_every=SAMPLE,
+        progress=False,
+        **kw,
+    )
+
+
+@pytest.fixture(scope="module")
+def soft():
+    return run(SOFT, frame_observables={"h_of_r": evaluate.h_of_r_observable(**H_KW)})
+
+
+@pytest.fixture(scope="module")
+def stiff():
+    return run(STIFF, frame_observables={"h_of_r": evaluate.h_of_r_observable(**H_KW)})
+
+
+def test_soft_bond_fails_and_stiff_bond_survives(soft, stiff):
+    chunk_ps = CHUNK * 1e-3
+    assert soft.chunk_ps == pytest.approx(chunk_ps)
+    assert soft.median_stable_time_ps < 1.0  # of 2 ps
+    assert soft.fraction_unstable[-1] >= 0.5
+    assert not stiff.censored.sum() < N_REP
+    np.testing.assert_allclose(stiff.stable_time_ps, 20 * chunk_ps)
+    assert stiff.fraction_unstable.max() == 0.0
+    assert stiff.median_stable_time_ps == pytest.approx(2.0)
+    assert stiff.observable_frames.tolist() == [20 * CHUNK // SAMPLE] * N_REP
+
+
+def test_stable_times_match_independent_loop(soft):
+    """tests/toy_stabie.stable_steps: same key, same chunks, its own bookkeeping."""
+    steps = stable_steps(SIM, SOFT, N_REP, 20, jax.random.PRNGKey(0), threshold=0.5)
+    np.testing.assert_allclose(soft.stable_time_ps, steps * 1e-3, atol=1e-9)
+
+
+def test_paired_initial_conditions(soft, stiff):
+    np.testing.assert_array_equal(soft.initial_momenta, stiff.initial_momenta)
+    dof = thermostat.degrees_of_freedom(2)
+    direct = thermostat.maxwell_boltzmann_momenta(
+        jax.random.PRNGKey(0),
+        jnp.asarray(MASSES, jnp.float32),
+        SIM.kT,
+        (N_REP,),
+        dof=dof,
+        rescale=True,
+    )
+    np.testing.assert_allclose(soft.initial_momenta, direct, rtol=1e-6)
+    other = run(STIFF, n_chunks=1, key=1)
+    assert not np.allclose(other.initial_momenta, soft.initial_momenta)
+
+
+def test_fraction_curve_consistent_with_stable_times(soft):
+    f = soft.fraction_unstable
+    assert f[0] == 0.0 and np.all(np.diff(f) >= 0)
+    assert soft.times_ps.shape == f.shape
+    for t, fk in zip(soft.times_ps, f, strict=True):
+        expected = np.mean((soft.stable_time_ps < t - 1e-9) & ~soft.censored)
+        assert fk == pytest.approx(expected)
+    assert soft.median_stable_time_ps == pytest.approx(np.median(soft.stable_time_ps))
+
+
+def test_early_stop_at_stop_fraction():
+    res = run(SOFT, n_chunks=40, stop_fraction=0.5)
+    assert res.stopped_early
+    assert res.fraction_unstable[-1] >= 0.5
+    assert res.fraction_unstable[-2] < 0.5
+    assert res.simulated_ps < 4.0
+    np.testing.assert_allclose(res.stable_time_ps[res.censored], res.simulated_ps)
+
+
+_H_JIT = jax.jit(lambda pos: observables.h_of_r(pos, **H_KW))
+
+
+def _manual(params, n_chunks, vacf_window=None):
+    """Second route: plain loop over chunks, observables of stable chunks summed by hand."""
+    state = SIM.init(
+        params, jax.random.PRNGKey(0), initial_positions(N_REP), rescale_velocities=True
+    )
+    alive = np.ones(N_REP, bool)
+    h_sum, frames = 0.0, np.zeros(N_REP)
+    vacf_sum, vacf_n = 0.0, np.zeros(N_REP)
+    msd_frames = [np.asarray(state.positions)]
+    check = stable_fn(0.5)
+    for _ in range(n_chunks):
+        sampled = []
+        if vacf_window:
+            state, dense = SIM.simulate(params, state, vacf_window, 1)
+            sampled.append(dense.positions[SAMPLE - 1 :: SAMPLE])
+        state, traj = SIM.simulate(params, state, CHUNK - (vacf_window or 0), SAMPLE)
+        pos = jnp.concatenate(sampled + [traj.positions], 0)
+        ok = alive & np.asarray(check(traj._replace(positions=pos)))
+        h = np.asarray(_H_JIT(pos))  # [F, R, K]
+        h_sum = h_sum + (h * ok[None, :, None]).sum(0)
+        frames += ok * pos.shape[0]
+        if vacf_window:
+            c = np.asarray(observables.vacf(dense.velocities, vacf_window))
+            vacf_sum = vacf_sum + c * ok[:, None]
+            vacf_n += ok
+        msd_frames.append(np.asarray(pos[-1]))
+        alive = ok
+        state = state._replace(alive=state.alive & jnp.asarray(alive))
+    return h_sum / frames[:, None], vacf_sum / vacf_n[:, None], np.stack(msd_frames, 1)
+
+
+def test_observables_only_from_stable_frames(soft):
+    h_manual, _, _ = _manual(SOFT, 20)
+    got = soft.observables_per_replica["h_of_r"]
+    some = soft.observable_frames > 0
+    assert some.any() and (~some).any() or soft.fraction_unstable[-1] < 1
+    np.testing.assert_allclose(got[some], h_manual[some], rtol=2e-4, atol=1e-5)
+    assert np.all(np.isnan(got[~some]))
+    pooled = (got[some] * soft.observable_frames[some, None]).sum(0) / soft.observable_frames.sum()
+    np.testing.assert_allclose(soft.observables["h_of_r"], pooled, rtol=1e-5)
+    # Unstable frames would put weight beyond R0 + 0.5 Å; stable frames cannot.
+    centres = observables.h_of_r_centers(H_KW["r_max"], H_KW["n_bins"])
+    far = centres > R0 + 0.5 + 4 * H_KW["sigma"]
+    assert soft.observables["h_of_r"][far].sum() < 1e-3
+
+
+def test_vacf_and_msd_match_manual_route():
+    res = run(
+        STIFF,
+        n_chunks=6,
+        frame_observables={"h_of_r": evaluate.h_of_r_observable(**H_KW)},
+        vacf_window=20,
+        msd_atoms=np.array([0, 1]),
+        msd_max_lag=4,
+    )
+    h_manual, vacf_manual, msd_pos = _manual(STIFF, 6, vacf_window=20)
+    np.testing.assert_allclose(
+        res.observables_per_replica["h_of_r"], h_manual, rtol=2e-4, atol=1e-5
+    )
+    np.testing.assert_allclose(res.vacf_per_replica, vacf_manual, rtol=1e-5, atol=1e-6)
+    assert res.vacf[0] == pytest.approx(1.0)
+    np.testing.assert_allclose(res.vacf_lag_fs, np.arange(20) * 1.0, rtol=1e-6)
+    msd = np.stack(
+        [
+            np.asarray(observables.mean_squared_displacement(msd_pos[r], 4, masses=MASSES))
+            for r in range(N_REP)
+        ]
+    )
+    np.testing.assert_allclose(res.msd, msd, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(res.msd_lag_ps, np.arange(5) * 0.1)
+    d = msd[:, 4] / (6 * 0.4) * units.ANGSTROM2_PER_PS_IN_M2_PER_S
+    np.testing.assert_allclose(res.diffusivity_m2_per_s, d, rtol=1e-4)
+
+
+def test_resume_reproduces_uninterrupted_run(soft):
+    saved = []
+    kw = dict(frame_observables={"h_of_r": evaluate.h_of_r_observable(**H_KW)})
+    run(SOFT, n_chunks=20, on_chunk=saved.append, **kw)
+    resumed = run(SOFT, n_chunks=20, resume=saved[6], **kw)
+    np.testing.assert_array_equal(resumed.stable_time_ps, soft.stable_time_ps)
+    np.testing.assert_allclose(resumed.observables["h_of_r"], soft.observables["h_of_r"], rtol=1e-6)
+
+
+def test_bad_settings_raise():
+    with pytest.raises(ValueError, match="multiple of check_every_steps"):
+        run(STIFF, n_chunks=1, check_every_steps=30) if False else evaluate.evaluate_stability(
+            SIM,
+            STIFF,
+            initial_positions(2),
+            jax.random.PRNGKey(0),
+            stable_fn=stable_fn(0.5),
+            total_steps=250,
+            check_every_steps=100,
+            sample_every=5,
+            progress=False,
+        )
+    with pytest.raises(ValueError, match="must divide"):
+        evaluate.evaluate_stability(
+            SIM,
+            STIFF,
+            initial_positions(2),
+            jax.random.PRNGKey(0),
+            stable_fn=stable_fn(0.5),
+            total_steps=200,
+            check_every_steps=100,
+            sample_every=7,
+            progress=False,
+        )
+
+
+# ------------------------------------------------------------------------------------------------
+# Metrics on analytic inputs
+
+
+def test_h_of_r_errors_analytic():
+    ref = np.full(100, 1.0)
+    h = ref + np.where(np.arange(100) < 50, 0.2, -0.2)
+    err = evaluate.h_of_r_errors(h, ref)
+    assert err["mae"] == pytest.approx(0.2)
+    assert err["l1"] == pytest.approx(0.2 * 100 / 100)
+
+
+def test_vacf_mae_and_reference_vacf_of_harmonic_motion():
+    t = np.arange(400) * 0.5  # fs
+    omega = 2 * np.pi / 40.0
+    phases = np.linspace(0, 2 * np.pi, 8, endpoint=False)
+    v = np.cos(omega * t[:, None] + phases[None])  # [T, N]
+    v = np.stack([v, np.zeros_like(v), np.zeros_like(v)], -1)
+    c = evaluate.reference_vacf(v, window=50)
+    np.testing.assert_allclose(c, np.cos(omega * t[:50]), atol=0.02)
+    assert evaluate.vacf_mae(c, np.cos(omega * t[:50])) < 0.02
+    assert evaluate.vacf_mae(np.ones(4), np.zeros(4)) == 1.0
+    with pytest.raises(ValueError, match="lags differ"):
+        evaluate.vacf_mae(np.ones(4), np.ones(5))
+
+
+def test_velocities_from_positions_exact_for_quadratic():
+    t = np.arange(10) * 2.0
+    x = (3.0 * t + 0.5 * t**2)[:, None, None] * np.ones((1, 2, 3))
+    v = evaluate.velocities_from_positions(x, 2.0)
+    np.testing.assert_allclose(v[:, 0, 0], 3.0 + t[1:-1])
+
+
+def test_rdf_errors_analytic():
+    ref = {"rdf_8_8": np.ones(10), "rdf_1_1": np.zeros(10)}
+    g = {"rdf_8_8": np.full(10, 1.5), "rdf_1_1": np.full(10, 0.1)}
+    err = evaluate.rdf_errors(g, ref, r_max=6.0)
+    assert err["rdf_8_8"]["mae"] == pytest.approx(0.5)
+    assert err["rdf_8_8"]["rdf_mae"] == pytest.approx(3.0)
+    assert err["max_rdf_mae"] == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="missing"):
+        evaluate.rdf_errors({}, ref)
+
+
+def test_diffusivity_curve_and_unwrap():
+    d_true = 2.3e-9  # m²/s
+    lag_ps = np.arange(11) * 1.0
+    msd = 6 * d_true / units.ANGSTROM2_PER_PS_IN_M2_PER_S * lag_ps
+    curve = evaluate.diffusivity_curve_m2_per_s(msd, lag_ps)
+    assert np.isnan(curve[0])
+    np.testing.assert_allclose(curve[1:], d_true)
+    rng = np.random.default_rng(0)
+    walk = np.cumsum(rng.normal(scale=0.5, size=(50, 4, 3)), 0)
+    box = np.array([5.0, 6.0, 7.0])
+    np.testing.assert_allclose(
+        evaluate.unwrap_positions(walk % box, box) - walk,
+        np.broadcast_to((walk % box)[0] - walk[0], walk.shape),
+        atol=1e-9,
+    )
+    lag, m, dcurve = evaluate.reference_msd(walk, 1000.0, 5)
+    np.testing.assert_allclose(lag, np.arange(6))
+    assert m[0] == 0.0 and dcurve.shape == (6,)
+
+
+def test_pareto_front_mask():
+    force = [1.0, 2.0, 1.5, 3.0, 1.0]
+    stable = [10.0, 30.0, 5.0, 30.0, 8.0]
+    np.testing.assert_array_equal(
+        evaluate.pareto_front_mask(force, stable), [True, True, False, False, False]
+    )
+
+
+def test_qm_test_errors_known_offsets():
+    from stabie_jax.models.potential import Potential
+
+    def e_fn(params, r, neighbor=None):
+        return energy_fn(params, r)
+
+    pot = Potential(e_fn, None, None)
+    rng = np.random.default_rng(1)
+    pos = initial_positions(7) + rng.normal(scale=0.05, size=(7, 2, 3))
+    e = np.array([float(e_fn(STIFF, jnp.asarray(p, jnp.float32))) for p in pos])
+    f = -np.stack([np.asarray(jax.grad(e_fn, 1)(STIFF, jnp.asarray(p, jnp.float32))) for p in pos])
+    signs = np.where(np.arange(7) % 2, 1.0, -1.0)
+    frames = LabelledFrames(
+        jnp.asarray(pos, jnp.float32), jnp.asarray(e + 0.1 * signs), jnp.asarray(f + 0.2)
+    )
+    out = evaluate.qm_test_errors(pot, STIFF, frames, batch_size=3)
+    assert out["n_frames"] == 7
+    assert out["energy_mae_ev"] == pytest.approx(0.1, rel=1e-4)
+    assert out["energy_mae_kcal_per_mol"] == pytest.approx(0.1 * units.EV_IN_KCAL_PER_MOL, rel=1e-4)
+    assert out["forces_mae_ev_per_angstrom"] == pytest.approx(0.2, rel=1e-4)
+    assert out["forces_rmse_ev_per_angstrom"] == pytest.approx(0.2, rel=1e-4)
+
+
+def test_median_improvement_replica(soft, stiff):
+    idx = evaluate.median_improvement_replica(soft, stiff)
+    gain = stiff.stable_time_ps - soft.stable_time_ps
+    assert gain[idx] == np.sort(gain)[(N_REP - 1) // 2]
+    other = run(STIFF, n_chunks=1, key=1)
+    with pytest.raises(ValueError, match="not paired"):
+        evaluate.median_improvement_replica(soft, other)
+
+
+# ------------------------------------------------------------------------------------------------
+# Temperature reweighting
+
+
+def _maxwell_bin_probabilities(edges, scale):
+    x = edges / scale
+    cdf = [
+        math.erf(v / math.sqrt(2)) - math.sqrt(2 / math.pi) * v * math.exp(-v * v / 2) for v in x
+    ]
+    return np.diff(cdf)
+
+
+def test_reweighted_h_of_r_matches_exact_distribution_at_t2():
+    """Zero-length harmonic bond: |d| is Maxwell distributed with scale sqrt(kT/k)."""
+    k, t1, t2 = 4.0, 500.0, 350.0
+    rng = np.random.default_rng(0)
+    n = 40_000
+    d = rng.normal(scale=math.sqrt(units.kT(t1) / k), size=(n, 3))
+    pos = np.stack([np.zeros_like(d), d], 1)
+    energies = 0.5 * k * np.sum(d**2, -1) - 17_000.0  # large offset, as in aspirin
+    r_max, n_bins = 0.5, 50
+    h, n_eff = evaluate.reweighted_h_of_r_reference(pos, energies, t1, t2, r_max, n_bins)
+    assert h.sum() == pytest.approx(100.0)
+    edges = np.linspace(observables.H_OF_R_MIN, r_max, n_bins + 1)
+    p = _maxwell_bin_probabilities(edges, math.sqrt(units.kT(t2) / k))
+    p[0] = 0.0
+    exact = 100 * p / p.sum()
+    assert np.abs(h - exact).sum() / 100 < 0.03
+    h_unweighted = np.asarray(
+        observables.h_of_r_reference(jnp.asarray(pos, jnp.float32), r_max, n_bins)
+    )
+    assert np.abs(h_unweighted - exact).sum() / 100 > 0.15  # the reweighting matters
+    # T2 = T1: identical to the unweighted reference histogram.
+    h_same, n_same = evaluate.reweighted_h_of_r_reference(pos, energies, t1, t1, r_max, n_bins)
+    np.testing.assert_allclose(h_same, h_unweighted, atol=1e-4)
+    assert n_same == pytest.approx(n, rel=1e-9)
+    assert 1000 < n_eff < n
+
+
+def test_effective_sample_size_decreases_away_from_t1():
+    rng = np.random.default_rng(0)
+    k = 4.0
+    energies = (
+        0.5
+        * k
+        * np.sum(rng.normal(scale=math.sqrt(units.kT(500.0) / k), size=(5000, 9, 3)) ** 2, (1, 2))
+    )
+    temps, n_eff = evaluate.effective_sample_size_vs_temperature(
+        energies, 500.0, np.linspace(300, 800, 11)
+    )
+    i = int(np.argmax(n_eff))
+    assert temps[i] == 500.0 and n_eff[i] == pytest.approx(5000, rel=1e-9)
+    assert np.all(np.diff(n_eff[: i + 1]) > 0) and np.all(np.diff(n_eff[i:]) < 0)
+
+
+def test_temperature_transfer_helper():
+    """True potential at 700 K against the reweighted 500 K reference beats the raw 500 K one."""
+    sim500 = SIM
+    state = sim500.init(
+        STIFF, jax.random.PRNGKey(5), initial_positions(16), rescale_velocities=True
+    )
+    frames = []
+    for i in range(14):  # the evaluation's (CHUNK, SAMPLE) shapes: no new compilation
+        state, traj = sim500.simulate(STIFF, state, CHUNK, SAMPLE)
+        if i >= 2:
+            frames.append(np.asarray(traj.positions[1::2]))
+    ref_pos = np.concatenate(frames).reshape(-1, 2, 3)
+    ref_e = np.asarray(jax.vmap(lambda r: energy_fn(STIFF, r))(jnp.asarray(ref_pos)))
+    grid = dict(r_max=H_KW["r_max"], n_bins=H_KW["n_bins"])
+    out = evaluate.evaluate_temperature_transfer(
+        make_sim(700.0),
+        STIFF,
+        initial_positions(16),
+        jax.random.PRNGKey(6),
+        reference_positions=ref_pos,
+        reference_energies=ref_e,
+        reference_temperature_kelvin=500.0,
+        sigma=H_KW["sigma"],
+        stable_fn=stable_fn(0.5),
+        total_steps=1200,
+        check_every_steps=CHUNK,
+        sample_every=SAMPLE,
+        progress=False,
+        **grid,
+    )
+    assert out.temperature_kelvin == pytest.approx(700.0)
+    assert out.stability.censored.all()
+    assert 100 < out.n_eff < ref_pos.shape[0]
+    h500, _ = evaluate.reweighted_h_of_r_reference(ref_pos, ref_e, 500.0, 500.0, **grid)
+    raw = evaluate.h_of_r_errors(out.stability.observables["h_of_r"], h500)
+    assert out.h_of_r_errors["l1"] < raw["l1"]
