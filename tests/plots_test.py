@@ -1,0 +1,133 @@
+"""Tests of stabie_jax.plots: every figure is a real, non-trivial PNG written by matplotlib."""
+
+from __future__ import annotations
+
+import struct
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+from stabie_jax import plots
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def check_png(path, min_bytes=5_000):
+    """PNG signature, plausible size, decodable, and not a blank canvas."""
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE
+    assert len(data) > min_bytes
+    width, height = struct.unpack(">II", data[16:24])
+    assert width > 300 and height > 200
+    img = matplotlib.image.imread(path)
+    assert img.shape[:2] == (height, width)
+    assert np.std(img[..., :3]) > 0.02  # something was drawn
+    return img
+
+
+def test_fraction_unstable(tmp_path):
+    t = np.linspace(0, 300, 301)
+    out = plots.plot_fraction_unstable(
+        {"baseline": (t, 1 - np.exp(-t / 35)), "StABlE": (t, 1 - np.exp(-t / 140))},
+        tmp_path / "sub" / "unstable.png",
+    )
+    assert out == tmp_path / "sub" / "unstable.png"
+    check_png(out)
+
+
+def test_h_of_r_with_inset_and_nan_curve(tmp_path):
+    r = np.linspace(1e-6, 10, 500)
+    ref = np.exp(-((r - 1.4) ** 2) / 0.01) + 0.5 * np.exp(-((r - 2.5) ** 2) / 0.05)
+    ref = 100 * ref / ref.sum()
+    curves = {"baseline": ref * 1.05, "StABlE": ref * 0.99, "empty": np.full(500, np.nan)}
+    with_inset = check_png(plots.plot_h_of_r(r, ref, curves, tmp_path / "h.png"))
+    without = check_png(plots.plot_h_of_r(r, ref, curves, tmp_path / "h2.png", inset=False))
+    assert with_inset.shape == without.shape
+    assert not np.allclose(with_inset, without)  # the inset is drawn
+
+
+def test_vacf_rdfs_diffusivity(tmp_path):
+    lag = np.arange(100) * 0.5
+    c = np.cos(lag / 5) * np.exp(-lag / 20)
+    check_png(
+        plots.plot_vacf(lag, {"baseline": c, "StABlE": c * 0.9}, tmp_path / "v.png", reference=c)
+    )
+    r = np.linspace(0.006, 6, 500)
+    g = 1 + np.exp(-r) * np.sin(3 * r)
+    names = ["rdf_8_8", "rdf_8_1", "rdf_1_1"]
+    ref = {n: g for n in names}
+    img = check_png(
+        plots.plot_element_rdfs(
+            r,
+            ref,
+            {"StABlE": {n: g * 1.1 for n in names}},
+            tmp_path / "rdf.png",
+            titles={"rdf_8_8": "O–O"},
+        )
+    )
+    assert img.shape[1] > 2 * img.shape[0]  # three panels side by side
+    t = np.arange(101) * 1.0
+    d = np.full((3, 101), 2.3e-9)
+    d[:, 0] = np.nan
+    d[2, 50:] = np.nan
+    check_png(
+        plots.plot_diffusivity_convergence(
+            {"StABlE": (t, d), "baseline": (t, d[0] * 2)}, tmp_path / "d.png", reference=2.3e-9
+        )
+    )
+    check_png(
+        plots.plot_diffusivity_convergence(
+            {"StABlE": (t, d[0])}, tmp_path / "d2.png", reference=(t, d[1])
+        )
+    )
+
+
+def test_pareto_and_neff(tmp_path):
+    check_png(
+        plots.plot_pareto_front(
+            [1.0, 2.0, 1.5, 3.0],
+            [10, 30, 5, 30],
+            tmp_path / "p.png",
+            labels=["a", "b", "c", "d"],
+            baseline=(0.9, 4.0),
+        )
+    )
+    t = np.linspace(300, 800, 51)
+    n = 10_000 * np.exp(-(((t - 500) / 150) ** 2))
+    check_png(
+        plots.plot_neff(
+            t, n, tmp_path / "n.png", sample_temperature_kelvin=500, chosen_kelvin=(350, 700)
+        )
+    )
+
+
+def test_training_curve_from_metrics_records(tmp_path):
+    from stabie_jax import metrics_log
+
+    path = tmp_path / "metrics.jsonl"
+    for epoch in range(1, 41):
+        learning = 15 <= epoch < 25
+        metrics_log.append_record(
+            path,
+            {
+                "epoch": epoch,
+                "phase": "learning" if learning else "simulation",
+                "unstable_fraction": min(epoch / 20, 0.8)
+                if not learning
+                else 0.8 - 0.05 * (epoch - 15),
+                "learning_rate": 1e-3 if learning else 0.0,
+                "obs_loss": 0.1 if learning else None,
+                "simulated_ps": epoch * 1.0,
+            },
+        )
+    out = plots.plot_training_curve(metrics_log.read_records(path), tmp_path / "train.png")
+    img = check_png(out)
+    # The learning phase is shaded orange: some pixels are orange-tinted.
+    rgb = img[..., :3]
+    tinted = (rgb[..., 0] > 0.95) & (rgb[..., 2] < 0.93) & (rgb[..., 1] > 0.85)
+    assert tinted.sum() > 1000
+    with pytest.raises(ValueError, match="no records"):
+        plots.plot_training_curve([], tmp_path / "x.png")
+    with pytest.raises(ValueError, match="lack keys"):
+        plots.plot_training_curve([{"epoch": 1}], tmp_path / "x.png")
