@@ -181,9 +181,17 @@ def _pad_and_split(tree: PyTree, n: int, size: int) -> tuple[PyTree, int]:
     return jax.tree_util.tree_map(leaf, tree), pad
 
 
-def _observables(observable_fn: Callable, samples: PyTree) -> tuple[jax.Array, tuple]:
-    g = jax.vmap(observable_fn)(samples)
-    g = jnp.asarray(g)
+def _map(fn: Callable, xs: PyTree, chunk_size: int | None):
+    """``vmap(fn)(xs)``, or ``lax.map`` over chunks so intermediates stay one chunk in size."""
+    if chunk_size is None or chunk_size >= _num_samples(xs):
+        return jax.vmap(fn)(xs)
+    return jax.lax.map(fn, xs, batch_size=chunk_size)
+
+
+def _observables(
+    observable_fn: Callable, samples: PyTree, chunk_size: int | None = None
+) -> tuple[jax.Array, tuple]:
+    g = jnp.asarray(_map(observable_fn, samples, chunk_size))
     if not jnp.issubdtype(g.dtype, jnp.inexact):
         g = g.astype(jnp.result_type(float))
     n = g.shape[0]
@@ -277,7 +285,8 @@ def boltzmann_jacobian(
       observable_fn: ``(sample) -> [*obs_shape]`` observable g, independent of params.
       kT: thermal energy of the ensemble the samples come from, eV.
       batch_size: if given (>= 2), average ceil(N/B) minibatch estimators of B consecutive
-        samples; per-sample gradients are held for one batch at a time (``lax.scan``).
+        samples; per-sample gradients (and observables) are evaluated for one batch at a time
+        (``lax.scan`` / ``lax.map``), so memory is that of B samples plus the Jacobian.
 
     Returns:
       A jitted ``(params, samples, mask=None) -> jacobian`` where ``samples`` is a pytree with
@@ -290,7 +299,7 @@ def boltzmann_jacobian(
         n = _num_samples(samples)
         mask = _resolve_mask(mask, n)
         samples = _guard(samples, mask)
-        g, obs_shape = _observables(observable_fn, samples)
+        g, obs_shape = _observables(observable_fn, samples, batch_size)
         batch_id, counts, weight, b = _batch_structure(mask, n, batch_size, g.dtype)
         n_batches = counts.shape[0]
         dg = _centred_observables(g, mask, batch_id, counts, n_batches)
@@ -365,8 +374,9 @@ def boltzmann_expectation(
       kT: thermal energy of the sampled ensemble, eV.
       batch_size: minibatch size B for the gradient (the value is always the mean over all
         valid samples); None = one batch.
-      chunk_size: if given, the backward pass scans over chunks of this many samples, so peak
-        memory is that of one chunk's forward+backward whatever N is; None = one pass.
+      chunk_size: if given, the observables and the backward pass are evaluated in chunks of
+        this many samples (``lax.map`` / ``lax.scan``), so peak memory is that of one chunk's
+        forward+backward whatever N is; None = one pass.
 
     Returns:
       A jitted ``(params, samples, mask=None) -> ⟨g⟩`` of shape ``[*obs_shape]``.
@@ -381,11 +391,11 @@ def boltzmann_expectation(
 
     @jax.custom_vjp
     def _expectation(params, samples, mask):
-        g, obs_shape = _observables(observable_fn, samples)
+        g, obs_shape = _observables(observable_fn, samples, chunk_size)
         return _masked_mean(g, mask).reshape(obs_shape)
 
     def fwd(params, samples, mask):
-        g, obs_shape = _observables(observable_fn, samples)
+        g, obs_shape = _observables(observable_fn, samples, chunk_size)
         return _masked_mean(g, mask).reshape(obs_shape), (params, samples, mask, g)
 
     def bwd(residuals, v):
@@ -666,7 +676,8 @@ def localized_expectation(
         ``lambda s: neighbourhood_bond_lengths(s.positions, s.atoms)``.
       kT: eV.
       batch_size: minibatch size over the M samples (as in :func:`boltzmann_expectation`).
-      chunk_size: if given, the backward pass scans over chunks of this many frames.
+      chunk_size: if given, the backward pass scans over chunks of this many frames and the
+        observables are evaluated in chunks of this many samples.
 
     Returns:
       A jitted ``(params, frames [F, n_atoms, 3], frame_index [M], atoms [M, k], mask=None) ->
@@ -679,8 +690,8 @@ def localized_expectation(
         return jnp.sum(weights * per_atom_energy_fn(params, frame))
 
     def observables(frames, frame_index, atoms):
-        sample_fn = lambda f, a: observable_fn(LocalSample(frames[f], a))
-        g = jnp.asarray(jax.vmap(sample_fn)(frame_index, atoms))
+        sample_fn = lambda fa: observable_fn(LocalSample(frames[fa[0]], fa[1]))
+        g = jnp.asarray(_map(sample_fn, (frame_index, atoms), chunk_size))
         return g.reshape(g.shape[0], -1), g.shape[1:]
 
     @jax.custom_vjp
