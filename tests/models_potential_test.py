@@ -73,7 +73,10 @@ def tiny_model(kind: str):
 
 def free_graph(positions) -> Graph:
     senders, receivers = dense_edges(len(positions))
-    return build_graph(space.free()[0], jnp.asarray(positions), senders, receivers)
+    # A fresh copy: jax 0.10 caches constants made from a numpy object inside a trace and hands
+    # the float32 one back later under enable_x64 (jnp.asarray(same object) -> float32).
+    positions = jnp.asarray(np.array(positions))
+    return build_graph(space.free()[0], positions, senders, receivers)
 
 
 def random_params(module, atomic_numbers, seed: int = 0, dtype=np.float32):
@@ -229,7 +232,7 @@ def test_jit_matches_eager_vmap_and_does_not_retrace(harness):
     )
     assert out.dtype == jnp.float32
     with jax.enable_x64(True):  # float32 params, float64 positions: computed in float64
-        out = jax.eval_shape(harness.potential.energy_fn, harness.params32, jnp.asarray(POSITIONS))
+        out = jax.eval_shape(harness.potential.energy_fn, harness.params32, POSITIONS.copy())
     assert out.dtype == jnp.float64
 
 
