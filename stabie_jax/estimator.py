@@ -9,7 +9,7 @@ observable ``g(x)`` that does not depend on θ,
     ≈ -\\frac{1}{kT (N-1)} \\sum_i (g_i - \\bar g) ⊗ (∇_θ U_i - \\overline{∇_θ U})
 
 (PAPER.md eq. 6 / A.1; the ``1/(N-1)`` makes the covariance, hence the Jacobian, unbiased).
-Three forms are provided; all take ``(params, samples, mask=None)``:
+Three forms are provided (the first two take ``(params, samples, mask=None)``):
 
 * :func:`boltzmann_jacobian` returns the full Jacobian pytree (the signature of
   ``jax.jacrev`` of the expectation). It needs per-sample gradients ``vmap(grad(U))``, so memory
@@ -21,7 +21,8 @@ Three forms are provided; all take ``(params, samples, mask=None)``:
             = ∇_θ \\sum_i c_i U_θ(x_i)
 
   with fixed weights ``c_i``: ONE backward pass of a weighted energy sum, no per-sample
-  gradients (optionally in chunks of ``chunk_size`` samples so memory does not grow with N).
+  gradients. With ``chunk_size`` the observables and that pass run over chunks of samples, so
+  memory beyond the inputs and the ``[N, n_obs]`` observable values does not grow with N.
   ``jax.grad`` / ``jax.value_and_grad`` of any loss of the expectation therefore just work.
 * The localized estimator (PAPER.md A.2): the energy of a neighbourhood is the sum of its
   atoms' energies (:func:`local_energy_fn`), samples are (frame, neighbourhood) pairs
@@ -46,9 +47,10 @@ Samples are cut into consecutive batches of B (shuffle time-ordered samples firs
 gives its own unbiased estimator with its own means and ``B/(B-1)`` factor; the estimators are
 averaged with weights proportional to their number of valid samples (equal weights when all
 batches are full, as in the paper). Every batch estimator is unbiased, so the average is
-unbiased too; its variance is somewhat larger than that of the single N-sample estimator because
-the means are taken over B rather than N samples (the relative excess is ``O(1/B)``), and no
-cross-batch pairs are used. When N is not a multiple of B the last batch holds the remaining
+unbiased too. To leading order in 1/N both have the same variance; the minibatched one adds
+terms of relative size ``O(1/B)`` (rather than ``O(1/N)``) from estimating the means on B
+samples, which matters only for small B (the authors' water setting B = 4).
+When N is not a multiple of B the last batch holds the remaining
 ``N mod B`` samples and enters with that smaller weight; a batch with fewer than 2 valid samples
 has no covariance and is dropped (so with ``N mod B == 1`` that last sample is unused). Without
 ``batch_size`` the whole set is one batch.
