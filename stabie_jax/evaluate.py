@@ -227,6 +227,25 @@ def _sample_indices(n_dense: int, vacf_every: int, sample_every: int) -> np.ndar
     return np.nonzero(steps % sample_every == 0)[0]
 
 
+def _host_state(state: EvalState) -> EvalState:
+    """Host numpy copies of the bookkeeping fields (a restored checkpoint may hold jax arrays)."""
+
+    def host(x, dtype=None):
+        return None if x is None else np.array(x, dtype=dtype)
+
+    return state._replace(
+        chunk=host(state.chunk, np.int64),
+        stable_chunks=host(state.stable_chunks, np.int64),
+        unstable=host(state.unstable, bool),
+        initial_momenta=host(state.initial_momenta),
+        obs_sum={k: host(v, np.float64) for k, v in state.obs_sum.items()},
+        obs_frames=host(state.obs_frames, np.int64),
+        vacf_sum=host(state.vacf_sum, np.float64),
+        vacf_count=host(state.vacf_count, np.int64),
+        msd_positions=host(state.msd_positions),
+    )
+
+
 @functools.lru_cache(maxsize=32)
 def _accumulator(items: tuple) -> Callable:
     """Jitted ``(positions [F,R,N,3], mask [R]) -> {name: [R, K]}`` sums over masked frames."""
@@ -370,8 +389,7 @@ def evaluate_stability(
             buf[:, 0] = np.asarray(replicas.positions)
             state = state._replace(msd_positions=buf)
     else:
-        state = resume
-        n_rep = int(state.unstable.shape[0])
+        state = _host_state(resume)
 
     # Only frames on the sample_every grid are checked and accumulated (dense VACF frames are
     # subsampled onto it), so h(r)/RDFs do not depend on whether a VACF is recorded.

@@ -203,36 +203,46 @@ def test_resume_reproduces_uninterrupted_run(soft):
     saved = []
     kw = dict(frame_observables={"h_of_r": evaluate.h_of_r_observable(**H_KW)})
     run(SOFT, n_chunks=20, on_chunk=saved.append, **kw)
-    resumed = run(SOFT, n_chunks=20, resume=saved[6], **kw)
+    restored = jax.tree_util.tree_map(jnp.asarray, saved[6])  # as if read from a checkpoint
+    resumed = run(SOFT, n_chunks=20, resume=restored, **kw)
     np.testing.assert_array_equal(resumed.stable_time_ps, soft.stable_time_ps)
     np.testing.assert_allclose(resumed.observables["h_of_r"], soft.observables["h_of_r"], rtol=1e-6)
 
 
+def test_rdf_observables_match_direct_rdf():
+    rng = np.random.default_rng(0)
+    box = np.array([8.0, 8.0, 8.0])
+    species = np.array([8, 1, 1] * 4)
+    pos = jnp.asarray(rng.uniform(0, 8, size=(2, 3, 12, 3)), jnp.float32)
+    fns = evaluate.rdf_observables(species, box, r_max=4.0, n_bins=40)
+    assert list(fns) == ["rdf_8_8", "rdf_8_1", "rdf_1_1"]
+    for (a, b), name in zip(((8, 8), (8, 1), (1, 1)), fns, strict=True):
+        direct = observables.rdf(pos, species, (a, b), box, r_max=4.0, n_bins=40)
+        np.testing.assert_allclose(fns[name](pos), direct, rtol=1e-6)
+    assert evaluate.rdf_name((8, 1)) == "rdf_8_1"
+
+
 def test_bad_settings_raise():
+    def call(**kw):
+        args = dict(total_steps=200, check_every_steps=100, sample_every=5, progress=False)
+        args.update(kw)
+        return evaluate.evaluate_stability(
+            SIM,
+            STIFF,
+            initial_positions(2),
+            jax.random.PRNGKey(0),
+            stable_fn=stable_fn(0.5),
+            **args,
+        )
+
     with pytest.raises(ValueError, match="multiple of check_every_steps"):
-        run(STIFF, n_chunks=1, check_every_steps=30) if False else evaluate.evaluate_stability(
-            SIM,
-            STIFF,
-            initial_positions(2),
-            jax.random.PRNGKey(0),
-            stable_fn=stable_fn(0.5),
-            total_steps=250,
-            check_every_steps=100,
-            sample_every=5,
-            progress=False,
-        )
+        call(total_steps=250)
     with pytest.raises(ValueError, match="must divide"):
-        evaluate.evaluate_stability(
-            SIM,
-            STIFF,
-            initial_positions(2),
-            jax.random.PRNGKey(0),
-            stable_fn=stable_fn(0.5),
-            total_steps=200,
-            check_every_steps=100,
-            sample_every=7,
-            progress=False,
-        )
+        call(sample_every=7)
+    with pytest.raises(ValueError, match="VACF window"):
+        call(vacf_window=3)
+    with pytest.raises(ValueError, match="msd_every_steps"):
+        call(msd_atoms=[0], msd_every_steps=30)
 
 
 # ------------------------------------------------------------------------------------------------
