@@ -40,6 +40,12 @@ the edges inside the cutoff and makes the energy discontinuous. Here every neigh
 cutoff is kept; ``neighbor_capacity`` (default 80) is only a static buffer size, and exceeding
 it is an error, not a truncation. The number of parameters does not depend on it.
 
+Cost. Work and memory scale with the ``n_atoms * neighbor_capacity`` slots (edge tensors) and
+the ``n_atoms * neighbor_capacity**2 * num_spherical`` triplet basis, not with the length of
+the edge list. Energy + forces of 64 waters (192 atoms, capacity 80, float32) need about
+1.1 GB of XLA temporaries; set ``neighbor_capacity`` from the data (largest neighbour count
+plus a margin) when memory or time matters.
+
 Scale factors. GemNet multiplies four kinds of sums by constants fitted so that the variance
 is preserved at initialisation (OCP's ``AutomaticFit``; 3 per interaction block, 1 per output
 block, 17 in all). Here they are a static module field ``scale_factors`` (a tuple ordered as
