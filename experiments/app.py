@@ -12,6 +12,7 @@ Flags:
 
 from __future__ import annotations
 
+import logging as pylogging
 import os
 import sys
 
@@ -66,9 +67,11 @@ def main_for(run_fn, default_config: str):
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
         config = FLAGS.config
-        if not FLAGS.is_parsed() or FLAGS["verbosity"].using_default_value:
-            # Orbax logs every checkpoint write at INFO; progress bars show what a user needs.
+        if FLAGS["verbosity"].using_default_value:
+            # Orbax logs every checkpoint read/write at INFO; progress bars show what a user
+            # needs. -v 0 (or --verbosity=0) brings the INFO lines back.
             logging.set_verbosity(logging.WARNING)
+            pylogging.getLogger().setLevel(pylogging.WARNING)
         _configure_jax(config)
         workdir = FLAGS.workdir or os.path.join(
             "runs", f"{config.system}_{config.get('variant', 'paper')}"

@@ -40,6 +40,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.evaluate.n_replicas = 48
     c.evaluate.length_ps = 300.0
     c.evaluate.transfer_temperatures_kelvin = ()
+    c.evaluate.vacf_window_steps = 0
     return c
 
 

@@ -102,6 +102,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.evaluate.length_ps = 300.0
     c.evaluate.check_every_steps = 200  # stability check interval (100 fs)
     c.evaluate.sample_every = 100
+    c.evaluate.vacf_window_steps = 100  # VACF over 100 consecutive steps (0 = off)
     c.evaluate.bond_deviation_angstrom = 0.5
     c.evaluate.stop_fraction = 0.99
     c.evaluate.transfer_temperatures_kelvin = (350.0, 700.0)

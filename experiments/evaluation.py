@@ -1,0 +1,299 @@
+"""Evaluation stage of the molecule experiments: baseline vs StABlE model, paired.
+
+Reads the config (this is the config layer), builds the evaluation simulator and criterion, and
+calls :mod:`stabie_jax.evaluate`; writes ``workdir/evaluate/report.json``, ``report.md`` and PNG
+plots. The same initial structures (held-out test frames ``0..R−1``) and the same PRNG key are
+used for both models.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from stabie_jax import checkpoint, data, losses, md, metrics_log, plots, stability, units
+from stabie_jax import evaluate as ev
+from stabie_jax import stabie as stabie_lib
+
+
+def _models(pretrained_dir, stabie_dir):
+    models = {"baseline": checkpoint.load_model_checkpoint(pretrained_dir)}
+    if (pathlib.Path(stabie_dir) / checkpoint.MODEL_JSON).exists():
+        models["StABlE"] = checkpoint.load_model_checkpoint(stabie_dir)
+    return models
+
+
+def _simulator(potential, z, temperature_kelvin, config):
+    dt = units.fs_to_internal(float(config.md.timestep_fs))
+    return md.make_simulator(
+        potential.energy_fn,
+        md.masses_from_atomic_numbers(z),
+        dt=dt,
+        kT=units.kT(temperature_kelvin),
+        space=md.free_space(),
+        tau=md.tau_from_ttime(int(config.md.thermostat_ttime_steps), dt),
+        history_every=int(config.evaluate.check_every_steps),
+        history_length=1,
+    )
+
+
+def _reference_vacf(config, dt_fs: float, window_steps: int):
+    """Reference VACF from the dataset's velocities when its frames are consecutive in time.
+
+    Returns ``(lag_fs [W], vacf [W])`` on the reference frame spacing, or None.
+    """
+    full = data.load_dataset(config.data.source, download=bool(config.data.download))
+    if full.velocities is None or full.time_fs is None:
+        return None
+    order = np.argsort(full.time_fs)
+    spacing = np.diff(np.asarray(full.time_fs)[order])
+    if spacing.size == 0 or not np.allclose(spacing, spacing[0]):
+        return None
+    frame_fs = float(spacing[0])
+    window = max(2, int(round(window_steps * dt_fs / frame_fs)))
+    vacf = ev.reference_vacf(np.asarray(full.velocities)[order], window=window)
+    return frame_fs * np.arange(window), np.asarray(vacf)
+
+
+def _vacf_on_lags(lag_fs, vacf, target_lag_fs):
+    """Simulated VACF interpolated at the reference lags inside its window."""
+    keep = target_lag_fs <= lag_fs[-1] + 1e-9
+    return keep, np.interp(target_lag_fs[keep], lag_fs, vacf)
+
+
+def evaluate_molecule(config, workdir, molecule, pretrained_dir, stabie_dir, wall) -> dict:
+    """Run the paper's evaluation for the baseline and (if trained) the StABlE model."""
+    out = pathlib.Path(workdir) / "evaluate"
+    out.mkdir(parents=True, exist_ok=True)
+    e = config.evaluate
+    z = molecule.atomic_numbers
+    T = float(config.md.temperature_kelvin)
+    dt_fs = float(config.md.timestep_fs)
+    check = int(e.check_every_steps)
+    total_steps = check * max(1, int(round(float(e.length_ps) * 1000.0 / dt_fs / check)))
+    n_rep = int(e.n_replicas)
+    if n_rep > molecule.test.n_frames:
+        raise ValueError(
+            f"evaluate.n_replicas={n_rep} exceeds the {molecule.test.n_frames} held-out test "
+            "frames used as initial structures; lower it or raise data.n_test"
+        )
+    initial = jnp.asarray(molecule.test.positions[:n_rep], jnp.float32)
+    key = jax.random.PRNGKey(int(config.seed) + 1000)
+    bonds, lengths = np.asarray(molecule.bonds.bonds), np.asarray(molecule.bonds.lengths)
+    threshold = float(e.bond_deviation_angstrom)
+
+    def stable_fn(traj):
+        return stability.bond_length_deviation(
+            traj.positions, bonds, lengths, threshold, frame_axis=0
+        )[0]
+
+    h_kw = dict(r_max=float(config.observable.r_max_angstrom), n_bins=int(config.observable.n_bins))
+    h_obs = ev.h_of_r_observable(sigma=float(config.observable.sigma_angstrom), **h_kw)
+    from stabie_jax import observables
+
+    h_ref = np.asarray(
+        observables.h_of_r_reference(jnp.asarray(molecule.reference.positions), **h_kw)
+    )
+    vacf_window = int(e.vacf_window_steps)
+    test_frames = losses.LabelledFrames(
+        jnp.asarray(molecule.test.positions, jnp.float32),
+        jnp.asarray(molecule.test.energies, jnp.float32),
+        jnp.asarray(molecule.test.forces, jnp.float32),
+    )
+
+    results, numbers = {}, {}
+    for name, loaded in _models(pretrained_dir, stabie_dir).items():
+        started = time.time()
+        potential = checkpoint.make_model_potential(
+            loaded.module, loaded.metadata, md.free_space().displacement_fn
+        )
+        sim = _simulator(potential, z, T, config)
+        result = ev.evaluate_stability(
+            sim,
+            loaded.params,
+            initial,
+            key,
+            stable_fn=stable_fn,
+            total_steps=total_steps,
+            check_every_steps=check,
+            sample_every=int(e.sample_every),
+            stop_fraction=float(e.stop_fraction),
+            frame_observables={"h_of_r": h_obs},
+            vacf_window=vacf_window or None,
+            progress=bool(config.progress),
+        )
+        results[name] = result
+        entry = {
+            "median_stable_time_ps": result.median_stable_time_ps,
+            "mean_stable_time_ps": result.mean_stable_time_ps,
+            "stable_time_ps": result.stable_time_ps,
+            "censored": result.censored,
+            "simulated_ps": result.simulated_ps,
+            "h_of_r": ev.h_of_r_errors(result.observables["h_of_r"], h_ref),
+            "test_errors": ev.qm_test_errors(potential, loaded.params, test_frames),
+            "wall_seconds": time.time() - started,
+        }
+        transfer = {}
+        energies = np.asarray(molecule.reference.energies)
+        for t2 in tuple(e.transfer_temperatures_kelvin):
+            t2 = float(t2)
+            steps2 = check * max(1, int(round(float(e.transfer_length_ps) * 1000 / dt_fs / check)))
+            tr = ev.evaluate_temperature_transfer(
+                _simulator(potential, z, t2, config),
+                loaded.params,
+                initial,
+                key,
+                reference_positions=np.asarray(molecule.reference.positions),
+                reference_energies=energies,
+                reference_temperature_kelvin=T,
+                sigma=float(config.observable.sigma_angstrom),
+                stable_fn=stable_fn,
+                total_steps=steps2,
+                check_every_steps=check,
+                sample_every=int(e.sample_every),
+                stop_fraction=float(e.stop_fraction),
+                progress=bool(config.progress),
+                **h_kw,
+            )
+            transfer[f"{t2:g}K"] = tr
+            entry[f"transfer_{t2:g}K"] = {
+                "median_stable_time_ps": tr.stability.median_stable_time_ps,
+                "n_eff": tr.n_eff,
+                "h_of_r": tr.h_of_r_errors,
+            }
+        results[name + "_transfer"] = transfer
+        numbers[name] = entry
+
+    # --- VACF against the reference trajectory (monitoring observable) ---------------------------
+    vacf_ref = _reference_vacf(config, dt_fs, vacf_window) if vacf_window else None
+    vacf_curves = {}
+    for name in numbers:
+        r = results[name]
+        if r.vacf is None:
+            continue
+        vacf_curves[name] = (np.asarray(r.vacf_lag_fs), np.asarray(r.vacf))
+        if vacf_ref is not None and np.all(np.isfinite(r.vacf)):
+            keep, sim_on_ref = _vacf_on_lags(r.vacf_lag_fs, r.vacf, vacf_ref[0])
+            numbers[name]["vacf_mae"] = ev.vacf_mae(sim_on_ref, vacf_ref[1][keep])
+
+    # --- Plots ----------------------------------------------------------------------------------
+    figures = {}
+    figures["fraction_unstable"] = plots.plot_fraction_unstable(
+        {n: (results[n].times_ps, results[n].fraction_unstable) for n in numbers},
+        out / "fraction_unstable.png",
+        title=f"{config.system}: fraction of unstable replicas at {T:g} K",
+    )
+    centres = observables.h_of_r_centers(**h_kw)
+    figures["h_of_r"] = plots.plot_h_of_r(
+        centres,
+        h_ref,
+        {n: results[n].observables["h_of_r"] for n in numbers},
+        out / "h_of_r.png",
+    )
+    if vacf_curves:
+        lag = next(iter(vacf_curves.values()))[0]
+        figures["vacf"] = plots.plot_vacf(
+            lag,
+            {n: c[1] for n, c in vacf_curves.items()},
+            out / "vacf.png",
+            reference=None if vacf_ref is None else np.interp(lag, *vacf_ref),
+        )
+    if tuple(e.transfer_temperatures_kelvin):
+        temps = np.linspace(0.5 * T, 2.0 * T, 31)
+        temps, n_eff = ev.effective_sample_size_vs_temperature(
+            np.asarray(molecule.reference.energies), T, temps
+        )
+        numbers["n_eff_curve"] = {"temperature_kelvin": temps, "n_eff": n_eff}
+        figures["n_eff"] = plots.plot_neff(
+            temps,
+            n_eff,
+            out / "n_eff.png",
+            sample_temperature_kelvin=T,
+            chosen_kelvin=[float(t) for t in e.transfer_temperatures_kelvin],
+        )
+        for t2 in e.transfer_temperatures_kelvin:
+            tag = f"{float(t2):g}K"
+            figures[f"fraction_unstable_{tag}"] = plots.plot_fraction_unstable(
+                {
+                    n: (
+                        results[n + "_transfer"][tag].stability.times_ps,
+                        results[n + "_transfer"][tag].stability.fraction_unstable,
+                    )
+                    for n in numbers
+                    if n + "_transfer" in results
+                },
+                out / f"fraction_unstable_{tag}.png",
+                title=f"{config.system}: fraction of unstable replicas at {tag}",
+            )
+    training_log = pathlib.Path(workdir) / "stabie" / stabie_lib.METRICS_FILE
+    records = metrics_log.read_records(training_log)
+    if records:
+        figures["training"] = plots.plot_training_curve(records, out / "training.png")
+
+    report = {
+        "system": config.system,
+        "variant": config.get("variant", ""),
+        "temperature_kelvin": T,
+        "n_replicas": n_rep,
+        "length_ps": total_steps * dt_fs / 1000.0,
+        "criterion": f"bond-length deviation > {threshold} Å",
+        "results": numbers,
+        "figures": {k: str(pathlib.Path(v).name) for k, v in figures.items()},
+        "config": json.loads(config.to_json_best_effort()),
+        "versions": _versions(),
+        "hardware": {"platform": platform.platform(), "devices": [str(d) for d in jax.devices()]},
+        "wall_seconds": dict(wall),
+    }
+    _write_report(out, report)
+    return {
+        n: {k: v for k, v in numbers[n].items() if k not in ("stable_time_ps", "censored")}
+        for n in numbers
+        if n != "n_eff_curve"
+    }
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version()}
+    for pkg in ("stabie-jax", "jax", "jaxlib", "jax-md", "flax", "optax", "e3nn-jax", "numpy"):
+        try:
+            found[pkg] = version(pkg)
+        except PackageNotFoundError:
+            found[pkg] = None
+    return found
+
+
+def _write_report(out: pathlib.Path, report: dict) -> None:
+    """report.json (all numbers) and a short report.md with the key table and plots."""
+    plain = metrics_log._plain(report)  # noqa: SLF001 - shared JSON conversion
+    (out / "report.json").write_text(json.dumps(plain, indent=2))
+    lines = [
+        f"# {report['system']} ({report['variant']}): evaluation at "
+        f"{report['temperature_kelvin']:g} K",
+        "",
+        f"{report['n_replicas']} replicas × {report['length_ps']:g} ps, {report['criterion']}.",
+        "",
+        "| model | median stable time (ps) | mean stable time (ps) | h(r) MAE | energy MAE "
+        "(kcal/mol) | force MAE (kcal/mol/Å) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in report["results"].items():
+        if name == "n_eff_curve":
+            continue
+        te = r["test_errors"]
+        lines.append(
+            f"| {name} | {r['median_stable_time_ps']:.2f} | {r['mean_stable_time_ps']:.2f} | "
+            f"{r['h_of_r']['mae']:.4f} | {te['energy_mae_kcal_per_mol']:.3f} | "
+            f"{te['forces_mae_kcal_per_mol_per_angstrom']:.3f} |"
+        )
+    lines.append("")
+    for key, name in report["figures"].items():
+        lines.append(f"![{key}]({name})")
+    (out / "report.md").write_text("\n".join(lines) + "\n")
