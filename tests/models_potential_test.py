@@ -75,7 +75,8 @@ def free_graph(positions) -> Graph:
     senders, receivers = dense_edges(len(positions))
     # A fresh copy: jax 0.10 caches constants made from a numpy object inside a trace and hands
     # the float32 one back later under enable_x64 (jnp.asarray(same object) -> float32).
-    positions = jnp.asarray(np.array(positions))
+    if not isinstance(positions, jax.Array):
+        positions = jnp.asarray(np.array(positions))
     return build_graph(space.free()[0], positions, senders, receivers)
 
 
