@@ -304,7 +304,7 @@ def generate_molecule(
     if calculator is None:
         calculator = make_xtb_calculator(method, charge=charge, multiplicity=multiplicity)
         method_name = method
-        versions = package_versions("tblite")
+        versions = package_versions("tblite", "rdkit")
     else:
         method_name = type(calculator).__name__
         versions = package_versions()

@@ -314,7 +314,7 @@ def validate_water(path: pathlib.Path, shared: pathlib.Path | None) -> dict[str,
 
 
 def thermostat_study(
-    equilibration_ps: float = 10.0, sample_ps: float = 10.0, seed: int = 11
+    equilibration_ps: float = 10.0, sample_ps: float = 20.0, seed: int = 11
 ) -> list[dict[str, Any]]:
     """Equipartition of 64 SPC/Fw waters under three thermostat/timestep choices."""
     from stabie_jax.data.generate import water
@@ -333,6 +333,10 @@ def thermostat_study(
         vel = np.stack([f["velocities"] for f in frames])
         masses = np.tile(water.water_masses(), 64)
         classes = analysis.molecular_class_temperatures(vel, masses)
+        blocks = [analysis.molecular_class_temperatures(v, masses) for v in np.array_split(vel, 5)]
+        sem = {
+            f"{k}_sem": float(np.std([b[k] for b in blocks], ddof=1) / np.sqrt(5)) for k in classes
+        }
         out.append(
             {
                 "thermostat": thermostat,
@@ -340,6 +344,7 @@ def thermostat_study(
                 "equilibration_ps": equilibration_ps,
                 "sample_ps": sample_ps,
                 **classes,
+                **sem,
                 "wall_s": round(time.time() - t0, 1),
             }
         )
@@ -479,15 +484,16 @@ def render_markdown(results: dict[str, Any]) -> str:
             "",
             "Short runs from the same start (energy minimised grid), "
             f"{study[0]['equilibration_ps']:.0f} ps equilibration + {study[0]['sample_ps']:.0f} "
-            "ps sampled every 10 fs; on-step velocities.",
+            "ps sampled every 10 fs; on-step velocities; ± is the SEM of 5 blocks.",
             "",
             "| thermostat | dt (fs) | T COM translation (K) | T intramolecular (K) | T total (K) |",
             "|---|---|---|---|---|",
         ]
         for s in study:
             lines.append(
-                f"| {s['thermostat']} | {s['timestep_fs']} | {s['com_translational_kelvin']:.1f} | "
-                f"{s['intramolecular_kelvin']:.1f} | {s['total_kelvin']:.1f} |"
+                f"| {s['thermostat']} | {s['timestep_fs']} | {s['com_translational_kelvin']:.1f} ± "
+                f"{s['com_translational_kelvin_sem']:.1f} | {s['intramolecular_kelvin']:.1f} ± "
+                f"{s['intramolecular_kelvin_sem']:.1f} | {s['total_kelvin']:.1f} |"
             )
         lines.append("")
     lines += ["## All numbers (JSON)", "", "```json", json.dumps(results, indent=1), "```", ""]
