@@ -555,3 +555,43 @@ def test_builtin_sets_load_through_the_dataset_layer(name, n_atoms, kelvin):
         np.asarray(ds.velocities) * units.fs_to_internal(1.0), raw["velocities"], rtol=1e-6
     )
     assert ds.metadata["temperature_kelvin"] == kelvin
+
+
+@needs_tblite
+def test_cli_molecule_from_a_geometry_file(tmp_path, capsys):
+    geometry = tmp_path / "h2o.xyz"
+    geometry.write_text("3\n\nO 0 0 0\nH 0.96 0 0\nH -0.24 0.93 0\n")
+    out = tmp_path / "h2o.npz"
+    argv = ["molecule", "--geometry", str(geometry), "--output", str(out), "--seed", "3",
+            "--equilibration-steps", "2", "--steps", "4", "--save-interval", "2",
+            "--no-progress"]  # fmt: skip
+    assert cli.main(argv) == 0
+    data = np.load(out)
+    meta = json.loads(str(data["metadata"]))
+    assert data["positions"].shape == (2, 3, 3)
+    assert meta["command"].startswith("python -m stabie_jax.data.generate molecule --geometry")
+    assert meta["seed"] == 3 and meta["start_geometry"] == f"first frame of {geometry}"
+
+
+@needs_openmm
+@pytest.mark.parametrize("model", ["spcfw", "spce-flex"])
+def test_openmm_bonded_terms_match_the_model_parameters(model):
+    # One uncharged water in a box (images beyond the LJ cutoff): stretching a bond by δ costs
+    # k_b/2 δ², bending by Δθ costs k_θ/2 Δθ², in the model's published units.
+    params = water.WATER_MODELS[model]
+    neutral = params._replace(charge_o=0.0, charge_h=0.0)
+    system = water.build_water_system(1, 16.0, neutral, cutoff_angstrom=6.0, ewald_tolerance=5e-4)
+    fn = water.make_energy_force_fn(system, "Reference")
+    theta0 = np.deg2rad(params.angle_theta0_deg)
+    r0 = params.bond_r0_angstrom
+
+    def geometry(r1, theta):
+        return np.array([[8.0, 8.0, 8.0], [8.0 + r1, 8.0, 8.0],
+                         [8.0 + r0 * np.cos(theta), 8.0 + r0 * np.sin(theta), 8.0]])  # fmt: skip
+
+    e0 = fn(geometry(r0, theta0))[0]
+    delta, dtheta = 0.02, 0.05
+    stretch = units.ev_to_kcal_per_mol(fn(geometry(r0 + delta, theta0))[0] - e0)
+    bend = units.ev_to_kcal_per_mol(fn(geometry(r0, theta0 + dtheta))[0] - e0)
+    np.testing.assert_allclose(stretch, 0.5 * params.bond_k_kcal_per_mol_a2 * delta**2, rtol=1e-6)
+    np.testing.assert_allclose(bend, 0.5 * params.angle_k_kcal_per_mol_rad2 * dtheta**2, rtol=1e-6)

@@ -4,7 +4,7 @@ Usage::
 
     python -m stabie_jax.data.generate.validate \\
         --aspirin stabie_jax/data/builtin/aspirin_xtb_500K.npz \\
-        --water stabie_jax/data/builtin/water_spcfw_64_300K.npz \\
+        --water stabie_jax/data/builtin/water_spcfw_64_300K.npz [--water longer_run.npz] \\
         --shared-reference ../shared/data/spcfw_water_64 --thermostat-study \\
         --output benchmarks/results/reference_data.md
 
@@ -392,12 +392,11 @@ def render_markdown(results: dict[str, Any]) -> str:
                 f"{worst['max_abs_fd_minus_stored_ev_per_a']:.1e} eV/Å."
             )
         lines.append("")
-    w = results.get("water")
-    if isinstance(w, dict):
+    for w in results.get("water", []):
         d = w["diffusion"]
         ct = w["class_temperatures_on_step_kelvin"]
         lines += [
-            "## Water, SPC/Fw, 64 molecules, 300 K",
+            f"## Water, SPC/Fw, 64 molecules, 300 K: `{w['file']}`",
             "",
             f"- {w['n_frames']} frames, {w['frame_spacing_fs']} fs apart; box "
             f"{w['box_angstrom']:.4f} Å; thermostat {json.dumps(w['thermostat'])}.",
@@ -504,7 +503,13 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(prog="python -m stabie_jax.data.generate.validate")
     parser.add_argument("--aspirin", type=pathlib.Path)
-    parser.add_argument("--water", type=pathlib.Path)
+    parser.add_argument(
+        "--water",
+        type=pathlib.Path,
+        action="append",
+        default=[],
+        help="water data set (repeatable)",
+    )
     parser.add_argument("--shared-reference", type=pathlib.Path)
     parser.add_argument("--thermostat-study", action="store_true")
     parser.add_argument("--output", type=pathlib.Path, required=True)
@@ -518,8 +523,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.aspirin is not None:
         results["aspirin"] = validate_aspirin(args.aspirin)
-    if args.water is not None:
-        results["water"] = validate_water(args.water, args.shared_reference)
+    results["water"] = [validate_water(path, args.shared_reference) for path in args.water]
     if args.thermostat_study:
         results["thermostat_study"] = thermostat_study()
     args.output.parent.mkdir(parents=True, exist_ok=True)
