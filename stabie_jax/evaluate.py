@@ -74,17 +74,21 @@ def _ps(steps, dt) -> np.ndarray:
 # Observables recorded during evaluation
 
 
-@functools.cache
 def h_of_r_observable(r_max: float = 10.0, n_bins: int = 500, sigma: float | None = None):
     """Per-frame h(r) (:func:`stabie_jax.observables.h_of_r`, paper's Gaussian smearing).
 
-    The same arguments return the same function object, so repeated evaluations (baseline,
+    Equal settings return the same function object, so repeated evaluations (baseline,
     StABlE model, temperatures) reuse one compiled accumulator.
 
     Returns:
       ``positions [..., N, 3] -> [..., n_bins]`` for ``frame_observables``.
     """
-    sigma = observables.H_OF_R_SIGMA if sigma is None else float(sigma)
+    sigma = observables.H_OF_R_SIGMA if sigma is None else sigma
+    return _h_of_r_fn(float(r_max), int(n_bins), float(sigma))
+
+
+@functools.cache
+def _h_of_r_fn(r_max: float, n_bins: int, sigma: float):
     return functools.partial(observables.h_of_r, r_max=r_max, n_bins=n_bins, sigma=sigma)
 
 

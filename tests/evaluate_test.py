@@ -222,6 +222,15 @@ def test_rdf_observables_match_direct_rdf():
     assert evaluate.rdf_name((8, 1)) == "rdf_8_1"
 
 
+def test_h_of_r_observable_is_shared_and_matches_h_of_r():
+    fn = evaluate.h_of_r_observable(3.0, 150, 0.05)
+    assert fn is evaluate.h_of_r_observable(r_max=3, n_bins=150, sigma=0.05)  # one compilation
+    pos = jnp.asarray(initial_positions(3), jnp.float32)
+    np.testing.assert_allclose(fn(pos), observables.h_of_r(pos, 3.0, 150, 0.05), rtol=1e-6)
+    default = evaluate.h_of_r_observable()
+    assert default.keywords == {"r_max": 10.0, "n_bins": 500, "sigma": observables.H_OF_R_SIGMA}
+
+
 def test_bad_settings_raise():
     def call(**kw):
         args = dict(total_steps=200, check_every_steps=100, sample_every=5, progress=False)
