@@ -15,9 +15,11 @@ Neighbour lists: by default systems of more than ``dense_max_atoms`` atoms (free
 use a JAX-MD sparse neighbour list (rebuilt exactly on every call, no skin; reallocated on
 overflow) instead of all ``N(N−1)`` pairs as model edges.
 
-Precision: positions are converted with ``jnp.asarray``, so computations run in float32 unless
-the application enabled ``jax_enable_x64``; float32 energies limit finite-difference
-vibrational analysis to displacements of about 0.01 Å.
+Precision: positions are converted with ``jnp.asarray``, so the model runs in float32 unless
+the application enabled ``jax_enable_x64``; the per-species energy shifts (order 1e4 eV for a
+molecule) are added on the host in float64, so the float32 part carries only the small model
+energy. Float32 still limits finite-difference vibrational analysis to displacements of about
+0.01 Å.
 
 The jitted energy+forces functions are built once per space kind at construction and are not
 retraced across calls with the same atom count (``trace_count`` records compilations).
@@ -43,6 +45,7 @@ from jax_md import partition, space
 
 from stabie_jax.checkpoint import ModelMetadata, load_model_checkpoint, make_model_potential
 from stabie_jax.models.potential import Potential
+from stabie_jax.models.scale_shift import shift_table
 
 DENSE_MAX_ATOMS = 64
 
@@ -119,6 +122,7 @@ class StabieCalculator(Calculator):
             if params is None or atomic_numbers is None:
                 raise ValueError("potential= needs params= and atomic_numbers=")
             self.atomic_numbers = np.asarray(atomic_numbers, dtype=int)
+            self._host_shift = np.zeros(len(self.atomic_numbers))
             self.cutoff = None
             self.uses_neighbor_list = False
             self._fixed = self._jit(potential, with_box=False, with_neighbors=False)
@@ -126,6 +130,7 @@ class StabieCalculator(Calculator):
             if params is None or metadata is None:
                 raise ValueError("module= needs params= and metadata=")
             self.atomic_numbers = np.asarray(metadata.atomic_numbers, dtype=int)
+            self._host_shift = shift_table(metadata.energy_shift)[self.atomic_numbers]
             self.cutoff = float(metadata.cutoff_angstrom)
             self._fixed = None
             n_atoms = len(self.atomic_numbers)
@@ -144,8 +149,12 @@ class StabieCalculator(Calculator):
         self.params = params
 
     def _space_fns(self, module, metadata, displacement_fn, *, with_box: bool) -> _SpaceFns:
+        # The per-species shifts are added on the host in float64 (see calculate()).
         potential = make_model_potential(
-            module, metadata, displacement_fn, use_neighbor_list=self.uses_neighbor_list
+            module,
+            metadata._replace(energy_shift={}),
+            displacement_fn,
+            use_neighbor_list=self.uses_neighbor_list,
         )
         energy_forces = self._jit(
             potential, with_box=with_box, with_neighbors=self.uses_neighbor_list
@@ -233,10 +242,11 @@ class StabieCalculator(Calculator):
             energy, per_atom, forces = self._evaluate("periodic", positions, box)
         else:
             raise ValueError(f"mixed periodic boundary conditions {pbc.tolist()} are not supported")
-        energy = float(energy)
+        per_atom = np.asarray(per_atom, dtype=np.float64) + self._host_shift
+        energy = float(energy) + float(np.sum(self._host_shift))
         self.results = {
             "energy": energy,
             "free_energy": energy,
-            "energies": np.asarray(per_atom, dtype=np.float64),
+            "energies": per_atom,
             "forces": np.asarray(forces, dtype=np.float64),
         }

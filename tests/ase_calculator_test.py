@@ -229,3 +229,11 @@ def test_schnet_checkpoint_in_calculator(tmp_path):
     assert atoms.get_potential_energy() == pytest.approx(float(energy), rel=1e-6)
     np.testing.assert_allclose(atoms.get_forces(), forces, rtol=1e-4, atol=1e-5)
     assert np.abs(atoms.get_forces()).max() > 1e-4
+    # The large per-species shifts are added in float64: no float32 rounding of ~2000 eV.
+    bare = make_model_potential(module, metadata._replace(energy_shift={}), space.free()[0])
+    e_bare = float(jax.jit(bare.energy_fn)(params, r))
+    shift = -2041.3 - 2 * 13.6
+    assert atoms.get_potential_energy() - shift == pytest.approx(e_bare, abs=1e-6)
+    np.testing.assert_allclose(
+        atoms.get_potential_energies().sum(), atoms.get_potential_energy(), rtol=1e-9
+    )

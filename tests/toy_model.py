@@ -44,7 +44,7 @@ class PairMLP(nn.Module):
 
 def register_toy_model() -> None:
     """Register :class:`PairMLP` under :data:`TOY_KIND` (idempotent)."""
-    if TOY_KIND not in registry._REGISTERED:
+    if TOY_KIND not in registry.available_models():
         registry.register_model(TOY_KIND, PairMLP)
 
 
