@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from stabie_jax.evaluate import pareto_front_mask
+from stabie_jax.evaluation_metrics import pareto_front_mask
 
 __all__ = [
     "plot_diffusivity_convergence",
@@ -273,7 +273,7 @@ def plot_pareto_front(
     """Scatter of runs (e.g. an α/λ sweep) with the Pareto front highlighted.
 
     The front is the set of runs not dominated by another with lower force MAE *and* longer
-    stable time (:func:`stabie_jax.evaluate.pareto_front_mask`).
+    stable time (:func:`stabie_jax.evaluation_metrics.pareto_front_mask`).
 
     Args:
       force_mae: ``[P]`` test force MAE per run.

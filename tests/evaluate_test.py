@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,7 +17,6 @@ from toy_stabie import (
 )
 
 from stabie_jax import evaluate, md, observables, units
-from stabie_jax.losses import LabelledFrames
 from stabie_jax.md import thermostat
 
 SOFT = {"log_k": jnp.log(jnp.float32(0.5))}
@@ -254,101 +251,6 @@ def test_bad_settings_raise():
         call(msd_atoms=[0], msd_every_steps=30)
 
 
-# ------------------------------------------------------------------------------------------------
-# Metrics on analytic inputs
-
-
-def test_h_of_r_errors_analytic():
-    ref = np.full(100, 1.0)
-    h = ref + np.where(np.arange(100) < 50, 0.2, -0.2)
-    err = evaluate.h_of_r_errors(h, ref)
-    assert err["mae"] == pytest.approx(0.2)
-    assert err["l1"] == pytest.approx(0.2 * 100 / 100)
-
-
-def test_vacf_mae_and_reference_vacf_of_harmonic_motion():
-    t = np.arange(400) * 0.5  # fs
-    omega = 2 * np.pi / 40.0
-    phases = np.linspace(0, 2 * np.pi, 8, endpoint=False)
-    v = np.cos(omega * t[:, None] + phases[None])  # [T, N]
-    v = np.stack([v, np.zeros_like(v), np.zeros_like(v)], -1)
-    c = evaluate.reference_vacf(v, window=50)
-    np.testing.assert_allclose(c, np.cos(omega * t[:50]), atol=0.02)
-    assert evaluate.vacf_mae(c, np.cos(omega * t[:50])) < 0.02
-    assert evaluate.vacf_mae(np.ones(4), np.zeros(4)) == 1.0
-    with pytest.raises(ValueError, match="lags differ"):
-        evaluate.vacf_mae(np.ones(4), np.ones(5))
-
-
-def test_velocities_from_positions_exact_for_quadratic():
-    t = np.arange(10) * 2.0
-    x = (3.0 * t + 0.5 * t**2)[:, None, None] * np.ones((1, 2, 3))
-    v = evaluate.velocities_from_positions(x, 2.0)
-    np.testing.assert_allclose(v[:, 0, 0], 3.0 + t[1:-1])
-
-
-def test_rdf_errors_analytic():
-    ref = {"rdf_8_8": np.ones(10), "rdf_1_1": np.zeros(10)}
-    g = {"rdf_8_8": np.full(10, 1.5), "rdf_1_1": np.full(10, 0.1)}
-    err = evaluate.rdf_errors(g, ref, r_max=6.0)
-    assert err["rdf_8_8"]["mae"] == pytest.approx(0.5)
-    assert err["rdf_8_8"]["rdf_mae"] == pytest.approx(3.0)
-    assert err["max_rdf_mae"] == pytest.approx(3.0)
-    with pytest.raises(ValueError, match="missing"):
-        evaluate.rdf_errors({}, ref)
-
-
-def test_diffusivity_curve_and_unwrap():
-    d_true = 2.3e-9  # m²/s
-    lag_ps = np.arange(11) * 1.0
-    msd = 6 * d_true / units.ANGSTROM2_PER_PS_IN_M2_PER_S * lag_ps
-    curve = evaluate.diffusivity_curve_m2_per_s(msd, lag_ps)
-    assert np.isnan(curve[0])
-    np.testing.assert_allclose(curve[1:], d_true)
-    rng = np.random.default_rng(0)
-    walk = np.cumsum(rng.normal(scale=0.5, size=(50, 4, 3)), 0)
-    box = np.array([5.0, 6.0, 7.0])
-    np.testing.assert_allclose(
-        evaluate.unwrap_positions(walk % box, box) - walk,
-        np.broadcast_to((walk % box)[0] - walk[0], walk.shape),
-        atol=1e-9,
-    )
-    lag, m, dcurve = evaluate.reference_msd(walk, 1000.0, 5)
-    np.testing.assert_allclose(lag, np.arange(6))
-    assert m[0] == 0.0 and dcurve.shape == (6,)
-
-
-def test_pareto_front_mask():
-    force = [1.0, 2.0, 1.5, 3.0, 1.0]
-    stable = [10.0, 30.0, 5.0, 30.0, 8.0]
-    np.testing.assert_array_equal(
-        evaluate.pareto_front_mask(force, stable), [True, True, False, False, False]
-    )
-
-
-def test_qm_test_errors_known_offsets():
-    from stabie_jax.models.potential import Potential
-
-    def e_fn(params, r, neighbor=None):
-        return energy_fn(params, r)
-
-    pot = Potential(e_fn, None, None)
-    rng = np.random.default_rng(1)
-    pos = initial_positions(7) + rng.normal(scale=0.05, size=(7, 2, 3))
-    e = np.array([float(e_fn(STIFF, jnp.asarray(p, jnp.float32))) for p in pos])
-    f = -np.stack([np.asarray(jax.grad(e_fn, 1)(STIFF, jnp.asarray(p, jnp.float32))) for p in pos])
-    signs = np.where(np.arange(7) % 2, 1.0, -1.0)
-    frames = LabelledFrames(
-        jnp.asarray(pos, jnp.float32), jnp.asarray(e + 0.1 * signs), jnp.asarray(f + 0.2)
-    )
-    out = evaluate.qm_test_errors(pot, STIFF, frames, batch_size=3)
-    assert out["n_frames"] == 7
-    assert out["energy_mae_ev"] == pytest.approx(0.1, rel=1e-4)
-    assert out["energy_mae_kcal_per_mol"] == pytest.approx(0.1 * units.EV_IN_KCAL_PER_MOL, rel=1e-4)
-    assert out["forces_mae_ev_per_angstrom"] == pytest.approx(0.2, rel=1e-4)
-    assert out["forces_rmse_ev_per_angstrom"] == pytest.approx(0.2, rel=1e-4)
-
-
 def test_median_improvement_replica(soft, stiff):
     idx = evaluate.median_improvement_replica(soft, stiff)
     gain = stiff.stable_time_ps - soft.stable_time_ps
@@ -356,61 +258,6 @@ def test_median_improvement_replica(soft, stiff):
     other = run(STIFF, n_chunks=1, key=1)
     with pytest.raises(ValueError, match="not paired"):
         evaluate.median_improvement_replica(soft, other)
-
-
-# ------------------------------------------------------------------------------------------------
-# Temperature reweighting
-
-
-def _maxwell_bin_probabilities(edges, scale):
-    x = edges / scale
-    cdf = [
-        math.erf(v / math.sqrt(2)) - math.sqrt(2 / math.pi) * v * math.exp(-v * v / 2) for v in x
-    ]
-    return np.diff(cdf)
-
-
-def test_reweighted_h_of_r_matches_exact_distribution_at_t2():
-    """Zero-length harmonic bond: |d| is Maxwell distributed with scale sqrt(kT/k)."""
-    k, t1, t2 = 4.0, 500.0, 350.0
-    rng = np.random.default_rng(0)
-    n = 40_000
-    d = rng.normal(scale=math.sqrt(units.kT(t1) / k), size=(n, 3))
-    pos = np.stack([np.zeros_like(d), d], 1)
-    energies = 0.5 * k * np.sum(d**2, -1) - 17_000.0  # large offset, as in aspirin
-    r_max, n_bins = 0.5, 50
-    h, n_eff = evaluate.reweighted_h_of_r_reference(pos, energies, t1, t2, r_max, n_bins)
-    assert h.sum() == pytest.approx(100.0)
-    edges = np.linspace(observables.H_OF_R_MIN, r_max, n_bins + 1)
-    p = _maxwell_bin_probabilities(edges, math.sqrt(units.kT(t2) / k))
-    p[0] = 0.0
-    exact = 100 * p / p.sum()
-    assert np.abs(h - exact).sum() / 100 < 0.03
-    h_unweighted = np.asarray(
-        observables.h_of_r_reference(jnp.asarray(pos, jnp.float32), r_max, n_bins)
-    )
-    assert np.abs(h_unweighted - exact).sum() / 100 > 0.15  # the reweighting matters
-    # T2 = T1: identical to the unweighted reference histogram.
-    h_same, n_same = evaluate.reweighted_h_of_r_reference(pos, energies, t1, t1, r_max, n_bins)
-    np.testing.assert_allclose(h_same, h_unweighted, atol=1e-4)
-    assert n_same == pytest.approx(n, rel=1e-9)
-    assert 1000 < n_eff < n
-
-
-def test_effective_sample_size_decreases_away_from_t1():
-    rng = np.random.default_rng(0)
-    k = 4.0
-    energies = (
-        0.5
-        * k
-        * np.sum(rng.normal(scale=math.sqrt(units.kT(500.0) / k), size=(5000, 9, 3)) ** 2, (1, 2))
-    )
-    temps, n_eff = evaluate.effective_sample_size_vs_temperature(
-        energies, 500.0, np.linspace(300, 800, 11)
-    )
-    i = int(np.argmax(n_eff))
-    assert temps[i] == 500.0 and n_eff[i] == pytest.approx(5000, rel=1e-9)
-    assert np.all(np.diff(n_eff[: i + 1]) > 0) and np.all(np.diff(n_eff[i:]) < 0)
 
 
 def test_temperature_transfer_helper():
