@@ -198,6 +198,16 @@ def test_vmap_over_replicas_equals_separate_runs():
         np.testing.assert_allclose(single[:, 0], batched[:, r], atol=1e-5)
 
 
+def test_replica_batch_size_lax_map_matches_vmap():
+    mapped = chain_simulator(history_every=10, history_length=3, replica_batch_size=2)
+    pos = chain_positions(3, jax.random.PRNGKey(14))
+    mom = maxwell_boltzmann_momenta(jax.random.PRNGKey(15), CHAIN_MASSES, SIM.kT, (3,))
+    a, _ = SIM.simulate(PARAMS, SIM.init(PARAMS, None, pos, momenta=mom), 10)
+    b, _ = mapped.simulate(PARAMS, mapped.init(PARAMS, None, pos, momenta=mom), 10)
+    np.testing.assert_allclose(a.positions, b.positions, atol=1e-6)
+    assert np.asarray(b.history.count).tolist() == [2, 2, 2]
+
+
 def test_frozen_replica_is_bit_identical_and_others_move():
     sim = SIM
     state = sim.init(PARAMS, jax.random.PRNGKey(6), chain_positions(3, jax.random.PRNGKey(7)))

@@ -226,6 +226,7 @@ def make_simulator(
     dtype=jnp.float32,
     donate_state: bool = False,
     max_reallocations: int = 5,
+    replica_batch_size: int | None = None,
 ) -> Simulator:
     """Build the replica MD functions for one system.
 
@@ -251,6 +252,11 @@ def make_simulator(
       donate_state: donate the input state's buffers to ``simulate`` (dense mode only; the
         input state must not be used afterwards).
       max_reallocations: neighbour-list capacity increases tried per ``simulate`` call.
+      replica_batch_size: None vectorises the step over all replicas (``jax.vmap``, best on
+        accelerators); an integer ``b`` runs ``jax.lax.map`` over chunks of ``b`` vectorised
+        replicas (bounded memory for very many replicas; on the 2-core CPU it was slower
+        than ``vmap`` for SchNet, see ``benchmarks/results/md_throughput_cpu.md``). Same
+        results up to float round-off.
 
     Returns:
       A :class:`Simulator`.
@@ -332,6 +338,11 @@ def make_simulator(
     def _rebuild(neighbor, positions):
         return jax.vmap(lambda n, r: n.update(r))(neighbor, positions)
 
+    def _map_replicas(fn, *args):
+        if replica_batch_size is None:
+            return jax.vmap(fn)(*args)
+        return lax.map(lambda a: fn(*a), args, batch_size=replica_batch_size)
+
     # -- init -----------------------------------------------------------------------------------
 
     @jax.jit
@@ -393,7 +404,9 @@ def make_simulator(
 
     def _step(params, s: ReplicaState) -> ReplicaState:
         neighbor = _rebuild(s.neighbor, s.md.position) if use_nl else None
-        new_md = jax.vmap(lambda st, nb: nvt_apply(st, params=params, neighbor=nb))(s.md, neighbor)
+        new_md = _map_replicas(
+            lambda st, nb: nvt_apply(st, params=params, neighbor=nb), s.md, neighbor
+        )
         finite = _replica_finite(new_md)
         move = s.alive & finite
         md = _where_replicas(move, new_md, s.md)
@@ -426,7 +439,7 @@ def make_simulator(
         )
 
     def batched_energy(params, positions, neighbor=None):
-        return jax.vmap(lambda r, nb: energy_fn(params, r, nb))(positions, neighbor)
+        return _map_replicas(lambda r, nb: energy_fn(params, r, nb), positions, neighbor)
 
     def _advance(params, state, n_steps, sample_every, record_energy):
         every = sample_every or n_steps
