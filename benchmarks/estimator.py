@@ -178,7 +178,10 @@ def main(argv=None):
         jac_fn = est.boltzmann_jacobian(energy_fn, h_r, kT, batch_size=batch)
 
         def grad_fn(p, x):
-            mean_g = jnp.mean(jax.vmap(h_r)(x), axis=0)
+            # ⟨g⟩ for v = ∂L/∂⟨g⟩, in chunks of B like the estimator itself (else the [N, pairs,
+            # bins] smearing intermediate would dominate the minibatched route's memory).
+            g = jax.vmap(h_r)(x) if batch is None else jax.lax.map(h_r, x, batch_size=batch)
+            mean_g = jnp.mean(g, axis=0)
             v = jax.grad(loss_of)(mean_g)
             jac = jac_fn(p, x)
             grad = jax.tree_util.tree_map(lambda j: jnp.tensordot(v, j, 1), jac)
