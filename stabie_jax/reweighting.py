@@ -26,6 +26,15 @@ scaling. With x64 off, energies of large magnitude (aspirin ≈ -17 638 eV) lose
 they are converted to float32, so shift them on the host first (:func:`temperature_range` does).
 
 Units: energies and kT in eV, temperatures in K (converted with :func:`stabie_jax.units.kT`).
+
+Examples:
+  >>> import numpy as np
+  >>> x = np.random.default_rng(0).normal(0.0, np.sqrt(0.05), 100_000)  # U = x²/2 at kT 0.05
+  >>> log_w = log_reweighting_weights(0.5 * x**2, 0.05, 0.06)
+  >>> round(float(reweighted_average(x**2, np.exp(log_w))), 3)           # exact: kT2 = 0.06
+  0.06
+  >>> round(float(effective_sample_size(log_reweighting_weights(0.5 * x**2, 0.05, 0.05))))
+  100000
 """
 
 from __future__ import annotations
