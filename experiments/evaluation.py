@@ -8,16 +8,14 @@ used for both models.
 
 from __future__ import annotations
 
-import json
 import pathlib
-import platform
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stabie_jax import checkpoint, data, losses, md, metrics_log, plots, stability, units
+from stabie_jax import checkpoint, data, losses, md, metrics_log, plots, report, stability, units
 from stabie_jax import evaluate as ev
 from stabie_jax import stabie as stabie_lib
 
@@ -236,64 +234,35 @@ def evaluate_molecule(config, workdir, molecule, pretrained_dir, stabie_dir, wal
     if records:
         figures["training"] = plots.plot_training_curve(records, out / "training.png")
 
-    report = {
-        "system": config.system,
-        "variant": config.get("variant", ""),
-        "temperature_kelvin": T,
-        "n_replicas": n_rep,
-        "length_ps": total_steps * dt_fs / 1000.0,
-        "criterion": f"bond-length deviation > {threshold} Å",
-        "results": numbers,
-        "figures": {k: str(pathlib.Path(v).name) for k, v in figures.items()},
-        "config": json.loads(config.to_json_best_effort()),
-        "versions": _versions(),
-        "hardware": {"platform": platform.platform(), "devices": [str(d) for d in jax.devices()]},
-        "wall_seconds": dict(wall),
+    table = {
+        name: {
+            "median stable time (ps)": r["median_stable_time_ps"],
+            "mean stable time (ps)": r["mean_stable_time_ps"],
+            "h(r) MAE": r["h_of_r"]["mae"],
+            "energy MAE (kcal/mol)": r["test_errors"]["energy_mae_kcal_per_mol"],
+            "force MAE (kcal/mol/Å)": r["test_errors"]["forces_mae_kcal_per_mol_per_angstrom"],
+        }
+        for name, r in numbers.items()
+        if name != "n_eff_curve"
     }
-    _write_report(out, report)
+    report.write_report(
+        out,
+        title=(
+            f"{config.system} ({config.get('variant', '')}): {n_rep} replicas × "
+            f"{total_steps * dt_fs / 1000.0:g} ps at {T:g} K, bond-length deviation > "
+            f"{threshold} Å"
+        ),
+        results={"comparison": table, "details": numbers},
+        config=config.to_dict(),
+        wall_clock_seconds=wall,
+        plots=figures,
+        notes=[
+            "Same held-out initial structures and momenta for both models.",
+            "Nosé–Hoover thermostat throughout (the authors evaluated aspirin with Langevin).",
+        ],
+    )
     return {
         n: {k: v for k, v in numbers[n].items() if k not in ("stable_time_ps", "censored")}
         for n in numbers
         if n != "n_eff_curve"
     }
-
-
-def _versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {"python": platform.python_version()}
-    for pkg in ("stabie-jax", "jax", "jaxlib", "jax-md", "flax", "optax", "e3nn-jax", "numpy"):
-        try:
-            found[pkg] = version(pkg)
-        except PackageNotFoundError:
-            found[pkg] = None
-    return found
-
-
-def _write_report(out: pathlib.Path, report: dict) -> None:
-    """report.json (all numbers) and a short report.md with the key table and plots."""
-    plain = metrics_log._plain(report)  # noqa: SLF001 - shared JSON conversion
-    (out / "report.json").write_text(json.dumps(plain, indent=2))
-    lines = [
-        f"# {report['system']} ({report['variant']}): evaluation at "
-        f"{report['temperature_kelvin']:g} K",
-        "",
-        f"{report['n_replicas']} replicas × {report['length_ps']:g} ps, {report['criterion']}.",
-        "",
-        "| model | median stable time (ps) | mean stable time (ps) | h(r) MAE | energy MAE "
-        "(kcal/mol) | force MAE (kcal/mol/Å) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, r in report["results"].items():
-        if name == "n_eff_curve":
-            continue
-        te = r["test_errors"]
-        lines.append(
-            f"| {name} | {r['median_stable_time_ps']:.2f} | {r['mean_stable_time_ps']:.2f} | "
-            f"{r['h_of_r']['mae']:.4f} | {te['energy_mae_kcal_per_mol']:.3f} | "
-            f"{te['forces_mae_kcal_per_mol_per_angstrom']:.3f} |"
-        )
-    lines.append("")
-    for key, name in report["figures"].items():
-        lines.append(f"![{key}]({name})")
-    (out / "report.md").write_text("\n".join(lines) + "\n")

@@ -272,6 +272,7 @@ def local_observable_loss(
     batch_size: int | None = None,
     n_bins: int = 100,
     per_bin: int = 5,
+    overflow_fn: Callable | None = None,
 ) -> Callable:
     """Localized ``L_obs`` for water: per-molecule O–H bond lengths (PAPER.md A.7).
 
@@ -289,6 +290,9 @@ def local_observable_loss(
       displacement_fn: minimum-image displacement (periodic) or None.
       batch_size: estimator minibatch size (paper: 4).
       n_bins, per_bin: balancing (paper: 100 bins, 5 per bin; authors: 5·R).
+      overflow_fn: optional ``frames [F, N, 3] -> bool``, True when the neighbour list that
+        ``per_atom_energy_fn`` closes over overflowed on some frame; reported as
+        ``aux["overflow"]`` and the driver then skips the step.
 
     Returns:
       ``(params, trajectory, key) -> (loss, aux)``.
@@ -321,7 +325,10 @@ def local_observable_loss(
             params, frames, chosen.frame_index, atoms[chosen.neighbourhood_index], chosen.mask
         )
         loss = observable_loss(mean, g_ref.astype(mean.dtype))
-        return loss, {"observable": mean, "n_samples": jnp.sum(chosen.mask)}
+        aux = {"observable": mean, "n_samples": jnp.sum(chosen.mask)}
+        if overflow_fn is not None:
+            aux["overflow"] = overflow_fn(jnp.where(frame_ok[:, None, None], frames, safe))
+        return loss, aux
 
     return loss_fn
 
@@ -554,8 +561,11 @@ def run_stabie(
             grads, metrics = gradient_fn(train.params, traj, k_grad)
             metrics = jax.device_get(metrics)
             lr = counters.plateau().learning_rate
-            finite = bool(np.isfinite(metrics["loss"])) and all(
-                bool(np.all(np.isfinite(g))) for g in jax.tree.leaves(grads)
+            overflow = bool(metrics.get("overflow", False))
+            finite = (
+                not overflow
+                and bool(np.isfinite(metrics["loss"]))
+                and all(bool(np.all(np.isfinite(g))) for g in jax.tree.leaves(grads))
             )
             params, opt_state = train.params, train.opt_state
             if finite:
@@ -581,7 +591,9 @@ def run_stabie(
                 grad_norm=float(metrics["grad_norm"]),
                 n_samples=int(metrics["n_samples"]),
             )
-            if not finite:
+            if overflow:
+                record["skipped"] = "neighbour-list overflow in the estimator"
+            elif not finite:
                 record["skipped"] = "non-finite gradient"
             end_reason = None
             if f_unst <= settings.f_min:

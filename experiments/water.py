@@ -1,0 +1,9 @@
+"""64-molecule water + GemNet-T at 300 K (localized estimator): pretrain → StABlE → evaluate.
+
+python -m experiments.water --config=experiments/configs/water.py:smoke
+"""
+
+from experiments import app, water_system
+
+if __name__ == "__main__":
+    app.launch(water_system.run, "experiments/configs/water.py")

@@ -1,0 +1,108 @@
+"""End-to-end: the experiment pipelines run all three stages on built-in data and write
+checkpoints, logs and a report with finite numbers (tiny sizes; the real runs are in RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import molecule
+from experiments.configs import ala3, aspirin, water
+from stabie_jax import checkpoint, metrics_log
+
+
+def _tiny_aspirin():
+    c = aspirin.get_config("smoke")
+    c.progress = False
+    c.data.n_train, c.data.n_val, c.data.n_test = 40, 10, 10
+    c.model.hparams.hidden = 16
+    c.model.hparams.num_filters = 16
+    c.model.hparams.num_interactions = 1
+    c.pretrain.overrides.max_epochs = 2
+    c.pretrain.overrides.batch_size = 10
+    c.stabie.n_replicas = 4
+    c.stabie.steps_per_epoch = 40
+    c.stabie.sample_every = 10
+    c.stabie.minibatch_size = 8
+    c.stabie.max_epochs = 3
+    c.stabie.qm_batch_size = 10
+    c.stabie.qm_batches_per_step = 1
+    c.stabie.f_max = 0.25
+    c.evaluate.n_replicas = 4
+    c.evaluate.length_ps = 0.04
+    c.evaluate.check_every_steps = 40
+    c.evaluate.sample_every = 10
+    c.evaluate.vacf_window_steps = 20
+    c.evaluate.transfer_temperatures_kelvin = (700.0,)
+    c.evaluate.transfer_length_ps = 0.02
+    return c
+
+
+def test_aspirin_pipeline_all_stages(tmp_path):
+    config = _tiny_aspirin()
+    summary = molecule.run(config, tmp_path)
+    assert summary["stages"] == ["pretrain", "stabie", "evaluate"]
+    for name in (molecule.PRETRAINED_MODEL, molecule.STABIE_MODEL):
+        meta = checkpoint.read_model_metadata(tmp_path / name)
+        assert meta.kind == "schnet" and len(meta.atomic_numbers) == 21
+    records = metrics_log.read_records(tmp_path / "stabie" / "metrics.jsonl")
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    report = json.loads((tmp_path / "evaluate" / "report.json").read_text())
+    table = report["results"]["comparison"]
+    assert set(table) == {"baseline", "StABlE"}
+    for row in table.values():
+        assert 0.0 < row["median stable time (ps)"] <= 0.04 + 1e-9
+        assert np.isfinite(row["energy MAE (kcal/mol)"]) and row["energy MAE (kcal/mol)"] > 0
+    assert (tmp_path / "evaluate" / "fraction_unstable.png").stat().st_size > 1000
+    # The pretrained model is reused, not retrained, when the stage is run again.
+    stamp = (tmp_path / molecule.PRETRAINED_MODEL / "model.json").stat().st_mtime_ns
+    config.stages = "pretrain"
+    molecule.run(config, tmp_path)
+    assert (tmp_path / molecule.PRETRAINED_MODEL / "model.json").stat().st_mtime_ns == stamp
+
+
+def test_authors_hyperparameters_convert_to_exact_estimator():
+    kT, B = 0.0430865, 40
+    c = kT * (B - 1) / B
+    lr, lam, clip = molecule.exact_hyperparameters("authors", 1e-3, 10.0, 1.0, kT, B)
+    assert lr == pytest.approx(1e-3 * c)
+    assert lam == pytest.approx(10.0 / c)
+    assert clip == pytest.approx(1.0 / c)
+    # The update direction is unchanged: alpha_exact * (g_exact + lam_exact g_qm) equals
+    # alpha * (c g_exact + lam g_qm) for any gradients.
+    g_obs, g_qm = np.array([0.3, -2.0]), np.array([1.5, 0.25])
+    np.testing.assert_allclose(lr * (g_obs + lam * g_qm), 1e-3 * (c * g_obs + 10.0 * g_qm))
+    assert molecule.exact_hyperparameters("exact", 1e-3, 10.0, 1.0, kT, B) == (1e-3, 10.0, 1.0)
+    with pytest.raises(ValueError, match="hyperparameter_convention"):
+        molecule.exact_hyperparameters("paper", 1e-3, 10.0, 1.0, kT, B)
+
+
+@pytest.mark.parametrize("module", [aspirin, ala3, water])
+@pytest.mark.parametrize("variant", ["paper", "cpu", "smoke"])
+def test_configs_build_and_are_consistent(module, variant):
+    c = module.get_config(variant)
+    assert c.stabie.steps_per_epoch % c.stabie.sample_every == 0
+    assert c.evaluate.check_every_steps % c.evaluate.sample_every == 0
+    molecule.parse_stages(c.stages)
+    with pytest.raises(ValueError, match="unknown stage"):
+        molecule.parse_stages("pretrain,train")
+
+
+def test_paper_configs_hold_the_paper_settings():
+    a, w = aspirin.get_config("paper"), water.get_config("paper")
+    assert (a.md.temperature_kelvin, a.md.timestep_fs) == (500.0, 0.5)
+    assert (a.stabie.n_replicas, a.stabie.steps_per_epoch, a.stabie.minibatch_size) == (
+        128,
+        2000,
+        40,
+    )
+    assert (a.stabie.learning_rate, a.stabie.qm_weight) == (1e-3, 10.0)
+    assert (a.evaluate.n_replicas, a.evaluate.length_ps) == (256, 300.0)
+    assert (w.md.temperature_kelvin, w.md.timestep_fs) == (300.0, 1.0)
+    assert (w.stabie.n_replicas, w.stabie.steps_per_epoch, w.stabie.minibatch_size) == (8, 1000, 4)
+    assert (w.stabie.learning_rate, w.stabie.qm_weight) == (3e-3, 0.0)
+    assert jax.numpy.isclose(w.stabie.min_intermolecular_angstrom, 1.2)
