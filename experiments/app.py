@@ -67,7 +67,7 @@ def main_for(run_fn, default_config: str):
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
         config = FLAGS.config
-        if FLAGS["verbosity"].using_default_value:
+        if not FLAGS["verbosity"].present:
             # Orbax logs every checkpoint read/write at INFO; progress bars show what a user
             # needs. -v 0 (or --verbosity=0) brings the INFO lines back.
             logging.set_verbosity(logging.WARNING)
