@@ -75,12 +75,11 @@ def load_water_data(d) -> WaterData:
     molecule_ids = np.repeat(np.arange(len(neighbourhoods)), 3)
     box = np.diag(cell)
     train = full.subset(split.train)
-    disp = observables.minimum_image_displacement(box)
-    oh = np.asarray(
-        jax.vmap(lambda r: estimator.neighbourhood_bond_lengths(r, neighbourhoods, disp))(
-            jnp.asarray(train.positions, jnp.float32)
-        )
+    disp = md.periodic_space(box).displacement_fn
+    per_frame = lambda r: jax.vmap(lambda a: estimator.neighbourhood_bond_lengths(r, a, disp))(
+        jnp.asarray(neighbourhoods)
     )
+    oh = np.asarray(jax.jit(jax.vmap(per_frame))(jnp.asarray(train.positions, jnp.float32)))
     return WaterData(
         train,
         full.subset(split.val),

@@ -300,6 +300,7 @@ def local_observable_loss(
     from stabie_jax.estimator import (
         localized_expectation,
         neighbourhood_bond_lengths,
+        neighbourhood_max_deviation,
         select_neighbourhoods,
     )
     from stabie_jax.losses import observable_loss
@@ -313,12 +314,11 @@ def local_observable_loss(
     expectation = localized_expectation(
         per_atom_energy_fn, sample_observable, kT, batch_size=batch_size
     )
-    all_lengths = jax.vmap(lambda r: neighbourhood_bond_lengths(r, atoms, displacement_fn))
 
     def loss_fn(params, trajectory: Trajectory, key):
         frames, frame_ok = trajectory_samples(trajectory)
         safe = jnp.where(frame_ok[:, None, None], frames, frames[jnp.argmax(frame_ok)])
-        deviation = jnp.max(jnp.abs(all_lengths(safe) - bond_equilibrium), axis=-1)
+        deviation = neighbourhood_max_deviation(safe, atoms, bond_equilibrium, displacement_fn)
         valid = jnp.broadcast_to(frame_ok[:, None], deviation.shape)
         chosen = select_neighbourhoods(key, deviation, n_bins=n_bins, per_bin=per_bin, valid=valid)
         mean = expectation(
