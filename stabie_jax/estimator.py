@@ -524,19 +524,23 @@ def neighbourhood_bond_lengths(positions, atoms, displacement_fn: Callable | Non
 
     Args:
       positions: ``[n_atoms, 3]`` Å.
-      atoms: ``[k]`` int, centre first (O, H, H).
+      atoms: ``[..., k]`` int, centre first (O, H, H); leading axes (e.g. all molecules
+        ``[n_neighbourhoods, k]``) are kept.
       displacement_fn: JAX-MD displacement ``(Ra, Rb) -> Ra - Rb`` (minimum image under PBC);
         None = free space.
 
     Returns:
-      ``[k - 1]`` Å.
+      ``[..., k - 1]`` Å.
     """
-    centre = positions[atoms[0]]
-    others = positions[atoms[1:]]
+    atoms = jnp.asarray(atoms)
+    centre = positions[atoms[..., :1]]  # [..., 1, 3]
+    others = positions[atoms[..., 1:]]  # [..., k-1, 3]
     if displacement_fn is None:
         d = others - centre
     else:
-        d = jax.vmap(displacement_fn, in_axes=(0, None))(others, centre)
+        flat_others = others.reshape(-1, 3)
+        flat_centre = jnp.broadcast_to(centre, others.shape).reshape(-1, 3)
+        d = jax.vmap(displacement_fn)(flat_others, flat_centre).reshape(others.shape)
     return jnp.sqrt(jnp.sum(d**2, axis=-1))
 
 
@@ -560,10 +564,8 @@ def neighbourhood_max_deviation(
     frames = jnp.asarray(frames)
     finite = jnp.all(jnp.isfinite(frames.reshape(frames.shape[0], -1)), axis=1)
     safe = jnp.where(finite[:, None, None], frames, 0.0)
-    lengths_fn = lambda x, a: neighbourhood_bond_lengths(x, a, displacement_fn)
-    lengths = jax.vmap(jax.vmap(lengths_fn, (None, 0)), (0, None))(
-        safe, jnp.asarray(neighbourhoods)
-    )
+    lengths_fn = lambda x: neighbourhood_bond_lengths(x, neighbourhoods, displacement_fn)
+    lengths = jax.vmap(lengths_fn)(safe)
     deviation = jnp.max(jnp.abs(lengths - jnp.asarray(reference_length)), axis=-1)
     return jnp.where(finite[:, None], deviation, jnp.inf)
 

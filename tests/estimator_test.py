@@ -507,3 +507,30 @@ def test_water_pipeline_with_frozen_frame():
         )
         expected = jax.tree_util.tree_map(lambda j: jnp.tensordot(v, j, 1), jac_b)
         assert_trees_close(grad, expected, 1e-9)
+
+
+def test_neighbourhood_bond_lengths_batched_and_periodic():
+    from jax_md import space
+
+    box = 5.0
+    displacement_fn, _ = space.periodic(box)
+    # Molecule 0 straddles the box edge: O at x = 4.9, H at x = 0.85 → minimum image 0.95 Å.
+    positions = jnp.array(
+        [
+            [4.9, 1.0, 1.0],
+            [0.85, 1.0, 1.0],
+            [4.9, 1.96, 1.0],
+            [2.0, 2.0, 2.0],
+            [2.9, 2.0, 2.0],
+            [2.0, 2.0, 3.1],
+        ]
+    )
+    neigh = est.molecule_neighbourhoods([8, 1, 1, 8, 1, 1])
+    batched = est.neighbourhood_bond_lengths(positions, neigh, displacement_fn)
+    single = jnp.stack(
+        [est.neighbourhood_bond_lengths(positions, a, displacement_fn) for a in neigh]
+    )
+    np.testing.assert_allclose(batched, single, rtol=1e-6)
+    np.testing.assert_allclose(batched, [[0.95, 0.96], [0.9, 1.1]], rtol=1e-5)
+    free = est.neighbourhood_bond_lengths(positions, neigh)
+    np.testing.assert_allclose(free[0, 0], 4.05, rtol=1e-5)  # no minimum image in free space
