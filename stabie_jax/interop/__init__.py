@@ -7,10 +7,14 @@
       python -m stabie_jax.interop import-schnet CHECKPOINT.pt --out DIR
 
 * :func:`export_torch_checkpoint` - a stabie_jax SchNet as an MDsim-style ``.pt`` file.
+* :func:`import_nequip_checkpoint` - a nequip 0.5 NequIP ``.pth`` + ``config.yaml`` (the paper's
+  Ac-Ala3-NHMe model) as ``(potential, params, metadata)``; on the command line
+  ``python -m stabie_jax.interop import-nequip MODEL.pth CONFIG.yaml --atoms FRAME.xyz --out DIR``.
 
 torch (``pip install 'stabie-jax[torch]'``) is imported only when a function here runs.
 """
 
+from stabie_jax.interop.torch_nequip import import_nequip_checkpoint
 from stabie_jax.interop.torch_schnet import (
     SchNetConfig,
     TorchCheckpoint,
@@ -26,6 +30,7 @@ __all__ = [
     "SchNetConfig",
     "TorchCheckpoint",
     "export_torch_checkpoint",
+    "import_nequip_checkpoint",
     "import_torch_checkpoint",
     "params_to_state_dict",
     "read_torch_checkpoint",
