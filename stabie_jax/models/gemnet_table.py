@@ -90,6 +90,9 @@ def build_neighbor_table(graph: Graph, n_atoms: int, cutoff: float, capacity: in
     inside = real & (lengths < cutoff)
     send = jnp.where(real, graph.senders, n_atoms).astype(jnp.int32)
     recv = jnp.where(real, graph.receivers, n_atoms).astype(jnp.int32)
+    # With all-pairs edges the indices are compile-time constants; without the barrier XLA
+    # constant-folds the sorts below, which takes minutes for a few hundred atoms.
+    send, recv = jax.lax.optimization_barrier((send, recv))
 
     # Rank of each inside-cutoff edge among the edges ending on the same atom.
     recv_key = jnp.where(inside, recv, n_atoms)
