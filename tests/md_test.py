@@ -294,6 +294,7 @@ def test_sampling_and_bad_arguments():
     out, traj = sim.simulate(PARAMS, state, 40, 10, record_energy=True)
     assert traj.positions.shape == (4, 2, 6, 3)
     assert np.asarray(traj.step).tolist() == [[10, 10], [20, 20], [30, 30], [40, 40]]
+    np.testing.assert_allclose(units.internal_to_fs(sim.simulated_time(out)), 20.0, rtol=1e-6)
     np.testing.assert_array_equal(np.asarray(traj.positions[-1]), np.asarray(out.positions))
     e = jax.vmap(lambda r: chain_energy(PARAMS, r))(out.positions)
     np.testing.assert_allclose(traj.potential_energy[-1], e, rtol=1e-6)

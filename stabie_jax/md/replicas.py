@@ -168,6 +168,10 @@ class Simulator(NamedTuple):
     history_every: int
     history_length: int
 
+    def simulated_time(self, state: ReplicaState) -> jax.Array:
+        """``[R]`` simulated time per replica, internal units (``units.internal_to_fs``)."""
+        return state.step * self.dt
+
 
 # ---------------------------------------------------------------------------------------------
 # Small pytree helpers
@@ -337,6 +341,8 @@ def make_simulator(
 
     def _rebuild(neighbor, positions):
         return jax.vmap(lambda n, r: n.update(r))(neighbor, positions)
+
+    rebuild_jit = jax.jit(_rebuild)
 
     def _map_replicas(fn, *args):
         if replica_batch_size is None:
@@ -566,7 +572,7 @@ def make_simulator(
         }
         neighbor = None
         if use_nl:
-            neighbor = jax.jit(_rebuild)(state_true.neighbor, fields["md"].position)
+            neighbor = rebuild_jit(state_true.neighbor, fields["md"].position)
         return ReplicaState(neighbor=neighbor, **fields)
 
     @jax.jit
