@@ -65,12 +65,12 @@ def test_rdf_mae_criterion_on_ideal_gas_and_broken_structure():
     box = np.array([10.0, 10.0, 10.0])
     species = np.array([8] * 16 + [1] * 32)
     key1, key2 = jax.random.split(jax.random.PRNGKey(2))
-    ref_frames = jax.random.uniform(key1, (100, 48, 3)) * box
+    ref_frames = jax.random.uniform(key1, (60, 48, 3)) * box
     refs = {
         p: jnp.mean(obs.rdf(ref_frames, species, p, box, r_max=5.0, n_bins=50), 0)
         for p in [(8, 8), (8, 1), (1, 1)]
     }
-    gas = jax.random.uniform(key2, (100, 2, 48, 3)) * box
+    gas = jax.random.uniform(key2, (40, 2, 48, 3)) * box
     gas = gas.at[:, 1].multiply(0.3)  # replica 1: all atoms squeezed into a 3 Å corner
     stable, mae = stability.rdf_mae_criterion(gas, species, box, refs, 3.0, r_max=5.0)
     assert np.asarray(stable).tolist() == [True, False]
