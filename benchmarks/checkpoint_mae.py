@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from stabie_jax import interop
-from stabie_jax.units import EV_IN_KCAL_PER_MOL, ev_to_kcal_per_mol
+from stabie_jax.units import EV_IN_KCAL_PER_MOL, MDSIM_KCAL_PER_MOL_PER_EV, ev_to_kcal_per_mol
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -41,8 +41,6 @@ CHECKPOINTS = {
     "StABlE-trained": "stable_trained.pt",
 }
 PAPER_ENERGY_MAE_KCAL = {"pretrained": 0.87, "StABlE-trained": 1.4}
-MDSIM_KCAL_PER_MOL_PER_EV = 23.0605
-"""MDsim's kcal/mol -> eV divisor for MD17 labels (stable_checkpoints/PROVENANCE.md); not CODATA."""
 
 
 def load_test_frames(data_dir: pathlib.Path):

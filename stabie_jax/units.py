@@ -42,6 +42,12 @@ KCAL_PER_MOL_IN_EV = 1000.0 * THERMOCHEMICAL_CALORIE_J / (ELEMENTARY_CHARGE_C * 
 EV_IN_KCAL_PER_MOL = 1.0 / KCAL_PER_MOL_IN_EV
 """One eV expressed in kcal/mol (23.0605...)."""
 
+MDSIM_KCAL_PER_MOL_PER_EV = 23.0605
+"""The rounded factor MDsim/StABlE-Training divide kcal/mol by to get "eV" (their data loaders;
+../shared/data/stable_checkpoints/PROVENANCE.md). Only for reproducing their numbers: at
+aspirin's ~-406,737 kcal/mol it differs from :data:`EV_IN_KCAL_PER_MOL` by a constant 0.84
+kcal/mol."""
+
 FEMTOSECOND_IN_INTERNAL = 1e-15 / (1e-10 * math.sqrt(ATOMIC_MASS_UNIT_KG / ELEMENTARY_CHARGE_C))
 """One femtosecond in internal time units Å·sqrt(amu/eV) (0.0982269...)."""
 
