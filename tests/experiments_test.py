@@ -106,3 +106,16 @@ def test_paper_configs_hold_the_paper_settings():
     assert (w.stabie.n_replicas, w.stabie.steps_per_epoch, w.stabie.minibatch_size) == (8, 1000, 4)
     assert (w.stabie.learning_rate, w.stabie.qm_weight) == (3e-3, 0.0)
     assert jax.numpy.isclose(w.stabie.min_intermolecular_angstrom, 1.2)
+
+
+@pytest.mark.slow
+def test_sweep_writes_pareto_front(tmp_path):
+    from experiments import sweep
+
+    config = _tiny_aspirin()
+    result = sweep.run_sweep(config, tmp_path, ["1e-4", "1e-3"], ["10"])
+    assert [(p["alpha"], p["lambda"]) for p in result["points"]] == [(1e-4, 10.0), (1e-3, 10.0)]
+    assert any(p["pareto_optimal"] for p in result["points"])
+    assert all(np.isfinite(p["force_mae_ev_per_angstrom"]) for p in result["points"])
+    assert (tmp_path / "pareto_front.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "sweep.json").read_text())["points"][0]["alpha"] == 1e-4
