@@ -116,38 +116,59 @@ def load_molecule_data(
 
 
 def run_pretrain(
-    molecule: MoleculeData,
+    train: data.Dataset,
+    val: data.Dataset,
+    test: data.Dataset,
     *,
     kind: str,
     hparams: dict,
     settings: pretrain_lib.PretrainSettings,
     workdir: pathlib.Path,
     seed: int,
+    displacement_fn=None,
+    neighbor_fn=None,
+    extra: dict | None = None,
 ) -> pathlib.Path:
-    """Energy/force pretraining; returns the model checkpoint directory (reused if present)."""
+    """Energy/force pretraining; returns the model checkpoint directory (reused if present).
+
+    Molecules use free space and dense edges (the defaults); periodic systems pass their
+    ``displacement_fn`` and a JAX-MD sparse ``neighbor_fn``.
+    """
     model_dir = workdir / PRETRAINED_MODEL
     if (model_dir / checkpoint.MODEL_JSON).exists():
         logging.info("pretrained model exists in %s: skipping pretraining", model_dir)
         return model_dir
-    z = molecule.atomic_numbers
+    z = np.asarray(train.atomic_numbers)
     module = build_model(kind, **hparams)
     params = init_params(module, z, jax.random.PRNGKey(seed))
-    bare = make_potential(module, z, md.free_space().displacement_fn)
+    displacement_fn = displacement_fn or md.free_space().displacement_fn
+    bare = make_potential(module, z, displacement_fn, use_neighbor_list=neighbor_fn is not None)
     params, report = pretrain_lib.pretrain(
         bare,
         params,
-        molecule.train,
-        molecule.val,
+        train,
+        val,
         atomic_numbers=z,
         settings=settings,
         workdir=workdir / "pretrain",
-        test=molecule.test,
+        test=test,
+        neighbor_fn=neighbor_fn,
     )
     metadata = pretrain_lib.pretrained_model_metadata(
-        kind, module, z, float(hparams.get("cutoff", 5.0)), report
+        kind, module, z, float(hparams.get("cutoff", 5.0)), report, **(extra or {})
     )
     checkpoint.save_model_checkpoint(model_dir, params, metadata, overwrite=True)
     return model_dir
+
+
+def pretrain_settings_from_config(config) -> pretrain_lib.PretrainSettings:
+    """The configured recipe with its overrides, seed and progress bar."""
+    return pretrain_lib.recipe(
+        config.pretrain.recipe,
+        seed=int(config.seed),
+        progress_bar=bool(config.progress),
+        **dict(config.pretrain.overrides),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -420,18 +441,13 @@ def run(config, workdir) -> dict:
         checkpoint.read_model_metadata(pretrained_dir)  # clear error if it is not a model
     elif "pretrain" in stages:
         started = time.time()
-        overrides = dict(config.pretrain.overrides)
-        settings = pretrain_lib.recipe(
-            config.pretrain.recipe,
-            seed=int(config.seed),
-            progress_bar=bool(config.progress),
-            **overrides,
-        )
         pretrained_dir = run_pretrain(
-            molecule,
+            molecule.train,
+            molecule.val,
+            molecule.test,
             kind=config.model.kind,
             hparams=dict(config.model.hparams),
-            settings=settings,
+            settings=pretrain_settings_from_config(config),
             workdir=workdir,
             seed=int(config.seed),
         )

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax_md import partition
 
+from experiments import molecule
 from experiments.molecule import PRETRAINED_MODEL, STABIE_MODEL, exact_hyperparameters, parse_stages
 from stabie_jax import (
     checkpoint,
@@ -37,10 +38,7 @@ from stabie_jax import (
     units,
 )
 from stabie_jax import evaluate as ev
-from stabie_jax import pretrain as pretrain_lib
 from stabie_jax import stabie as stabie_lib
-from stabie_jax.models import make_potential
-from stabie_jax.models.registry import build_model, init_params
 
 
 class WaterData(NamedTuple):
@@ -106,38 +104,21 @@ def _neighbor_fn(box, cutoff: float, skin: float):
 
 
 def run_pretrain(water: WaterData, config, workdir: pathlib.Path) -> pathlib.Path:
-    model_dir = workdir / PRETRAINED_MODEL
-    if (model_dir / checkpoint.MODEL_JSON).exists():
-        return model_dir
-    z = np.asarray(water.train.atomic_numbers)
     hparams = dict(config.model.hparams)
-    module = build_model(config.model.kind, **hparams)
-    params = init_params(module, z, jax.random.PRNGKey(int(config.seed)))
-    cutoff = float(hparams.get("cutoff", 5.0))
-    space, neighbor_fn = _neighbor_fn(water.box, cutoff, 0.0)
-    bare = make_potential(module, z, space.displacement_fn, use_neighbor_list=True)
-    settings = pretrain_lib.recipe(
-        config.pretrain.recipe,
-        seed=int(config.seed),
-        progress_bar=bool(config.progress),
-        **dict(config.pretrain.overrides),
-    )
-    params, report = pretrain_lib.pretrain(
-        bare,
-        params,
+    space, neighbor_fn = _neighbor_fn(water.box, float(hparams.get("cutoff", 5.0)), 0.0)
+    return molecule.run_pretrain(
         water.train,
         water.val,
-        atomic_numbers=z,
-        settings=settings,
-        workdir=workdir / "pretrain",
-        test=water.test,
+        water.test,
+        kind=config.model.kind,
+        hparams=hparams,
+        settings=molecule.pretrain_settings_from_config(config),
+        workdir=workdir,
+        seed=int(config.seed),
+        displacement_fn=space.displacement_fn,
         neighbor_fn=neighbor_fn,
+        extra={"box_angstrom": water.box.tolist()},
     )
-    metadata = pretrain_lib.pretrained_model_metadata(
-        config.model.kind, module, z, cutoff, report, box_angstrom=water.box.tolist()
-    )
-    checkpoint.save_model_checkpoint(model_dir, params, metadata, overwrite=True)
-    return model_dir
 
 
 def _potential_and_simulator(loaded, water: WaterData, config, temperature_kelvin, history_every):

@@ -54,8 +54,11 @@ def test_aspirin_pipeline_all_stages(tmp_path):
     report = json.loads((tmp_path / "evaluate" / "report.json").read_text())
     table = report["results"]["comparison"]
     assert set(table) == {"baseline", "StABlE"}
-    for row in table.values():
-        assert 0.0 < row["median stable time (ps)"] <= 0.04 + 1e-9
+    details = report["results"]["details"]
+    for name, row in table.items():
+        # A tiny 2-epoch model may fail in the first chunk: stable times lie in [0, run length].
+        assert 0.0 <= row["median stable time (ps)"] <= 0.04 + 1e-9
+        assert len(details[name]["stable_time_ps"]) == 4
         assert np.isfinite(row["energy MAE (kcal/mol)"]) and row["energy MAE (kcal/mol)"] > 0
     assert (tmp_path / "evaluate" / "fraction_unstable.png").stat().st_size > 1000
     # The pretrained model is reused, not retrained, when the stage is run again.

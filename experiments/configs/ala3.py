@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from experiments.configs import aspirin
+from experiments.configs import aspirin, build_variant
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -87,9 +87,4 @@ VARIANTS = {"paper": lambda c: c, "cpu": cpu_variant, "smoke": smoke_variant}
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
-    variant = variant or "paper"
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown ala3 config variant {variant!r}; choose from {list(VARIANTS)}")
-    config = VARIANTS[variant](base_config())
-    config.variant = variant
-    return config
+    return build_variant("ala3", base_config, VARIANTS, variant)

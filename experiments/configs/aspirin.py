@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from experiments.configs import build_variant
+
 
 def base_config() -> ml_collections.ConfigDict:
     """The paper's aspirin settings; units are in the key names."""
@@ -163,11 +165,4 @@ VARIANTS = {"paper": lambda c: c, "cpu": cpu_variant, "smoke": smoke_variant}
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
-    variant = variant or "paper"
-    if variant not in VARIANTS:
-        raise ValueError(
-            f"unknown aspirin config variant {variant!r}; choose from {list(VARIANTS)}"
-        )
-    config = VARIANTS[variant](base_config())
-    config.variant = variant
-    return config
+    return build_variant("aspirin", base_config, VARIANTS, variant)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from experiments.configs import build_variant
+
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -138,9 +140,4 @@ VARIANTS = {"paper": lambda c: c, "cpu": cpu_variant, "smoke": smoke_variant}
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
-    variant = variant or "paper"
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown water config variant {variant!r}; choose from {list(VARIANTS)}")
-    config = VARIANTS[variant](base_config())
-    config.variant = variant
-    return config
+    return build_variant("water", base_config, VARIANTS, variant)
