@@ -15,7 +15,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stabie_jax import checkpoint, data, losses, md, metrics_log, plots, report, stability, units
+from stabie_jax import (
+    checkpoint,
+    data,
+    losses,
+    md,
+    metrics_log,
+    observables,
+    plots,
+    report,
+    stability,
+    units,
+)
 from stabie_jax import evaluate as ev
 from stabie_jax import stabie as stabie_lib
 
@@ -93,8 +104,6 @@ def evaluate_molecule(config, workdir, molecule, pretrained_dir, stabie_dir, wal
 
     h_kw = dict(r_max=float(config.observable.r_max_angstrom), n_bins=int(config.observable.n_bins))
     h_obs = ev.h_of_r_observable(sigma=float(config.observable.sigma_angstrom), **h_kw)
-    from stabie_jax import observables
-
     h_ref = np.asarray(
         observables.h_of_r_reference(jnp.asarray(molecule.reference.positions), **h_kw)
     )
