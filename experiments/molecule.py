@@ -300,7 +300,6 @@ def run_stabie_stage(
     shard: bool,
 ) -> pathlib.Path:
     """StABlE-train the pretrained model; returns the trained model's checkpoint directory."""
-    model_dir = workdir / STABIE_MODEL
     loaded = checkpoint.load_model_checkpoint(pretrained_dir)
     problem, _ = build_stabie_problem(loaded, molecule, inputs)
     kT = units.kT(inputs.temperature_kelvin)
@@ -315,32 +314,60 @@ def run_stabie_stage(
     settings = stabie_lib.StabieSettings(
         learning_rate=lr, qm_weight=qm_weight, grad_clip_norm=clip, **inputs.settings_kwargs
     )
-    key = jax.random.PRNGKey(seed)
-    k_ic, k_state = jax.random.split(key)
-    if inputs.n_replicas > molecule.train.n_frames:
-        raise ValueError(
-            f"n_replicas={inputs.n_replicas} exceeds the {molecule.train.n_frames} training "
-            "frames used as initial conditions"
-        )
-    ic = np.asarray(
-        jax.random.choice(k_ic, molecule.train.n_frames, (inputs.n_replicas,), replace=False)
-    )
-    state = stabie_lib.init_state(
-        problem,
-        settings,
-        loaded.params,
-        jnp.asarray(molecule.train.positions[ic], jnp.float32),
-        k_state,
-        rescale_velocities=inputs.rescale_velocities,
-    )
-    shard_fn = stabie_lib.shard_replicas if shard else None
     run_metadata = {
         **metadata,
         "exact_learning_rate": lr,
         "exact_qm_weight": qm_weight,
         "exact_grad_clip_norm": clip,
-        "initial_frames": ic.tolist(),
     }
+    return train_from_frames(
+        problem,
+        settings,
+        loaded,
+        molecule.train.positions,
+        n_replicas=inputs.n_replicas,
+        seed=seed,
+        workdir=workdir,
+        metadata=run_metadata,
+        progress=progress,
+        rescale_velocities=inputs.rescale_velocities,
+        shard=shard,
+    )
+
+
+def train_from_frames(
+    problem: stabie_lib.StabieProblem,
+    settings: stabie_lib.StabieSettings,
+    loaded: checkpoint.LoadedModel,
+    train_positions,
+    *,
+    n_replicas: int,
+    seed: int,
+    workdir: pathlib.Path,
+    metadata: dict,
+    progress: bool,
+    rescale_velocities: bool,
+    shard: bool,
+) -> pathlib.Path:
+    """Start R replicas from random training frames (no replacement, authors), run StABlE,
+    save the trained model next to the run; returns the model checkpoint directory."""
+    n_frames = len(train_positions)
+    if n_replicas > n_frames:
+        raise ValueError(
+            f"n_replicas={n_replicas} exceeds the {n_frames} training frames used as initial "
+            "conditions"
+        )
+    k_ic, k_state = jax.random.split(jax.random.PRNGKey(seed))
+    ic = np.asarray(jax.random.choice(k_ic, n_frames, (n_replicas,), replace=False))
+    state = stabie_lib.init_state(
+        problem,
+        settings,
+        loaded.params,
+        jnp.asarray(np.asarray(train_positions)[ic], jnp.float32),
+        k_state,
+        rescale_velocities=rescale_velocities,
+    )
+    run_metadata = {**metadata, "initial_frames": ic.tolist()}
     final, _ = stabie_lib.run_stabie(
         problem,
         settings,
@@ -348,8 +375,9 @@ def run_stabie_stage(
         workdir / "stabie",
         metadata=run_metadata,
         progress=progress,
-        shard_fn=shard_fn,
+        shard_fn=stabie_lib.shard_replicas if shard else None,
     )
+    model_dir = workdir / STABIE_MODEL
     extra = {**loaded.metadata.extra, "stabie": run_metadata}
     checkpoint.save_model_checkpoint(
         model_dir, final.train.params, loaded.metadata._replace(extra=extra), overwrite=True

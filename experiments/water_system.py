@@ -212,41 +212,25 @@ def run_stabie_stage(pretrained_dir, water: WaterData, config, workdir) -> pathl
         max_wall_seconds=float(s.max_wall_hours) * 3600 if s.max_wall_hours else None,
         checkpoint_every=int(s.checkpoint_every),
     )
-    k_ic, k_state = jax.random.split(jax.random.PRNGKey(int(config.seed)))
-    ic = np.asarray(
-        jax.random.choice(k_ic, water.train.n_frames, (int(s.n_replicas),), replace=False)
-    )
-    state = stabie_lib.init_state(
-        problem,
-        settings,
-        loaded.params,
-        jnp.asarray(water.train.positions[ic], jnp.float32),
-        k_state,
-        rescale_velocities=bool(config.md.rescale_velocities),
-    )
     n_dev = jax.device_count()
-    shard = stabie_lib.shard_replicas if n_dev > 1 and int(s.n_replicas) % n_dev == 0 else None
     meta = {
         "config": json.loads(config.to_json_best_effort()),
         "exact_learning_rate": lr,
         "exact_grad_clip_norm": clip,
-        "initial_frames": ic.tolist(),
     }
-    final, _ = stabie_lib.run_stabie(
+    return molecule.train_from_frames(
         problem,
         settings,
-        state,
-        workdir / "stabie",
+        loaded,
+        water.train.positions,
+        n_replicas=int(s.n_replicas),
+        seed=int(config.seed),
+        workdir=workdir,
         metadata=meta,
         progress=bool(config.progress),
-        shard_fn=shard,
+        rescale_velocities=bool(config.md.rescale_velocities),
+        shard=n_dev > 1 and int(s.n_replicas) % n_dev == 0,
     )
-    model_dir = workdir / STABIE_MODEL
-    extra = {**loaded.metadata.extra, "stabie": meta}
-    checkpoint.save_model_checkpoint(
-        model_dir, final.train.params, loaded.metadata._replace(extra=extra), overwrite=True
-    )
-    return model_dir
 
 
 def evaluate_water(config, workdir, water: WaterData, pretrained_dir, stabie_dir, wall) -> dict:
