@@ -8,6 +8,7 @@ used for both models.
 
 from __future__ import annotations
 
+import logging
 import pathlib
 import time
 
@@ -18,6 +19,7 @@ import numpy as np
 from stabie_jax import (
     checkpoint,
     data,
+    evaluation_store,
     losses,
     md,
     metrics_log,
@@ -31,11 +33,53 @@ from stabie_jax import evaluate as ev
 from stabie_jax import stabie as stabie_lib
 
 
-def _models(pretrained_dir, stabie_dir):
+def _models(pretrained_dir, stabie_dir, extra_models: str = "") -> dict:
+    """``{name: LoadedModel}``: baseline, StABlE (if trained) and ``extra_models``.
+
+    ``extra_models`` is ``"name=DIR,name=DIR"`` (e.g. a published model imported with
+    ``python -m stabie_jax.interop``), evaluated under exactly the same protocol.
+    """
     models = {"baseline": checkpoint.load_model_checkpoint(pretrained_dir)}
     if (pathlib.Path(stabie_dir) / checkpoint.MODEL_JSON).exists():
         models["StABlE"] = checkpoint.load_model_checkpoint(stabie_dir)
+    for item in filter(None, (part.strip() for part in str(extra_models).split(","))):
+        name, sep, directory = item.partition("=")
+        if not sep or not name.strip() or not directory.strip():
+            raise ValueError(
+                f"evaluate.extra_models entry {item!r} is not NAME=DIR; e.g. "
+                "--config.evaluate.extra_models='authors_stabie=models/authors_stabie'"
+            )
+        if name.strip() in models:
+            raise ValueError(f"evaluate.extra_models: the name {name.strip()!r} is taken")
+        models[name.strip()] = checkpoint.load_model_checkpoint(directory.strip())
     return models
+
+
+def _protocol_fingerprint(config, name: str, params) -> str:
+    """What determines one model's evaluation: protocol, data, seed and the parameters."""
+    d = config.data
+    return evaluation_store.fingerprint(
+        {
+            "name": name,
+            "params": checkpoint.state_checksum(params),
+            # Which other models run alongside does not change this model's result.
+            "evaluate": {k: v for k, v in config.evaluate.to_dict().items() if k != "extra_models"},
+            "md": config.md.to_dict(),
+            "observable": config.observable.to_dict(),
+            "seed": int(config.seed),
+            "data": [
+                d.source,
+                d.test_source,
+                d.labels,
+                d.n_test,
+                d.n_val,
+                d.n_train,
+                d.split_seed,
+                d.contiguous,
+                d.max_reference_frames,
+            ],
+        }
+    )
 
 
 def _simulator(potential, z, temperature_kelvin, config):
@@ -115,7 +159,14 @@ def evaluate_molecule(config, workdir, molecule, pretrained_dir, stabie_dir, wal
     )
 
     results, numbers = {}, {}
-    for name, loaded in _models(pretrained_dir, stabie_dir).items():
+    models = _models(pretrained_dir, stabie_dir, str(e.extra_models))
+    for name, loaded in models.items():
+        fingerprint = _protocol_fingerprint(config, name, loaded.params)
+        stored = evaluation_store.load_result(out / "models" / name, fingerprint)
+        if stored is not None:
+            (results[name], results[name + "_transfer"]), numbers[name] = stored
+            logging.info("evaluate: %s reused from %s", name, out / "models" / name)
+            continue
         started = time.time()
         potential = checkpoint.make_model_potential(
             loaded.module, loaded.metadata, md.free_space().displacement_fn
@@ -144,7 +195,6 @@ def evaluate_molecule(config, workdir, molecule, pretrained_dir, stabie_dir, wal
             "simulated_ps": result.simulated_ps,
             "h_of_r": ev.h_of_r_errors(result.observables["h_of_r"], h_ref),
             "test_errors": ev.qm_test_errors(potential, loaded.params, test_frames),
-            "wall_seconds": time.time() - started,
         }
         transfer = {}
         energies = np.asarray(molecule.reference.energies)
@@ -174,8 +224,14 @@ def evaluate_molecule(config, workdir, molecule, pretrained_dir, stabie_dir, wal
                 "n_eff": tr.n_eff,
                 "h_of_r": tr.h_of_r_errors,
             }
+        entry["wall_seconds"] = time.time() - started
         results[name + "_transfer"] = transfer
         numbers[name] = entry
+        # Keep the finished model: a later run (a kill during the next model, or a comparison
+        # that adds models) reuses it instead of simulating again.
+        evaluation_store.save_result(
+            out / "models" / name, (result, transfer), fingerprint, extra=report.to_jsonable(entry)
+        )
 
     # --- VACF against the reference trajectory (monitoring observable) ---------------------------
     vacf_ref = _reference_vacf(config, dt_fs, vacf_window) if vacf_window else None

@@ -67,6 +67,23 @@ def test_aspirin_pipeline_all_stages(tmp_path):
     molecule.run(config, tmp_path)
     assert (tmp_path / molecule.PRETRAINED_MODEL / "model.json").stat().st_mtime_ns == stamp
 
+    # A third model under the same protocol: the two finished models are reused from the store,
+    # and a copy of the baseline evaluated afresh reproduces the baseline's stable times exactly.
+    stored = tmp_path / "evaluate" / "models"
+    stamps = {n: (stored / n / "result.json").stat().st_mtime_ns for n in ("baseline", "StABlE")}
+    config.stages = "evaluate"
+    config.evaluate.extra_models = f"baseline_copy={tmp_path / molecule.PRETRAINED_MODEL}"
+    molecule.run(config, tmp_path)
+    for name, stamp in stamps.items():
+        assert (stored / name / "result.json").stat().st_mtime_ns == stamp
+    details = json.loads((tmp_path / "evaluate" / "report.json").read_text())["results"]["details"]
+    assert set(details) >= {"baseline", "StABlE", "baseline_copy"}
+    assert details["baseline_copy"]["stable_time_ps"] == details["baseline"]["stable_time_ps"]
+    assert details["baseline_copy"]["h_of_r"] == details["baseline"]["h_of_r"]
+    config.evaluate.extra_models = "no_directory_given"
+    with pytest.raises(ValueError, match="NAME=DIR"):
+        molecule.run(config, tmp_path)
+
 
 def test_authors_hyperparameters_convert_to_exact_estimator():
     kT, B = 0.0430865, 40

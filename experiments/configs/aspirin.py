@@ -109,6 +109,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.evaluate.stop_fraction = 0.99
     c.evaluate.transfer_temperatures_kelvin = (350.0, 700.0)
     c.evaluate.transfer_length_ps = 300.0
+    # More models to evaluate under the same protocol, "name=DIR,name=DIR" (stabie_jax model
+    # checkpoints, e.g. the authors' published model imported with `python -m stabie_jax.interop`).
+    # Finished models are stored under workdir/evaluate/models/ and reused by later runs.
+    c.evaluate.extra_models = ""
     return c
 
 

@@ -1,0 +1,125 @@
+"""Save and reload finished evaluation results, keyed by a fingerprint of what produced them.
+
+An evaluation of one model (hundreds of replica-picoseconds) is the expensive part of an
+experiment; a later run that asks for the same model under the same protocol, e.g. a three-way
+comparison that adds a newly trained model next to two already evaluated ones, or a rerun after
+a kill in the middle of the next model, reuses the stored result instead of simulating again.
+
+A result is a nest of tuples, ``NamedTuple`` s (:class:`~stabie_jax.evaluate.StabilityResult`,
+:class:`~stabie_jax.evaluate.TemperatureTransferResult`), dicts, numpy arrays, Python scalars
+and ``None``. It is written as ``result.npz`` (arrays, ``allow_pickle=False``) plus
+``result.json`` (structure, scalars and the fingerprint). Nothing is pickled.
+
+Examples:
+  >>> fp = fingerprint({"protocol": {...}, "params": checkpoint.state_checksum(params)})
+  >>> cached = load_result(out / "baseline", fp)          # None if absent or stale
+  >>> if cached is None:
+  ...     save_result(out / "baseline", result, fp)          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+from typing import Any
+
+import numpy as np
+
+from stabie_jax import evaluate as ev
+
+__all__ = ["fingerprint", "load_result", "save_result"]
+
+_ARRAYS = "result.npz"
+_LAYOUT = "result.json"
+_TYPES = {
+    "StabilityResult": ev.StabilityResult,
+    "TemperatureTransferResult": ev.TemperatureTransferResult,
+}
+
+
+def fingerprint(spec: Any) -> str:
+    """sha256 of the canonical JSON of ``spec`` (a JSON-able description of the protocol)."""
+    text = json.dumps(spec, sort_keys=True, default=_json_default)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, tuple | list):
+        return list(value)
+    raise TypeError(f"cannot fingerprint {type(value).__name__}")
+
+
+def _encode(value, key: str, arrays: dict) -> Any:
+    if value is None:
+        return {"none": True}
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        name = type(value).__name__
+        if name not in _TYPES:
+            raise TypeError(f"cannot store a {name}; known: {sorted(_TYPES)}")
+        fields = {f: _encode(getattr(value, f), f"{key}/{f}", arrays) for f in value._fields}
+        return {"type": name, "fields": fields}
+    if isinstance(value, tuple | list):
+        return {"tuple": [_encode(v, f"{key}/{i}", arrays) for i, v in enumerate(value)]}
+    if isinstance(value, dict):
+        return {"dict": {str(k): _encode(v, f"{key}/{k}", arrays) for k, v in value.items()}}
+    if isinstance(value, bool | int | float | str | np.generic) and np.ndim(value) == 0:
+        return {"scalar": value.item() if isinstance(value, np.generic) else value}
+    arrays[key] = np.asarray(value)
+    return {"array": key}
+
+
+def _decode(layout: dict, arrays) -> Any:
+    if "none" in layout:
+        return None
+    if "type" in layout:
+        cls = _TYPES[layout["type"]]
+        return cls(**{f: _decode(v, arrays) for f, v in layout["fields"].items()})
+    if "tuple" in layout:
+        return tuple(_decode(v, arrays) for v in layout["tuple"])
+    if "dict" in layout:
+        return {k: _decode(v, arrays) for k, v in layout["dict"].items()}
+    if "scalar" in layout:
+        return layout["scalar"]
+    return np.asarray(arrays[layout["array"]])
+
+
+def save_result(directory, result, fingerprint_hex: str, extra: dict | None = None) -> None:
+    """Write ``result`` (and JSON-able ``extra``) under ``directory`` atomically.
+
+    The JSON layout is written last, through a temporary file and ``os.replace``: a run killed
+    while saving leaves no readable (and therefore no half-written) result.
+    """
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    arrays: dict = {}
+    layout = _encode(result, "r", arrays)
+    tmp_npz = directory / (_ARRAYS + ".tmp.npz")
+    np.savez(tmp_npz, **arrays)
+    os.replace(tmp_npz, directory / _ARRAYS)
+    blob = {"fingerprint": fingerprint_hex, "layout": layout, "extra": extra or {}}
+    tmp_json = directory / (_LAYOUT + ".tmp")
+    tmp_json.write_text(json.dumps(blob, indent=1, default=_json_default))
+    os.replace(tmp_json, directory / _LAYOUT)
+
+
+def load_result(directory, fingerprint_hex: str):
+    """``(result, extra)`` stored under ``directory`` for this fingerprint, else ``None``.
+
+    A missing, stale (other fingerprint) or unreadable store returns ``None`` (the caller
+    recomputes and overwrites it).
+    """
+    directory = pathlib.Path(directory)
+    try:
+        blob = json.loads((directory / _LAYOUT).read_text())
+        if blob.get("fingerprint") != fingerprint_hex:
+            return None
+        with np.load(directory / _ARRAYS, allow_pickle=False) as arrays:
+            return _decode(blob["layout"], arrays), blob.get("extra", {})
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

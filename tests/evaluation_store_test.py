@@ -1,0 +1,80 @@
+"""Evaluation results survive a save/load round trip; stale or corrupt stores are ignored."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from stabie_jax import evaluate as ev
+from stabie_jax import evaluation_store as store
+
+
+def _result(seed: int = 0) -> ev.StabilityResult:
+    rng = np.random.default_rng(seed)
+    fields = dict.fromkeys(ev.StabilityResult._fields)
+    fields.update(
+        stable_time_ps=rng.uniform(0, 5, 6),
+        censored=rng.uniform(size=6) > 0.5,
+        times_ps=np.linspace(0, 5, 11),
+        fraction_unstable=np.sort(rng.uniform(size=11)),
+        median_stable_time_ps=2.5,
+        mean_stable_time_ps=float("nan"),
+        simulated_ps=5.0,
+        chunk_ps=0.5,
+        stopped_early=False,
+        temperature_kelvin=500.0,
+        initial_momenta=rng.normal(size=(6, 3, 3)).astype(np.float32),
+        observables={"h_of_r": rng.uniform(size=7)},
+        observables_per_replica={"h_of_r": rng.uniform(size=(6, 7))},
+        observable_frames=np.arange(6),
+    )
+    return ev.StabilityResult(**fields)
+
+
+def _assert_same(a, b):
+    for field in ev.StabilityResult._fields:
+        x, y = getattr(a, field), getattr(b, field)
+        if isinstance(x, dict):
+            assert set(x) == set(y)
+            for k in x:
+                np.testing.assert_array_equal(x[k], y[k])
+        elif x is None:
+            assert y is None
+        else:
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+            assert np.asarray(x).dtype == np.asarray(y).dtype or np.ndim(x) == 0
+
+
+def test_round_trip_with_nested_transfer_results(tmp_path):
+    result = _result(0)
+    transfer = {
+        "700K": ev.TemperatureTransferResult(
+            temperature_kelvin=700.0,
+            stability=_result(1),
+            h_of_r_reference=np.ones(7),
+            n_eff=123.5,
+            h_of_r_errors={"mae": 0.25},
+        )
+    }
+    fp = store.fingerprint({"protocol": {"ps": 5.0, "temps": (350.0, 700.0)}, "params": "abc"})
+    store.save_result(tmp_path / "m", (result, transfer), fp, extra={"note": [1, 2]})
+    (loaded, loaded_transfer), extra = store.load_result(tmp_path / "m", fp)
+    _assert_same(result, loaded)
+    _assert_same(transfer["700K"].stability, loaded_transfer["700K"].stability)
+    assert loaded_transfer["700K"].n_eff == 123.5
+    assert loaded_transfer["700K"].h_of_r_errors == {"mae": 0.25}
+    assert extra == {"note": [1, 2]}
+
+
+def test_stale_missing_and_corrupt_stores_are_ignored(tmp_path):
+    fp = store.fingerprint({"params": "abc"})
+    assert store.load_result(tmp_path / "absent", fp) is None
+    store.save_result(tmp_path / "m", (_result(), {}), fp)
+    assert store.load_result(tmp_path / "m", store.fingerprint({"params": "abd"})) is None
+    (tmp_path / "m" / "result.npz").write_bytes(b"not a zip file")
+    assert store.load_result(tmp_path / "m", fp) is None
+
+
+def test_fingerprint_is_order_independent_and_sensitive():
+    a = store.fingerprint({"x": 1, "y": [1.0, 2.0]})
+    assert a == store.fingerprint({"y": (1.0, 2.0), "x": 1})
+    assert a != store.fingerprint({"x": 1, "y": [1.0, 2.0000001]})
