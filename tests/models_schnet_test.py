@@ -97,3 +97,47 @@ def test_rejects_invalid_atomic_numbers_and_offsets():
     bad = module.clone(gaussian_offsets=(0.0, 1.0))
     with pytest.raises(ValueError, match="gaussian_offsets"):
         bad.apply({"params": params}, np.array([6, 8, 1]), graph)
+
+
+@pytest.mark.parametrize("periodic", [False, True])
+def test_undirected_edges_give_the_directed_energies_and_forces(periodic):
+    """Each pair listed once with messages both ways equals the directed all-pairs graph."""
+    with jax.enable_x64(True):
+        _check_undirected(periodic)
+
+
+def _check_undirected(periodic):
+    from jax_md import partition
+
+    directed = SchNet(hidden=16, num_filters=16, num_interactions=2, cutoff=3.0)
+    undirected = directed.clone(undirected_edges=True)
+    params = random_params(directed, ATOMIC_NUMBERS, dtype=np.float64)
+    positions = jnp.asarray(POSITIONS, jnp.float64)
+    if periodic:
+        box = 6.0
+        displacement, _ = space.periodic(box)
+        positions = jnp.mod(positions, box)
+        potentials, neighbors = [], []
+        for module, fmt in ((directed, partition.Sparse), (undirected, partition.OrderedSparse)):
+            neighbor_fn = partition.neighbor_list(
+                displacement, box, 3.0, format=fmt, fractional_coordinates=False
+            )
+            neighbors.append(neighbor_fn.allocate(positions))
+            potentials.append(
+                make_potential(module, ATOMIC_NUMBERS, displacement, use_neighbor_list=True)
+            )
+        with pytest.raises(ValueError, match="OrderedSparse"):
+            potentials[1].energy_fn(params, positions, neighbors[0])
+    else:
+        displacement, _ = space.free()
+        potentials = [
+            make_potential(m, ATOMIC_NUMBERS, displacement) for m in (directed, undirected)
+        ]
+        neighbors = [None, None]
+    (e0, f0), (e1, f1) = (
+        (p.energy_fn(params, positions, nb), p.force_fn(params, positions, nb))
+        for p, nb in zip(potentials, neighbors, strict=True)
+    )
+    assert abs(float(e0)) > 1e-3  # a non-trivial energy
+    np.testing.assert_allclose(float(e1), float(e0), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(f1), np.asarray(f0), rtol=1e-10, atol=1e-12)

@@ -20,7 +20,8 @@ Conventions (the same as JAX-MD's ``partition.Sparse`` neighbour format):
 Two sources of edges:
 
 * :func:`dense_edges` - all ordered pairs ``i != j``; fastest for molecules of a few tens of
-  atoms, no neighbour list, no overflow.
+  atoms, no neighbour list, no overflow. :func:`dense_pairs` - each unordered pair once, for
+  modules that declare ``undirected_edges = True``.
 * :func:`edges_from_neighbor_list` - a JAX-MD ``partition.Sparse`` neighbour list (bulk, PBC).
 """
 
@@ -65,6 +66,19 @@ def dense_edges(n_atoms: int) -> tuple[np.ndarray, np.ndarray]:
       ``(senders, receivers)``, each ``[n_atoms * (n_atoms - 1)]`` int32.
     """
     receivers, senders = np.nonzero(~np.eye(n_atoms, dtype=bool))
+    return senders.astype(np.int32), receivers.astype(np.int32)
+
+
+def dense_pairs(n_atoms: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every unordered pair once, ``senders[e] = i < receivers[e] = j``, as static index arrays.
+
+    The undirected edge list for modules with ``undirected_edges = True`` (SchNet), which send
+    messages both ways along each edge.
+
+    Returns:
+      ``(senders, receivers)``, each ``[n_atoms * (n_atoms - 1) / 2]`` int32.
+    """
+    senders, receivers = np.triu_indices(n_atoms, k=1)
     return senders.astype(np.int32), receivers.astype(np.int32)
 
 

@@ -17,8 +17,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax_md import partition
 
-from stabie_jax.models.graph import build_graph, dense_edges, edges_from_neighbor_list
+from stabie_jax.models.graph import build_graph, dense_edges, dense_pairs, edges_from_neighbor_list
 
 
 class Potential(NamedTuple):
@@ -49,7 +50,9 @@ def make_potential(
       atomic_numbers: ``[N]`` ints, fixed for this potential.
       displacement_fn: JAX-MD displacement function of the space (free or periodic).
       use_neighbor_list: if False, all ordered pairs are edges (molecules); if True, the
-        functions require ``neighbor=`` a JAX-MD ``partition.Sparse`` neighbour list.
+        functions require ``neighbor=`` a JAX-MD ``partition.Sparse`` neighbour list. A module
+        with ``undirected_edges = True`` gets each pair once instead (:func:`dense_pairs`, or an
+        ``OrderedSparse`` neighbour list).
 
     Returns:
       A :class:`Potential`. ``params`` is the Flax ``params`` collection (not wrapped in a
@@ -57,7 +60,9 @@ def make_potential(
     """
     atomic_numbers = jnp.asarray(np.asarray(atomic_numbers), dtype=jnp.int32)
     n_atoms = int(atomic_numbers.shape[0])
-    static_edges = None if use_neighbor_list else dense_edges(n_atoms)
+    undirected = bool(getattr(module, "undirected_edges", False))
+    pairs = dense_pairs if undirected else dense_edges
+    static_edges = None if use_neighbor_list else pairs(n_atoms)
 
     def per_atom_energy_fn(params, positions, neighbor=None, **displacement_kwargs):
         if positions.shape != (n_atoms, 3):
@@ -68,6 +73,13 @@ def make_potential(
         if use_neighbor_list:
             if neighbor is None:
                 raise ValueError("this potential uses a neighbour list: pass neighbor=...")
+            expected = partition.OrderedSparse if undirected else partition.Sparse
+            if neighbor.format is not expected:
+                raise ValueError(
+                    f"this {type(module).__name__} needs a neighbour list in format "
+                    f"{expected.name} (undirected_edges={undirected}), got {neighbor.format.name};"
+                    f" build it with partition.neighbor_list(..., format=partition.{expected.name})"
+                )
             senders, receivers = edges_from_neighbor_list(neighbor)
         else:
             senders, receivers = static_edges

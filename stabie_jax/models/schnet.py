@@ -97,6 +97,7 @@ class SchNetInteraction(nn.Module):
     hidden: int
     num_filters: int
     cutoff: float
+    undirected_edges: bool = False
 
     @nn.compact
     def __call__(
@@ -116,6 +117,12 @@ class SchNetInteraction(nn.Module):
         x_j = jnp.take(x, graph.senders, axis=0, mode="clip")
         messages = jnp.where(graph.edge_mask[:, None], x_j * w, 0.0)
         m = jax.ops.segment_sum(messages, graph.receivers, num_segments=n_atoms)
+        if self.undirected_edges:
+            # Each edge stands for both directions; the filter depends on |r| only, so the
+            # reverse message reuses it (half the filter-network work of a directed list).
+            x_i = jnp.take(x, graph.receivers, axis=0, mode="clip")
+            reverse = jnp.where(graph.edge_mask[:, None], x_i * w, 0.0)
+            m = m + jax.ops.segment_sum(reverse, graph.senders, num_segments=n_atoms)
         m = nn.Dense(self.hidden, name="conv_out")(m)
         return nn.Dense(self.hidden, name="dense")(shifted_softplus(m))
 
@@ -136,6 +143,11 @@ class SchNet(nn.Module):
       species: atomic numbers that per-species ``energy_scale``/``energy_shift`` refer to.
       energy_scale: eV per output unit; float or tuple aligned with ``species``.
       energy_shift: eV per atom; float or tuple aligned with ``species``.
+      undirected_edges: the graph lists every interacting pair once (``i < j``, e.g.
+        :func:`~stabie_jax.models.graph.dense_pairs` or a JAX-MD ``OrderedSparse`` neighbour
+        list) and messages flow both ways along each edge. Same energies as the directed
+        graph, half the filter-network FLOPs. :func:`~stabie_jax.models.make_potential` picks
+        the matching edge list; a directed graph given to such a module counts pairs twice.
     """
 
     hidden: int = 64
@@ -148,6 +160,7 @@ class SchNet(nn.Module):
     species: Sequence[int] | None = None
     energy_scale: float | Sequence[float] = 1.0
     energy_shift: float | Sequence[float] = 0.0
+    undirected_edges: bool = False
 
     @nn.compact
     def __call__(self, atomic_numbers: jax.Array, graph: Graph) -> jax.Array:
@@ -179,7 +192,11 @@ class SchNet(nn.Module):
         h = nn.Embed(self.max_atomic_number, self.hidden, name="embedding")(z).astype(dtype)
         for i in range(self.num_interactions):
             block = SchNetInteraction(
-                self.hidden, self.num_filters, self.cutoff, name=f"interaction_{i}"
+                self.hidden,
+                self.num_filters,
+                self.cutoff,
+                self.undirected_edges,
+                name=f"interaction_{i}",
             )
             h = h + block(h, expansion, lengths, graph)
         h = nn.Dense(self.hidden // 2, name="readout_0")(h)
