@@ -16,8 +16,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
+import os
 import pathlib
 import platform
+import resource
+import subprocess
 import sys
 import time
 
@@ -41,8 +45,8 @@ def _geometry(n_replicas: int, key) -> np.ndarray:
     return base[None] + noise
 
 
-def run_jax(params, potential, positions, n_steps, dt, kT):
-    sim = md.make_simulator(
+def _simulator(potential, dt, kT):
+    return md.make_simulator(
         potential.energy_fn,
         md.masses_from_atomic_numbers(ASPIRIN_Z),
         dt=dt,
@@ -50,6 +54,10 @@ def run_jax(params, potential, positions, n_steps, dt, kT):
         space=md.free_space(),
         tau=md.tau_from_ttime(20, dt),
     )
+
+
+def run_jax(params, potential, positions, n_steps, dt, kT):
+    sim = _simulator(potential, dt, kT)
     state = sim.init(params, jax.random.PRNGKey(0), jnp.asarray(positions))
     started = time.perf_counter()
     state, _ = sim.simulate(params, state, n_steps)
@@ -59,6 +67,35 @@ def run_jax(params, potential, positions, n_steps, dt, kT):
     state, _ = sim.simulate(params, state, n_steps)
     jax.block_until_ready(state.md.position)
     return warm, n_steps / (time.perf_counter() - started)
+
+
+def flops_per_replica_step(params, potential, positions, dt, kT) -> float:
+    """XLA's FLOP count of one compiled MD step of all replicas, divided by the replicas.
+
+    ``jax.jit(f).lower(...).compile().cost_analysis()`` of a one-step ``simulate`` (force
+    evaluation with its backward pass, integrator and thermostat).
+    """
+    sim = _simulator(potential, dt, kT)
+    state = sim.init(params, jax.random.PRNGKey(0), jnp.asarray(positions))
+    compiled = jax.jit(lambda p, s: sim.simulate(p, s, 1)).lower(params, state).compile()
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, list | tuple):  # older jax returns one dict per program
+        analysis = analysis[0]
+    return float(analysis["flops"]) / positions.shape[0]
+
+
+def matmul_flop_rate(n: int = 2048, repeats: int = 10) -> float:
+    """FLOP/s of a large float32 matmul (``n × n`` by ``n × n``) on this machine, via XLA."""
+    a = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.PRNGKey(2), (n, n), jnp.float32)
+    matmul = jax.jit(jnp.matmul)
+    matmul(a, b).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        matmul(a, b).block_until_ready()
+        best = min(best, time.perf_counter() - started)
+    return 2.0 * n**3 / best
 
 
 def run_torch(params, positions, n_steps, dt, kT):
@@ -96,52 +133,117 @@ def run_torch(params, positions, n_steps, dt, kT):
     return warm, n_steps / (time.perf_counter() - started)
 
 
+def _worker(side: str, n_rep: int, n_steps: int) -> dict:
+    """One measurement in this (child) process: rate, warm-up, FLOPs and peak RSS."""
+    dt, kT = units.fs_to_internal(0.5), units.kT(500.0)
+    directed = build_model("schnet")
+    params = init_params(directed, ASPIRIN_Z, jax.random.PRNGKey(0))
+    positions = _geometry(n_rep, jax.random.PRNGKey(n_rep))
+    out = {"side": side, "replicas": n_rep}
+    if side == "torch":
+        out["warm_s"], out["replica_steps_per_s"] = run_torch(params, positions, n_steps, dt, kT)
+    else:
+        module = directed.clone(undirected_edges=(side == "jax_pairs"))
+        potential = make_potential(module, ASPIRIN_Z, md.free_space().displacement_fn)
+        warm, rate = run_jax(params, potential, positions, n_steps, dt, kT)
+        out["warm_s"], out["replica_steps_per_s"] = warm, rate * n_rep
+        out["flops_per_replica_step"] = flops_per_replica_step(params, potential, positions, dt, kT)
+    if side == "torch":
+        out["replica_steps_per_s"] *= n_rep
+    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return out
+
+
+def _measure(side: str, n_rep: int, n_steps: int) -> dict:
+    """Run :func:`_worker` in a child process (isolated peak memory, same machine)."""
+    command = [sys.executable, __file__, "--worker", side, str(n_rep), str(n_steps)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise RuntimeError(f"{side} R={n_rep} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+SIDES = {
+    "jax": "JAX, directed edges (as torch_geometric)",
+    "jax_pairs": "JAX, each pair once (`undirected_edges=True`, the default of the configs)",
+    "torch": "PyTorch, batched, autograd forces",
+}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--replicas", default="1,32,128")
+    parser.add_argument("--replicas", default="1,32,128,256")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--output", default=None)
+    parser.add_argument("--worker", nargs=3, metavar=("SIDE", "R", "STEPS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.worker:
+        side, n_rep, n_steps = args.worker
+        print(json.dumps(_worker(side, int(n_rep), int(n_steps))))
+        return
     import torch
 
-    dt, kT = units.fs_to_internal(0.5), units.kT(500.0)
-    module = build_model("schnet")
-    params = init_params(module, ASPIRIN_Z, jax.random.PRNGKey(0))
-    potential = make_potential(module, ASPIRIN_Z, md.free_space().displacement_fn)
+    peak = matmul_flop_rate()
+    print(f"float32 matmul 2048^3 on this machine: {peak / 1e9:.1f} GFLOP/s")
     rows = []
     for n_rep in [int(r) for r in args.replicas.split(",")]:
-        positions = _geometry(n_rep, jax.random.PRNGKey(n_rep))
-        jw, jr = run_jax(params, potential, positions, args.steps, dt, kT)
-        tw, tr = run_torch(params, positions, args.steps, dt, kT)
-        rows.append((n_rep, jw, jr, tw, tr))
+        row = {side: _measure(side, n_rep, args.steps) for side in SIDES}
+        rows.append(row)
+        rates = {side: m["replica_steps_per_s"] * 21 for side, m in row.items()}
         print(
-            f"R={n_rep:4d}  JAX {jr * n_rep * 21:9.0f} atom-steps/s (warm-up {jw:.1f} s)  "
-            f"PyTorch {tr * n_rep * 21:9.0f} (warm-up {tw:.2f} s)  ratio {jr / tr:.2f}"
+            f"R={n_rep:4d}  "
+            + "  ".join(f"{side} {rate:9.0f} atom-steps/s" for side, rate in rates.items())
+            + f"  pairs/torch {rates['jax_pairs'] / rates['torch']:.2f}"
         )
     lines = [
         "# JAX (stabie_jax) vs PyTorch MD throughput, same SchNet and weights",
         "",
         f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
-        f"- machine: {platform.machine()}, {platform.processor() or 'CPU'}, "
+        f"- machine: {platform.machine()}, {_cpu_model()}, {os.cpu_count()} logical CPUs, "
         f"torch threads {torch.get_num_threads()}",
         f"- versions: python {platform.python_version()}, jax {jax.__version__}, "
         f"torch {torch.__version__}",
         f"- command: `python {' '.join(sys.argv)}`",
+        f"- float32 matmul (2048³, XLA) on this machine: {peak / 1e9:.1f} GFLOP/s",
         "",
-        "| R | JAX atom-steps/s | JAX warm-up (s) | PyTorch atom-steps/s | PyTorch warm-up (s) "
-        "| JAX/PyTorch |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "Sides: " + "; ".join(f"`{k}` = {v}" for k, v in SIDES.items()) + ".",
+        "",
+        "| R | JAX directed | JAX pairs | PyTorch | JAX pairs / PyTorch | JAX directed / PyTorch "
+        "| warm-up s (directed / pairs / torch) | GFLOP per replica-step (directed / pairs) "
+        "| FLOP utilisation (directed / pairs) | peak RSS MiB (directed / pairs / torch) |",
+        "|---:|---:|---:|---:|---:|---:|---|---|---|---|",
     ]
-    for n_rep, jw, jr, tw, tr in rows:
+    for row in rows:
+        j, jp, t = row["jax"], row["jax_pairs"], row["torch"]
+
+        def util(m):
+            return m["flops_per_replica_step"] * m["replica_steps_per_s"] / peak
+
         lines.append(
-            f"| {n_rep} | {jr * n_rep * 21:.0f} | {jw:.1f} | {tr * n_rep * 21:.0f} | {tw:.2f} | "
-            f"{jr / tr:.2f} |"
+            f"| {j['replicas']} | {j['replica_steps_per_s'] * 21:.0f} | "
+            f"{jp['replica_steps_per_s'] * 21:.0f} | {t['replica_steps_per_s'] * 21:.0f} | "
+            f"{jp['replica_steps_per_s'] / t['replica_steps_per_s']:.2f} | "
+            f"{j['replica_steps_per_s'] / t['replica_steps_per_s']:.2f} | "
+            f"{j['warm_s']:.1f} / {jp['warm_s']:.1f} / {t['warm_s']:.2f} | "
+            f"{j['flops_per_replica_step'] / 1e9:.4f} / {jp['flops_per_replica_step'] / 1e9:.4f} | "
+            f"{util(j):.0%} / {util(jp):.0%} | "
+            f"{j['peak_rss_mib']:.0f} / {jp['peak_rss_mib']:.0f} / {t['peak_rss_mib']:.0f} |"
         )
     text = "\n".join(lines) + "\n"
     print(text)
     if args.output:
         with open(args.output, "w") as f:
             f.write(text)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "CPU"
 
 
 if __name__ == "__main__":
