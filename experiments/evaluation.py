@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import molecule as molecule_lib
 from stabie_jax import (
     checkpoint,
     data,
@@ -148,9 +149,10 @@ def evaluate_molecule(config, workdir, molecule, pretrained_dir, stabie_dir, wal
 
     h_kw = dict(r_max=float(config.observable.r_max_angstrom), n_bins=int(config.observable.n_bins))
     h_obs = ev.h_of_r_observable(sigma=float(config.observable.sigma_angstrom), **h_kw)
-    h_ref = np.asarray(
-        observables.h_of_r_reference(jnp.asarray(molecule.reference.positions), **h_kw)
-    )
+    # Reference frames are canonical at data.reference_temperature_kelvin; h(r) references at
+    # other temperatures (the run's, the transfer temperatures) are reweighted from there.
+    reference_T = molecule_lib.reference_temperature(config) or T
+    h_ref = molecule_lib.reference_h_of_r(molecule, T, reference_T, **h_kw)
     vacf_window = int(e.vacf_window_steps)
     test_frames = losses.LabelledFrames(
         jnp.asarray(molecule.test.positions, jnp.float32),
@@ -208,7 +210,7 @@ def evaluate_molecule(config, workdir, molecule, pretrained_dir, stabie_dir, wal
                 key,
                 reference_positions=np.asarray(molecule.reference.positions),
                 reference_energies=energies,
-                reference_temperature_kelvin=T,
+                reference_temperature_kelvin=reference_T,
                 sigma=float(config.observable.sigma_angstrom),
                 stable_fn=stable_fn,
                 total_steps=steps2,

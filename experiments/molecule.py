@@ -22,7 +22,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stabie_jax import checkpoint, data, estimator, losses, md, observables, stability, units
+from stabie_jax import (
+    checkpoint,
+    data,
+    estimator,
+    evaluation_metrics,
+    losses,
+    md,
+    observables,
+    stability,
+    units,
+)
 from stabie_jax import pretrain as pretrain_lib
 from stabie_jax import stabie as stabie_lib
 from stabie_jax.models import make_potential
@@ -198,6 +208,46 @@ class StabieInputs(NamedTuple):
     h_n_bins: int
     h_sigma_angstrom: float
     settings_kwargs: dict
+    reference_temperature_kelvin: float | None = None  # of the reference frames; None = same
+
+
+def reference_h_of_r(
+    molecule: MoleculeData,
+    temperature_kelvin: float,
+    reference_temperature_kelvin: float | None,
+    *,
+    r_max: float,
+    n_bins: int,
+) -> np.ndarray:
+    """``[n_bins]`` reference h(r) at ``temperature_kelvin`` (sum 100).
+
+    The reference frames are canonical samples at ``reference_temperature_kelvin`` (MD17: the
+    500 K AIMD run); at another temperature they are Boltzmann-reweighted with their energies,
+    as the authors do (REFERENCE_SETTINGS A2).
+    """
+    positions = np.asarray(molecule.reference.positions)
+    if reference_temperature_kelvin is None or np.isclose(
+        float(reference_temperature_kelvin), float(temperature_kelvin)
+    ):
+        return np.asarray(
+            observables.h_of_r_reference(jnp.asarray(positions), r_max=r_max, n_bins=n_bins)
+        )
+    h_ref, n_eff = evaluation_metrics.reweighted_h_of_r_reference(
+        positions,
+        np.asarray(molecule.reference.energies),
+        float(reference_temperature_kelvin),
+        float(temperature_kelvin),
+        r_max=r_max,
+        n_bins=n_bins,
+    )
+    logging.info(
+        "h(r) reference reweighted %g K -> %g K (N_eff = %.0f of %d frames)",
+        reference_temperature_kelvin,
+        temperature_kelvin,
+        n_eff,
+        positions.shape[0],
+    )
+    return np.asarray(h_ref)
 
 
 def exact_hyperparameters(
@@ -279,7 +329,9 @@ def build_stabie_problem(loaded: checkpoint.LoadedModel, molecule: MoleculeData,
         return ok
 
     h_kw = dict(r_max=inp.h_r_max_angstrom, n_bins=inp.h_n_bins)
-    h_ref = observables.h_of_r_reference(jnp.asarray(molecule.reference.positions), **h_kw)
+    h_ref = jnp.asarray(
+        reference_h_of_r(molecule, inp.temperature_kelvin, inp.reference_temperature_kelvin, **h_kw)
+    )
     observable_fn = lambda r: observables.h_of_r(r, sigma=inp.h_sigma_angstrom, **h_kw)
     obs_loss = stabie_lib.global_observable_loss(
         potential.energy_fn, observable_fn, h_ref, kT, batch_size=inp.minibatch_size
@@ -427,7 +479,14 @@ def stabie_inputs_from_config(config) -> StabieInputs:
             max_wall_seconds=max_wall,
             checkpoint_every=int(s.checkpoint_every),
         ),
+        reference_temperature_kelvin=reference_temperature(config),
     )
+
+
+def reference_temperature(config) -> float | None:
+    """Temperature (K) at which the reference frames were sampled, or None if unknown."""
+    value = config.data.get("reference_temperature_kelvin", 0.0)
+    return float(value) if value else None
 
 
 def run(config, workdir) -> dict:
