@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax_md import partition
 
 from stabie_jax import units
 from stabie_jax.md import (
@@ -308,8 +309,11 @@ def test_sampling_and_bad_arguments():
 # Periodic space with neighbour lists
 
 
-def _lj_gas_energy(box, cutoff):
-    """Truncated-and-shifted LJ in a periodic box, dense (neighbor=None) or JAX-MD Sparse list."""
+def _lj_gas_energy(box, cutoff, pair_factor=0.5):
+    """Truncated-and-shifted LJ in a periodic box, dense (neighbor=None) or JAX-MD Sparse list.
+
+    ``pair_factor`` 0.5 for lists holding both directions, 1 for OrderedSparse (each pair once).
+    """
     sigma, eps = 3.4, 0.0104
     shift = 4 * eps * ((sigma / cutoff) ** 12 - (sigma / cutoff) ** 6)
 
@@ -327,9 +331,40 @@ def _lj_gas_energy(box, cutoff):
         d = positions[jnp.minimum(i, n - 1)] - positions[jnp.minimum(j, n - 1)]
         d = d - box * jnp.round(d / box)
         r2 = jnp.where(mask, jnp.sum(d**2, -1), 4 * cutoff**2)
-        return 0.5 * jnp.sum(jnp.where(mask, pair(r2), 0.0))
+        return pair_factor * jnp.sum(jnp.where(mask, pair(r2), 0.0))
 
     return energy_fn
+
+
+def test_ordered_sparse_neighbor_list_holds_each_pair_once():
+    box, cutoff = 15.0, 7.0
+    grid = np.stack(np.meshgrid(*[np.arange(3.0)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    pos = jnp.asarray(grid * 5.0 + 1.0)[None].repeat(2, 0)
+    pos = pos + 0.2 * jax.random.normal(jax.random.PRNGKey(0), pos.shape)
+    masses = np.full(27, 39.948)
+    kw = dict(dt=units.fs_to_internal(2.0), kT=units.kT(120.0), space=periodic_space(box))
+    both = make_simulator(_lj_gas_energy(box, cutoff), masses, cutoff=cutoff, **kw)
+    once = make_simulator(
+        _lj_gas_energy(box, cutoff, pair_factor=1.0),
+        masses,
+        cutoff=cutoff,
+        neighbor_format=partition.NeighborListFormat.OrderedSparse,
+        **kw,
+    )
+    mom = maxwell_boltzmann_momenta(jax.random.PRNGKey(1), masses, kw["kT"], (2,))
+    s_both, s_once = both.init({}, None, pos, momenta=mom), once.init({}, None, pos, momenta=mom)
+    idx = np.asarray(s_once.neighbor.idx[0])
+    real = idx[0] < 27
+    assert np.all(idx[0][real] < idx[1][real])  # i < j only
+    assert s_once.neighbor.idx.shape[-1] <= s_both.neighbor.idx.shape[-1] // 2 + 1
+    np.testing.assert_allclose(
+        once.energy({}, s_once.positions, s_once.neighbor),
+        both.energy({}, s_both.positions, s_both.neighbor),
+        rtol=1e-5,
+    )
+    _, t_once = once.simulate({}, s_once, 200, 100)
+    _, t_both = both.simulate({}, s_both, 200, 100)
+    np.testing.assert_allclose(t_once.positions, t_both.positions, atol=1e-3)
 
 
 def test_periodic_neighbor_list_matches_dense_and_recovers_from_overflow():

@@ -231,6 +231,7 @@ def make_simulator(
     donate_state: bool = False,
     max_reallocations: int = 5,
     replica_batch_size: int | None = None,
+    neighbor_format=partition.NeighborListFormat.Sparse,
 ) -> Simulator:
     """Build the replica MD functions for one system.
 
@@ -261,6 +262,9 @@ def make_simulator(
         replicas (bounded memory for very many replicas; on the 2-core CPU it was slower
         than ``vmap`` for SchNet, see ``benchmarks/results/md_throughput_cpu.md``). Same
         results up to float round-off.
+      neighbor_format: JAX-MD format of the neighbour lists: ``Sparse`` (both directions,
+        every model) or ``OrderedSparse`` (each pair once, for a SchNet with
+        ``undirected_edges=True``: half the edges).
 
     Returns:
       A :class:`Simulator`.
@@ -316,8 +320,10 @@ def make_simulator(
             dr_threshold=0.0,  # always rebuild: the list is a pure function of positions
             capacity_multiplier=capacity_multiplier,
             disable_cell_list=True,  # positions are unwrapped
-            format=partition.NeighborListFormat.Sparse,
+            format=neighbor_format,
         )
+        ordered = neighbor_format == partition.NeighborListFormat.OrderedSparse
+        max_edges = n_atoms * (n_atoms - 1) // (2 if ordered else 1)
         list_cutoff_sq = (cutoff + skin) ** 2
         pair_displacements = jax.vmap(jax.vmap(space.displacement_fn, (None, 0)), (0, None))
 
@@ -326,7 +332,8 @@ def make_simulator(
             def count(r):
                 d = pair_displacements(r, r)
                 d2 = jnp.sum(d**2, axis=-1)
-                return jnp.sum((d2 < list_cutoff_sq) & ~jnp.eye(n_atoms, dtype=bool))
+                inside = jnp.sum((d2 < list_cutoff_sq) & ~jnp.eye(n_atoms, dtype=bool))
+                return inside // 2 if ordered else inside  # OrderedSparse keeps i < j only
 
             return jnp.max(jax.vmap(count)(positions))
 
@@ -334,7 +341,7 @@ def make_simulator(
         """Batched neighbour lists for ``positions [R,N,3]`` with a common capacity."""
         occupancy = int(_max_occupancy(positions))
         capacity = max(int(math.ceil(occupancy * capacity_multiplier)) + 1, int(min_capacity))
-        capacity = min(capacity, n_atoms * (n_atoms - 1))
+        capacity = min(capacity, max_edges)
         template = neighbor_fn.allocate(positions[0])
         template = dataclasses.replace(template, max_occupancy=capacity)
         return jax.jit(jax.vmap(lambda r: template.update(r)))(positions)
