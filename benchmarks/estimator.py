@@ -154,6 +154,7 @@ def main(argv=None):
         "about 3.6 MiB of activations per sample)",
     )
     parser.add_argument("--output", default=None, help="write a markdown table here")
+    parser.add_argument("--plot", default=None, help="write cost-vs-N PNG here")
     args = parser.parse_args(argv)
     sizes = [n for n in args.sizes if args.max_n is None or n <= args.max_n]
     b = args.batch_size
@@ -229,10 +230,52 @@ def main(argv=None):
 
     table = _markdown(rows, label, source, n_params, args, b)
     print(table)
+    if args.plot:
+        plot_cost(rows, args.plot)
     if args.output:
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
         with open(args.output, "w") as fh:
             fh.write(table)
+
+
+def plot_cost(rows, path):
+    """Wall time and XLA peak memory vs number of samples N, one line per route."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for route in dict.fromkeys(r[1] for r in rows):
+        timed = [(r[0], r[2]) for r in rows if r[1] == route and r[2] is not None]
+        if timed:
+            ax_t.plot(*zip(*timed, strict=True), "o-", label=route)
+        ax_m.plot(
+            *zip(*[(r[0], r[7] / 2**20) for r in rows if r[1] == route], strict=True),
+            "s-",
+            label=route,
+        )
+    ax_t.set(
+        xscale="log",
+        yscale="log",
+        xlabel="MD samples N",
+        ylabel="wall time per call (s)",
+        title="estimator cost vs N (SchNet, aspirin, h(r))",
+    )
+    ax_m.set(
+        xscale="log",
+        yscale="log",
+        xlabel="MD samples N",
+        ylabel="XLA peak memory (MiB)",
+        title="memory vs N",
+    )
+    for ax in (ax_t, ax_m):
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"wrote {path}")
 
 
 def _graph(positions, potential):

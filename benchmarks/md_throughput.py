@@ -7,7 +7,11 @@ Systems:
   R replicas; edges either ``dense`` (all 420 ordered pairs, no neighbour list) or ``nl``
   (per-replica JAX-MD neighbour lists, cutoff 5 Å + 0.3 Å skin, rebuilt every step). A
   ``-map`` suffix (``dense-map``, ``nl-map``) steps the replicas one after another with
-  ``lax.map`` (``replica_batch_size=1``) instead of ``vmap``;
+  ``lax.map`` (``replica_batch_size=1``) instead of ``vmap``; a ``pairs`` mode (``pairs``,
+  ``nl-pairs``) lists each pair once (``SchNet(undirected_edges=True)``, JAX-MD
+  ``OrderedSparse`` lists), the configs' default;
+* ``ala3``: Ac-Ala3-NHMe, 42 atoms, free space, the same SchNet and MD settings as aspirin
+  (staged MD22 frame, else the built-in xTB set, else a synthetic grid);
 * ``water``: 64 H₂O (192 atoms), cubic periodic box 12.43 Å, the same SchNet with neighbour lists
   (dense all-pairs for 192 atoms = 36,672 edges is also measured when ``--modes`` has ``dense``),
   dt 1 fs, 300 K.
@@ -63,6 +67,28 @@ def _aspirin_geometry():
     return (1.45 * grid + 0.05 * rng.normal(size=(21, 3))).astype(np.float32), z, "synthetic"
 
 
+def _ala3_geometry():
+    """Ac-Ala3-NHMe (42 atoms): staged MD22 frame, the built-in xTB set, or a jittered grid."""
+    import numpy as np
+
+    path = SHARED / "md22_ac_ala3_nhme"
+    for candidate in sorted(path.glob("*.npz")) if path.is_dir() else []:
+        d = np.load(candidate)
+        if "R" in d and "z" in d:
+            return d["R"][0].astype(np.float32), d["z"].astype(int), "MD22 frame"
+    try:
+        from stabie_jax.data import load_dataset
+
+        d = load_dataset("builtin:ala3_xtb_500K")
+        return d.positions[0].astype(np.float32), np.asarray(d.atomic_numbers), "xTB frame"
+    except (ValueError, OSError, KeyError):
+        pass
+    z = np.array([6] * 12 + [7] * 4 + [8] * 4 + [1] * 22)
+    grid = np.stack(np.meshgrid(*[np.arange(4)] * 3, indexing="ij"), -1).reshape(-1, 3)[:42]
+    rng = np.random.default_rng(0)
+    return (1.45 * grid + 0.05 * rng.normal(size=(42, 3))).astype(np.float32), z, "synthetic"
+
+
 def _water_geometry():
     import numpy as np
 
@@ -87,6 +113,8 @@ def run_single(system: str, mode: str, n_rep: int, steps: int, repeats: int, dty
 
     if dtype == "float64":
         jax.config.update("jax_enable_x64", True)
+    from jax_md import partition
+
     from stabie_jax import units
     from stabie_jax.md import (
         free_space,
@@ -98,8 +126,8 @@ def run_single(system: str, mode: str, n_rep: int, steps: int, repeats: int, dty
     from stabie_jax.models.graph import build_graph, dense_edges
     from stabie_jax.models.schnet import SchNet
 
-    if system == "aspirin":
-        pos, z, source = _aspirin_geometry()
+    if system in ("aspirin", "ala3"):
+        pos, z, source = _aspirin_geometry() if system == "aspirin" else _ala3_geometry()
         sp = free_space()
         dt, kT = units.fs_to_internal(0.5), units.kT(500.0)
     else:
@@ -107,11 +135,13 @@ def run_single(system: str, mode: str, n_rep: int, steps: int, repeats: int, dty
         sp = periodic_space(box)
         dt, kT = units.fs_to_internal(1.0), units.kT(300.0)
     n_atoms = len(z)
+    pairs = "pairs" in mode  # each pair once (undirected SchNet, OrderedSparse lists)
     model = SchNet(hidden=64, num_filters=64, num_interactions=6, num_gaussians=25, cutoff=5.0)
     senders, receivers = dense_edges(n_atoms)
     graph = build_graph(sp.displacement_fn, jnp.asarray(pos), senders, receivers)
     params = model.init(jax.random.PRNGKey(0), jnp.asarray(z), graph)["params"]
     params = jax.tree_util.tree_map(lambda x: x.astype(dtype), params)
+    model = model.clone(undirected_edges=pairs)
     use_nl = mode.startswith("nl")
     replica_batch_size = 1 if mode.endswith("-map") else None
     pot = make_potential(model, z, sp.displacement_fn, use_neighbor_list=use_nl)
@@ -125,6 +155,7 @@ def run_single(system: str, mode: str, n_rep: int, steps: int, repeats: int, dty
         history_every=steps,
         dtype=jnp.dtype(dtype),
         replica_batch_size=replica_batch_size,
+        neighbor_format=partition.OrderedSparse if pairs else partition.Sparse,
     )
     key = jax.random.PRNGKey(1)
     r0 = jnp.asarray(pos, dtype)[None] + 0.01 * jax.random.normal(key, (n_rep, n_atoms, 3), dtype)
@@ -146,7 +177,10 @@ def run_single(system: str, mode: str, n_rep: int, steps: int, repeats: int, dty
     stats = jax.devices()[0].memory_stats()
     if stats and "peak_bytes_in_use" in stats:
         device_peak = stats["peak_bytes_in_use"] / 2**20
-    capacity = int(out.neighbor.idx.shape[-1]) if use_nl else n_atoms * (n_atoms - 1)
+    if use_nl:
+        capacity = int(out.neighbor.idx.shape[-1])
+    else:
+        capacity = n_atoms * (n_atoms - 1) // (2 if pairs else 1)
     return dict(
         system=system,
         mode=mode,
@@ -176,13 +210,20 @@ def _versions() -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--replicas", default="1,8,32,128,256", help="aspirin R values")
+    parser.add_argument("--ala3-replicas", default="1,8,32", help="Ac-Ala3-NHMe R ('' = none)")
     parser.add_argument("--water-replicas", default="1,8", help="water R values ('' = none)")
-    parser.add_argument("--modes", default="dense,nl", help="aspirin edge modes")
-    parser.add_argument("--water-modes", default="nl", help="water edge modes (nl, dense)")
+    parser.add_argument(
+        "--modes",
+        default="dense,pairs,nl",
+        help="molecule edge modes: dense, pairs (each pair once), nl, nl-pairs, *-map",
+    )
+    parser.add_argument("--water-modes", default="nl,nl-pairs", help="water edge modes")
     parser.add_argument("--steps", type=int, default=100, help="MD steps per timed call")
     parser.add_argument("--repeats", type=int, default=2, help="timed calls (best is kept)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--output", default=None, help="write a markdown table here")
+    parser.add_argument("--plot", default=None, help="write throughput-vs-R/atoms PNG here")
+    parser.add_argument("--json", default=None, help="write the raw rows as JSON here")
     parser.add_argument("--single", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -196,6 +237,8 @@ def main(argv=None):
     for mode in filter(None, args.modes.split(",")):
         for r in filter(None, args.replicas.split(",")):
             configs.append(("aspirin", mode, int(r)))
+        for r in filter(None, args.ala3_replicas.split(",")):
+            configs.append(("ala3", mode, int(r)))
     for mode in filter(None, args.water_modes.split(",")):
         for r in filter(None, args.water_replicas.split(",")):
             configs.append(("water", mode, int(r)))
@@ -230,6 +273,58 @@ def main(argv=None):
 
     if args.output and rows:
         write_table(rows, args)
+    if args.json and rows:
+        pathlib.Path(args.json).write_text(json.dumps(rows, indent=1))
+    if args.plot and rows:
+        plot_scaling(rows, args.plot)
+
+
+def plot_scaling(rows, path):
+    """Two panels: atom-steps/s vs R (per system and edge mode) and vs atoms at each R."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_r, ax_n) = plt.subplots(1, 2, figsize=(11, 4.2))
+    series = sorted({(r["system"], r["mode"]) for r in rows})
+    for system, mode in series:
+        pts = sorted(
+            (r["replicas"], r["atom_steps_per_s"])
+            for r in rows
+            if (r["system"], r["mode"]) == (system, mode)
+        )
+        ax_r.plot(*zip(*pts, strict=True), "o-", label=f"{system}, {mode}")
+    ax_r.set(
+        xscale="log",
+        yscale="log",
+        xlabel="replicas R",
+        ylabel="atom-steps / s",
+        title="throughput vs replicas (SchNet 64×6)",
+    )
+    ax_r.legend(fontsize=8)
+    for mode in sorted({r["mode"] for r in rows}):
+        for n_rep in sorted({r["replicas"] for r in rows}):
+            pts = sorted(
+                (r["atoms"], r["atom_steps_per_s"])
+                for r in rows
+                if r["mode"] == mode and r["replicas"] == n_rep
+            )
+            if len(pts) > 1:
+                ax_n.plot(*zip(*pts, strict=True), "s-", label=f"{mode}, R = {n_rep}")
+    ax_n.set(
+        xscale="log",
+        yscale="log",
+        xlabel="atoms per replica (21 aspirin, 42 Ac-Ala3, 192 water)",
+        ylabel="atom-steps / s",
+        title="throughput vs system size",
+    )
+    ax_n.legend(fontsize=8)
+    fig.tight_layout()
+    pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"wrote {path}")
 
 
 def write_table(rows, args):
