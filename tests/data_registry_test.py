@@ -197,7 +197,7 @@ def test_load_lists_globs_and_errors(tmp_path):
 
 @pytest.mark.parametrize(
     "name, n_atoms, n_molecules",
-    [("aspirin_xtb_500K", 21, 1), ("water_spcfw_64_300K", 192, 64)],
+    [("aspirin_xtb_500K", 21, 1), ("ala3_xtb_500K", 42, 1), ("water_spcfw_64_300K", 192, 64)],
 )
 def test_shipped_builtin_datasets_load(name, n_atoms, n_molecules):
     from stabie_jax.data import bonds_from_dataset, molecule_labels
@@ -211,6 +211,8 @@ def test_shipped_builtin_datasets_load(name, n_atoms, n_molecules):
     assert molecule_labels(ds.n_atoms, graph.bonds).max() + 1 == n_molecules
     if name.startswith("aspirin"):
         assert len(graph.bonds) == 21
+    if name.startswith("ala3"):
+        assert len(graph.bonds) == 41  # acyclic: a spanning tree of the 42 atoms
 
 
 def test_mdsim_water_entry_from_cache_records_sha256(tmp_path):

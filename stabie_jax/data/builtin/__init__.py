@@ -1,9 +1,10 @@
 """Reference datasets shipped inside the package, so the pipeline runs offline.
 
-Both files were made by ``python -m stabie_jax.data.generate`` (exact commands, versions and
+The files were made by ``python -m stabie_jax.data.generate`` (exact commands, versions and
 validation in ``PROVENANCE.md`` beside this file) and are stabie npz files (Å, eV, eV/Å, Å/fs):
 
 * ``aspirin_xtb_500K`` — one aspirin molecule, GFN2-xTB NVT MD at 500 K;
+* ``ala3_xtb_500K`` — one Ac-Ala3-NHMe molecule, GFN2-xTB NVT MD at 500 K (smoke-test scale);
 * ``water_spcfw_64_300K`` — 64 SPC/Fw waters, cubic periodic box, OpenMM NVT MD at 300 K.
 
 Load them with ``stabie_jax.data.load_dataset("builtin:<name>")``; :func:`verify_builtin` checks
@@ -35,6 +36,15 @@ BUILTIN_DATASETS = {
         description=(
             "Aspirin (C9H8O4, 21 atoms), GFN2-xTB (tblite) NVT Langevin MD at 500 K, 0.5 fs "
             "steps, 3,000 frames 10 fs apart after 5 ps equilibration"
+        ),
+    ),
+    "ala3_xtb_500K": BuiltinDataset(
+        name="ala3_xtb_500K",
+        filename="ala3_xtb_500K.npz",
+        sha256="dc01785eb1d72396e96c83034f7b00b1dadedffe178b6a152edb208842375908",
+        description=(
+            "Ac-Ala3-NHMe (C12H22N4O4, 42 atoms), GFN2-xTB (tblite) NVT Langevin MD at 500 K, "
+            "0.5 fs steps, 600 frames 10 fs apart after 1 ps equilibration"
         ),
     ),
     "water_spcfw_64_300K": BuiltinDataset(
