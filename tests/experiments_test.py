@@ -85,6 +85,33 @@ def test_aspirin_pipeline_all_stages(tmp_path):
         molecule.run(config, tmp_path)
 
 
+def test_ala3_pipeline_on_the_builtin_set(tmp_path):
+    """Ac-Ala3-NHMe (NequIP, 42 atoms) from the shipped xTB set through all three stages."""
+    c = ala3.get_config("smoke")
+    c.progress = False
+    c.data.n_train, c.data.n_val, c.data.n_test = 30, 6, 6
+    c.pretrain.overrides.max_epochs = 1
+    c.stabie.n_replicas = 2
+    c.stabie.steps_per_epoch = 20
+    c.stabie.sample_every = 10
+    c.stabie.minibatch_size = 4
+    c.stabie.max_epochs = 2
+    c.stabie.f_max = 0.5
+    c.stabie.qm_batch_size = 6
+    c.evaluate.n_replicas = 2
+    c.evaluate.length_ps = 0.02
+    c.evaluate.check_every_steps = 20
+    c.evaluate.sample_every = 10
+    summary = molecule.run(c, tmp_path)
+    assert summary["stages"] == ["pretrain", "stabie", "evaluate"]
+    meta = checkpoint.read_model_metadata(tmp_path / molecule.STABIE_MODEL)
+    assert meta.kind == "nequip" and len(meta.atomic_numbers) == 42
+    table = json.loads((tmp_path / "evaluate" / "report.json").read_text())["results"]
+    for row in table["comparison"].values():
+        assert 0.0 <= row["median stable time (ps)"] <= 0.02 + 1e-9
+        assert np.isfinite(row["force MAE (kcal/mol/Å)"]) and row["force MAE (kcal/mol/Å)"] > 0
+
+
 def test_authors_hyperparameters_convert_to_exact_estimator():
     kT, B = 0.0430865, 40
     c = kT * (B - 1) / B
