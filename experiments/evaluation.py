@@ -8,19 +8,17 @@ used for both models.
 
 from __future__ import annotations
 
-import logging
 import pathlib
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import evaluated_models
 from experiments import molecule as molecule_lib
 from stabie_jax import (
     checkpoint,
     data,
-    evaluation_store,
     losses,
     md,
     metrics_log,
@@ -32,55 +30,6 @@ from stabie_jax import (
 )
 from stabie_jax import evaluate as ev
 from stabie_jax import stabie as stabie_lib
-
-
-def _models(pretrained_dir, stabie_dir, extra_models: str = "") -> dict:
-    """``{name: LoadedModel}``: baseline, StABlE (if trained) and ``extra_models``.
-
-    ``extra_models`` is ``"name=DIR,name=DIR"`` (e.g. a published model imported with
-    ``python -m stabie_jax.interop``), evaluated under exactly the same protocol.
-    """
-    models = {"baseline": checkpoint.load_model_checkpoint(pretrained_dir)}
-    if (pathlib.Path(stabie_dir) / checkpoint.MODEL_JSON).exists():
-        models["StABlE"] = checkpoint.load_model_checkpoint(stabie_dir)
-    for item in filter(None, (part.strip() for part in str(extra_models).split(","))):
-        name, sep, directory = item.partition("=")
-        if not sep or not name.strip() or not directory.strip():
-            raise ValueError(
-                f"evaluate.extra_models entry {item!r} is not NAME=DIR; e.g. "
-                "--config.evaluate.extra_models='authors_stabie=models/authors_stabie'"
-            )
-        if name.strip() in models:
-            raise ValueError(f"evaluate.extra_models: the name {name.strip()!r} is taken")
-        models[name.strip()] = checkpoint.load_model_checkpoint(directory.strip())
-    return models
-
-
-def _protocol_fingerprint(config, name: str, params) -> str:
-    """What determines one model's evaluation: protocol, data, seed and the parameters."""
-    d = config.data
-    return evaluation_store.fingerprint(
-        {
-            "name": name,
-            "params": checkpoint.state_checksum(params),
-            # Which other models run alongside does not change this model's result.
-            "evaluate": {k: v for k, v in config.evaluate.to_dict().items() if k != "extra_models"},
-            "md": config.md.to_dict(),
-            "observable": config.observable.to_dict(),
-            "seed": int(config.seed),
-            "data": [
-                d.source,
-                d.test_source,
-                d.labels,
-                d.n_test,
-                d.n_val,
-                d.n_train,
-                d.split_seed,
-                d.contiguous,
-                d.max_reference_frames,
-            ],
-        }
-    )
 
 
 def _simulator(potential, z, temperature_kelvin, config):
@@ -160,22 +109,26 @@ def evaluate_molecule(config, workdir, molecule, pretrained_dir, stabie_dir, wal
         jnp.asarray(molecule.test.forces, jnp.float32),
     )
 
-    results, numbers = {}, {}
-    models = _models(pretrained_dir, stabie_dir, str(e.extra_models))
-    for name, loaded in models.items():
-        fingerprint = _protocol_fingerprint(config, name, loaded.params)
-        stored = evaluation_store.load_result(out / "models" / name, fingerprint)
-        if stored is not None:
-            (results[name], results[name + "_transfer"]), numbers[name] = stored
-            logging.info("evaluate: %s reused from %s", name, out / "models" / name)
-            continue
-        started = time.time()
+    d = config.data
+    data_spec = [
+        d.source,
+        d.test_source,
+        d.labels,
+        d.n_test,
+        d.n_val,
+        d.n_train,
+        d.split_seed,
+        d.contiguous,
+        d.max_reference_frames,
+    ]
+    energies = np.asarray(molecule.reference.energies)
+
+    def evaluate_one(name, loaded):
         potential = checkpoint.make_model_potential(
             loaded.module, loaded.metadata, md.free_space().displacement_fn
         )
-        sim = _simulator(potential, z, T, config)
         result = ev.evaluate_stability(
-            sim,
+            _simulator(potential, z, T, config),
             loaded.params,
             initial,
             key,
@@ -188,7 +141,6 @@ def evaluate_molecule(config, workdir, molecule, pretrained_dir, stabie_dir, wal
             vacf_window=vacf_window or None,
             progress=bool(config.progress),
         )
-        results[name] = result
         entry = {
             "median_stable_time_ps": result.median_stable_time_ps,
             "mean_stable_time_ps": result.mean_stable_time_ps,
@@ -199,7 +151,6 @@ def evaluate_molecule(config, workdir, molecule, pretrained_dir, stabie_dir, wal
             "test_errors": ev.qm_test_errors(potential, loaded.params, test_frames),
         }
         transfer = {}
-        energies = np.asarray(molecule.reference.energies)
         for t2 in tuple(e.transfer_temperatures_kelvin):
             t2 = float(t2)
             steps2 = check * max(1, int(round(float(e.transfer_length_ps) * 1000 / dt_fs / check)))
@@ -226,14 +177,20 @@ def evaluate_molecule(config, workdir, molecule, pretrained_dir, stabie_dir, wal
                 "n_eff": tr.n_eff,
                 "h_of_r": tr.h_of_r_errors,
             }
-        entry["wall_seconds"] = time.time() - started
-        results[name + "_transfer"] = transfer
-        numbers[name] = entry
-        # Keep the finished model: a later run (a kill during the next model, or a comparison
-        # that adds models) reuses it instead of simulating again.
-        evaluation_store.save_result(
-            out / "models" / name, (result, transfer), fingerprint, extra=report.to_jsonable(entry)
-        )
+        return (result, transfer), entry
+
+    models = evaluated_models.load_models(pretrained_dir, stabie_dir, str(e.extra_models))
+    stored, numbers = evaluated_models.evaluate_each(
+        models,
+        out,
+        lambda name, loaded: evaluated_models.protocol_fingerprint(
+            config, name, loaded.params, data_spec
+        ),
+        evaluate_one,
+    )
+    results = {}
+    for name, (result, transfer) in stored.items():
+        results[name], results[name + "_transfer"] = result, transfer
 
     # --- VACF against the reference trajectory (monitoring observable) ---------------------------
     vacf_ref = _reference_vacf(config, dt_fs, vacf_window) if vacf_window else None

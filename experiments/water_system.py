@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax_md import partition
 
-from experiments import molecule
+from experiments import evaluated_models, molecule
 from experiments.molecule import PRETRAINED_MODEL, STABIE_MODEL, exact_hyperparameters, parse_stages
 from stabie_jax import (
     checkpoint,
@@ -261,12 +261,8 @@ def evaluate_water(config, workdir, water: WaterData, pretrained_dir, stabie_dir
     n_rep = int(e.n_replicas)
     initial = jnp.asarray(water.test.positions[:n_rep], jnp.float32)
     key = jax.random.PRNGKey(int(config.seed) + 1000)
-    models = {"baseline": checkpoint.load_model_checkpoint(pretrained_dir)}
-    if (pathlib.Path(stabie_dir) / checkpoint.MODEL_JSON).exists():
-        models["StABlE"] = checkpoint.load_model_checkpoint(stabie_dir)
-    results, numbers = {}, {}
-    for name, loaded in models.items():
-        started = time.time()
+
+    def evaluate_one(name, loaded):
         _, sim, _, _ = _potential_and_simulator(loaded, water, config, T, check)
         result = ev.evaluate_stability(
             sim,
@@ -282,9 +278,8 @@ def evaluate_water(config, workdir, water: WaterData, pretrained_dir, stabie_dir
             msd_atoms=z == 8,
             progress=bool(config.progress),
         )
-        results[name] = result
         rdfs = {ev.rdf_name(p): result.observables[ev.rdf_name(p)] for p in pairs}
-        numbers[name] = {
+        entry = {
             "median_stable_time_ps": result.median_stable_time_ps,
             "mean_stable_time_ps": result.mean_stable_time_ps,
             "stable_time_ps": result.stable_time_ps,
@@ -292,8 +287,18 @@ def evaluate_water(config, workdir, water: WaterData, pretrained_dir, stabie_dir
             "diffusivity_m2_per_s": None
             if result.diffusivity_m2_per_s is None
             else np.asarray(result.diffusivity_m2_per_s)[-1],
-            "wall_seconds": time.time() - started,
         }
+        return result, entry
+
+    models = evaluated_models.load_models(pretrained_dir, stabie_dir, str(e.extra_models))
+    results, numbers = evaluated_models.evaluate_each(
+        models,
+        out,
+        lambda name, loaded: evaluated_models.protocol_fingerprint(
+            config, name, loaded.params, config.data.to_dict()
+        ),
+        evaluate_one,
+    )
     figures = {
         "fraction_unstable": plots.plot_fraction_unstable(
             {n: (results[n].times_ps, results[n].fraction_unstable) for n in results},

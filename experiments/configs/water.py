@@ -80,6 +80,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.evaluate.sample_every = 100
     c.evaluate.rdf_mae_threshold = 3.0
     c.evaluate.stop_fraction = 0.95
+    c.evaluate.extra_models = ""  # "name=DIR,..." more models under the same protocol
     return c
 
 
