@@ -31,6 +31,7 @@ from stabie_jax import (
     md,
     observables,
     stability,
+    trajectory_losses,
     units,
 )
 from stabie_jax import pretrain as pretrain_lib
@@ -333,7 +334,7 @@ def build_stabie_problem(loaded: checkpoint.LoadedModel, molecule: MoleculeData,
         reference_h_of_r(molecule, inp.temperature_kelvin, inp.reference_temperature_kelvin, **h_kw)
     )
     observable_fn = lambda r: observables.h_of_r(r, sigma=inp.h_sigma_angstrom, **h_kw)
-    obs_loss = stabie_lib.global_observable_loss(
+    obs_loss = trajectory_losses.global_observable_loss(
         potential.energy_fn, observable_fn, h_ref, kT, batch_size=inp.minibatch_size
     )
     qm_fn = make_qm_loss_fn(potential, molecule.train, inp) if inp.qm_weight else None

@@ -35,6 +35,7 @@ from stabie_jax import (
     plots,
     report,
     stability,
+    trajectory_losses,
     units,
 )
 from stabie_jax import evaluate as ev
@@ -172,7 +173,7 @@ def run_stabie_stage(pretrained_dir, water: WaterData, config, workdir) -> pathl
         kT,
         int(s.minibatch_size),
     )
-    obs_loss = stabie_lib.local_observable_loss(
+    obs_loss = trajectory_losses.local_observable_loss(
         per_atom_energy_fn,
         water.neighbourhoods,
         water.oh_reference,

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import toy_stabie as toy
 
-from stabie_jax import metrics_log, observables, stabie
+from stabie_jax import metrics_log, observables, stabie, trajectory_losses
 
 TOY_SCRIPT = pathlib.Path(__file__).with_name("toy_stabie.py")
 
@@ -153,7 +153,7 @@ def test_nan_replica_is_frozen_and_never_reaches_the_gradient(tmp_path):
         history_length=4,
     )
     h_ref = toy.reference_h(toy.make_simulator())
-    loss_fn = stabie.global_observable_loss(energy_fn, toy.observable_fn, h_ref, sim.kT)
+    loss_fn = trajectory_losses.global_observable_loss(energy_fn, toy.observable_fn, h_ref, sim.kT)
     problem = stabie.StabieProblem(sim, toy.stable_fn(0.25), loss_fn, None)
     positions = toy.initial_positions(8)
     positions[0, 1, 0] = 6.0  # replica 0 starts in the NaN region

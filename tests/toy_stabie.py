@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stabie_jax import md, observables, stabie, stability, units
+from stabie_jax import md, observables, stabie, stability, trajectory_losses, units
 
 K_TRUE = 20.0
 LOG_K_PRETRAINED = float(np.log(0.5))
@@ -74,7 +74,7 @@ def stable_fn(threshold):
 
 
 def make_problem(sim, h_ref, batch_size=None):
-    loss_fn = stabie.global_observable_loss(
+    loss_fn = trajectory_losses.global_observable_loss(
         energy_fn, observable_fn, h_ref, sim.kT, batch_size=batch_size
     )
     return stabie.StabieProblem(sim, stable_fn(0.25), loss_fn, None)
