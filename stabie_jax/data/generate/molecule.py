@@ -38,7 +38,7 @@ import numpy as np
 
 from stabie_jax import units
 from stabie_jax.data.generate.extras import package_versions, require, utc_now
-from stabie_jax.data.generate.resumable import run_resumable
+from stabie_jax.data.generate.resumable import run_resumable, stabie_npz_units
 
 THERMOSTATS = ("langevin", "nose-hoover")
 
@@ -350,16 +350,7 @@ def generate_molecule(
     metadata = {
         "format": "stabie-npz/1",
         "generator": "stabie_jax.data.generate molecule",
-        "units": {
-            "energy": "eV",
-            "length": "angstrom",
-            "positions": "angstrom",
-            "energies": "eV",
-            "forces": "eV/angstrom",
-            "velocities": "angstrom/fs",
-            "masses": "amu",
-            "time_fs": "fs",
-        },
+        "units": stabie_npz_units(periodic=False),
         "method": method_name,
         "energy_reference": "total electronic energy of the method (no atomic energies removed)",
         "charge": charge,

@@ -41,6 +41,23 @@ WORKDIR_FORMAT = "stabie-generate-workdir/1"
 FRAME_KEYS = ("positions", "velocities", "energies", "forces")
 
 
+def stabie_npz_units(periodic: bool = False) -> dict[str, str]:
+    """The ``metadata["units"]`` entry of a generated stabie npz (ASE units; cell if periodic)."""
+    units = {
+        "energy": "eV",
+        "length": "angstrom",
+        "positions": "angstrom",
+        "energies": "eV",
+        "forces": "eV/angstrom",
+        "velocities": "angstrom/fs",
+        "masses": "amu",
+    }
+    if periodic:
+        units["cell"] = "angstrom"
+    units["time_fs"] = "fs"
+    return units
+
+
 class Engine(Protocol):
     """What the driver needs from an MD engine.
 

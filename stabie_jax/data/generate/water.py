@@ -52,7 +52,7 @@ import numpy as np
 
 from stabie_jax import units
 from stabie_jax.data.generate.extras import package_versions, require, utc_now
-from stabie_jax.data.generate.resumable import run_resumable
+from stabie_jax.data.generate.resumable import run_resumable, stabie_npz_units
 
 WATER_ATOMIC_NUMBERS = (8, 1, 1)
 THERMOSTATS = ("langevin", "nose-hoover")
@@ -489,17 +489,7 @@ def generate_water(
     metadata = {
         "format": "stabie-npz/1",
         "generator": "stabie_jax.data.generate water",
-        "units": {
-            "energy": "eV",
-            "length": "angstrom",
-            "positions": "angstrom",
-            "energies": "eV",
-            "forces": "eV/angstrom",
-            "velocities": "angstrom/fs",
-            "masses": "amu",
-            "cell": "angstrom",
-            "time_fs": "fs",
-        },
+        "units": stabie_npz_units(periodic=True),
         "method": f"{params.name} classical force field, OpenMM",
         "water_model": params._asdict(),
         "n_molecules": n_molecules,
