@@ -15,20 +15,12 @@ from __future__ import annotations
 
 import ml_collections
 
-from experiments.configs import build_variant
+from experiments.configs import build_variant, run_fields, schedule_fields
 
 
 def base_config() -> ml_collections.ConfigDict:
     """The paper's aspirin settings; units are in the key names."""
-    c = ml_collections.ConfigDict()
-    c.system = "aspirin"
-    c.seed = 0
-    c.stages = "pretrain,stabie,evaluate"
-    # A stabie_jax model checkpoint directory to start from instead of pretraining (e.g. one
-    # written by `python -m stabie_jax.interop import-schnet ...`).
-    c.init_checkpoint = ""
-    c.float64 = False
-    c.progress = True
+    c = run_fields("aspirin")
 
     # --- data ----------------------------------------------------------------------------------
     c.data = ml_collections.ConfigDict()
@@ -96,18 +88,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.stabie.qm_batch_size = 40
     c.stabie.qm_batches_per_step = 0  # 0 = all training frames every step (authors)
     c.stabie.bond_deviation_angstrom = 0.25
-    c.stabie.f_max = 0.75
-    c.stabie.f_min = 0.0
-    c.stabie.reset_probability = 0.05
-    c.stabie.max_epochs = 500
-    c.stabie.max_learning_epochs = 100
-    c.stabie.grad_clip_norm = 1.0
-    c.stabie.plateau_factor = 0.2
-    c.stabie.plateau_patience = 10
-    c.stabie.min_lr_fraction = 1.0 / 25.0
-    c.stabie.checkpoint_every = 1
-    c.stabie.history_length = 4  # saved epoch states per replica (rewinds and resets)
-    c.stabie.max_wall_hours = 0.0  # 0 = no wall-clock budget
+    schedule_fields(c.stabie, reset_probability=0.05)
 
     # --- evaluation (paper Table 5, A.8) ---------------------------------------------------------
     c.evaluate = ml_collections.ConfigDict()

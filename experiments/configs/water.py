@@ -11,17 +11,11 @@ from __future__ import annotations
 
 import ml_collections
 
-from experiments.configs import build_variant
+from experiments.configs import build_variant, run_fields, schedule_fields
 
 
 def base_config() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.system = "water"
-    c.seed = 0
-    c.stages = "pretrain,stabie,evaluate"
-    c.init_checkpoint = ""
-    c.float64 = False
-    c.progress = True
+    c = run_fields("water")
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "water_mdsim_1k"
@@ -60,18 +54,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.stabie.min_intermolecular_angstrom = 1.2
     c.stabie.n_bins = 100
     c.stabie.per_bin = 40  # authors: 5·R (paper text: 5)
-    c.stabie.f_max = 0.75
-    c.stabie.f_min = 0.0
-    c.stabie.reset_probability = 0.0
-    c.stabie.max_epochs = 500
-    c.stabie.max_learning_epochs = 100
-    c.stabie.grad_clip_norm = 1.0
-    c.stabie.plateau_factor = 0.2
-    c.stabie.plateau_patience = 10
-    c.stabie.min_lr_fraction = 1.0 / 25.0
-    c.stabie.checkpoint_every = 1
-    c.stabie.history_length = 4
-    c.stabie.max_wall_hours = 0.0
+    schedule_fields(c.stabie, reset_probability=0.0)
 
     c.evaluate = ml_collections.ConfigDict()
     c.evaluate.n_replicas = 10
