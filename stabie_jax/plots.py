@@ -57,11 +57,12 @@ def _save(fig, path) -> pathlib.Path:
 
 
 def _color(label: str, i: int) -> str:
-    """Paper colours: labels containing "baseline" blue, "stable" orange, others cycle."""
+    """Paper colours: "baseline" blue, "StABlE" orange; every other label (e.g. a third model
+    such as "authors_StABlE") cycles through the remaining colours by its position ``i``."""
     low = str(label).lower()
-    if "baseline" in low:
+    if low == "baseline":
         return "tab:blue"
-    if "stable" in low:
+    if low == "stable":
         return "tab:orange"
     return COLORS[2 + i % (len(COLORS) - 2)]
 

@@ -131,3 +131,10 @@ def test_training_curve_from_metrics_records(tmp_path):
         plots.plot_training_curve([], tmp_path / "x.png")
     with pytest.raises(ValueError, match="lack keys"):
         plots.plot_training_curve([{"epoch": 1}], tmp_path / "x.png")
+
+
+def test_every_model_in_a_comparison_gets_its_own_colour():
+    labels = ["baseline", "StABlE", "authors_StABlE", "ours_StABlE"]
+    colours = [plots._color(label, i) for i, label in enumerate(labels)]
+    assert colours[:2] == ["tab:blue", "tab:orange"]  # the paper's pair
+    assert len(set(colours)) == len(labels)
