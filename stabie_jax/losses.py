@@ -40,7 +40,9 @@ class NeighborIndices(NamedTuple):
     """Stand-in for a JAX-MD ``partition.Sparse`` neighbour list holding only its ``idx``.
 
     That is all :func:`~stabie_jax.models.potential.make_potential` reads, so per-frame
-    neighbour indices stored with the data can be ``vmap``-ed like any array.
+    neighbour indices stored with the data can be ``vmap``-ed like any array. It carries no
+    format: the indices must match the model (``OrderedSparse`` pairs for a SchNet with
+    ``undirected_edges=True``, ``Sparse`` otherwise).
 
     Attributes:
       idx: ``[2, capacity]`` int32, (receivers, senders), padded with ``n_atoms``.

@@ -74,10 +74,12 @@ def make_potential(
             if neighbor is None:
                 raise ValueError("this potential uses a neighbour list: pass neighbor=...")
             expected = partition.OrderedSparse if undirected else partition.Sparse
-            if neighbor.format is not expected:
+            # Index-only stand-ins (losses.NeighborIndices) carry no format and are trusted.
+            given = getattr(neighbor, "format", None)
+            if given is not None and given is not expected:
                 raise ValueError(
                     f"this {type(module).__name__} needs a neighbour list in format "
-                    f"{expected.name} (undirected_edges={undirected}), got {neighbor.format.name};"
+                    f"{expected.name} (undirected_edges={undirected}), got {given.name};"
                     f" build it with partition.neighbor_list(..., format=partition.{expected.name})"
                 )
             senders, receivers = edges_from_neighbor_list(neighbor)
