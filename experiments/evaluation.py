@@ -276,7 +276,11 @@ def evaluate_molecule(config, workdir, molecule, pretrained_dir, stabie_dir, wal
             f"{total_steps * dt_fs / 1000.0:g} ps at {T:g} K, bond-length deviation > "
             f"{threshold} Å"
         ),
-        results={"comparison": table, "details": numbers},
+        results={
+            "comparison": table,
+            "details": {n: v for n, v in numbers.items() if n != "n_eff_curve"},
+            "n_eff_curve": numbers.get("n_eff_curve"),
+        },
         config=config.to_dict(),
         wall_clock_seconds=wall,
         plots=figures,
