@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from stabie_jax import interop
+from stabie_jax.report import cpu_model
 from stabie_jax.units import EV_IN_KCAL_PER_MOL, MDSIM_KCAL_PER_MOL_PER_EV, ev_to_kcal_per_mol
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -92,16 +93,6 @@ def metrics(e_pred_ev, f_pred_ev, e_label_kcal, f_label_kcal) -> dict:
         "f_mae": float(np.mean(np.abs(ev_to_kcal_per_mol(f_pred_ev) - f_label_kcal))),
         "implied_kcal_per_ev": float(np.mean(e_label_kcal) / np.mean(e_pred_ev)),
     }
-
-
-def cpu_model() -> str:
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def versions() -> str:

@@ -33,6 +33,7 @@ from stabie_jax import md, units
 from stabie_jax.interop.torch_schnet import SchNetConfig
 from stabie_jax.models import make_potential
 from stabie_jax.models.registry import build_model, init_params
+from stabie_jax.report import cpu_model
 
 ASPIRIN_Z = np.array([6, 6, 6, 6, 6, 6, 6, 8, 8, 8, 6, 6, 8, 1, 1, 1, 1, 1, 1, 1, 1])
 
@@ -199,7 +200,7 @@ def main(argv=None):
         "# JAX (stabie_jax) vs PyTorch MD throughput, same SchNet and weights",
         "",
         f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
-        f"- machine: {platform.machine()}, {_cpu_model()}, {os.cpu_count()} logical CPUs, "
+        f"- machine: {platform.machine()}, {cpu_model()}, {os.cpu_count()} logical CPUs, "
         f"torch threads {torch.get_num_threads()}",
         f"- versions: python {platform.python_version()}, jax {jax.__version__}, "
         f"torch {torch.__version__}",
@@ -234,16 +235,6 @@ def main(argv=None):
     if args.output:
         with open(args.output, "w") as f:
             f.write(text)
-
-
-def _cpu_model() -> str:
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "CPU"
 
 
 if __name__ == "__main__":

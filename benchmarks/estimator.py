@@ -240,41 +240,36 @@ def main(argv=None):
 
 def plot_cost(rows, path):
     """Wall time and XLA peak memory vs number of samples N, one line per route."""
-    import matplotlib
+    from stabie_jax.plots import plot_log_log_panels
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for route in dict.fromkeys(r[1] for r in rows):
-        timed = [(r[0], r[2]) for r in rows if r[1] == route and r[2] is not None]
-        if timed:
-            ax_t.plot(*zip(*timed, strict=True), "o-", label=route)
-        ax_m.plot(
-            *zip(*[(r[0], r[7] / 2**20) for r in rows if r[1] == route], strict=True),
-            "s-",
-            label=route,
+    routes = list(dict.fromkeys(r[1] for r in rows))
+    ran = {route: [r for r in rows if r[1] == route and r[2] is not None] for route in routes}
+    timed = {route: ([r[0] for r in rs], [r[2] for r in rs]) for route, rs in ran.items() if rs}
+    memory = {
+        route: (
+            [r[0] for r in rows if r[1] == route],
+            [r[7] / 2**20 for r in rows if r[1] == route],
         )
-    ax_t.set(
-        xscale="log",
-        yscale="log",
-        xlabel="MD samples N",
-        ylabel="wall time per call (s)",
-        title="estimator cost vs N (SchNet, aspirin, h(r))",
+        for route in routes
+    }
+    plot_log_log_panels(
+        [
+            dict(
+                title="estimator cost vs N (SchNet, aspirin, h(r))",
+                xlabel="MD samples N",
+                ylabel="wall time per call (s)",
+                series=timed,
+            ),
+            dict(
+                title="memory vs N",
+                xlabel="MD samples N",
+                ylabel="XLA peak memory (MiB)",
+                marker="s-",
+                series=memory,
+            ),
+        ],
+        path,
     )
-    ax_m.set(
-        xscale="log",
-        yscale="log",
-        xlabel="MD samples N",
-        ylabel="XLA peak memory (MiB)",
-        title="memory vs N",
-    )
-    for ax in (ax_t, ax_m):
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
     print(f"wrote {path}")
 
 

@@ -25,7 +25,6 @@ import datetime
 import importlib.metadata
 import os
 import pathlib
-import platform
 import time
 
 import flax
@@ -37,6 +36,7 @@ from jax_md import partition, space
 from stabie_jax.models import build_graph, edges_from_neighbor_list, make_potential
 from stabie_jax.models.gemnet_t import GemNetT, count_parameters, make_table_status_fn
 from stabie_jax.models.gemnet_table import check_table_status
+from stabie_jax.report import cpu_model
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 WATER = REPO.parent / "shared" / "data" / "spcfw_water_64" / "spcfw_water_64_300K.npz"
@@ -65,16 +65,6 @@ def water_frames(n_frames: int):
         frames.append(np.mod(np.concatenate(mols), BOX_ANGSTROM))
     z = np.tile([8, 1, 1], 64).astype(np.int32)
     return np.asarray(frames, np.float32), z, BOX_ANGSTROM, "generated lattice"
-
-
-def cpu_name() -> str:
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _time(fn, *args, repeats: int):
@@ -142,7 +132,7 @@ def main() -> None:
         f"GemNet-T energy+forces (jit(value_and_grad)), float32, {n_params} parameters, "
         f"cutoff {model.cutoff} Å, neighbour-list capacity {n_edges} edges, "
         f"neighbor_capacity {model.neighbor_capacity}; positions: {source}.\n"
-        f"Machine: {cpu_name()}, {os.cpu_count()} logical CPUs (load average {load:.1f} at "
+        f"Machine: {cpu_model()}, {os.cpu_count()} logical CPUs (load average {load:.1f} at "
         f"the end of the run); jax {jax.__version__}, jax-md {jax_md_version}, "
         f"flax {flax.__version__}, numpy {np.__version__}; {date}; "
         f"`python benchmarks/gemnet_t.py --repeats {args.repeats} --replicas {args.replicas}`.\n\n"

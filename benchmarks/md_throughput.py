@@ -281,52 +281,50 @@ def main(argv=None):
 
 def plot_scaling(rows, path):
     """Two panels: atom-steps/s vs R (per system and edge mode) and vs atoms at each R."""
-    import matplotlib
+    from stabie_jax.plots import plot_log_log_panels
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def curve(keep, x_key):
+        points = sorted((r[x_key], r["atom_steps_per_s"]) for r in rows if keep(r))
+        return [x for x, _ in points], [y for _, y in points]
 
-    fig, (ax_r, ax_n) = plt.subplots(1, 2, figsize=(11, 4.2))
-    series = sorted({(r["system"], r["mode"]) for r in rows})
-    for system, mode in series:
-        pts = sorted(
-            (r["replicas"], r["atom_steps_per_s"])
-            for r in rows
-            if (r["system"], r["mode"]) == (system, mode)
+    by_replicas = {
+        f"{system}, {mode}": curve(
+            lambda r, s=system, m=mode: (r["system"], r["mode"]) == (s, m), "replicas"
         )
-        ax_r.plot(*zip(*pts, strict=True), "o-", label=f"{system}, {mode}")
-    ax_r.set(
-        xscale="log",
-        yscale="log",
-        xlabel="replicas R",
-        ylabel="atom-steps / s",
-        title="throughput vs replicas (SchNet 64×6)",
-    )
-    ax_r.legend(fontsize=8)
+        for system, mode in sorted({(r["system"], r["mode"]) for r in rows})
+    }
     # Edge lists as families: each pair once (pairs, nl-pairs) or both directions (dense, nl),
     # so the 192-atom water (neighbour lists) lines up with the dense molecules.
     family = {r["mode"]: ("pair-once" if "pairs" in r["mode"] else "directed") for r in rows}
+    by_atoms = {}
     for fam in sorted(set(family.values())):
         for n_rep in sorted({r["replicas"] for r in rows}):
-            pts = sorted(
-                (r["atoms"], r["atom_steps_per_s"])
-                for r in rows
-                if family[r["mode"]] == fam and r["replicas"] == n_rep and "map" not in r["mode"]
+            pts = curve(
+                lambda r, f=fam, n=n_rep: (
+                    family[r["mode"]] == f and r["replicas"] == n and "map" not in r["mode"]
+                ),
+                "atoms",
             )
-            if len(pts) > 1:
-                ax_n.plot(*zip(*pts, strict=True), "s-", label=f"{fam}, R = {n_rep}")
-    ax_n.set(
-        xscale="log",
-        yscale="log",
-        xlabel="atoms per replica (21 aspirin, 42 Ac-Ala3, 192 water)",
-        ylabel="atom-steps / s",
-        title="throughput vs system size",
+            if len(pts[0]) > 1:
+                by_atoms[f"{fam}, R = {n_rep}"] = pts
+    plot_log_log_panels(
+        [
+            dict(
+                title="throughput vs replicas (SchNet 64×6)",
+                xlabel="replicas R",
+                ylabel="atom-steps / s",
+                series=by_replicas,
+            ),
+            dict(
+                title="throughput vs system size",
+                marker="s-",
+                ylabel="atom-steps / s",
+                xlabel="atoms per replica (21 aspirin, 42 Ac-Ala3, 192 water)",
+                series=by_atoms,
+            ),
+        ],
+        path,
     )
-    ax_n.legend(fontsize=8)
-    fig.tight_layout()
-    pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
     print(f"wrote {path}")
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "plot_element_rdfs",
     "plot_fraction_unstable",
     "plot_h_of_r",
+    "plot_log_log_panels",
     "plot_neff",
     "plot_pareto_front",
     "plot_training_curve",
@@ -310,6 +311,35 @@ def plot_pareto_front(
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_log_log_panels(panels, path) -> pathlib.Path:
+    """Side-by-side log–log panels of named curves (benchmark scaling plots).
+
+    Args:
+      panels: sequence of dicts with ``title``, ``xlabel``, ``ylabel`` and ``series``
+        ``{label: (x [K], y [K])}``; optional ``marker`` (default ``"o-"``).
+      path: PNG path.
+
+    Raises:
+      ValueError: a curve has non-positive or non-finite values (not drawable on log axes).
+    """
+    fig, axes = _figure(len(panels), figsize=(5.5 * len(panels), 4.2))
+    for ax, panel in zip(axes, panels, strict=True):
+        for label, (x, y) in panel["series"].items():
+            x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+            if x.shape != y.shape or not (
+                np.all(np.isfinite(x * y)) and (x > 0).all() and (y > 0).all()
+            ):
+                raise ValueError(
+                    f"{panel['title']!r}, curve {label!r}: log axes need positive finite x and "
+                    f"y of equal length, got x {x.tolist()} and y {y.tolist()}"
+                )
+            ax.plot(x, y, panel.get("marker", "o-"), label=label)
+        ax.set(xscale="log", yscale="log", xlabel=panel["xlabel"], ylabel=panel["ylabel"])
+        ax.set_title(panel["title"])
+        ax.legend(fontsize=8)
     return _save(fig, path)
 
 

@@ -41,6 +41,7 @@ import numpy as np
 __all__ = [
     "REPORT_JSON",
     "REPORT_MD",
+    "cpu_model",
     "hardware_info",
     "markdown_report",
     "read_report",
@@ -122,7 +123,8 @@ def software_versions(packages: Sequence[str] = PACKAGES) -> dict:
     return out
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """CPU model name from /proc/cpuinfo (else the platform's processor or machine string)."""
     try:
         for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
             if line.lower().startswith(("model name", "hardware", "processor\t: ")):
@@ -140,7 +142,7 @@ def hardware_info() -> dict:
 
     devices = jax.devices()
     return {
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "jax_backend": jax.default_backend(),

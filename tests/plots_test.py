@@ -138,3 +138,12 @@ def test_every_model_in_a_comparison_gets_its_own_colour():
     colours = [plots._color(label, i) for i, label in enumerate(labels)]
     assert colours[:2] == ["tab:blue", "tab:orange"]  # the paper's pair
     assert len(set(colours)) == len(labels)
+
+
+def test_log_log_panels_draw_positive_curves_and_reject_non_positive(tmp_path):
+    panel = dict(title="t", xlabel="R", ylabel="atom-steps/s", series={"a": ([1, 8], [5e3, 2e4])})
+    path = plots.plot_log_log_panels([panel, {**panel, "marker": "s-"}], tmp_path / "s.png")
+    assert path.stat().st_size > 1000
+    bad = {**panel, "series": {"a": ([1, 8], [5e3, 0.0])}}  # zero cannot go on a log axis
+    with pytest.raises(ValueError, match="curve 'a'"):
+        plots.plot_log_log_panels([bad], tmp_path / "bad.png")
