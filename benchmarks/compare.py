@@ -99,7 +99,7 @@ def matmul_flop_rate(n: int = 2048, repeats: int = 10) -> float:
     return 2.0 * n**3 / best
 
 
-def run_torch(params, positions, n_steps, dt, kT):
+def run_torch(params, positions, n_steps, dt, kT, device="cpu"):
     import torch
 
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # repository root
@@ -110,31 +110,40 @@ def run_torch(params, positions, n_steps, dt, kT):
     config = SchNetConfig(
         hidden_channels=64, num_filters=64, num_interactions=6, num_gaussians=25, cutoff=5.0
     )
-    model = TorchSchNet.from_stabie_params(params, config, dtype=torch.float32)
-    z = torch.as_tensor(ASPIRIN_Z)
-    masses = torch.as_tensor(md.masses_from_atomic_numbers(ASPIRIN_Z), dtype=torch.float32)
+    model = TorchSchNet.from_stabie_params(params, config, dtype=torch.float32).to(device)
+    z = torch.as_tensor(ASPIRIN_Z, device=device)
+    masses = torch.as_tensor(
+        md.masses_from_atomic_numbers(ASPIRIN_Z), dtype=torch.float32, device=device
+    )
+
+    def synchronize():
+        if device != "cpu":
+            torch.cuda.synchronize()
 
     def force_fn(r):
         r = r.detach().requires_grad_(True)
         (grad,) = torch.autograd.grad(model.energy(z, r).sum(), r)
         return -grad
 
-    r0 = torch.as_tensor(positions)
+    r0 = torch.as_tensor(positions, device=device)
     p0 = torch.randn_like(r0) * torch.sqrt(masses.reshape(1, -1, 1) * kT)
     step = make_nose_hoover_step(
         force_fn, dt, kT, tau=20 * dt, chain_length=3, degrees_of_freedom=3 * 21
     )
     state = init_state(r0, p0, masses, force_fn, chain_length=3)
+    synchronize()
     started = time.perf_counter()
     state = step(state)
+    synchronize()
     warm = time.perf_counter() - started
     started = time.perf_counter()
     for _ in range(n_steps):
         state = step(state)
+    synchronize()
     return warm, n_steps / (time.perf_counter() - started)
 
 
-def _worker(side: str, n_rep: int, n_steps: int) -> dict:
+def _worker(side: str, n_rep: int, n_steps: int, device: str) -> dict:
     """One measurement in this (child) process: rate, warm-up, FLOPs and peak RSS."""
     dt, kT = units.fs_to_internal(0.5), units.kT(500.0)
     directed = build_model("schnet")
@@ -142,7 +151,9 @@ def _worker(side: str, n_rep: int, n_steps: int) -> dict:
     positions = _geometry(n_rep, jax.random.PRNGKey(n_rep))
     out = {"side": side, "replicas": n_rep}
     if side == "torch":
-        out["warm_s"], out["replica_steps_per_s"] = run_torch(params, positions, n_steps, dt, kT)
+        out["warm_s"], out["replica_steps_per_s"] = run_torch(
+            params, positions, n_steps, dt, kT, device
+        )
     else:
         module = directed.clone(undirected_edges=(side == "jax_pairs"))
         potential = make_potential(module, ASPIRIN_Z, md.free_space().displacement_fn)
@@ -152,16 +163,37 @@ def _worker(side: str, n_rep: int, n_steps: int) -> dict:
     if side == "torch":
         out["replica_steps_per_s"] *= n_rep
     out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    out["peak_device_mib"] = _peak_device_mib(side, device)
     return out
 
 
-def _measure(side: str, n_rep: int, n_steps: int) -> dict:
+def _peak_device_mib(side: str, device: str) -> float | None:
+    """Peak accelerator memory of this process (None on CPU, where RSS is the measure)."""
+    if device == "cpu":
+        return None
+    if side == "torch":
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**20
+    stats = jax.devices()[0].memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+    return None if peak is None else peak / 2**20
+
+
+def _measure(side: str, n_rep: int, n_steps: int, device: str) -> dict:
     """Run :func:`_worker` in a child process (isolated peak memory, same machine)."""
-    command = [sys.executable, __file__, "--worker", side, str(n_rep), str(n_steps)]
+    command = [sys.executable, __file__, "--worker", side, str(n_rep), str(n_steps), device]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode:
         raise RuntimeError(f"{side} R={n_rep} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _memory(measurement: dict) -> str:
+    """``RSS`` or ``RSS [device peak]`` in MiB."""
+    device = measurement.get("peak_device_mib")
+    rss = f"{measurement['peak_rss_mib']:.0f}"
+    return rss if device is None else f"{rss} [{device:.0f}]"
 
 
 SIDES = {
@@ -171,70 +203,118 @@ SIDES = {
 }
 
 
+def _table(rows: list[dict], sides: list[str], jax_sides: list[str], peak: float) -> list[str]:
+    """Markdown rows: atom-steps/s per side, JAX/PyTorch ratios, warm-up, FLOPs, memory."""
+
+    def each(measurements, fmt):
+        return " / ".join(fmt(m) for m in measurements)
+
+    slash = " / ".join
+    header = (
+        "| R | "
+        + " | ".join(f"{s} atom-steps/s" for s in sides)
+        + " | "
+        + " | ".join(f"{s} / torch" for s in jax_sides)
+        + f" | warm-up s ({slash(sides)}) | GFLOP per replica-step ({slash(jax_sides)}) "
+        f"| FLOP utilisation ({slash(jax_sides)}) "
+        f"| peak memory MiB, host RSS [device] ({slash(sides)}) |"
+    )
+    lines = [header, "|" + "---:|" * (1 + len(sides) + len(jax_sides)) + "---|" * 4]
+    for row in rows:
+        torch_rate = row["torch"]["replica_steps_per_s"]
+        cells = [str(row["torch"]["replicas"])]
+        cells += [f"{row[s]['replica_steps_per_s'] * 21:.0f}" for s in sides]
+        cells += [f"{row[s]['replica_steps_per_s'] / torch_rate:.2f}" for s in jax_sides]
+        cells.append(each([row[s] for s in sides], lambda m: f"{m['warm_s']:.2f}"))
+        cells.append(
+            each([row[s] for s in jax_sides], lambda m: f"{m['flops_per_replica_step'] / 1e9:.4f}")
+        )
+        cells.append(
+            each(
+                [row[s] for s in jax_sides],
+                lambda m: f"{m['flops_per_replica_step'] * m['replica_steps_per_s'] / peak:.1%}",
+            )
+        )
+        cells.append(each([row[s] for s in sides], _memory))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--replicas", default="1,32,128,256")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--output", default=None)
-    parser.add_argument("--worker", nargs=3, metavar=("SIDE", "R", "STEPS"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="where PyTorch runs (auto: cuda when JAX's default backend is a GPU); JAX runs on "
+        "its default backend (JAX_PLATFORMS=cpu forces the CPU)",
+    )
+    parser.add_argument(
+        "--matmul-size", type=int, default=None, help="peak matmul size n (CPU 2048, GPU 8192)"
+    )
+    parser.add_argument(
+        "--sides", default=",".join(SIDES), help=f"comma-separated subset of {list(SIDES)}"
+    )
+    parser.add_argument(
+        "--worker", nargs=4, metavar=("SIDE", "R", "STEPS", "DEVICE"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args(argv)
     if args.worker:
-        side, n_rep, n_steps = args.worker
-        print(json.dumps(_worker(side, int(n_rep), int(n_steps))))
+        side, n_rep, n_steps, device = args.worker
+        print(json.dumps(_worker(side, int(n_rep), int(n_steps), device)))
         return
-    import torch
+    sides = [side for side in args.sides.split(",") if side]
+    if not set(sides) <= set(SIDES) or "torch" not in sides:
+        parser.error(f"--sides must include torch and be a subset of {list(SIDES)}")
 
-    peak = matmul_flop_rate()
-    print(f"float32 matmul 2048^3 on this machine: {peak / 1e9:.1f} GFLOP/s")
+    on_gpu = jax.default_backend() == "gpu"
+    device = args.device if args.device != "auto" else ("cuda" if on_gpu else "cpu")
+    n = args.matmul_size or (8192 if on_gpu else 2048)
+    peak = matmul_flop_rate(n)
+    print(f"float32 matmul {n}^3 on {jax.default_backend()}: {peak / 1e9:.1f} GFLOP/s")
+    jax_sides = [side for side in sides if side != "torch"]
     rows = []
     for n_rep in [int(r) for r in args.replicas.split(",")]:
-        row = {side: _measure(side, n_rep, args.steps) for side in SIDES}
+        row = {side: _measure(side, n_rep, args.steps, device) for side in sides}
         rows.append(row)
         rates = {side: m["replica_steps_per_s"] * 21 for side, m in row.items()}
         print(
             f"R={n_rep:4d}  "
             + "  ".join(f"{side} {rate:9.0f} atom-steps/s" for side, rate in rates.items())
-            + f"  pairs/torch {rates['jax_pairs'] / rates['torch']:.2f}"
+            + "".join(f"  {s}/torch {rates[s] / rates['torch']:.2f}" for s in jax_sides)
         )
+        if args.output:  # after every R, so a run stopped early keeps what it measured
+            pathlib.Path(args.output).write_text(_report(rows, sides, jax_sides, peak, n, device))
+    print(_report(rows, sides, jax_sides, peak, n, device))
+
+
+def _report(rows, sides, jax_sides, peak, n, device) -> str:
+    """The markdown report: machine, versions, command, matmul peak and the table."""
+    import torch
+
+    on_gpu = jax.default_backend() == "gpu"
+    accelerator = jax.devices()[0].device_kind if on_gpu else "none"
     lines = [
         "# JAX (stabie_jax) vs PyTorch MD throughput, same SchNet and weights",
         "",
         f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
         f"- machine: {platform.machine()}, {cpu_model()}, {os.cpu_count()} logical CPUs, "
-        f"torch threads {torch.get_num_threads()}",
+        f"torch threads {torch.get_num_threads()}; accelerator: {accelerator}; JAX on "
+        f"{jax.default_backend()}, PyTorch on {device}",
         f"- versions: python {platform.python_version()}, jax {jax.__version__}, "
         f"torch {torch.__version__}",
         f"- command: `python {' '.join(sys.argv)}`",
-        f"- float32 matmul (2048³, XLA) on this machine: {peak / 1e9:.1f} GFLOP/s",
+        f"- float32 matmul ({n}³, XLA, default precision) on this machine: "
+        f"{peak / 1e9:.1f} GFLOP/s",
         "",
-        "Sides: " + "; ".join(f"`{k}` = {v}" for k, v in SIDES.items()) + ".",
+        "Sides: " + "; ".join(f"`{k}` = {SIDES[k]}" for k in sides) + ".",
         "",
-        "| R | JAX directed | JAX pairs | PyTorch | JAX pairs / PyTorch | JAX directed / PyTorch "
-        "| warm-up s (directed / pairs / torch) | GFLOP per replica-step (directed / pairs) "
-        "| FLOP utilisation (directed / pairs) | peak RSS MiB (directed / pairs / torch) |",
-        "|---:|---:|---:|---:|---:|---:|---|---|---|---|",
+        *_table(rows, sides, jax_sides, peak),
     ]
-    for row in rows:
-        j, jp, t = row["jax"], row["jax_pairs"], row["torch"]
-
-        def util(m):
-            return m["flops_per_replica_step"] * m["replica_steps_per_s"] / peak
-
-        lines.append(
-            f"| {j['replicas']} | {j['replica_steps_per_s'] * 21:.0f} | "
-            f"{jp['replica_steps_per_s'] * 21:.0f} | {t['replica_steps_per_s'] * 21:.0f} | "
-            f"{jp['replica_steps_per_s'] / t['replica_steps_per_s']:.2f} | "
-            f"{j['replica_steps_per_s'] / t['replica_steps_per_s']:.2f} | "
-            f"{j['warm_s']:.1f} / {jp['warm_s']:.1f} / {t['warm_s']:.2f} | "
-            f"{j['flops_per_replica_step'] / 1e9:.4f} / {jp['flops_per_replica_step'] / 1e9:.4f} | "
-            f"{util(j):.0%} / {util(jp):.0%} | "
-            f"{j['peak_rss_mib']:.0f} / {jp['peak_rss_mib']:.0f} / {t['peak_rss_mib']:.0f} |"
-        )
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(text)
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -227,15 +227,14 @@ def main(argv=None):
                 )
             )
             print(_row(rows[-1]), flush=True)
+        if args.output:  # after every N, so a run stopped early keeps what it measured
+            os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+            with open(args.output, "w") as fh:
+                fh.write(_markdown(rows, label, source, n_params, args, b))
 
-    table = _markdown(rows, label, source, n_params, args, b)
-    print(table)
+    print(_markdown(rows, label, source, n_params, args, b))
     if args.plot:
         plot_cost(rows, args.plot)
-    if args.output:
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        with open(args.output, "w") as fh:
-            fh.write(table)
 
 
 def plot_cost(rows, path):

@@ -270,11 +270,12 @@ def main(argv=None):
             f"RSS {res['peak_rss_mib']:7.0f} MiB",
             flush=True,
         )
+        # after every configuration, so a run stopped early keeps what it measured
+        if args.output:
+            write_table(rows, args)
+        if args.json:
+            pathlib.Path(args.json).write_text(json.dumps(rows, indent=1))
 
-    if args.output and rows:
-        write_table(rows, args)
-    if args.json and rows:
-        pathlib.Path(args.json).write_text(json.dumps(rows, indent=1))
     if args.plot and rows:
         plot_scaling(rows, args.plot)
 
