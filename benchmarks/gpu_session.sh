@@ -14,7 +14,7 @@ set -u
 OUT=$(realpath "$1")
 DATA=$(realpath "$2")
 MODELS=$(realpath "$3")
-STABIE_SECONDS=${4:-110}
+STABIE_SECONDS=${4:-150}
 # Sizes (override for a quick dry run on a CPU, e.g. R_COMPARE=1 STEPS=5 ...).
 R_COMPARE=${R_COMPARE:-1,32,128,256}
 R_ASPIRIN=${R_ASPIRIN:-1,32,128,512,2048}
@@ -52,12 +52,12 @@ import stabie_jax, experiments.molecule  # fail fast on an import error
 STARTED=$(date +%s)
 
 stamp "1. JAX vs PyTorch on the GPU (compare.py)"
-timeout 110 python3 benchmarks/compare.py --replicas "$R_COMPARE" --steps "$STEPS" \
+timeout 100 python3 benchmarks/compare.py --replicas "$R_COMPARE" --steps "$STEPS" \
   --sides jax,jax_pairs,torch --output "$RES/compare_gpu.md"
 pack
 
 stamp "2. MD throughput vs replicas and atoms (md_throughput.py)"
-timeout 90 python3 benchmarks/md_throughput.py --modes pairs --replicas "$R_ASPIRIN" \
+timeout 80 python3 benchmarks/md_throughput.py --modes pairs --replicas "$R_ASPIRIN" \
   --ala3-replicas "$R_ALA3" --water-replicas "$R_WATER" --water-modes nl-pairs --steps "$STEPS" \
   --output "$RES/md_throughput_gpu.md" --json "$RES/md_throughput_gpu.json" \
   --plot "$RES/md_throughput_gpu.png"
