@@ -282,3 +282,47 @@ def test_sharded_replica_axis_restores_with_its_sharding(tmp_path):
         timeout=300,
     )
     assert "SHARDED_OK" in result.stdout, result.stderr[-2000:]
+
+
+OTHER_DEVICE_SCRIPT = """
+import os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+sys.path.insert(0, sys.argv[2])
+import jax, numpy as np
+from checkpoint_test import make_state, toy_model_and_metadata
+from stabie_jax import checkpoint as ck
+module, params, metadata = toy_model_and_metadata()
+last = jax.devices()[3]
+ck.save_model_checkpoint(sys.argv[1] + "/model", jax.device_put(params, last), metadata)
+manager = ck.open_manager(sys.argv[1] + "/train")
+on_last = lambda x: jax.device_put(x, last) if isinstance(x, jax.Array) else x  # keep scalars
+ck.save_checkpoint(manager, 1, jax.tree.map(on_last, make_state()), wait=True)
+print("SAVED_ON", last)
+"""
+
+
+def test_checkpoints_written_on_another_device_load_here(tmp_path):
+    """Saved on a device this process lacks (like a CPU checkpoint read on a GPU machine).
+
+    Orbax would restore onto the recorded device (``cpu:3``); the loaders place the arrays on
+    this process's device instead, for model checkpoints and for training checkpoints.
+    """
+    import subprocess
+    import sys
+
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    result = subprocess.run(
+        [sys.executable, "-c", OTHER_DEVICE_SCRIPT, os.fspath(tmp_path), tests_dir],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert "SAVED_ON" in result.stdout and "3" in result.stdout, result.stderr[-2000:]
+    assert len(jax.devices()) < 4  # this process cannot see the saving device
+    _, params, _ = toy_model_and_metadata()
+    loaded = ckpt.load_model_checkpoint(tmp_path / "model")
+    assert_tree_equal(loaded.params, params)
+    assert {leaf.devices().pop() for leaf in jax.tree.leaves(loaded.params)} == {jax.devices()[0]}
+    manager = ckpt.open_manager(tmp_path / "train")
+    restored = ckpt.restore_checkpoint(manager, target=make_state(), fallback=False)
+    assert_tree_equal(restored.state, make_state())
