@@ -174,14 +174,22 @@ def _peak_device_mib(side: str, device: str) -> float | None:
     if side == "torch":
         import torch
 
-        return torch.cuda.max_memory_allocated() / 2**20
+        peak = torch.cuda.max_memory_allocated() / 2**20
+        torch.cuda.reset_peak_memory_stats()
+        return peak
     stats = jax.devices()[0].memory_stats() or {}
     peak = stats.get("peak_bytes_in_use")
     return None if peak is None else peak / 2**20
 
 
-def _measure(side: str, n_rep: int, n_steps: int, device: str) -> dict:
-    """Run :func:`_worker` in a child process (isolated peak memory, same machine)."""
+def _measure(side: str, n_rep: int, n_steps: int, device: str, in_process: bool) -> dict:
+    """Run :func:`_worker` in a child process (isolated peak memory, same machine).
+
+    ``in_process`` runs it here instead (one runtime start for all measurements, which on a GPU
+    machine saves tens of seconds each; peak memory is then the high-water mark so far).
+    """
+    if in_process:
+        return _worker(side, n_rep, n_steps, device)
     command = [sys.executable, __file__, "--worker", side, str(n_rep), str(n_steps), device]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode:
@@ -259,6 +267,12 @@ def main(argv=None):
         "--sides", default=",".join(SIDES), help=f"comma-separated subset of {list(SIDES)}"
     )
     parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="measure in this process, not one child per measurement (faster start-up; peak "
+        "memory becomes a high-water mark)",
+    )
+    parser.add_argument(
         "--worker", nargs=4, metavar=("SIDE", "R", "STEPS", "DEVICE"), help=argparse.SUPPRESS
     )
     args = parser.parse_args(argv)
@@ -278,7 +292,7 @@ def main(argv=None):
     jax_sides = [side for side in sides if side != "torch"]
     rows = []
     for n_rep in [int(r) for r in args.replicas.split(",")]:
-        row = {side: _measure(side, n_rep, args.steps, device) for side in sides}
+        row = {side: _measure(side, n_rep, args.steps, device, args.in_process) for side in sides}
         rows.append(row)
         rates = {side: m["replica_steps_per_s"] * 21 for side, m in row.items()}
         print(

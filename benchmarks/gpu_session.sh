@@ -15,15 +15,15 @@ OUT=$(realpath "$1")
 DATA=$(realpath "$2")
 MODELS=$(realpath "$3")
 STABIE_SECONDS=${4:-150}
-# Sizes (override for a quick dry run on a CPU, e.g. R_COMPARE=1 STEPS=5 ...).
+# Sizes (override for a quick dry run on a CPU, e.g. R_COMPARE=1 STEPS=5 ...). Training and evaluation
+# come first: they matter most, and the benchmarks then use what time is left.
 R_COMPARE=${R_COMPARE:-1,32,128,256}
 R_ASPIRIN=${R_ASPIRIN:-1,32,128,512,2048}
 R_ALA3=${R_ALA3:-1,32,128}
 R_WATER=${R_WATER:-1,32}
-N_ESTIMATOR=${N_ESTIMATOR:-160 640 2560 10240}
+N_ESTIMATOR=${N_ESTIMATOR:-640 2560 10240}
 STEPS=${STEPS:-200}
 EVAL_REPLICAS=${EVAL_REPLICAS:-256}
-EVAL_SECONDS_PER_MODEL=${EVAL_SECONDS_PER_MODEL:-20}
 read -r -a STABIE_EXTRA <<<"${STABIE_EXTRA:-}" # more --config.x=y flags for stage 4 (dry runs)
 RES=/tmp/gpu_results
 WORK=/tmp/gpu_aspirin
@@ -51,28 +51,10 @@ import stabie_jax, experiments.molecule  # fail fast on an import error
 ' || exit 1
 STARTED=$(date +%s)
 
-stamp "1. JAX vs PyTorch on the GPU (compare.py)"
-timeout 100 python3 benchmarks/compare.py --replicas "$R_COMPARE" --steps "$STEPS" \
-  --sides jax,jax_pairs,torch --output "$RES/compare_gpu.md"
-pack
-
-stamp "2. MD throughput vs replicas and atoms (md_throughput.py)"
-timeout 80 python3 benchmarks/md_throughput.py --modes pairs --replicas "$R_ASPIRIN" \
-  --ala3-replicas "$R_ALA3" --water-replicas "$R_WATER" --water-modes nl-pairs --steps "$STEPS" \
-  --output "$RES/md_throughput_gpu.md" --json "$RES/md_throughput_gpu.json" \
-  --plot "$RES/md_throughput_gpu.png"
-pack
-
-stamp "3. estimator cost vs N (estimator.py)"
-# shellcheck disable=SC2086  # N_ESTIMATOR is a list of sizes
-timeout 50 python3 benchmarks/estimator.py --sizes $N_ESTIMATOR --time-max-n 100000 \
-  --output "$RES/estimator_gpu.md" --plot "$RES/estimator_gpu.png"
-pack
-
 DATAFLAGS=(--config.data.source="$DATA/rmd17_aspirin/rmd17_aspirin_train_0*.npz"
   --config.data.test_source="$DATA/rmd17_aspirin/rmd17_aspirin_test_0*.npz"
   --config.data.labels=md17 --config.progress=False)
-stamp "4. paper-scale aspirin StABlE from the authors' pretrained model, ${STABIE_SECONDS} s budget"
+stamp "1. paper-scale aspirin StABlE from the authors' pretrained model, ${STABIE_SECONDS} s budget"
 HOURS=$(python3 -c "print($STABIE_SECONDS / 3600)")
 timeout $((STABIE_SECONDS + 60)) python3 -m experiments.aspirin \
   --config=experiments/configs/aspirin.py --workdir="$WORK" "${DATAFLAGS[@]}" \
@@ -81,21 +63,13 @@ timeout $((STABIE_SECONDS + 60)) python3 -m experiments.aspirin \
   ${STABIE_EXTRA[@]+"${STABIE_EXTRA[@]}"}
 pack
 
-# Evaluation length: what R = 128 aspirin (pair-once) covers in EVAL_SECONDS_PER_MODEL at the
-# measured rate (MD is nearly flat in R on a GPU at these sizes), within [2, 50] ps at 0.5 fs.
-LENGTH=$(python3 -c '
-import json, sys
-try:
-    rows = [r for r in json.load(open(sys.argv[1])) if r["system"] == "aspirin"]
-    rate = min(rows, key=lambda r: abs(r["replicas"] - 128))["steps_per_s"]
-except (OSError, ValueError, KeyError):
-    rate = 500.0
-print(max(2, min(50, int(rate * float(sys.argv[2]) * 0.5e-3))))
-' "$RES/md_throughput_gpu.json" "$EVAL_SECONDS_PER_MODEL")
-stamp "5. evaluation: ${EVAL_REPLICAS} replicas x ${LENGTH} ps at 500 K (+ 700 K), three models"
+# Evaluation length: what R = 256 aspirin covers in about 20 s per model on the H200 (~1000
+# steps/s measured by md_throughput at R = 128), at 0.5 fs.
+LENGTH=${EVAL_LENGTH_PS:-8}
+stamp "2. evaluation: ${EVAL_REPLICAS} replicas x ${LENGTH} ps at 500 K (+ 700 K), three models"
 EXTRA="authors_StABlE=$MODELS/authors_stabie"
 [ -e "$WORK/model_stabie/model.json" ] && EXTRA="$EXTRA,gpu_StABlE=$WORK/model_stabie"
-timeout 130 python3 -m experiments.aspirin --config=experiments/configs/aspirin.py \
+timeout 120 python3 -m experiments.aspirin --config=experiments/configs/aspirin.py \
   --workdir="$WORK" "${DATAFLAGS[@]}" --config.init_checkpoint="$MODELS/authors_pretrained" \
   --config.stages=evaluate --config.evaluate.n_replicas="$EVAL_REPLICAS" \
   --config.evaluate.length_ps="$LENGTH" \
@@ -103,4 +77,22 @@ timeout 130 python3 -m experiments.aspirin --config=experiments/configs/aspirin.
   --config.evaluate.transfer_length_ps="$(python3 -c "print(max(1, $LENGTH // 4))")" \
   --config.evaluate.extra_models="$EXTRA"
 pack
+stamp "3. JAX vs PyTorch on the GPU (compare.py)"
+timeout 70 python3 benchmarks/compare.py --in-process --replicas "$R_COMPARE" --steps "$STEPS" \
+  --sides jax,jax_pairs,torch --output "$RES/compare_gpu.md"
+pack
+
+stamp "4. MD throughput vs replicas and atoms (md_throughput.py)"
+timeout 60 python3 benchmarks/md_throughput.py --in-process --modes pairs --replicas "$R_ASPIRIN" \
+  --ala3-replicas "$R_ALA3" --water-replicas "$R_WATER" --water-modes nl-pairs --steps "$STEPS" \
+  --output "$RES/md_throughput_gpu.md" --json "$RES/md_throughput_gpu.json" \
+  --plot "$RES/md_throughput_gpu.png"
+pack
+
+stamp "5. estimator cost vs N (estimator.py)"
+# shellcheck disable=SC2086  # N_ESTIMATOR is a list of sizes
+timeout 40 python3 benchmarks/estimator.py --sizes $N_ESTIMATOR --time-max-n 100000 \
+  --output "$RES/estimator_gpu.md" --plot "$RES/estimator_gpu.png"
+pack
+
 stamp "done in $(($(date +%s) - STARTED)) s"

@@ -207,6 +207,21 @@ def _versions() -> str:
     return ", ".join(f"{p} {version(p)}" for p in pkgs)
 
 
+def _report_row(res: dict, rows: list, args) -> None:
+    """Append, print, and rewrite the outputs (a run stopped early keeps what it measured)."""
+    rows.append(res)
+    print(
+        f"{res['system']:8s} {res['mode']:5s} R={res['replicas']:4d}  "
+        f"compile {res['compile_s']:6.1f} s  {res['steps_per_s']:9.1f} steps/s  "
+        f"{res['atom_steps_per_s']:11.0f} atom-steps/s  RSS {res['peak_rss_mib']:7.0f} MiB",
+        flush=True,
+    )
+    if args.output:
+        write_table(rows, args)
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--replicas", default="1,8,32,128,256", help="aspirin R values")
@@ -224,6 +239,12 @@ def main(argv=None):
     parser.add_argument("--output", default=None, help="write a markdown table here")
     parser.add_argument("--plot", default=None, help="write throughput-vs-R/atoms PNG here")
     parser.add_argument("--json", default=None, help="write the raw rows as JSON here")
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="measure every configuration in this process (one runtime start; faster on a GPU "
+        "machine; peak memory becomes a high-water mark)",
+    )
     parser.add_argument("--single", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -245,6 +266,10 @@ def main(argv=None):
 
     rows = []
     for system, mode, n_rep in configs:
+        if args.in_process:
+            res = run_single(system, mode, n_rep, args.steps, args.repeats, args.dtype)
+            _report_row(res, rows, args)
+            continue
         cmd = [
             sys.executable,
             __file__,
@@ -262,19 +287,7 @@ def main(argv=None):
         if proc.returncode or not line:
             print(f"{system} {mode} R={n_rep}: FAILED\n{proc.stderr[-2000:]}", file=sys.stderr)
             continue
-        res = json.loads(line[0][7:])
-        rows.append(res)
-        print(
-            f"{system:8s} {mode:5s} R={n_rep:4d}  compile {res['compile_s']:6.1f} s  "
-            f"{res['steps_per_s']:9.1f} steps/s  {res['atom_steps_per_s']:11.0f} atom-steps/s  "
-            f"RSS {res['peak_rss_mib']:7.0f} MiB",
-            flush=True,
-        )
-        # after every configuration, so a run stopped early keeps what it measured
-        if args.output:
-            write_table(rows, args)
-        if args.json:
-            pathlib.Path(args.json).write_text(json.dumps(rows, indent=1))
+        _report_row(json.loads(line[0][7:]), rows, args)
 
     if args.plot and rows:
         plot_scaling(rows, args.plot)
