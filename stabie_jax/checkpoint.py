@@ -181,21 +181,19 @@ def save_checkpoint(
 
 
 def _abstract(target):
-    """Restore target for ``target``: shapes, dtypes and a sharding on this machine's device.
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
 
-    A sharding is always given: without one, orbax restores onto the devices recorded at save
-    time (``cpu:0`` for a checkpoint written on a CPU), which fails on a GPU or TPU machine.
+
+def _on_this_device(abstract):
+    """``abstract`` (a ShapeDtypeStruct tree) with a sharding on this machine's first device.
+
+    Without one, orbax restores onto the devices recorded at save time (``cpu:0`` for a
+    checkpoint written on a CPU), which fails on a GPU or TPU machine.
     """
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-
-    def leaf(x):
-        spec = ocp.utils.to_shape_dtype_struct(x)
-        if not isinstance(spec, jax.ShapeDtypeStruct):  # Python scalars are restored as such
-            return spec
-        sharding = getattr(x, "sharding", None) if isinstance(x, jax.Array) else None
-        return jax.ShapeDtypeStruct(spec.shape, spec.dtype, sharding=sharding or device)
-
-    return jax.tree.map(leaf, target)
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding or device), abstract
+    )
 
 
 def _quarantine(manager: ocp.CheckpointManager, step: int) -> pathlib.Path:
@@ -407,7 +405,7 @@ def load_model_checkpoint(directory) -> LoadedModel:
     metadata = read_model_metadata(directory)
     path = pathlib.Path(directory).expanduser().resolve()
     module = build_model(metadata.kind, **metadata.hparams)
-    abstract = _abstract(abstract_params(module, metadata.atomic_numbers))
+    abstract = _on_this_device(abstract_params(module, metadata.atomic_numbers))
     with ocp.StandardCheckpointer() as checkpointer:
         try:
             params = checkpointer.restore(path / MODEL_PARAMS, abstract)
