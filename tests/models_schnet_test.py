@@ -141,3 +141,25 @@ def _check_undirected(periodic):
     assert abs(float(e0)) > 1e-3  # a non-trivial energy
     np.testing.assert_allclose(float(e1), float(e0), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(np.asarray(f1), np.asarray(f0), rtol=1e-10, atol=1e-12)
+
+
+def test_shifted_softplus_and_its_derivatives_match_the_closed_forms():
+    """The custom JVP (sigmoid from the cached exp(-|x|)) gives softplus(x) - log 2, its
+    derivative sigmoid(x) and second derivative e^-|x| / (1 + e^-|x|)^2, also far into both
+    tails (float64; autodiff of jax.nn.softplus underflows to 0 there, this does not)."""
+    from stabie_jax.models.schnet import LOG2_FLOAT32, shifted_softplus
+
+    with jax.enable_x64(True):
+        x = jnp.array([-60.0, -20.0, -3.0, -1e-3, 0.0, 1e-3, 0.7, 5.0, 40.0, 80.0])
+        xs = np.asarray(x)
+        decay = np.exp(-np.abs(xs))
+        value = np.maximum(xs, 0) + np.log1p(decay) - LOG2_FLOAT32
+        first = np.where(xs >= 0, 1 / (1 + decay), decay / (1 + decay))
+        second = decay / (1 + decay) ** 2
+        np.testing.assert_allclose(shifted_softplus(x), value, rtol=1e-15, atol=1e-15)
+        d1 = jax.vmap(jax.grad(shifted_softplus))(x)
+        d2 = jax.vmap(jax.grad(jax.grad(shifted_softplus)))(x)
+        np.testing.assert_allclose(d1, first, rtol=1e-14, atol=0)
+        np.testing.assert_allclose(d2, second, rtol=1e-13, atol=0)
+        np.testing.assert_allclose(shifted_softplus(x), jax.nn.softplus(x) - LOG2_FLOAT32, atol=1e-15)
+        assert float(d2[4]) == 0.25 and float(d1[4]) == 0.5
