@@ -161,5 +161,7 @@ def test_shifted_softplus_and_its_derivatives_match_the_closed_forms():
         d2 = jax.vmap(jax.grad(jax.grad(shifted_softplus)))(x)
         np.testing.assert_allclose(d1, first, rtol=1e-14, atol=0)
         np.testing.assert_allclose(d2, second, rtol=1e-13, atol=0)
-        np.testing.assert_allclose(shifted_softplus(x), jax.nn.softplus(x) - LOG2_FLOAT32, atol=1e-15)
+        np.testing.assert_allclose(
+            shifted_softplus(x), jax.nn.softplus(x) - LOG2_FLOAT32, atol=1e-15
+        )
         assert float(d2[4]) == 0.25 and float(d1[4]) == 0.5
