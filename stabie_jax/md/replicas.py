@@ -232,6 +232,7 @@ def make_simulator(
     max_reallocations: int = 5,
     replica_batch_size: int | None = None,
     neighbor_format=partition.NeighborListFormat.Sparse,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> Simulator:
     """Build the replica MD functions for one system.
 
@@ -265,6 +266,13 @@ def make_simulator(
       neighbor_format: JAX-MD format of the neighbour lists: ``Sparse`` (both directions,
         every model) or ``OrderedSparse`` (each pair once, for a SchNet with
         ``undirected_edges=True``: half the edges).
+      mesh: optional device mesh; ``simulate`` then splits the replicas evenly over all of its
+        devices with ``jax.shard_map`` (replicas never communicate, so each device runs its
+        share of the step scan on its own; parameters are replicated). The replica count must
+        be a multiple of the mesh size. On a multi-core CPU, fake one device per core
+        (``--xla_force_host_platform_device_count``) and combine with a small
+        ``replica_batch_size``: each core then steps cache-sized chunks of its replicas
+        (``benchmarks/compare.py``, ``benchmarks/RESULTS.md``).
 
     Returns:
       A :class:`Simulator`.
@@ -477,9 +485,35 @@ def make_simulator(
 
         return lax.scan(outer, state, None, length=n_frames)
 
+    if mesh is not None:
+        replica_spec = jax.sharding.PartitionSpec(tuple(mesh.axis_names))
+        frame_spec = jax.sharding.PartitionSpec(None, tuple(mesh.axis_names))
+        replicated = jax.sharding.PartitionSpec()
+
+        def _advance_on_mesh(params, state, n_steps, sample_every, record_energy):
+            per_device = jax.shard_map(
+                lambda p, s: _advance(p, s, n_steps, sample_every, record_energy),
+                mesh=mesh,
+                in_specs=(replicated, replica_spec),
+                out_specs=(replica_spec, frame_spec),
+                check_vma=False,
+            )
+            return per_device(params, state)
+
+        advance = _advance_on_mesh
+    else:
+        advance = _advance
     advance_jit = jax.jit(
-        _advance, static_argnums=(2, 3, 4), donate_argnums=(1,) if donate_state else ()
+        advance, static_argnums=(2, 3, 4), donate_argnums=(1,) if donate_state else ()
     )
+
+    def _check_divisible(state: ReplicaState) -> None:
+        if mesh is not None and state.step.shape[0] % mesh.devices.size:
+            raise ValueError(
+                f"{state.step.shape[0]} replicas cannot be split evenly over the "
+                f"{mesh.devices.size} devices of the simulator's mesh; choose a multiple of "
+                f"{mesh.devices.size} replicas or build the simulator with mesh=None"
+            )
 
     def simulate_fn(params, state, n_steps, sample_every=None, record_energy=False):
         """Advance every alive replica ``n_steps`` steps.
@@ -509,6 +543,7 @@ def make_simulator(
                 raise ValueError(
                     f"sample_every={sample_every} must be >= 1 and divide n_steps={n_steps}"
                 )
+        _check_divisible(state)
         if not use_nl:
             return advance_jit(params, state, n_steps, sample_every, bool(record_energy))
         for _ in range(max_reallocations + 1):
