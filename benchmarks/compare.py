@@ -10,6 +10,13 @@ random weights, shared) on aspirin (21 atoms, dense all-pairs), float32, NosÃ©â€
 steps); PyTorch: ``benchmarks/torch_reference`` (autograd forces, all replicas batched).
 Reported: replica-steps/s and atom-steps/s after warm-up, warm-up (compile) time separately, the
 JAX/PyTorch ratio. Needs the ``torch`` extra (``torch==2.13.0``).
+
+JAX sides: ``jax`` (directed edges, as torch_geometric), ``jax_pairs`` (each pair once) and, on a
+CPU, ``jax_pairs_cores``: the same model with the replicas split over one fake XLA CPU device per
+core (``--xla_force_host_platform_device_count``, ``make_simulator(mesh=...)``) and stepped in
+chunks of ``--replica-chunk`` replicas per core (``replica_batch_size``), so each core works on
+cache-sized arrays. FLOPs per replica-step are counted on the plain single-device program (the
+model's work does not depend on how replicas are laid out).
 """
 
 from __future__ import annotations
@@ -46,7 +53,8 @@ def _geometry(n_replicas: int, key) -> np.ndarray:
     return base[None] + noise
 
 
-def _simulator(potential, dt, kT):
+def _simulator(potential, dt, kT, n_steps, mesh=None, replica_batch_size=None):
+    """The replica engine as the training loop uses it: one ring-buffer save per call."""
     return md.make_simulator(
         potential.energy_fn,
         md.masses_from_atomic_numbers(ASPIRIN_Z),
@@ -54,11 +62,14 @@ def _simulator(potential, dt, kT):
         kT=kT,
         space=md.free_space(),
         tau=md.tau_from_ttime(20, dt),
+        history_every=n_steps,
+        mesh=mesh,
+        replica_batch_size=replica_batch_size,
     )
 
 
-def run_jax(params, potential, positions, n_steps, dt, kT):
-    sim = _simulator(potential, dt, kT)
+def run_jax(params, potential, positions, n_steps, dt, kT, mesh=None, replica_batch_size=None):
+    sim = _simulator(potential, dt, kT, n_steps, mesh, replica_batch_size)
     state = sim.init(params, jax.random.PRNGKey(0), jnp.asarray(positions))
     started = time.perf_counter()
     state, _ = sim.simulate(params, state, n_steps)
@@ -76,7 +87,7 @@ def flops_per_replica_step(params, potential, positions, dt, kT) -> float:
     ``jax.jit(f).lower(...).compile().cost_analysis()`` of a one-step ``simulate`` (force
     evaluation with its backward pass, integrator and thermostat).
     """
-    sim = _simulator(potential, dt, kT)
+    sim = _simulator(potential, dt, kT, 1)
     state = sim.init(params, jax.random.PRNGKey(0), jnp.asarray(positions))
     compiled = jax.jit(lambda p, s: sim.simulate(p, s, 1)).lower(params, state).compile()
     analysis = compiled.cost_analysis()
@@ -143,7 +154,7 @@ def run_torch(params, positions, n_steps, dt, kT, device="cpu"):
     return warm, n_steps / (time.perf_counter() - started)
 
 
-def _worker(side: str, n_rep: int, n_steps: int, device: str) -> dict:
+def _worker(side: str, n_rep: int, n_steps: int, device: str, chunk: int = 2) -> dict:
     """One measurement in this (child) process: rate, warm-up, FLOPs and peak RSS."""
     dt, kT = units.fs_to_internal(0.5), units.kT(500.0)
     directed = build_model("schnet")
@@ -155,9 +166,16 @@ def _worker(side: str, n_rep: int, n_steps: int, device: str) -> dict:
             params, positions, n_steps, dt, kT, device
         )
     else:
-        module = directed.clone(undirected_edges=(side == "jax_pairs"))
+        module = directed.clone(undirected_edges=side.startswith("jax_pairs"))
         potential = make_potential(module, ASPIRIN_Z, md.free_space().displacement_fn)
-        warm, rate = run_jax(params, potential, positions, n_steps, dt, kT)
+        mesh, batch = None, None
+        if side == "jax_pairs_cores":
+            devices = np.asarray(jax.devices())
+            usable = max(d for d in range(1, devices.size + 1) if n_rep % d == 0)
+            mesh = jax.sharding.Mesh(devices[:usable], ("replica",)) if usable > 1 else None
+            batch = chunk if n_rep // usable > chunk else None  # vmap when one chunk
+            out["devices"], out["replica_chunk"] = usable, batch
+        warm, rate = run_jax(params, potential, positions, n_steps, dt, kT, mesh, batch)
         out["warm_s"], out["replica_steps_per_s"] = warm, rate * n_rep
         out["flops_per_replica_step"] = flops_per_replica_step(params, potential, positions, dt, kT)
     if side == "torch":
@@ -182,16 +200,24 @@ def _peak_device_mib(side: str, device: str) -> float | None:
     return None if peak is None else peak / 2**20
 
 
-def _measure(side: str, n_rep: int, n_steps: int, device: str, in_process: bool) -> dict:
+def _measure(
+    side: str, n_rep: int, n_steps: int, device: str, in_process: bool, chunk: int
+) -> dict:
     """Run :func:`_worker` in a child process (isolated peak memory, same machine).
 
     ``in_process`` runs it here instead (one runtime start for all measurements, which on a GPU
-    machine saves tens of seconds each; peak memory is then the high-water mark so far).
+    machine saves tens of seconds each; peak memory is then the high-water mark so far; the
+    ``jax_pairs_cores`` side then uses the devices this process already has).
     """
     if in_process:
-        return _worker(side, n_rep, n_steps, device)
+        return _worker(side, n_rep, n_steps, device, chunk)
     command = [sys.executable, __file__, "--worker", side, str(n_rep), str(n_steps), device]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    command += ["--replica-chunk", str(chunk)]
+    env = dict(os.environ)
+    if side == "jax_pairs_cores":
+        flag = f"--xla_force_host_platform_device_count={os.cpu_count()}"
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flag}".strip()
+    done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     if done.returncode:
         raise RuntimeError(f"{side} R={n_rep} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -207,6 +233,8 @@ def _memory(measurement: dict) -> str:
 SIDES = {
     "jax": "JAX, directed edges (as torch_geometric)",
     "jax_pairs": "JAX, each pair once (`undirected_edges=True`, the default of the configs)",
+    "jax_pairs_cores": "JAX, each pair once, replicas split over one fake CPU device per core "
+    "(`make_simulator(mesh=...)`) in chunks of `replica_batch_size` replicas per core",
     "torch": "PyTorch, batched, autograd forces",
 }
 
@@ -264,7 +292,16 @@ def main(argv=None):
         "--matmul-size", type=int, default=None, help="peak matmul size n (CPU 2048, GPU 8192)"
     )
     parser.add_argument(
-        "--sides", default=",".join(SIDES), help=f"comma-separated subset of {list(SIDES)}"
+        "--sides",
+        default=None,
+        help=f"comma-separated subset of {list(SIDES)} (default: all on a CPU; without "
+        "jax_pairs_cores on an accelerator)",
+    )
+    parser.add_argument(
+        "--replica-chunk",
+        type=int,
+        default=2,
+        help="replicas per lax.map chunk on each core for the jax_pairs_cores side",
     )
     parser.add_argument(
         "--in-process",
@@ -278,13 +315,14 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.worker:
         side, n_rep, n_steps, device = args.worker
-        print(json.dumps(_worker(side, int(n_rep), int(n_steps), device)))
+        print(json.dumps(_worker(side, int(n_rep), int(n_steps), device, args.replica_chunk)))
         return
-    sides = [side for side in args.sides.split(",") if side]
+    on_gpu = jax.default_backend() == "gpu"
+    default_sides = [s for s in SIDES if not (on_gpu and s == "jax_pairs_cores")]
+    sides = [side for side in (args.sides or ",".join(default_sides)).split(",") if side]
     if not set(sides) <= set(SIDES) or "torch" not in sides:
         parser.error(f"--sides must include torch and be a subset of {list(SIDES)}")
 
-    on_gpu = jax.default_backend() == "gpu"
     device = args.device if args.device != "auto" else ("cuda" if on_gpu else "cpu")
     n = args.matmul_size or (8192 if on_gpu else 2048)
     peak = matmul_flop_rate(n)
@@ -292,7 +330,10 @@ def main(argv=None):
     jax_sides = [side for side in sides if side != "torch"]
     rows = []
     for n_rep in [int(r) for r in args.replicas.split(",")]:
-        row = {side: _measure(side, n_rep, args.steps, device, args.in_process) for side in sides}
+        row = {
+            side: _measure(side, n_rep, args.steps, device, args.in_process, args.replica_chunk)
+            for side in sides
+        }
         rows.append(row)
         rates = {side: m["replica_steps_per_s"] * 21 for side, m in row.items()}
         print(
@@ -325,10 +366,24 @@ def _report(rows, sides, jax_sides, peak, n, device) -> str:
         f"{peak / 1e9:.1f} GFLOP/s",
         "",
         "Sides: " + "; ".join(f"`{k}` = {SIDES[k]}" for k in sides) + ".",
+        *_layout_note(rows, sides),
         "",
         *_table(rows, sides, jax_sides, peak),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _layout_note(rows, sides) -> list[str]:
+    """How ``jax_pairs_cores`` split each R (devices used, replicas per chunk)."""
+    if "jax_pairs_cores" not in sides:
+        return []
+    parts = [
+        f"R = {row['torch']['replicas']}: {m['devices']} device(s), "
+        + (f"chunks of {m['replica_chunk']}" if m["replica_chunk"] else "vmap, no chunks")
+        for row in rows
+        for m in [row["jax_pairs_cores"]]
+    ]
+    return ["", "`jax_pairs_cores` layout: " + "; ".join(parts) + "."]
 
 
 if __name__ == "__main__":

@@ -507,13 +507,20 @@ def make_simulator(
         advance, static_argnums=(2, 3, 4), donate_argnums=(1,) if donate_state else ()
     )
 
-    def _check_divisible(state: ReplicaState) -> None:
-        if mesh is not None and state.step.shape[0] % mesh.devices.size:
+    def _on_mesh(params, state: ReplicaState):
+        """Params replicated and replicas split over the mesh, so every call of the jitted
+        scan sees the same input shardings (a different placement would recompile it)."""
+        if mesh is None:
+            return params, state
+        if state.step.shape[0] % mesh.devices.size:
             raise ValueError(
                 f"{state.step.shape[0]} replicas cannot be split evenly over the "
                 f"{mesh.devices.size} devices of the simulator's mesh; choose a multiple of "
                 f"{mesh.devices.size} replicas or build the simulator with mesh=None"
             )
+        params = jax.device_put(params, jax.sharding.NamedSharding(mesh, replicated))
+        state = jax.device_put(state, jax.sharding.NamedSharding(mesh, replica_spec))
+        return params, state
 
     def simulate_fn(params, state, n_steps, sample_every=None, record_energy=False):
         """Advance every alive replica ``n_steps`` steps.
@@ -543,10 +550,11 @@ def make_simulator(
                 raise ValueError(
                     f"sample_every={sample_every} must be >= 1 and divide n_steps={n_steps}"
                 )
-        _check_divisible(state)
+        params, state = _on_mesh(params, state)
         if not use_nl:
             return advance_jit(params, state, n_steps, sample_every, bool(record_energy))
         for _ in range(max_reallocations + 1):
+            params, state = _on_mesh(params, state)
             new_state, traj = advance_jit(params, state, n_steps, sample_every, bool(record_energy))
             overflow = np.asarray(new_state.neighbor.did_buffer_overflow)
             if not overflow.any():
