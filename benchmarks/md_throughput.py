@@ -9,7 +9,10 @@ Systems:
   ``-map`` suffix (``dense-map``, ``nl-map``) steps the replicas one after another with
   ``lax.map`` (``replica_batch_size=1``) instead of ``vmap``; a ``pairs`` mode (``pairs``,
   ``nl-pairs``) lists each pair once (``SchNet(undirected_edges=True)``, JAX-MD
-  ``OrderedSparse`` lists), the configs' default;
+  ``OrderedSparse`` lists), the configs' default; a ``-cores`` suffix (``pairs-cores``,
+  ``nl-pairs-cores``) splits the replicas over one fake XLA CPU device per core
+  (``make_simulator(mesh=...)``) and steps them in chunks of 2 replicas per core
+  (``replica_batch_size=2``), the fast CPU layout of ``benchmarks/compare.py``;
 * ``ala3``: Ac-Ala3-NHMe, 42 atoms, free space, the same SchNet and MD settings as aspirin
   (staged MD22 frame, else the built-in xTB set, else a synthetic grid);
 * ``water``: 64 H₂O (192 atoms), cubic periodic box 12.43 Å, the same SchNet with neighbour lists
@@ -121,6 +124,7 @@ def run_single(system: str, mode: str, n_rep: int, steps: int, repeats: int, dty
         make_simulator,
         masses_from_atomic_numbers,
         periodic_space,
+        replica_mesh,
     )
     from stabie_jax.models import make_potential
     from stabie_jax.models.graph import build_graph, dense_edges
@@ -144,6 +148,11 @@ def run_single(system: str, mode: str, n_rep: int, steps: int, repeats: int, dty
     model = model.clone(undirected_edges=pairs)
     use_nl = mode.startswith("nl")
     replica_batch_size = 1 if mode.endswith("-map") else None
+    mesh = None
+    if mode.endswith("-cores"):
+        mesh = replica_mesh(n_rep)
+        per_device = n_rep // (mesh.devices.size if mesh is not None else 1)
+        replica_batch_size = 2 if per_device > 2 else None
     pot = make_potential(model, z, sp.displacement_fn, use_neighbor_list=use_nl)
     sim = make_simulator(
         pot.energy_fn,
@@ -156,6 +165,7 @@ def run_single(system: str, mode: str, n_rep: int, steps: int, repeats: int, dty
         dtype=jnp.dtype(dtype),
         replica_batch_size=replica_batch_size,
         neighbor_format=partition.OrderedSparse if pairs else partition.Sparse,
+        mesh=mesh,
     )
     key = jax.random.PRNGKey(1)
     r0 = jnp.asarray(pos, dtype)[None] + 0.01 * jax.random.normal(key, (n_rep, n_atoms, 3), dtype)
@@ -230,7 +240,7 @@ def main(argv=None):
     parser.add_argument(
         "--modes",
         default="dense,pairs,nl",
-        help="molecule edge modes: dense, pairs (each pair once), nl, nl-pairs, *-map",
+        help="molecule edge modes: dense, pairs (each pair once), nl, nl-pairs, *-map, *-cores",
     )
     parser.add_argument("--water-modes", default="nl,nl-pairs", help="water edge modes")
     parser.add_argument("--steps", type=int, default=100, help="MD steps per timed call")
@@ -282,7 +292,11 @@ def main(argv=None):
             "--dtype",
             args.dtype,
         ]
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+        env = dict(os.environ)
+        if mode.endswith("-cores"):
+            flag = f"--xla_force_host_platform_device_count={os.cpu_count()}"
+            env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flag}".strip()
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
         line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
         if proc.returncode or not line:
             print(f"{system} {mode} R={n_rep}: FAILED\n{proc.stderr[-2000:]}", file=sys.stderr)
@@ -309,7 +323,11 @@ def plot_scaling(rows, path):
     }
     # Edge lists as families: each pair once (pairs, nl-pairs) or both directions (dense, nl),
     # so the 192-atom water (neighbour lists) lines up with the dense molecules.
-    family = {r["mode"]: ("pair-once" if "pairs" in r["mode"] else "directed") for r in rows}
+    family = {
+        r["mode"]: ("pair-once" if "pairs" in r["mode"] else "directed")
+        + (", device per core" if r["mode"].endswith("-cores") else "")
+        for r in rows
+    }
     by_atoms = {}
     for fam in sorted(set(family.values())):
         for n_rep in sorted({r["replicas"] for r in rows}):
