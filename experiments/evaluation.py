@@ -32,7 +32,7 @@ from stabie_jax import evaluate as ev
 from stabie_jax import stabie as stabie_lib
 
 
-def _simulator(potential, z, temperature_kelvin, config):
+def _simulator(potential, z, temperature_kelvin, config, n_replicas):
     dt = units.fs_to_internal(float(config.md.timestep_fs))
     return md.make_simulator(
         potential.energy_fn,
@@ -43,6 +43,8 @@ def _simulator(potential, z, temperature_kelvin, config):
         tau=md.tau_from_ttime(int(config.md.thermostat_ttime_steps), dt),
         history_every=int(config.evaluate.check_every_steps),
         history_length=1,
+        mesh=md.replica_mesh(n_replicas),
+        replica_batch_size=int(config.md.get("replica_batch_size", 0)) or None,
     )
 
 
@@ -128,7 +130,7 @@ def evaluate_molecule(config, workdir, molecule, pretrained_dir, stabie_dir, wal
             loaded.module, loaded.metadata, md.free_space().displacement_fn
         )
         result = ev.evaluate_stability(
-            _simulator(potential, z, T, config),
+            _simulator(potential, z, T, config, n_rep),
             loaded.params,
             initial,
             key,
@@ -155,7 +157,7 @@ def evaluate_molecule(config, workdir, molecule, pretrained_dir, stabie_dir, wal
             t2 = float(t2)
             steps2 = check * max(1, int(round(float(e.transfer_length_ps) * 1000 / dt_fs / check)))
             tr = ev.evaluate_temperature_transfer(
-                _simulator(potential, z, t2, config),
+                _simulator(potential, z, t2, config, n_rep),
                 loaded.params,
                 initial,
                 key,

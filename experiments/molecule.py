@@ -210,6 +210,7 @@ class StabieInputs(NamedTuple):
     h_sigma_angstrom: float
     settings_kwargs: dict
     reference_temperature_kelvin: float | None = None  # of the reference frames; None = same
+    replica_batch_size: int | None = None  # replicas per lax.map chunk per device; None = vmap
 
 
 def reference_h_of_r(
@@ -319,6 +320,8 @@ def build_stabie_problem(loaded: checkpoint.LoadedModel, molecule: MoleculeData,
         tau=md.tau_from_ttime(inp.thermostat_ttime_steps, dt),
         history_every=t,
         history_length=inp.history_length,
+        mesh=md.replica_mesh(inp.n_replicas),
+        replica_batch_size=inp.replica_batch_size,
     )
     bonds = np.asarray(molecule.bonds.bonds)
     lengths = np.asarray(molecule.bonds.lengths)
@@ -451,6 +454,7 @@ def stabie_inputs_from_config(config) -> StabieInputs:
         timestep_fs=float(m.timestep_fs),
         thermostat_ttime_steps=int(m.thermostat_ttime_steps),
         rescale_velocities=bool(m.rescale_velocities),
+        replica_batch_size=int(m.get("replica_batch_size", 0)) or None,
         n_replicas=int(s.n_replicas),
         history_length=int(s.history_length),
         minibatch_size=int(s.minibatch_size),

@@ -122,7 +122,9 @@ def run_pretrain(water: WaterData, config, workdir: pathlib.Path) -> pathlib.Pat
     )
 
 
-def _potential_and_simulator(loaded, water: WaterData, config, temperature_kelvin, history_every):
+def _potential_and_simulator(
+    loaded, water: WaterData, config, temperature_kelvin, history_every, n_replicas
+):
     z = np.asarray(water.train.atomic_numbers)
     cutoff = float(loaded.metadata.cutoff_angstrom)
     skin = float(config.model.neighbor_skin_angstrom)
@@ -142,6 +144,8 @@ def _potential_and_simulator(loaded, water: WaterData, config, temperature_kelvi
         skin=skin,
         history_every=history_every,
         history_length=int(config.stabie.history_length),
+        mesh=md.replica_mesh(n_replicas),
+        replica_batch_size=int(config.md.get("replica_batch_size", 0)) or None,
     )
     return potential, sim, space, neighbor_fn
 
@@ -151,7 +155,9 @@ def run_stabie_stage(pretrained_dir, water: WaterData, config, workdir) -> pathl
     loaded = checkpoint.load_model_checkpoint(pretrained_dir)
     T = float(config.md.temperature_kelvin)
     t = int(s.steps_per_epoch)
-    potential, sim, space, neighbor_fn = _potential_and_simulator(loaded, water, config, T, t)
+    potential, sim, space, neighbor_fn = _potential_and_simulator(
+        loaded, water, config, T, t, int(config.stabie.n_replicas)
+    )
     # Neighbour list for the estimator's per-atom energies: allocated with headroom from the
     # training frames, updated inside jit; overflow is reported in the metrics, and the driver
     # skips such a step instead of using a gradient with dropped neighbours.
@@ -264,7 +270,7 @@ def evaluate_water(config, workdir, water: WaterData, pretrained_dir, stabie_dir
     key = jax.random.PRNGKey(int(config.seed) + 1000)
 
     def evaluate_one(name, loaded):
-        _, sim, _, _ = _potential_and_simulator(loaded, water, config, T, check)
+        _, sim, _, _ = _potential_and_simulator(loaded, water, config, T, check, n_rep)
         result = ev.evaluate_stability(
             sim,
             loaded.params,

@@ -37,7 +37,7 @@ def observable_fn(positions):
     return observables.h_of_r(positions, **H_BINS)
 
 
-def make_simulator():
+def make_simulator(mesh=None):
     return md.make_simulator(
         energy_fn,
         MASSES,
@@ -46,6 +46,7 @@ def make_simulator():
         space=md.free_space(),
         history_every=100,
         history_length=4,
+        mesh=mesh,
     )
 
 
@@ -109,7 +110,7 @@ def stable_steps(sim, params, n_replicas, n_chunks, key, threshold=0.5):
 def main(workdir, n_epochs, shard=False):
     import dataclasses
 
-    sim = make_simulator()
+    sim = make_simulator(md.replica_mesh(8) if shard else None)  # shard_map over the devices
     problem = make_problem(sim, reference_h(sim))
     settings = dataclasses.replace(SETTINGS, max_epochs=n_epochs)
     params = {"log_k": jnp.asarray(LOG_K_PRETRAINED, jnp.float32)}

@@ -16,6 +16,7 @@ from stabie_jax.md.replicas import (
     free_space,
     make_simulator,
     periodic_space,
+    replica_mesh,
 )
 from stabie_jax.md.thermostat import (
     authors_thermostat_mass,
@@ -44,6 +45,7 @@ __all__ = [
     "masses_from_atomic_numbers",
     "maxwell_boltzmann_momenta",
     "periodic_space",
+    "replica_mesh",
     "tau_from_ttime",
     "tau_from_wavenumber",
     "thermostat_kinetic_energy_period",

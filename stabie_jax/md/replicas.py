@@ -173,6 +173,23 @@ class Simulator(NamedTuple):
         return state.step * self.dt
 
 
+def replica_mesh(n_replicas: int, devices=None) -> jax.sharding.Mesh | None:
+    """A 1-D ``("replica",)`` mesh for ``make_simulator(mesh=...)``, or None.
+
+    Args:
+      n_replicas: number of replicas the simulator will run.
+      devices: devices to split them over (default ``jax.devices()``).
+
+    Returns:
+      A mesh over all ``devices`` when there are several and they split ``n_replicas``
+      evenly; None (everything on one device) otherwise.
+    """
+    devices = np.asarray(jax.devices() if devices is None else devices)
+    if devices.size < 2 or n_replicas % devices.size:
+        return None
+    return jax.sharding.Mesh(devices.reshape(-1), ("replica",))
+
+
 # ---------------------------------------------------------------------------------------------
 # Small pytree helpers
 
