@@ -154,14 +154,25 @@ def run_torch(params, positions, n_steps, dt, kT, device="cpu"):
     return warm, n_steps / (time.perf_counter() - started)
 
 
+_STARTED = time.perf_counter()
+
+
+def _stage(side: str, n_rep: int, what: str) -> None:
+    """One progress line on stderr, so a stalled or killed measurement shows where it was."""
+    elapsed = time.perf_counter() - _STARTED
+    print(f"[compare {side} R={n_rep} +{elapsed:.1f}s] {what}", file=sys.stderr, flush=True)
+
+
 def _worker(side: str, n_rep: int, n_steps: int, device: str, chunk: int = 2) -> dict:
     """One measurement in this (child) process: rate, warm-up, FLOPs and peak RSS."""
+    _stage(side, n_rep, f"start on {jax.default_backend()}")
     dt, kT = units.fs_to_internal(0.5), units.kT(500.0)
     directed = build_model("schnet")
     params = init_params(directed, ASPIRIN_Z, jax.random.PRNGKey(0))
     positions = _geometry(n_rep, jax.random.PRNGKey(n_rep))
     out = {"side": side, "replicas": n_rep}
     if side == "torch":
+        _stage(side, n_rep, f"PyTorch on {device}: warm-up step, then the timed steps")
         out["warm_s"], out["replica_steps_per_s"] = run_torch(
             params, positions, n_steps, dt, kT, device
         )
@@ -175,13 +186,16 @@ def _worker(side: str, n_rep: int, n_steps: int, device: str, chunk: int = 2) ->
             mesh = jax.sharding.Mesh(devices[:usable], ("replica",)) if usable > 1 else None
             batch = chunk if n_rep // usable > chunk else None  # vmap when one chunk
             out["devices"], out["replica_chunk"] = usable, batch
+        _stage(side, n_rep, "JAX simulate: compile + warm-up, then the timed call")
         warm, rate = run_jax(params, potential, positions, n_steps, dt, kT, mesh, batch)
         out["warm_s"], out["replica_steps_per_s"] = warm, rate * n_rep
+        _stage(side, n_rep, f"timed ({rate * n_rep * 21:.0f} atom-steps/s); XLA cost analysis")
         out["flops_per_replica_step"] = flops_per_replica_step(params, potential, positions, dt, kT)
     if side == "torch":
         out["replica_steps_per_s"] *= n_rep
     out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     out["peak_device_mib"] = _peak_device_mib(side, device)
+    _stage(side, n_rep, "done")
     return out
 
 
@@ -201,7 +215,7 @@ def _peak_device_mib(side: str, device: str) -> float | None:
 
 
 def _measure(
-    side: str, n_rep: int, n_steps: int, device: str, in_process: bool, chunk: int
+    side: str, n_rep: int, n_steps: int, device: str, in_process: bool, chunk: int, timeout: float
 ) -> dict:
     """Run :func:`_worker` in a child process (isolated peak memory, same machine).
 
@@ -217,10 +231,27 @@ def _measure(
     if side == "jax_pairs_cores":
         flag = f"--xla_force_host_platform_device_count={os.cpu_count()}"
         env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flag}".strip()
-    done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
+    failed = {"side": side, "replicas": n_rep}
+    try:
+        done = subprocess.run(
+            command, capture_output=True, text=True, check=False, env=env, timeout=timeout
+        )
+    except subprocess.TimeoutExpired as expired:
+        stderr = expired.stderr.decode() if isinstance(expired.stderr, bytes) else expired.stderr
+        failed["failed"] = f"timed out after {timeout:g} s; last stage: {_last_stage(stderr)}"
+        print(f"{side} R={n_rep}: {failed['failed']}", file=sys.stderr)
+        return failed
     if done.returncode:
-        raise RuntimeError(f"{side} R={n_rep} failed:\n{done.stderr[-3000:]}")
+        print(f"{side} R={n_rep} failed:\n{done.stderr[-3000:]}", file=sys.stderr)
+        failed["failed"] = f"exit {done.returncode}; last stage: {_last_stage(done.stderr)}"
+        return failed
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _last_stage(stderr: str | None) -> str:
+    """The last progress line a worker printed (see :func:`_stage`), or ``none``."""
+    lines = [line for line in (stderr or "").splitlines() if line.startswith("[compare ")]
+    return lines[-1] if lines else "none (before the first stage)"
 
 
 def _memory(measurement: dict) -> str:
@@ -240,10 +271,20 @@ SIDES = {
 
 
 def _table(rows: list[dict], sides: list[str], jax_sides: list[str], peak: float) -> list[str]:
-    """Markdown rows: atom-steps/s per side, JAX/PyTorch ratios, warm-up, FLOPs, memory."""
+    """Markdown rows: atom-steps/s per side, JAX/PyTorch ratios, warm-up, FLOPs, memory.
+
+    A measurement that failed or timed out shows ``failed`` (its reason is listed below the
+    table by :func:`_failures`); ratios involving it show ``-``.
+    """
+
+    def ok(m) -> bool:
+        return "failed" not in m
 
     def each(measurements, fmt):
-        return " / ".join(fmt(m) for m in measurements)
+        return " / ".join(fmt(m) if ok(m) else "failed" for m in measurements)
+
+    def rate(m) -> float | None:
+        return m["replica_steps_per_s"] if ok(m) else None
 
     slash = " / ".join
     header = (
@@ -257,10 +298,13 @@ def _table(rows: list[dict], sides: list[str], jax_sides: list[str], peak: float
     )
     lines = [header, "|" + "---:|" * (1 + len(sides) + len(jax_sides)) + "---|" * 4]
     for row in rows:
-        torch_rate = row["torch"]["replica_steps_per_s"]
+        torch_rate = rate(row["torch"])
         cells = [str(row["torch"]["replicas"])]
-        cells += [f"{row[s]['replica_steps_per_s'] * 21:.0f}" for s in sides]
-        cells += [f"{row[s]['replica_steps_per_s'] / torch_rate:.2f}" for s in jax_sides]
+        cells += [f"{rate(row[s]) * 21:.0f}" if ok(row[s]) else "failed" for s in sides]
+        cells += [
+            f"{rate(row[s]) / torch_rate:.2f}" if ok(row[s]) and torch_rate else "-"
+            for s in jax_sides
+        ]
         cells.append(each([row[s] for s in sides], lambda m: f"{m['warm_s']:.2f}"))
         cells.append(
             each([row[s] for s in jax_sides], lambda m: f"{m['flops_per_replica_step'] / 1e9:.4f}")
@@ -273,7 +317,15 @@ def _table(rows: list[dict], sides: list[str], jax_sides: list[str], peak: float
         )
         cells.append(each([row[s] for s in sides], _memory))
         lines.append("| " + " | ".join(cells) + " |")
-    return lines
+    return lines + _failures(rows)
+
+
+def _failures(rows: list[dict]) -> list[str]:
+    """One line per failed or timed-out measurement, with the last stage it reached."""
+    failed = [m for row in rows for m in row.values() if "failed" in m]
+    if not failed:
+        return []
+    return ["", *(f"- {m['side']} R = {m['replicas']}: {m['failed']}" for m in failed)]
 
 
 def main(argv=None):
@@ -296,6 +348,13 @@ def main(argv=None):
         default=None,
         help=f"comma-separated subset of {list(SIDES)} (default: all on a CPU; without "
         "jax_pairs_cores on an accelerator)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=900.0,
+        help="seconds per child measurement; a side that runs longer is recorded as timed out "
+        "with the last stage it reached, and the run goes on",
     )
     parser.add_argument(
         "--replica-chunk",
@@ -331,15 +390,21 @@ def main(argv=None):
     rows = []
     for n_rep in [int(r) for r in args.replicas.split(",")]:
         row = {
-            side: _measure(side, n_rep, args.steps, device, args.in_process, args.replica_chunk)
+            side: _measure(
+                side, n_rep, args.steps, device, args.in_process, args.replica_chunk, args.timeout
+            )
             for side in sides
         }
         rows.append(row)
-        rates = {side: m["replica_steps_per_s"] * 21 for side, m in row.items()}
+        rates = {s: m["replica_steps_per_s"] * 21 for s, m in row.items() if "failed" not in m}
         print(
             f"R={n_rep:4d}  "
             + "  ".join(f"{side} {rate:9.0f} atom-steps/s" for side, rate in rates.items())
-            + "".join(f"  {s}/torch {rates[s] / rates['torch']:.2f}" for s in jax_sides)
+            + "".join(
+                f"  {s}/torch {rates[s] / rates['torch']:.2f}"
+                for s in jax_sides
+                if s in rates and "torch" in rates
+            )
         )
         if args.output:  # after every R, so a run stopped early keeps what it measured
             pathlib.Path(args.output).write_text(_report(rows, sides, jax_sides, peak, n, device))
@@ -382,6 +447,7 @@ def _layout_note(rows, sides) -> list[str]:
         + (f"chunks of {m['replica_chunk']}" if m["replica_chunk"] else "vmap, no chunks")
         for row in rows
         for m in [row["jax_pairs_cores"]]
+        if "failed" not in m
     ]
     return ["", "`jax_pairs_cores` layout: " + "; ".join(parts) + "."]
 
