@@ -110,7 +110,8 @@ def matmul_flop_rate(n: int = 2048, repeats: int = 10) -> float:
     return 2.0 * n**3 / best
 
 
-def run_torch(params, positions, n_steps, dt, kT, device="cpu"):
+def run_torch(params, positions, n_steps, dt, kT, device="cpu", chunk=None):
+    """PyTorch Nosé–Hoover MD; ``chunk`` evaluates the forces that many replicas at a time."""
     import torch
 
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # repository root
@@ -131,10 +132,15 @@ def run_torch(params, positions, n_steps, dt, kT, device="cpu"):
         if device != "cpu":
             torch.cuda.synchronize()
 
-    def force_fn(r):
+    def batch_force(r):
         r = r.detach().requires_grad_(True)
         (grad,) = torch.autograd.grad(model.energy(z, r).sum(), r)
         return -grad
+
+    def force_fn(r):
+        if chunk is None or chunk >= r.shape[0]:
+            return batch_force(r)
+        return torch.cat([batch_force(part) for part in torch.split(r, chunk)])
 
     r0 = torch.as_tensor(positions, device=device)
     p0 = torch.randn_like(r0) * torch.sqrt(masses.reshape(1, -1, 1) * kT)
@@ -163,7 +169,9 @@ def _stage(side: str, n_rep: int, what: str) -> None:
     print(f"[compare {side} R={n_rep} +{elapsed:.1f}s] {what}", file=sys.stderr, flush=True)
 
 
-def _worker(side: str, n_rep: int, n_steps: int, device: str, chunk: int = 2) -> dict:
+def _worker(
+    side: str, n_rep: int, n_steps: int, device: str, chunk: int = 2, torch_chunk: int = 8
+) -> dict:
     """One measurement in this (child) process: rate, warm-up, FLOPs and peak RSS."""
     _stage(side, n_rep, f"start on {jax.default_backend()}")
     dt, kT = units.fs_to_internal(0.5), units.kT(500.0)
@@ -171,11 +179,13 @@ def _worker(side: str, n_rep: int, n_steps: int, device: str, chunk: int = 2) ->
     params = init_params(directed, ASPIRIN_Z, jax.random.PRNGKey(0))
     positions = _geometry(n_rep, jax.random.PRNGKey(n_rep))
     out = {"side": side, "replicas": n_rep}
-    if side == "torch":
+    if side.startswith("torch"):
+        torch_chunk = torch_chunk if side == "torch_chunked" else None
         _stage(side, n_rep, f"PyTorch on {device}: warm-up step, then the timed steps")
         out["warm_s"], out["replica_steps_per_s"] = run_torch(
-            params, positions, n_steps, dt, kT, device
+            params, positions, n_steps, dt, kT, device, torch_chunk
         )
+        out["replica_chunk"] = torch_chunk
     else:
         module = directed.clone(undirected_edges=side.startswith("jax_pairs"))
         potential = make_potential(module, ASPIRIN_Z, md.free_space().displacement_fn)
@@ -191,7 +201,7 @@ def _worker(side: str, n_rep: int, n_steps: int, device: str, chunk: int = 2) ->
         out["warm_s"], out["replica_steps_per_s"] = warm, rate * n_rep
         _stage(side, n_rep, f"timed ({rate * n_rep * 21:.0f} atom-steps/s); XLA cost analysis")
         out["flops_per_replica_step"] = flops_per_replica_step(params, potential, positions, dt, kT)
-    if side == "torch":
+    if side.startswith("torch"):
         out["replica_steps_per_s"] *= n_rep
     out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     out["peak_device_mib"] = _peak_device_mib(side, device)
@@ -203,7 +213,7 @@ def _peak_device_mib(side: str, device: str) -> float | None:
     """Peak accelerator memory of this process (None on CPU, where RSS is the measure)."""
     if device == "cpu":
         return None
-    if side == "torch":
+    if side.startswith("torch"):
         import torch
 
         peak = torch.cuda.max_memory_allocated() / 2**20
@@ -215,7 +225,14 @@ def _peak_device_mib(side: str, device: str) -> float | None:
 
 
 def _measure(
-    side: str, n_rep: int, n_steps: int, device: str, in_process: bool, chunk: int, timeout: float
+    side: str,
+    n_rep: int,
+    n_steps: int,
+    device: str,
+    in_process: bool,
+    chunk: int,
+    torch_chunk: int,
+    timeout: float,
 ) -> dict:
     """Run :func:`_worker` in a child process (isolated peak memory, same machine).
 
@@ -224,9 +241,9 @@ def _measure(
     ``jax_pairs_cores`` side then uses the devices this process already has).
     """
     if in_process:
-        return _worker(side, n_rep, n_steps, device, chunk)
+        return _worker(side, n_rep, n_steps, device, chunk, torch_chunk)
     command = [sys.executable, __file__, "--worker", side, str(n_rep), str(n_steps), device]
-    command += ["--replica-chunk", str(chunk)]
+    command += ["--replica-chunk", str(chunk), "--torch-chunk", str(torch_chunk)]
     env = dict(os.environ)
     if side == "jax_pairs_cores":
         flag = f"--xla_force_host_platform_device_count={os.cpu_count()}"
@@ -267,6 +284,8 @@ SIDES = {
     "jax_pairs_cores": "JAX, each pair once, replicas split over one fake CPU device per core "
     "(`make_simulator(mesh=...)`) in chunks of `replica_batch_size` replicas per core",
     "torch": "PyTorch, batched, autograd forces",
+    "torch_chunked": "PyTorch, forces evaluated `--torch-chunk` replicas at a time (its best "
+    "chunking on the 2-core CPU)",
 }
 
 
@@ -287,23 +306,24 @@ def _table(rows: list[dict], sides: list[str], jax_sides: list[str], peak: float
         return m["replica_steps_per_s"] if ok(m) else None
 
     slash = " / ".join
+    torch_sides = [s for s in sides if s.startswith("torch")]
+    ratios = [(s, t) for s in jax_sides for t in torch_sides]
     header = (
         "| R | "
         + " | ".join(f"{s} atom-steps/s" for s in sides)
         + " | "
-        + " | ".join(f"{s} / torch" for s in jax_sides)
+        + " | ".join(f"{s} / {t}" for s, t in ratios)
         + f" | warm-up s ({slash(sides)}) | GFLOP per replica-step ({slash(jax_sides)}) "
         f"| FLOP utilisation ({slash(jax_sides)}) "
         f"| peak memory MiB, host RSS [device] ({slash(sides)}) |"
     )
-    lines = [header, "|" + "---:|" * (1 + len(sides) + len(jax_sides)) + "---|" * 4]
+    lines = [header, "|" + "---:|" * (1 + len(sides) + len(ratios)) + "---|" * 4]
     for row in rows:
-        torch_rate = rate(row["torch"])
         cells = [str(row["torch"]["replicas"])]
         cells += [f"{rate(row[s]) * 21:.0f}" if ok(row[s]) else "failed" for s in sides]
         cells += [
-            f"{rate(row[s]) / torch_rate:.2f}" if ok(row[s]) and torch_rate else "-"
-            for s in jax_sides
+            f"{rate(row[s]) / rate(row[t]):.2f}" if ok(row[s]) and ok(row[t]) else "-"
+            for s, t in ratios
         ]
         cells.append(each([row[s] for s in sides], lambda m: f"{m['warm_s']:.2f}"))
         cells.append(
@@ -347,7 +367,7 @@ def main(argv=None):
         "--sides",
         default=None,
         help=f"comma-separated subset of {list(SIDES)} (default: all on a CPU; without "
-        "jax_pairs_cores on an accelerator)",
+        "jax_pairs_cores and torch_chunked on an accelerator)",
     )
     parser.add_argument(
         "--timeout",
@@ -355,6 +375,12 @@ def main(argv=None):
         default=900.0,
         help="seconds per child measurement; a side that runs longer is recorded as timed out "
         "with the last stage it reached, and the run goes on",
+    )
+    parser.add_argument(
+        "--torch-chunk",
+        type=int,
+        default=8,
+        help="replicas per force evaluation for the torch_chunked side",
     )
     parser.add_argument(
         "--replica-chunk",
@@ -374,10 +400,14 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.worker:
         side, n_rep, n_steps, device = args.worker
-        print(json.dumps(_worker(side, int(n_rep), int(n_steps), device, args.replica_chunk)))
+        measured = _worker(
+            side, int(n_rep), int(n_steps), device, args.replica_chunk, args.torch_chunk
+        )
+        print(json.dumps(measured))
         return
     on_gpu = jax.default_backend() == "gpu"
-    default_sides = [s for s in SIDES if not (on_gpu and s == "jax_pairs_cores")]
+    cpu_only = ("jax_pairs_cores", "torch_chunked")
+    default_sides = [s for s in SIDES if not (on_gpu and s in cpu_only)]
     sides = [side for side in (args.sides or ",".join(default_sides)).split(",") if side]
     if not set(sides) <= set(SIDES) or "torch" not in sides:
         parser.error(f"--sides must include torch and be a subset of {list(SIDES)}")
@@ -386,12 +416,19 @@ def main(argv=None):
     n = args.matmul_size or (8192 if on_gpu else 2048)
     peak = matmul_flop_rate(n)
     print(f"float32 matmul {n}^3 on {jax.default_backend()}: {peak / 1e9:.1f} GFLOP/s")
-    jax_sides = [side for side in sides if side != "torch"]
+    jax_sides = [side for side in sides if not side.startswith("torch")]
     rows = []
     for n_rep in [int(r) for r in args.replicas.split(",")]:
         row = {
             side: _measure(
-                side, n_rep, args.steps, device, args.in_process, args.replica_chunk, args.timeout
+                side,
+                n_rep,
+                args.steps,
+                device,
+                args.in_process,
+                args.replica_chunk,
+                args.torch_chunk,
+                args.timeout,
             )
             for side in sides
         }
