@@ -3,7 +3,7 @@
 python -m experiments.ala3 --config=experiments/configs/ala3.py:smoke
 """
 
-from experiments import app, molecule
+from experiments import app  # the model code is imported after the device flags
 
 if __name__ == "__main__":
-    app.launch(molecule.run, "experiments/configs/ala3.py")
+    app.launch("experiments.molecule:run", "experiments/configs/ala3.py")

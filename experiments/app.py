@@ -12,6 +12,7 @@ Flags:
 
 from __future__ import annotations
 
+import importlib
 import logging as pylogging
 import os
 import sys
@@ -60,8 +61,28 @@ def _configure_jax(config) -> None:
     logging.info("JAX %s on %s", jax.__version__, jax.devices())
 
 
+def _resolve(run_fn):
+    """``run_fn`` itself, or the function a ``"package.module:function"`` string names.
+
+    Entry points pass strings so that nothing imports JAX-MD before :func:`_configure_jax`:
+    importing ``jax_md`` runs JAX code (``jax_md.rigid_body`` at module level), which starts the
+    backend and freezes the device set, after which ``--host_devices`` and ``--platform`` would
+    silently do nothing.
+    """
+    if not isinstance(run_fn, str):
+        return run_fn
+    module_name, _, function_name = run_fn.partition(":")
+    return getattr(importlib.import_module(module_name), function_name)
+
+
 def main_for(run_fn, default_config: str):
-    """Return an absl ``main`` that configures JAX and calls ``run_fn(config, workdir)``."""
+    """Return an absl ``main`` that configures JAX and calls ``run_fn(config, workdir)``.
+
+    Args:
+      run_fn: the stage runner, or ``"package.module:function"`` naming it (imported only after
+        the device flags have been applied; see :func:`_resolve`).
+      default_config: config file used when ``--config`` is not given.
+    """
 
     def main(argv):
         if len(argv) > 1:
@@ -73,11 +94,12 @@ def main_for(run_fn, default_config: str):
             logging.set_verbosity(logging.WARNING)
             pylogging.getLogger().setLevel(pylogging.WARNING)
         _configure_jax(config)
+        run = _resolve(run_fn)
         workdir = FLAGS.workdir or os.path.join(
             "runs", f"{config.system}_{config.get('variant', 'paper')}"
         )
         logging.info("workdir %s, stages %s", workdir, config.stages)
-        summary = run_fn(config, workdir)
+        summary = run(config, workdir)
         print(f"done: {workdir}")
         for key, value in summary.get("wall_seconds", {}).items():
             print(f"  {key}: {value:.1f} s")

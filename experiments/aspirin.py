@@ -3,7 +3,7 @@
 python -m experiments.aspirin --config=experiments/configs/aspirin.py:smoke
 """
 
-from experiments import app, molecule
+from experiments import app  # the model code is imported after the device flags
 
 if __name__ == "__main__":
-    app.launch(molecule.run, "experiments/configs/aspirin.py")
+    app.launch("experiments.molecule:run", "experiments/configs/aspirin.py")

@@ -21,8 +21,6 @@ import numpy as np
 from absl import app, flags
 
 from experiments import app as app_lib
-from experiments import molecule
-from stabie_jax import evaluate, plots
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("alphas", ["1e-5", "1e-4", "1e-3"], "StABlE learning rates α to sweep.")
@@ -30,6 +28,10 @@ flags.DEFINE_list("lambdas", ["1", "10", "100"], "QM-loss weights λ to sweep.")
 
 
 def run_sweep(config, workdir, alphas, lambdas) -> dict:
+    # Imported here, after app_lib has applied the device flags (see app._resolve).
+    from experiments import molecule
+    from stabie_jax import evaluate, plots
+
     workdir = pathlib.Path(workdir).expanduser().resolve()
     base = copy.deepcopy(config)
     base.stages = "pretrain"

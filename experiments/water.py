@@ -3,7 +3,7 @@
 python -m experiments.water --config=experiments/configs/water.py:smoke
 """
 
-from experiments import app, water_system
+from experiments import app  # the model code is imported after the device flags
 
 if __name__ == "__main__":
-    app.launch(water_system.run, "experiments/configs/water.py")
+    app.launch("experiments.water_system:run", "experiments/configs/water.py")

@@ -5,6 +5,7 @@ checkpoints, logs and a report with finite numbers (tiny sizes; the real runs ar
 from __future__ import annotations
 
 import json
+import pathlib
 
 import jax
 import numpy as np
@@ -166,3 +167,32 @@ def test_sweep_writes_pareto_front(tmp_path):
     assert all(np.isfinite(p["force_mae_ev_per_angstrom"]) for p in result["points"])
     assert (tmp_path / "pareto_front.png").stat().st_size > 1000
     assert json.loads((tmp_path / "sweep.json").read_text())["points"][0]["alpha"] == 1e-4
+
+
+@pytest.mark.parametrize("system", ["aspirin", "ala3", "water"])
+def test_device_flags_take_effect_before_model_code_is_imported(system, tmp_path):
+    """``--host_devices=3`` must give three devices: importing jax_md starts JAX's backend, so
+    the entry points import the model code only after the flags are applied. (The bogus stage
+    stops the run right after the device line is logged.)"""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            f"experiments.{system}",
+            f"--config=experiments/configs/{system}.py:smoke",
+            f"--workdir={tmp_path}",
+            "--config.stages=no_such_stage",
+            "--host_devices=3",
+            "-v",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=pathlib.Path(__file__).resolve().parents[1],
+    )
+    assert "CpuDevice(id=2)" in done.stderr, done.stderr[-3000:]
+    assert "unknown stage" in done.stderr
