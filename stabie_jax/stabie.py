@@ -358,7 +358,10 @@ def run_stabie(
     else:
         metrics_log.truncate_after(metrics_path, "epoch", 0)
     if shard_fn is not None:
-        state = state._replace(replicas=shard_fn(state.replicas), anchors=shard_fn(state.anchors))
+        replicas = shard_fn(state.replicas)
+        state = StabieState(
+            _replicated_like(state.train, replicas), replicas, shard_fn(state.anchors)
+        )
 
     sim = problem.simulator
     t, every = settings.steps_per_epoch, settings.sample_every
@@ -507,6 +510,27 @@ def run_stabie(
         save(state)
     manager.wait_until_finished()
     return state, records
+
+
+def _replicated_like(train: TrainState, replicas: ReplicaState) -> TrainState:
+    """``train``'s arrays replicated on every device the sharded ``replicas`` use.
+
+    Parameters loaded from a model checkpoint live on one device; a jitted gradient over a
+    trajectory sharded over several devices refuses such mixed placements.
+    """
+    sharding = replicas.alive.sharding
+    if not isinstance(sharding, jax.sharding.NamedSharding):
+        return train
+    everywhere = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+
+    def place(x):
+        return jax.device_put(x, everywhere) if isinstance(x, jax.Array) else x
+
+    return train._replace(
+        params=jax.tree.map(place, train.params),
+        opt_state=jax.tree.map(place, train.opt_state),
+        key=place(train.key),
+    )
 
 
 def shard_replicas(replicas: ReplicaState, mesh: jax.sharding.Mesh | None = None) -> ReplicaState:

@@ -114,6 +114,8 @@ def main(workdir, n_epochs, shard=False):
     problem = make_problem(sim, reference_h(sim))
     settings = dataclasses.replace(SETTINGS, max_epochs=n_epochs)
     params = {"log_k": jnp.asarray(LOG_K_PRETRAINED, jnp.float32)}
+    if shard:  # committed to one device, as parameters loaded from a model checkpoint are
+        params = jax.device_put(params, jax.devices()[0])
     state = stabie.init_state(
         problem, settings, params, initial_positions(8), jax.random.PRNGKey(0)
     )
