@@ -191,9 +191,9 @@ def _worker(
         potential = make_potential(module, ASPIRIN_Z, md.free_space().displacement_fn)
         mesh, batch = None, None
         if side == "jax_pairs_cores":
-            devices = np.asarray(jax.devices())
-            usable = max(d for d in range(1, devices.size + 1) if n_rep % d == 0)
-            mesh = jax.sharding.Mesh(devices[:usable], ("replica",)) if usable > 1 else None
+            devices = jax.devices()
+            usable = max(d for d in range(1, len(devices) + 1) if n_rep % d == 0)
+            mesh = md.replica_mesh(n_rep, devices[:usable])
             batch = chunk if n_rep // usable > chunk else None  # vmap when one chunk
             out["devices"], out["replica_chunk"] = usable, batch
         _stage(side, n_rep, "JAX simulate: compile + warm-up, then the timed call")

@@ -44,7 +44,7 @@ def _simulator(potential, z, temperature_kelvin, config, n_replicas):
         history_every=int(config.evaluate.check_every_steps),
         history_length=1,
         mesh=md.replica_mesh(n_replicas),
-        replica_batch_size=int(config.md.get("replica_batch_size", 0)) or None,
+        replica_batch_size=molecule_lib.replica_batch_size(config),
     )
 
 

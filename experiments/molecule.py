@@ -445,6 +445,12 @@ def train_from_frames(
 # Entry point used by experiments/aspirin.py and experiments/ala3.py.
 
 
+def replica_batch_size(config) -> int | None:
+    """``config.md.replica_batch_size`` for ``make_simulator``: 0 (or absent, as in configs saved
+    before it existed) means None, i.e. ``vmap`` over all of a device's replicas."""
+    return int(config.md.get("replica_batch_size", 0)) or None
+
+
 def stabie_inputs_from_config(config) -> StabieInputs:
     s, m, o = config.stabie, config.md, config.observable
     recipe = pretrain_lib.recipe(config.pretrain.recipe)
@@ -454,7 +460,7 @@ def stabie_inputs_from_config(config) -> StabieInputs:
         timestep_fs=float(m.timestep_fs),
         thermostat_ttime_steps=int(m.thermostat_ttime_steps),
         rescale_velocities=bool(m.rescale_velocities),
-        replica_batch_size=int(m.get("replica_batch_size", 0)) or None,
+        replica_batch_size=replica_batch_size(config),
         n_replicas=int(s.n_replicas),
         history_length=int(s.history_length),
         minibatch_size=int(s.minibatch_size),

@@ -145,7 +145,7 @@ def _potential_and_simulator(
         history_every=history_every,
         history_length=int(config.stabie.history_length),
         mesh=md.replica_mesh(n_replicas),
-        replica_batch_size=int(config.md.get("replica_batch_size", 0)) or None,
+        replica_batch_size=molecule.replica_batch_size(config),
     )
     return potential, sim, space, neighbor_fn
 

@@ -571,14 +571,16 @@ def make_simulator(
         if not use_nl:
             return advance_jit(params, state, n_steps, sample_every, bool(record_energy))
         for _ in range(max_reallocations + 1):
-            params, state = _on_mesh(params, state)
             new_state, traj = advance_jit(params, state, n_steps, sample_every, bool(record_energy))
             overflow = np.asarray(new_state.neighbor.did_buffer_overflow)
             if not overflow.any():
                 return new_state, traj
             capacity = state.neighbor.idx.shape[-1]
-            state = state._replace(
-                neighbor=_allocate(state.md.position, min_capacity=int(1.5 * capacity) + 1)
+            params, state = _on_mesh(
+                params,
+                state._replace(
+                    neighbor=_allocate(state.md.position, min_capacity=int(1.5 * capacity) + 1)
+                ),
             )
         raise RuntimeError(
             f"neighbour list still overflows after {max_reallocations} reallocations "
