@@ -111,3 +111,8 @@ def wavenumber_to_angular_frequency(wavenumber_per_cm):
     """Wavenumber (cm⁻¹) → angular frequency ω = 2π c ν̃ in internal inverse time units."""
     omega_per_s = 2.0 * math.pi * SPEED_OF_LIGHT_CM_PER_S * wavenumber_per_cm
     return omega_per_s * 1e-15 / FEMTOSECOND_IN_INTERNAL
+
+
+def per_ps_to_internal(rate_per_ps):
+    """A rate (friction coefficient, frequency) in 1/ps → internal inverse time units."""
+    return rate_per_ps / PICOSECOND_IN_INTERNAL

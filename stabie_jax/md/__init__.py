@@ -2,11 +2,19 @@
 
 * :mod:`stabie_jax.md.thermostat` - thermostat time ``tau`` (authors' ``ttime`` mapping),
   masses, Maxwell–Boltzmann momenta, kinetic temperature.
+* :mod:`stabie_jax.md.integrators` - the authors' (MDsim) single Nosé–Hoover integrator in
+  JAX-MD style.
 * :mod:`stabie_jax.md.replicas` - :func:`make_simulator`: batched replica state with an alive
   mask, ring buffer for rewinds, neighbour lists with host-side overflow handling, and a jitted
   ``simulate`` that records every S-th frame.
 """
 
+from stabie_jax.md.integrators import (
+    AuthorsNoseHooverState,
+    authors_nose_hoover,
+    authors_nose_hoover_invariant,
+    authors_thermostat_constants,
+)
 from stabie_jax.md.replicas import (
     History,
     ReplicaState,
@@ -19,7 +27,9 @@ from stabie_jax.md.replicas import (
     replica_mesh,
 )
 from stabie_jax.md.thermostat import (
+    authors_kinetic_energy_period,
     authors_thermostat_mass,
+    chain_tau_from_ttime,
     degrees_of_freedom,
     kinetic_energy,
     kinetic_temperature,
@@ -31,12 +41,18 @@ from stabie_jax.md.thermostat import (
 )
 
 __all__ = [
+    "AuthorsNoseHooverState",
     "History",
     "ReplicaState",
     "Simulator",
     "Space",
     "Trajectory",
+    "authors_kinetic_energy_period",
+    "authors_nose_hoover",
+    "authors_nose_hoover_invariant",
+    "authors_thermostat_constants",
     "authors_thermostat_mass",
+    "chain_tau_from_ttime",
     "degrees_of_freedom",
     "free_space",
     "kinetic_energy",

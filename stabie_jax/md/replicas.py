@@ -1,10 +1,18 @@
-"""Replicas of Nosé–Hoover NVT dynamics advanced side by side, with freezing and rewinds.
+"""Replicas of NVT dynamics advanced side by side, with freezing and rewinds.
 
 A *replica* is one independent MD trajectory of the same system. All replicas share the model
-parameters and live on a leading batch axis ``R``; one step is ``jax.vmap`` of JAX-MD's
-``simulate.nvt_nose_hoover`` step. The whole batch is an immutable :class:`ReplicaState`:
+parameters and live on a leading batch axis ``R``; one step is ``jax.vmap`` of one integrator's
+step, chosen with ``make_simulator(integrator=...)``:
 
-* ``md``: the batched ``NVTNoseHooverState`` (positions, momenta, forces, masses, chain);
+* ``"nose_hoover_chain"`` (default): JAX-MD's ``simulate.nvt_nose_hoover`` (a chain);
+* ``"authors_nose_hoover"``: the authors' single Nosé–Hoover thermostat (MDsim
+  ``mdsim/md/integrator.py``), :func:`stabie_jax.md.integrators.authors_nose_hoover`;
+* ``"langevin"``: JAX-MD's ``simulate.nvt_langevin`` (BAOAB), one random key per replica.
+
+The whole batch is an immutable :class:`ReplicaState`:
+
+* ``md``: the batched integrator state (positions, momenta, forces, masses and the thermostat:
+  ``chain``, ``zeta``/``xi`` or ``rng``);
 * ``neighbor``: batched JAX-MD ``Sparse`` neighbour lists (one per replica) or ``None`` for dense
   all-pairs edges;
 * ``alive``: ``[R]`` bool; a replica with ``alive=False`` is *frozen*: its state is carried over
@@ -47,7 +55,10 @@ import numpy as np
 from jax import lax
 from jax_md import partition, simulate, space
 
-from stabie_jax.md import thermostat
+from stabie_jax import units
+from stabie_jax.md import integrators, thermostat
+
+INTEGRATORS = ("nose_hoover_chain", "authors_nose_hoover", "langevin")
 
 # ---------------------------------------------------------------------------------------------
 # State containers
@@ -148,10 +159,14 @@ class Simulator(NamedTuple):
       rewind: ``(state, mask [R], saves_back=0, revive=True) -> (ReplicaState, rewound [R])``.
       select: ``(mask [R], state_if_true, state_if_false) -> ReplicaState``.
       energy: ``(params, positions [R,N,3], neighbor=None) -> [R]`` eV.
-      invariant: ``(params, state) -> [R]`` eV, conserved Nosé–Hoover-chain energy.
-      dt: timestep, internal time. kT: eV. tau: thermostat time, internal time.
+      invariant: ``(params, state) -> [R]`` eV, the integrator's conserved energy (chain:
+        JAX-MD's extended energy; authors': ``U + K + Q ζ² + 2·K0·ξ``; Langevin: ``U + K``,
+        which is not conserved).
+      dt: timestep, internal time. kT: eV. tau: thermostat time, internal time (chain:
+        ``tau``; authors': ``ttime·dt``; Langevin: ``1/γ``).
       dof: thermostatted degrees of freedom per replica. masses: ``[N]`` amu.
       history_every, history_length: ring-buffer settings.
+      integrator: ``"nose_hoover_chain"``, ``"authors_nose_hoover"`` or ``"langevin"``.
     """
 
     init: Callable
@@ -167,6 +182,7 @@ class Simulator(NamedTuple):
     masses: np.ndarray
     history_every: int
     history_length: int
+    integrator: str = "nose_hoover_chain"
 
     def simulated_time(self, state: ReplicaState) -> jax.Array:
         """``[R]`` simulated time per replica, internal units (``units.internal_to_fs``)."""
@@ -250,6 +266,9 @@ def make_simulator(
     replica_batch_size: int | None = None,
     neighbor_format=partition.NeighborListFormat.Sparse,
     mesh: jax.sharding.Mesh | None = None,
+    integrator: str = "nose_hoover_chain",
+    ttime_steps: float = 20,
+    langevin_gamma: float | None = None,
 ) -> Simulator:
     """Build the replica MD functions for one system.
 
@@ -290,6 +309,15 @@ def make_simulator(
         (``--xla_force_host_platform_device_count``) and combine with a small
         ``replica_batch_size``: each core then steps cache-sized chunks of its replicas
         (``benchmarks/compare.py``, ``benchmarks/RESULTS.md``).
+      integrator: ``"nose_hoover_chain"`` (JAX-MD's chain with ``tau`` and the chain settings),
+        ``"authors_nose_hoover"`` (the authors' single thermostat, ``Q = dof·kT·(ttime·dt)²``,
+        ``tau``/chain settings unused) or ``"langevin"`` (JAX-MD's BAOAB with friction
+        ``langevin_gamma``; its noise also thermalises the centre of mass, so ``dof = 3N``
+        whatever ``remove_com_dof``). See :mod:`stabie_jax.md.thermostat` for ``tau`` vs
+        ``ttime``.
+      ttime_steps: the authors' ``ttime`` in steps (``"authors_nose_hoover"`` only).
+      langevin_gamma: Langevin friction, internal inverse time (default 0.1/ps, the authors';
+        ``units.per_ps_to_internal``).
 
     Returns:
       A :class:`Simulator`.
@@ -308,7 +336,9 @@ def make_simulator(
     n_atoms = masses_np.shape[0]
     if history_every < 1 or history_length < 1:
         raise ValueError("history_every and history_length must be >= 1")
-    if chain_length < 2:
+    if integrator not in INTEGRATORS:
+        raise ValueError(f"integrator must be one of {INTEGRATORS}, got {integrator!r}")
+    if integrator == "nose_hoover_chain" and chain_length < 2:
         raise ValueError("JAX-MD's Nose-Hoover chain needs chain_length >= 2")
     use_nl = cutoff is not None
     if donate_state and use_nl:
@@ -324,16 +354,31 @@ def make_simulator(
     def md_energy(position, params, neighbor=None):
         return energy_fn(params, position, neighbor)
 
-    nvt_init, nvt_apply = simulate.nvt_nose_hoover(
-        md_energy,
-        space.shift_fn,
-        dt,
-        kT,
-        chain_length=chain_length,
-        chain_steps=chain_steps,
-        sy_steps=sy_steps,
-        tau=tau,
-    )
+    authors_q, authors_k0 = None, None
+    if integrator == "nose_hoover_chain":
+        nvt_init, nvt_apply = simulate.nvt_nose_hoover(
+            md_energy,
+            space.shift_fn,
+            dt,
+            kT,
+            chain_length=chain_length,
+            chain_steps=chain_steps,
+            sy_steps=sy_steps,
+            tau=tau,
+        )
+    elif integrator == "authors_nose_hoover":
+        tau = ttime_steps * dt
+        nvt_init, nvt_apply = integrators.authors_nose_hoover(
+            md_energy, space.shift_fn, dt, kT, ttime_steps=ttime_steps, dof=dof
+        )
+        authors_q, authors_k0 = integrators.authors_thermostat_constants(dof, kT, ttime_steps, dt)
+    else:
+        gamma = units.per_ps_to_internal(0.1) if langevin_gamma is None else langevin_gamma
+        if not gamma > 0:
+            raise ValueError(f"langevin_gamma must be > 0, got {gamma}")
+        tau = 1.0 / gamma
+        dof = 3 * n_atoms  # the per-atom noise thermalises the centre of mass too
+        nvt_init, nvt_apply = simulate.nvt_langevin(md_energy, space.shift_fn, dt, kT, gamma=gamma)
 
     neighbor_fn = None
     if use_nl:
@@ -384,21 +429,20 @@ def make_simulator(
     # -- init -----------------------------------------------------------------------------------
 
     @jax.jit
-    def _init_md(params, positions, momenta, neighbor):
-        def one(r, p, nbr):
-            return nvt_init(
-                jax.random.PRNGKey(0), r, mass=masses_j, momenta=p, params=params, neighbor=nbr
-            )
+    def _init_md(params, keys, positions, momenta, neighbor):
+        def one(k, r, p, nbr):
+            return nvt_init(k, r, mass=masses_j, momenta=p, params=params, neighbor=nbr)
 
-        md = jax.vmap(one)(positions, momenta, neighbor)
-        return _set_dof(md, dof, kT)
+        md = jax.vmap(one)(keys, positions, momenta, neighbor)
+        return _set_dof(md, dof, kT) if integrator == "nose_hoover_chain" else md
 
     def init(params, key, positions, momenta=None, rescale_velocities: bool = False):
         """Start all replicas.
 
         Args:
           params: model parameters.
-          key: PRNG key for the Maxwell–Boltzmann momenta (unused if ``momenta`` given).
+          key: PRNG key for the Maxwell–Boltzmann momenta (unused if ``momenta`` given) and,
+            for Langevin, the per-replica noise keys (``PRNGKey(0)`` when None).
           positions: ``[R, N, 3]`` Å.
           momenta: optional ``[R, N, 3]`` amu·Å/internal time.
           rescale_velocities: rescale sampled momenta to kinetic energy exactly ``dof·kT/2``.
@@ -418,7 +462,12 @@ def make_simulator(
         if momenta.shape != positions.shape:
             raise ValueError(f"momenta shape {momenta.shape} != positions {positions.shape}")
         neighbor = _allocate(positions) if use_nl else None
-        md = _init_md(params, positions, momenta, neighbor)
+        if integrator == "langevin":
+            base = jax.random.PRNGKey(0) if key is None else key
+            keys = jax.random.split(jax.random.fold_in(base, 1), n_rep)
+        else:
+            keys = jnp.broadcast_to(jax.random.PRNGKey(0), (n_rep, 2))
+        md = _init_md(params, keys, positions, momenta, neighbor)
 
         def ring(x):
             buf = jnp.zeros((x.shape[0], H) + x.shape[1:], x.dtype)
@@ -615,6 +664,9 @@ def make_simulator(
         rows = jnp.arange(n_rep)
         slot = (hist.count - 1 - back) % H
         restored = jax.tree_util.tree_map(lambda buf: buf[rows, slot], hist.md)
+        if integrator == "langevin":
+            # Fresh noise after a rewind: the random key moves on instead of being restored.
+            restored = restored.set(rng=state.md.rng)
         md = _where_replicas(ok, restored, state.md)
         neighbor = state.neighbor
         if use_nl:
@@ -646,10 +698,16 @@ def make_simulator(
 
     @jax.jit
     def invariant(params, state: ReplicaState):
-        """Conserved energy of the Nosé–Hoover chain dynamics, ``[R]`` eV."""
+        """Conserved energy of the dynamics, ``[R]`` eV (Langevin: ``U + K``, not conserved)."""
         md = state.md
         pe = batched_energy(params, md.position, state.neighbor)
         ke = thermostat.kinetic_energy(md.momentum, masses_j)
+        if integrator == "langevin":
+            return pe + ke
+        if integrator == "authors_nose_hoover":
+            return integrators.authors_nose_hoover_invariant(
+                pe, ke, md.zeta, md.xi, authors_q, authors_k0
+            )
         c = md.chain
         e = pe + ke + c.momentum[:, 0] ** 2 / (2 * c.mass[:, 0]) + dof * kT * c.position[:, 0]
         e = e + jnp.sum(c.momentum[:, 1:] ** 2 / (2 * c.mass[:, 1:]) + kT * c.position[:, 1:], -1)
@@ -669,4 +727,5 @@ def make_simulator(
         masses=masses_np,
         history_every=int(history_every),
         history_length=H,
+        integrator=integrator,
     )

@@ -1,26 +1,30 @@
 """Thermostat settings, masses and initial velocities for Nosé–Hoover MD.
 
-Thermostat mass ↔ JAX-MD ``tau``
---------------------------------
-The authors' integrator (StABlE-Training ``mdsim/md/integrator.py``, see
-``REFERENCE_SETTINGS.md`` "Integrator") uses a single Nosé–Hoover thermostat with mass::
+Authors' ``ttime`` ↔ JAX-MD ``tau``
+-----------------------------------
+The authors' integrator (MDsim ``mdsim/md/integrator.py``, used by StABlE-Training; reproduced
+exactly by :func:`stabie_jax.md.integrators.authors_nose_hoover`) has one thermostat variable
+``ζ`` with ``dζ/dt = (K − K0)/Q``, ``K0 = g kT/2`` and mass::
 
-    Q_authors = 3N · kT · (ttime · dt)²,      ttime = 20 steps,
+    Q_authors = g · kT · (ttime · dt)²,      g = 3N,  ttime = 20 steps.
 
-and JAX-MD's Nosé–Hoover chain (``jax_md.simulate.nose_hoover_chain``) sets the first link's mass
-to ``Q_0 = g · kT · tau²`` (``g`` = thermostatted degrees of freedom; the further links have
-``kT · tau²``). With ``g = 3N`` the two are the same expression, so::
+JAX-MD's Nosé–Hoover chain (``jax_md.simulate.nose_hoover_chain``) has, for its first link,
+``dζ/dt = (2K − g kT)/Q_0`` with ``Q_0 = g · kT · tau²`` (the further links have ``kT · tau²``).
+The two masses are the same number at ``tau = ttime · dt`` (:func:`tau_from_ttime`), but the
+equations differ by the factor 2 in front of ``K``, so the same mass is *not* the same
+thermostat. Linearising around equilibrium for free particles (no potential; the thermostat
+changes ``K`` by ``dK/dt = −2ζK``):
 
-    tau = ttime · dt          (10 fs for dt = 0.5 fs, 20 fs for dt = 1 fs).
+* authors: ``d²δK/dt² = −2K0 · δK / Q_authors = −δK / (ttime·dt)²``, so
+  ``ω = 1/(ttime·dt)`` and the kinetic-energy period is ``2π · ttime · dt``;
+* JAX-MD: ``d²δK/dt² = −2K0 · 2 δK / Q_0 = −(2/tau²) δK``, so ``ω = √2/tau`` and the period
+  is ``2π · tau/√2`` (:func:`thermostat_kinetic_energy_period`).
 
-Why this is the same *relaxation time* (not only the same number): for the first link, with
-``ζ = p_ξ / Q`` and the system kinetic energy ``K``, the equations of motion are
-``dζ/dt = (2K − g kT)/Q`` and ``dK/dt|_thermostat = −2 ζ K``. For free particles (no potential),
-linearising around ``2K = g kT`` gives ``d²(δ2K)/dt² = −(2 g kT / Q) δ2K``, i.e. an oscillation of
-the kinetic energy with angular frequency ``ω = sqrt(2 g kT / Q) = sqrt(2) / tau`` and period
-``2π tau / sqrt(2)``, independent of ``g``. (When half of the fluctuation sits in harmonic potential
-energy the effective frequency is ``1/tau``.) ``tests/md_test.py`` checks both the mass identity
-and this period on an ideal gas.
+Both are independent of ``g``. The same relaxation therefore needs
+``tau = √2 · ttime · dt`` (:func:`chain_tau_from_ttime`); ``tau = ttime · dt`` makes the chain's
+thermostat √2 faster than the authors'. ``tests/md_integrators_test.py`` measures the periods on
+an ideal gas. (When half of the fluctuation sits in harmonic potential energy the frequencies
+are lower by √2 for both.)
 
 The paper's "effective mass 2000 cm⁻¹" is not in the authors' code. Read as a thermostat
 frequency ``ω = 2π c ν̃`` with Martyna's convention ``Q = g kT / ω²``, it maps to
@@ -46,7 +50,13 @@ from stabie_jax import units
 
 
 def tau_from_ttime(ttime_steps: float, dt):
-    """JAX-MD ``tau`` equal to the authors' ``ttime`` (in steps) times the timestep.
+    """JAX-MD ``tau = ttime · dt``: the chain's first-link mass equals the authors' ``Q``.
+
+    This matches the thermostat *mass*, not its time scale: the chain then relaxes √2 faster
+    than the authors' integrator (see the module docstring). Use :func:`chain_tau_from_ttime` for
+    the same kinetic-energy oscillation period, or the authors' integrator itself
+    (``make_simulator(integrator="authors_nose_hoover")``). Kept as the library default of
+    ``make_simulator(integrator="nose_hoover_chain")`` so earlier runs are reproduced.
 
     Args:
       ttime_steps: authors' thermostat time in timesteps (20 in all their configs).
@@ -56,6 +66,28 @@ def tau_from_ttime(ttime_steps: float, dt):
       ``tau`` in internal time units.
     """
     return ttime_steps * dt
+
+
+def chain_tau_from_ttime(ttime_steps: float, dt):
+    """JAX-MD chain ``tau = √2 · ttime · dt`` with the authors' thermostat time scale.
+
+    The chain's kinetic-energy oscillation (ideal gas, small amplitude) then has the period
+    ``2π · ttime · dt`` of the authors' ``dζ/dt = (K − K0)/Q`` thermostat.
+
+    Args:
+      ttime_steps: authors' thermostat time in timesteps.
+      dt: timestep, internal time units.
+
+    Returns:
+      ``tau`` in internal time units.
+    """
+    return math.sqrt(2.0) * ttime_steps * dt
+
+
+def authors_kinetic_energy_period(ttime_steps: float, dt):
+    """Small-oscillation period ``2π · ttime · dt`` of an ideal gas's kinetic energy under the
+    authors' thermostat."""
+    return 2.0 * math.pi * ttime_steps * dt
 
 
 def authors_thermostat_mass(n_atoms: int, kT, ttime_steps: float, dt):
