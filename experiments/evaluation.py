@@ -45,6 +45,7 @@ def _simulator(potential, z, temperature_kelvin, config, n_replicas):
         history_length=1,
         mesh=md.replica_mesh(n_replicas),
         replica_batch_size=molecule_lib.replica_batch_size(config),
+        **molecule_lib.integrator_kwargs(config, "evaluate"),
     )
 
 
@@ -288,7 +289,8 @@ def evaluate_molecule(config, workdir, molecule, pretrained_dir, stabie_dir, wal
         plots=figures,
         notes=[
             "Same held-out initial structures and momenta for both models.",
-            "Nosé–Hoover thermostat throughout (the authors evaluated aspirin with Langevin).",
+            f"Integrator: {molecule_lib.md_integrator(config, 'evaluate')} (the authors "
+            "evaluated aspirin with Langevin, Ac-Ala3 and water with their Nosé–Hoover).",
         ],
     )
     return {

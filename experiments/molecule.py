@@ -211,6 +211,8 @@ class StabieInputs(NamedTuple):
     settings_kwargs: dict
     reference_temperature_kelvin: float | None = None  # of the reference frames; None = same
     replica_batch_size: int | None = None  # replicas per lax.map chunk per device; None = vmap
+    integrator: str = "nose_hoover_chain"  # make_simulator(integrator=...); see md_integrator
+    langevin_gamma_per_ps: float = 0.1  # friction of integrator="langevin", 1/ps
 
 
 def reference_h_of_r(
@@ -322,6 +324,9 @@ def build_stabie_problem(loaded: checkpoint.LoadedModel, molecule: MoleculeData,
         history_length=inp.history_length,
         mesh=md.replica_mesh(inp.n_replicas),
         replica_batch_size=inp.replica_batch_size,
+        integrator=inp.integrator,
+        ttime_steps=inp.thermostat_ttime_steps,
+        langevin_gamma=units.per_ps_to_internal(inp.langevin_gamma_per_ps),
     )
     bonds = np.asarray(molecule.bonds.bonds)
     lengths = np.asarray(molecule.bonds.lengths)
@@ -451,6 +456,26 @@ def replica_batch_size(config) -> int | None:
     return int(config.md.get("replica_batch_size", 0)) or None
 
 
+def md_integrator(config, section: str = "md") -> str:
+    """Integrator of ``config.<section>`` (``"md"`` for training, ``"evaluate"`` for the
+    evaluation). Configs saved before the choice existed ran JAX-MD's chain; an evaluation
+    without its own choice uses the training one."""
+    default = str(config.md.get("integrator", "nose_hoover_chain"))
+    if section == "md":
+        return default
+    return str(config[section].get("integrator", default))
+
+
+def integrator_kwargs(config, section: str = "md") -> dict:
+    """``make_simulator`` keyword arguments choosing the integrator from the config (see
+    :func:`md_integrator`); ``tau`` for the chain is passed separately."""
+    return dict(
+        integrator=md_integrator(config, section),
+        ttime_steps=int(config.md.thermostat_ttime_steps),
+        langevin_gamma=units.per_ps_to_internal(float(config.md.get("langevin_gamma_per_ps", 0.1))),
+    )
+
+
 def stabie_inputs_from_config(config) -> StabieInputs:
     s, m, o = config.stabie, config.md, config.observable
     recipe = pretrain_lib.recipe(config.pretrain.recipe)
@@ -491,6 +516,8 @@ def stabie_inputs_from_config(config) -> StabieInputs:
             checkpoint_every=int(s.checkpoint_every),
         ),
         reference_temperature_kelvin=reference_temperature(config),
+        integrator=md_integrator(config),
+        langevin_gamma_per_ps=float(m.get("langevin_gamma_per_ps", 0.1)),
     )
 
 

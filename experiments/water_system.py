@@ -123,7 +123,13 @@ def run_pretrain(water: WaterData, config, workdir: pathlib.Path) -> pathlib.Pat
 
 
 def _potential_and_simulator(
-    loaded, water: WaterData, config, temperature_kelvin, history_every, n_replicas
+    loaded,
+    water: WaterData,
+    config,
+    temperature_kelvin,
+    history_every,
+    n_replicas,
+    integrator_section="md",
 ):
     z = np.asarray(water.train.atomic_numbers)
     cutoff = float(loaded.metadata.cutoff_angstrom)
@@ -146,6 +152,7 @@ def _potential_and_simulator(
         history_length=int(config.stabie.history_length),
         mesh=md.replica_mesh(n_replicas),
         replica_batch_size=molecule.replica_batch_size(config),
+        **molecule.integrator_kwargs(config, integrator_section),
     )
     return potential, sim, space, neighbor_fn
 
@@ -270,7 +277,9 @@ def evaluate_water(config, workdir, water: WaterData, pretrained_dir, stabie_dir
     key = jax.random.PRNGKey(int(config.seed) + 1000)
 
     def evaluate_one(name, loaded):
-        _, sim, _, _ = _potential_and_simulator(loaded, water, config, T, check, n_rep)
+        _, sim, _, _ = _potential_and_simulator(
+            loaded, water, config, T, check, n_rep, integrator_section="evaluate"
+        )
         result = ev.evaluate_stability(
             sim,
             loaded.params,

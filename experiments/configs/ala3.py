@@ -41,6 +41,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.evaluate.length_ps = 300.0
     c.evaluate.transfer_temperatures_kelvin = ()
     c.evaluate.vacf_window_steps = 0
+    c.evaluate.integrator = "authors_nose_hoover"  # the authors' Ac-Ala3 evaluation
     return c
 
 

@@ -41,6 +41,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.md.temperature_kelvin = 300.0
     c.md.timestep_fs = 1.0
     c.md.thermostat_ttime_steps = 20
+    c.md.integrator = "authors_nose_hoover"  # see configs/aspirin.py
+    c.md.langevin_gamma_per_ps = 0.1
     c.md.rescale_velocities = True
     # Replicas stepped together per device: 0 = all (vmap; best on accelerators). On a CPU run
     # with --host_devices=$(nproc) and 2 here: cache-sized chunks on every core, 1.8x the MD
@@ -67,6 +69,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.evaluate.sample_every = 100
     c.evaluate.rdf_mae_threshold = 3.0
     c.evaluate.stop_fraction = 0.95
+    c.evaluate.integrator = "authors_nose_hoover"
     c.evaluate.extra_models = ""  # "name=DIR,..." more models under the same protocol
     return c
 
