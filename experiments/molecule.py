@@ -197,6 +197,8 @@ class StabieInputs(NamedTuple):
     history_length: int
     minibatch_size: int
     hyperparameter_convention: str
+    observable_reduction: str
+    observable_vjp: str
     learning_rate: float
     qm_weight: float
     grad_clip_norm: float
@@ -255,22 +257,29 @@ def reference_h_of_r(
 
 
 def exact_hyperparameters(
-    convention: str, learning_rate: float, qm_weight: float, clip: float | None, kT: float, B: int
-) -> tuple[float, float, float | None]:
-    """Convert the authors' (α, λ, clip) to this project's exact estimator.
-
-    The authors' observable gradient is ``c·∇L_obs`` with ``c = kT·(B−1)/B`` (their estimator
-    drops 1/kT and B/(B−1)); their update is ``α·clip(c·∇L_obs + λ·∇L_QM)``. With the exact
-    gradient the same update is ``(α c)·clip'(∇L_obs + (λ/c)·∇L_QM)`` with ``clip' = clip/c``.
-    """
+    convention: str,
+    learning_rate: float,
+    qm_weight: float,
+    clip: float | None,
+    kT: float,
+    B: int,
+    *,
+    reduction: str = "sum",
+    n_observable: int | None = None,
+) -> estimator.ExactHyperparameters:
+    """The config's (α, λ, clip) for the exact estimator: converted from the authors'
+    convention (:func:`stabie_jax.estimator.authors_hyperparameters_to_exact`, the update then
+    equals theirs) or used as given (``"exact"``, gradient scale 1)."""
     if convention == "exact":
-        return learning_rate, qm_weight, clip
+        return estimator.ExactHyperparameters(learning_rate, qm_weight, clip, 1.0)
     if convention != "authors":
         raise ValueError(
-            f"hyperparameter_convention must be 'authors' or 'exact', got {convention!r}"
+            "config key stabie.hyperparameter_convention must be 'authors' or 'exact', got "
+            f"{convention!r}"
         )
-    c = estimator.authors_learning_rate_to_exact(1.0, kT, B)
-    return learning_rate * c, qm_weight / c, None if clip is None else clip / c
+    return estimator.authors_hyperparameters_to_exact(
+        learning_rate, qm_weight, clip, kT, B, reduction=reduction, n_observable=n_observable
+    )
 
 
 def make_qm_loss_fn(potential, train: data.Dataset, inputs: StabieInputs):
@@ -343,7 +352,13 @@ def build_stabie_problem(loaded: checkpoint.LoadedModel, molecule: MoleculeData,
     )
     observable_fn = lambda r: observables.h_of_r(r, sigma=inp.h_sigma_angstrom, **h_kw)
     obs_loss = trajectory_losses.global_observable_loss(
-        potential.energy_fn, observable_fn, h_ref, kT, batch_size=inp.minibatch_size
+        potential.energy_fn,
+        observable_fn,
+        h_ref,
+        kT,
+        batch_size=inp.minibatch_size,
+        reduction=inp.observable_reduction,
+        vjp=inp.observable_vjp,
     )
     qm_fn = make_qm_loss_fn(potential, molecule.train, inp) if inp.qm_weight else None
     return stabie_lib.StabieProblem(simulator, stable_fn, obs_loss, qm_fn), h_ref
@@ -364,22 +379,29 @@ def run_stabie_stage(
     loaded = checkpoint.load_model_checkpoint(pretrained_dir)
     problem, _ = build_stabie_problem(loaded, molecule, inputs)
     kT = units.kT(inputs.temperature_kelvin)
-    lr, qm_weight, clip = exact_hyperparameters(
+    hp = exact_hyperparameters(
         inputs.hyperparameter_convention,
         inputs.learning_rate,
         inputs.qm_weight,
         inputs.grad_clip_norm,
         kT,
         inputs.minibatch_size,
+        reduction=inputs.observable_reduction,
+        n_observable=inputs.h_n_bins,
     )
     settings = stabie_lib.StabieSettings(
-        learning_rate=lr, qm_weight=qm_weight, grad_clip_norm=clip, **inputs.settings_kwargs
+        learning_rate=hp.learning_rate,
+        qm_weight=hp.qm_weight,
+        grad_clip_norm=hp.grad_clip_norm,
+        gradient_scale=hp.gradient_scale,
+        **inputs.settings_kwargs,
     )
     run_metadata = {
         **metadata,
-        "exact_learning_rate": lr,
-        "exact_qm_weight": qm_weight,
-        "exact_grad_clip_norm": clip,
+        "exact_learning_rate": hp.learning_rate,
+        "exact_qm_weight": hp.qm_weight,
+        "exact_grad_clip_norm": hp.grad_clip_norm,
+        "gradient_scale": hp.gradient_scale,
     }
     return train_from_frames(
         problem,
@@ -490,6 +512,8 @@ def stabie_inputs_from_config(config) -> StabieInputs:
         history_length=int(s.history_length),
         minibatch_size=int(s.minibatch_size),
         hyperparameter_convention=str(s.hyperparameter_convention),
+        observable_reduction=str(s.get("observable_reduction", "sum")),
+        observable_vjp=str(s.get("observable_vjp", "global")),
         learning_rate=float(s.learning_rate),
         qm_weight=float(s.qm_weight),
         grad_clip_norm=float(s.grad_clip_norm) if s.grad_clip_norm else None,

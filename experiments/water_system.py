@@ -178,14 +178,18 @@ def run_stabie_stage(pretrained_dir, water: WaterData, config, workdir) -> pathl
         return jnp.any(jax.vmap(lambda r: template.update(r).did_buffer_overflow)(frames))
 
     kT = units.kT(T)
-    lr, qm_weight, clip = exact_hyperparameters(
+    reduction = str(s.get("observable_reduction", "sum"))
+    hp = exact_hyperparameters(
         str(s.hyperparameter_convention),
         float(s.learning_rate),
         float(s.qm_weight),
         float(s.grad_clip_norm) if s.grad_clip_norm else None,
         kT,
         int(s.minibatch_size),
+        reduction=reduction,
+        n_observable=int(np.size(water.oh_reference)),
     )
+    lr, qm_weight, clip = hp.learning_rate, hp.qm_weight, hp.grad_clip_norm
     obs_loss = trajectory_losses.local_observable_loss(
         per_atom_energy_fn,
         water.neighbourhoods,
@@ -197,6 +201,8 @@ def run_stabie_stage(pretrained_dir, water: WaterData, config, workdir) -> pathl
         n_bins=int(s.n_bins),
         per_bin=int(s.per_bin),
         overflow_fn=overflow_fn,
+        reduction=reduction,
+        vjp=str(s.get("observable_vjp", "global")),
     )
 
     def stable_fn(traj):
@@ -225,12 +231,14 @@ def run_stabie_stage(pretrained_dir, water: WaterData, config, workdir) -> pathl
         max_epochs=int(s.max_epochs),
         max_wall_seconds=float(s.max_wall_hours) * 3600 if s.max_wall_hours else None,
         checkpoint_every=int(s.checkpoint_every),
+        gradient_scale=hp.gradient_scale,
     )
     n_dev = jax.device_count()
     meta = {
         "config": json.loads(config.to_json_best_effort()),
         "exact_learning_rate": lr,
         "exact_grad_clip_norm": clip,
+        "gradient_scale": hp.gradient_scale,
     }
     return molecule.train_from_frames(
         problem,

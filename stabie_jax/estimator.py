@@ -63,7 +63,16 @@ excluded sample reaches neither the value nor the gradient (safe under ``jax_deb
 
 **Authors' scale.** The reference implementation (StABlE-Training ``boltzmann_estimator.py``)
 omits ``1/kT`` and ``N/(N-1)``; its learning rate α therefore corresponds to
-:func:`authors_learning_rate_to_exact` ``= α·kT·(B-1)/B`` here.
+:func:`authors_learning_rate_to_exact` ``= α·kT·(B-1)/B`` here, for the observable loss summed
+over its components; :func:`authors_hyperparameters_to_exact` converts α, λ and the clip
+together (and handles a mean-reduced loss).
+
+**Global or per-batch vector.** For ``L = ‖⟨g⟩ − g_ref‖²`` the gradient is ``vᵀ J`` with
+``v = 2(⟨g⟩ − g_ref)`` from all samples (:func:`boltzmann_expectation`: unbiased up to the
+product of two noisy factors). The authors use each minibatch's own mean,
+``v_b = 2(ḡ_b − g_ref)``, and average ``v_bᵀ J_b`` over minibatches
+(:func:`boltzmann_batch_means`, :func:`localized_batch_means`): ``ḡ_b`` and ``J_b`` come from
+the same B samples, an ``O(1/B)`` bias.
 
 Units: ``energy_fn`` in eV, ``kT`` in eV (:func:`stabie_jax.units.kT`); a Jacobian has units of
 ``[g]/[θ]``.
@@ -95,11 +104,14 @@ __all__ = [
     "LocalSample",
     "NeighbourhoodSelection",
     "authors_learning_rate_to_exact",
+    "authors_hyperparameters_to_exact",
+    "boltzmann_batch_means",
     "boltzmann_expectation",
     "boltzmann_jacobian",
     "finite_sample_mask",
     "gather_local_samples",
     "local_energy_fn",
+    "localized_batch_means",
     "localized_expectation",
     "molecule_neighbourhoods",
     "neighbourhood_bond_lengths",
@@ -234,6 +246,32 @@ def _sample_coefficients(g, mask, kT, batch_size, v):
     dg = _centred_observables(g, mask, batch_id, counts, n_batches)
     scale = weight / (kT * jnp.maximum(counts - 1.0, 1.0))
     return -(dg @ v.reshape(-1).astype(g.dtype)) * scale[batch_id].astype(g.dtype)
+
+
+def _batch_coefficients(g, mask, kT, batch_size, v):
+    """``c_i`` for per-batch cotangents ``v [n_batches, n_obs]``: ``∇ Σ_b v_bᵀ ḡ_b``.
+
+    ``c_i = -(g_i - ḡ_b)·v_b / (kT (n_b - 1))``: each batch mean gets its own estimator's
+    vector-Jacobian product, unweighted (the loss carries the batch weights). Batches with fewer
+    than 2 valid samples contribute nothing.
+    """
+    n = g.shape[0]
+    batch_id, counts, _, _ = _batch_structure(mask, n, batch_size, g.dtype)
+    n_batches = counts.shape[0]
+    dg = _centred_observables(g, mask, batch_id, counts, n_batches)
+    scale = jnp.where(counts >= 2, 1.0 / (kT * jnp.maximum(counts - 1.0, 1.0)), 0.0)
+    v = v.reshape(n_batches, -1).astype(g.dtype)
+    return -jnp.sum(dg * v[batch_id], axis=-1) * scale[batch_id].astype(g.dtype)
+
+
+def _batch_means(g: jax.Array, mask: jax.Array, batch_size: int | None):
+    """Per-batch masked means ``[n_batches, n_obs]`` and the batches' weights ``[n_batches]``."""
+    n = g.shape[0]
+    batch_id, counts, weight, _ = _batch_structure(mask, n, batch_size, g.dtype)
+    n_batches = counts.shape[0]
+    m = mask.astype(g.dtype)
+    sums = jax.ops.segment_sum(g * m[:, None], batch_id, num_segments=n_batches)
+    return sums / jnp.maximum(counts, 1.0)[:, None], weight
 
 
 def _masked_mean(g: jax.Array, mask: jax.Array) -> jax.Array:
@@ -415,6 +453,61 @@ def boltzmann_expectation(
     return jax.jit(expectation)
 
 
+def boltzmann_batch_means(
+    energy_fn: Callable,
+    observable_fn: Callable,
+    kT: float,
+    *,
+    batch_size: int | None = None,
+    chunk_size: int | None = None,
+) -> Callable:
+    """Per-minibatch averages ``ḡ_b``, each differentiable with its own Boltzmann estimator.
+
+    The form the authors' update uses: a loss ``Σ_b w_b ℓ(ḡ_b)`` of the minibatch means has the
+    gradient ``Σ_b w_b (∂ℓ/∂ḡ_b)ᵀ J_b``, where ``J_b`` is batch b's estimator of
+    ``∂⟨g⟩/∂θ`` (as in :func:`boltzmann_expectation`, its own means and ``1/(n_b − 1)``). With
+    ``ℓ = ‖ḡ_b − g_ref‖²`` the vector of batch b is ``2(ḡ_b − g_ref)``, from that batch's
+    own mean, and the result is the authors' average of per-batch vector-Jacobian products
+    (StABlE-Training ``boltzmann_estimator.py``). Its expectation differs from the gradient of
+    ``‖⟨g⟩ − g_ref‖²`` by ``O(1/B)``: ``ḡ_b`` is correlated with ``J_b``.
+
+    Args:
+      energy_fn, observable_fn, kT, batch_size, chunk_size: as for
+        :func:`boltzmann_expectation`.
+
+    Returns:
+      A jitted ``(params, samples, mask=None) -> (means [n_batches, *obs_shape],
+      weights [n_batches])``; ``weights`` (not differentiable) are proportional to the batches'
+      valid-sample counts, sum to 1, and are 0 for batches with fewer than 2 valid samples.
+    """
+
+    @jax.custom_vjp
+    def _means(params, samples, mask):
+        g, obs_shape = _observables(observable_fn, samples, chunk_size)
+        means, _ = _batch_means(g, mask, batch_size)
+        return means.reshape((-1,) + obs_shape)
+
+    def fwd(params, samples, mask):
+        g, obs_shape = _observables(observable_fn, samples, chunk_size)
+        means, _ = _batch_means(g, mask, batch_size)
+        return means.reshape((-1,) + obs_shape), (params, samples, mask, g)
+
+    def bwd(residuals, v):
+        params, samples, mask, g = residuals
+        c = _batch_coefficients(g, mask, kT, batch_size, v)
+        return _weighted_energy_grad(energy_fn, params, samples, c, chunk_size), None, None
+
+    _means.defvjp(fwd, bwd)
+
+    def batch_means(params, samples, mask=None):
+        n = _num_samples(samples)
+        mask = _resolve_mask(mask, n)
+        _, _, weight, _ = _batch_structure(mask, n, batch_size, jnp.result_type(float))
+        return _means(params, _guard(samples, mask), mask), weight
+
+    return jax.jit(batch_means)
+
+
 def authors_learning_rate_to_exact(alpha: float, kT: float, n_samples: int) -> float:
     """Learning rate for this (exact) estimator that reproduces the authors' SGD step.
 
@@ -441,6 +534,71 @@ def authors_learning_rate_to_exact(alpha: float, kT: float, n_samples: int) -> f
     if n_samples < 2:
         raise ValueError(f"n_samples must be >= 2 (the minibatch size B), got {n_samples}")
     return float(alpha) * float(kT) * (n_samples - 1) / n_samples
+
+
+class ExactHyperparameters(NamedTuple):
+    """The authors' (α, λ, clip) expressed for this project's exact estimator.
+
+    Attributes:
+      learning_rate: α for the exact gradient.
+      qm_weight: λ multiplying ``∇L_QM`` next to the exact ``∇L_obs``.
+      grad_clip_norm: global-norm clip of the exact combined gradient (None = off).
+      gradient_scale: ``s`` such that ``s·∇(L_obs + λ L_QM)`` (exact) is the authors' gradient;
+        multiply logged gradient norms by it to read them in the authors' units.
+    """
+
+    learning_rate: float
+    qm_weight: float
+    grad_clip_norm: float | None
+    gradient_scale: float
+
+
+def authors_hyperparameters_to_exact(
+    learning_rate: float,
+    qm_weight: float,
+    grad_clip_norm: float | None,
+    kT: float,
+    batch_size: int,
+    *,
+    reduction: str = "sum",
+    n_observable: int | None = None,
+) -> ExactHyperparameters:
+    """Convert the authors' (α, λ, clip) so that the parameter update equals theirs.
+
+    The authors' observable gradient is ``c·∇L_sum`` with ``L_sum = Σ_k (⟨g⟩_k − g_ref,k)²``
+    and ``c = kT·(B−1)/B`` (their estimator omits 1/kT and B/(B−1)); their update is
+    ``α·clip(c·∇L_sum + λ·∇L_QM)``. With the exact gradient of the loss used here,
+    ``∇L_sum = m·∇L`` where ``m = 1`` for ``reduction="sum"`` and ``m = n_observable`` for a
+    mean over the components (``reduction="mean"``). Writing ``s = c·m``, the same update is
+    ``(α s)·clip'(∇L + (λ/s)·∇L_QM)`` with ``clip' = clip/s``.
+
+    Args:
+      learning_rate, qm_weight, grad_clip_norm: the authors' α, λ and clip (e.g. 1e-3, 10, 1).
+      kT: eV, the training temperature.
+      batch_size: their minibatch size B (aspirin 40, water 4).
+      reduction: ``"sum"`` (the observable loss ``‖⟨g⟩ − g_ref‖²``) or ``"mean"``.
+      n_observable: number of observable components (bins); needed for ``"mean"``.
+
+    Returns:
+      :class:`ExactHyperparameters`.
+
+    Examples:
+      >>> from stabie_jax import units
+      >>> h = authors_hyperparameters_to_exact(1e-3, 10.0, 1.0, units.kT(500.0), 40)
+      >>> round(h.learning_rate, 8), round(h.qm_weight, 1), round(h.grad_clip_norm, 2)
+      (4.201e-05, 238.0, 23.8)
+    """
+    c = authors_learning_rate_to_exact(1.0, kT, batch_size)
+    if reduction == "sum":
+        s = c
+    elif reduction == "mean":
+        if not n_observable or n_observable < 1:
+            raise ValueError("reduction='mean' needs n_observable, the number of components")
+        s = c * n_observable
+    else:
+        raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+    clip = None if grad_clip_norm is None else float(grad_clip_norm) / s
+    return ExactHyperparameters(float(learning_rate) * s, float(qm_weight) / s, clip, s)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -689,6 +847,32 @@ def localized_expectation(
       may hold NaN).
     """
 
+    return _localized(per_atom_energy_fn, observable_fn, kT, batch_size, chunk_size, False)
+
+
+def localized_batch_means(
+    per_atom_energy_fn: Callable,
+    observable_fn: Callable,
+    kT: float,
+    *,
+    batch_size: int | None = None,
+    chunk_size: int | None = None,
+) -> Callable:
+    """Per-minibatch means of the localized estimator (the authors' form for water).
+
+    :func:`boltzmann_batch_means` for (frame, neighbourhood) samples, evaluated as
+    :func:`localized_expectation` does (each frame's per-atom energies once).
+
+    Returns:
+      A jitted ``(params, frames [F, n_atoms, 3], frame_index [M], atoms [M, k], mask=None) ->
+      (means [n_batches, *obs_shape], weights [n_batches])``.
+    """
+    return _localized(per_atom_energy_fn, observable_fn, kT, batch_size, chunk_size, True)
+
+
+def _localized(per_atom_energy_fn, observable_fn, kT, batch_size, chunk_size, per_batch: bool):
+    """Shared body of :func:`localized_expectation` and :func:`localized_batch_means`."""
+
     def weighted_frame_energy(params, frame_and_weights):
         frame, weights = frame_and_weights
         return jnp.sum(weights * per_atom_energy_fn(params, frame))
@@ -698,19 +882,25 @@ def localized_expectation(
         g = jnp.asarray(_map(sample_fn, (frame_index, atoms), chunk_size))
         return g.reshape(g.shape[0], -1), g.shape[1:]
 
-    @jax.custom_vjp
-    def _expectation(params, frames, frame_index, atoms, mask):
-        g, obs_shape = observables(frames, frame_index, atoms)
+    def value(g, mask, obs_shape):
+        if per_batch:
+            means, _ = _batch_means(g, mask, batch_size)
+            return means.reshape((-1,) + obs_shape)
         return _masked_mean(g, mask).reshape(obs_shape)
+
+    @jax.custom_vjp
+    def _value(params, frames, frame_index, atoms, mask):
+        g, obs_shape = observables(frames, frame_index, atoms)
+        return value(g, mask, obs_shape)
 
     def fwd(params, frames, frame_index, atoms, mask):
         g, obs_shape = observables(frames, frame_index, atoms)
-        mean = _masked_mean(g, mask).reshape(obs_shape)
-        return mean, (params, frames, frame_index, atoms, mask, g)
+        return value(g, mask, obs_shape), (params, frames, frame_index, atoms, mask, g)
 
     def bwd(residuals, v):
         params, frames, frame_index, atoms, mask, g = residuals
-        c = _sample_coefficients(g, mask, kT, batch_size, v)
+        coefficients = _batch_coefficients if per_batch else _sample_coefficients
+        c = coefficients(g, mask, kT, batch_size, v)
         n_frames, n_atoms = frames.shape[0], frames.shape[1]
         weights = jnp.zeros((n_frames, n_atoms), c.dtype)
         rows = jnp.broadcast_to(frame_index[:, None], atoms.shape)
@@ -724,7 +914,7 @@ def localized_expectation(
         )
         return grad, None, None, None, None
 
-    _expectation.defvjp(fwd, bwd)
+    _value.defvjp(fwd, bwd)
 
     def expectation(params, frames, frame_index, atoms, mask=None):
         frames = jnp.asarray(frames)
@@ -741,6 +931,11 @@ def localized_expectation(
         atoms = _guard(atoms, mask)
         used = jnp.zeros((frames.shape[0],), bool).at[frame_index].max(mask)
         frames = _guard(frames, used)
-        return _expectation(params, frames, frame_index, atoms, mask)
+        out = _value(params, frames, frame_index, atoms, mask)
+        if not per_batch:
+            return out
+        n = atoms.shape[0]
+        _, _, weight, _ = _batch_structure(mask, n, batch_size, jnp.result_type(float))
+        return out, weight
 
     return jax.jit(expectation)

@@ -18,8 +18,12 @@ authors' training codes (../shared/REFERENCE_SETTINGS.md B2):
 
 Energies and forces of a frame come from one ``jax.value_and_grad`` pass.
 
-**L_obs** (paper eq. 7): ``‖⟨g⟩ − g_ref‖²``; :func:`observable_loss` returns the mean over
-components by default, as the authors' code does (MSE over h(r) bins), or the sum.
+**L_obs**: ``‖⟨g⟩ − g_ref‖² = Σ_k (⟨g⟩_k − g_ref,k)²``, summed over the components of g (the
+h(r) bins, the two O–H lengths). This is the loss whose gradient the authors' update follows
+(their vector ``2(ḡ − g_ref)`` has no division by the number of bins; the MSE they print is only
+a log). :func:`observable_loss` offers ``reduction="mean"`` as an explicitly named option: its
+gradient is smaller by the number of components, so hyperparameters tuned for the sum must be
+converted (:func:`stabie_jax.estimator.authors_hyperparameters_to_exact`).
 """
 
 from __future__ import annotations
@@ -224,23 +228,35 @@ def make_qm_loss_fn(
     return loss_fn
 
 
+OBSERVABLE_REDUCTIONS = ("sum", "mean")
+
+
 def observable_loss(
-    observable_mean: jax.Array, observable_ref: jax.Array, *, reduction: str = "mean"
+    observable_mean: jax.Array, observable_ref: jax.Array, *, reduction: str = "sum"
 ) -> jax.Array:
-    """``L_obs = ‖⟨g⟩ − g_ref‖²`` as a mean (default; MSE over bins) or sum over components.
+    """``L_obs = ‖⟨g⟩ − g_ref‖²``, summed over components (default) or their mean.
 
     Args:
-      observable_mean: ``[...]`` ensemble average ``⟨g⟩``.
-      observable_ref: same shape, reference ``g_ref``.
-      reduction: ``"mean"`` or ``"sum"``.
+      observable_mean: ``[..., *obs_shape]`` ensemble average(s) ``⟨g⟩``; leading axes (e.g.
+        minibatch means ``[n_batches, *obs_shape]``) are kept.
+      observable_ref: ``[*obs_shape]`` reference ``g_ref``.
+      reduction: ``"sum"`` (the squared norm) or ``"mean"`` (divided by the number of
+        components).
+
+    Returns:
+      ``[...]``: one loss per leading index (a scalar for a single average).
     """
-    if observable_mean.shape != observable_ref.shape:
+    ref_ndim = jnp.ndim(observable_ref)
+    if jnp.shape(observable_mean)[jnp.ndim(observable_mean) - ref_ndim :] != jnp.shape(
+        observable_ref
+    ):
         raise ValueError(
             f"observable shapes differ: {observable_mean.shape} vs {observable_ref.shape}"
         )
+    axes = tuple(range(jnp.ndim(observable_mean) - ref_ndim, jnp.ndim(observable_mean)))
     sq = (observable_mean - observable_ref) ** 2
-    if reduction == "mean":
-        return jnp.mean(sq)
     if reduction == "sum":
-        return jnp.sum(sq)
-    raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+        return jnp.sum(sq, axis=axes)
+    if reduction == "mean":
+        return jnp.mean(sq, axis=axes)
+    raise ValueError(f"reduction must be one of {OBSERVABLE_REDUCTIONS}, got {reduction!r}")

@@ -30,13 +30,17 @@ the last learning epoch; replicas unstable in it go back to their anchors, froze
 Deliberate differences from the authors' code (each documented in the README/RESULTS too):
 
 * the estimator is the exact one (``1/kT`` and ``N/(N−1)`` included): convert their learning
-  rate with :func:`stabie_jax.estimator.authors_learning_rate_to_exact`;
+  rate, QM weight and clip together with
+  :func:`stabie_jax.estimator.authors_hyperparameters_to_exact` (the update is then theirs);
 * the optimizer step happens in every learning epoch, including the one whose unstable fraction
   reaches ``f_min`` (PAPER.md Algorithm 1, lines 22–29);
 * a learning epoch whose gradient is non-finite is skipped and logged, never applied.
 
 Outputs in ``workdir``: ``metrics.jsonl`` (one line per epoch: phase, unstable fraction,
-simulated time, losses, gradient norm, learning rate), ``checkpoints/`` (orbax, every
+simulated time, losses, learning rate; in learning epochs also the norms of the observable
+gradient, of the λ-weighted QM gradient and of their sum, in the units of
+``settings.gradient_scale``, the observable share of the step, the cosine between the two terms
+and ‖Δθ‖ of the applied update), ``checkpoints/`` (orbax, every
 ``checkpoint_every`` epochs and at phase boundaries).
 """
 
@@ -75,7 +79,7 @@ class StabieSettings:
       sample_every: ``S``, steps between recorded frames (authors' ``n_dump``: 100; their saved
         aspirin run used 50).
       learning_rate: ``α`` for the *exact* estimator (convert the authors' value with
-        ``estimator.authors_learning_rate_to_exact``).
+        ``estimator.authors_hyperparameters_to_exact``).
       qm_weight: ``λ``, weight of the energy/force loss gradient (aspirin 10, water 0).
       f_max: unstable fraction that ends a simulation phase (0.75).
       f_min: unstable fraction that ends a learning phase (0.0).
@@ -89,6 +93,9 @@ class StabieSettings:
       max_simulated_ps: optional budget in simulated time per replica summed over all epochs.
       max_wall_seconds: optional wall-clock budget of this process.
       checkpoint_every: epochs between checkpoints (also at every phase boundary).
+      gradient_scale: factor that converts this run's gradients into the units of the
+        hyperparameter convention they were given in (the authors': ``kT·(B−1)/B``, from
+        ``estimator.authors_hyperparameters_to_exact``); only the logged gradient norms use it.
     """
 
     steps_per_epoch: int
@@ -108,6 +115,7 @@ class StabieSettings:
     max_simulated_ps: float | None = None
     max_wall_seconds: float | None = None
     checkpoint_every: int = 1
+    gradient_scale: float = 1.0
 
     def __post_init__(self):
         if self.steps_per_epoch < 1 or self.sample_every < 1:
@@ -229,22 +237,101 @@ def _with_learning_rate(opt_state, learning_rate: float):
 
 
 def make_gradient_fn(problem: StabieProblem, qm_weight: float) -> Callable:
-    """Jitted ``(params, trajectory, key) -> (grads, metrics)`` of ``L_obs + λ·L_QM``."""
+    """Jitted ``(params, trajectory, key) -> (grads, metrics)`` of ``L_obs + λ·L_QM``.
 
-    def total(params, trajectory, key):
-        k_obs, k_qm = jax.random.split(key)
-        obs_loss, aux = problem.observable_loss_fn(params, trajectory, k_obs)
-        qm = jnp.zeros((), obs_loss.dtype)
-        if problem.qm_loss_fn is not None and qm_weight:
-            qm = problem.qm_loss_fn(params, k_qm)
-        return obs_loss + qm_weight * qm, {"obs_loss": obs_loss, "qm_loss": qm, **aux}
+    The two gradients are taken separately (``key`` split into the observable loss's key and the
+    QM loss's) and added, so the metrics can say what each contributes: ``obs_grad_norm``,
+    ``qm_grad_norm`` (of ``λ·∇L_QM``), ``grad_norm`` (of the sum), ``obs_share`` (the
+    observable gradient's projection on the sum, ``⟨g_obs, g⟩/‖g‖²``; the QM share is
+    ``1 − obs_share``) and ``grad_cosine`` (between the two terms; 0 when either vanishes).
+    Clipping scales both terms alike, so the shares are also those of the applied update.
+    """
+    use_qm = problem.qm_loss_fn is not None and bool(qm_weight)
 
     def gradient_fn(params, trajectory, key):
-        (loss, metrics), grads = jax.value_and_grad(total, has_aux=True)(params, trajectory, key)
-        metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
+        k_obs, k_qm = jax.random.split(key)
+        (obs_loss, aux), g_obs = jax.value_and_grad(problem.observable_loss_fn, has_aux=True)(
+            params, trajectory, k_obs
+        )
+        if use_qm:
+            qm, g_qm = jax.value_and_grad(problem.qm_loss_fn)(params, k_qm)
+            g_qm = jax.tree.map(lambda g: qm_weight * g, g_qm)
+        else:
+            qm = jnp.zeros((), obs_loss.dtype)
+            g_qm = jax.tree.map(jnp.zeros_like, g_obs)
+        grads = jax.tree.map(jnp.add, g_obs, g_qm)
+        n_obs, n_qm, n_all = (optax.tree.norm(g) for g in (g_obs, g_qm, grads))
+        dot = lambda a, b: sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+        tiny = jnp.finfo(n_all.dtype).tiny
+        metrics = {
+            **aux,
+            "obs_loss": obs_loss,
+            "qm_loss": qm,
+            "loss": obs_loss + qm_weight * qm,
+            "obs_grad_norm": n_obs,
+            "qm_grad_norm": n_qm,
+            "grad_norm": n_all,
+            "obs_share": jnp.where(n_all > 0, dot(g_obs, grads) / jnp.maximum(n_all**2, tiny), 0.0),
+            "grad_cosine": jnp.where(
+                (n_obs > 0) & (n_qm > 0), dot(g_obs, g_qm) / jnp.maximum(n_obs * n_qm, tiny), 0.0
+            ),
+        }
         return grads, metrics
 
     return jax.jit(gradient_fn)
+
+
+class LearningStep(NamedTuple):
+    """Result of :func:`make_learning_step`'s function.
+
+    Attributes:
+      params, opt_state: after the step (unchanged when it was not applied).
+      metrics: host dict: the gradient metrics of :func:`make_gradient_fn` (norms multiplied by
+        ``settings.gradient_scale``), ``update_norm`` (‖Δθ‖ of the applied step, 0 if skipped).
+      applied: False when the gradient was non-finite or the estimator reported an overflow.
+    """
+
+    params: Any
+    opt_state: Any
+    metrics: dict
+    applied: bool
+
+
+def make_learning_step(problem: StabieProblem, settings: StabieSettings) -> Callable:
+    """``(params, opt_state, trajectory, key, learning_rate) -> LearningStep``: ONE optimizer
+    step on ``L_obs + λ·L_QM`` from a recorded trajectory (clip, then SGD at the given rate).
+
+    This is the whole learning-phase update of the driver; a step whose loss or gradient is
+    non-finite, or whose estimator overflowed, is not applied.
+    """
+    optimizer = make_optimizer(settings)
+    gradient_fn = make_gradient_fn(problem, settings.qm_weight)
+
+    @jax.jit
+    def apply(grads, opt_state, params, learning_rate):
+        opt_state = _with_learning_rate(opt_state, learning_rate)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, optax.tree.norm(updates)
+
+    def step(params, opt_state, trajectory, key, learning_rate) -> LearningStep:
+        grads, metrics = gradient_fn(params, trajectory, key)
+        metrics = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
+        overflow = bool(metrics.get("overflow", False))
+        finite = (
+            not overflow
+            and bool(np.isfinite(metrics["loss"]))
+            and all(bool(np.all(np.isfinite(g))) for g in jax.tree.leaves(grads))
+        )
+        update_norm = 0.0
+        if finite:
+            params, opt_state, norm = apply(grads, opt_state, params, learning_rate)
+            update_norm = float(norm)
+        for name in ("obs_grad_norm", "qm_grad_norm", "grad_norm"):
+            metrics[name] = metrics[name] * settings.gradient_scale
+        metrics["update_norm"] = np.asarray(update_norm)
+        return LearningStep(params, opt_state, metrics, finite)
+
+    return step
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,8 +452,7 @@ def run_stabie(
 
     sim = problem.simulator
     t, every = settings.steps_per_epoch, settings.sample_every
-    optimizer = make_optimizer(settings)
-    gradient_fn = make_gradient_fn(problem, settings.qm_weight)
+    learning_step = make_learning_step(problem, settings)
     min_lr = settings.learning_rate * settings.min_lr_fraction
     started = time.time()
     records: list[dict] = []
@@ -433,20 +519,11 @@ def run_stabie(
             replicas, traj = sim.simulate(train.params, anchors, t, every, record_energy=True)
             stable = _epoch_stability(problem, replicas, traj)
             f_unst = 1.0 - float(np.mean(stable))
-            grads, metrics = gradient_fn(train.params, traj, k_grad)
-            metrics = jax.device_get(metrics)
             lr = counters.plateau().learning_rate
+            result = learning_step(train.params, train.opt_state, traj, k_grad, lr)
+            params, opt_state, metrics, finite = result
             overflow = bool(metrics.get("overflow", False))
-            finite = (
-                not overflow
-                and bool(np.isfinite(metrics["loss"]))
-                and all(bool(np.all(np.isfinite(g))) for g in jax.tree.leaves(grads))
-            )
-            params, opt_state = train.params, train.opt_state
             if finite:
-                opt_state = _with_learning_rate(opt_state, lr)
-                updates, opt_state = optimizer.update(grads, opt_state, params)
-                params = optax.apply_updates(params, updates)
                 counters = counters.bump(optimizer_steps=1)
             plateau = plateau_update(
                 counters.plateau(),
@@ -463,8 +540,18 @@ def run_stabie(
                 obs_loss=float(metrics["obs_loss"]),
                 qm_loss=float(metrics["qm_loss"]),
                 loss=float(metrics["loss"]),
-                grad_norm=float(metrics["grad_norm"]),
                 n_samples=int(metrics["n_samples"]),
+                **{
+                    k: float(metrics[k])
+                    for k in (
+                        "grad_norm",
+                        "obs_grad_norm",
+                        "qm_grad_norm",
+                        "obs_share",
+                        "grad_cosine",
+                        "update_norm",
+                    )
+                },
             )
             if overflow:
                 record["skipped"] = "neighbour-list overflow in the estimator"

@@ -4,12 +4,25 @@ The learning phase of :mod:`stabie_jax.stabie` turns the frames it recorded into
 gradient with respect to the parameters is the estimator's (no differentiation through the
 simulation):
 
-* :func:`global_observable_loss` — ``L_obs = mean‖⟨g⟩ − g_ref‖²`` with the global estimator
-  over whole-system frames (aspirin, Ac-Ala3-NHMe: h(r));
+* :func:`global_observable_loss` — ``L_obs = ‖⟨g⟩ − g_ref‖²`` (summed over the components of g)
+  with the global estimator over whole-system frames (aspirin, Ac-Ala3-NHMe: h(r));
 * :func:`local_observable_loss` — the localized estimator over per-molecule neighbourhoods
-  (water: O–H bond lengths), with the deviation-balanced neighbourhood sampling of PAPER.md A.7;
+  (water: O–H bond lengths), with deviation-balanced neighbourhood sampling;
 * :func:`trajectory_samples` — frames and validity mask (frozen replicas, non-finite frames
-  are masked out).
+  are masked out); :func:`sample_order` — the shuffle that cuts samples into minibatches.
+
+Both losses take two choices:
+
+* ``reduction``: ``"sum"`` (default, ``‖⟨g⟩ − g_ref‖²``) or ``"mean"`` over components;
+* ``vjp``: ``"global"`` (default) differentiates ``ℓ(⟨g⟩)`` of the mean over all samples, the
+  vector ``2(⟨g⟩ − g_ref)`` being shared by every minibatch estimator; ``"per_batch"`` is the
+  authors' form: the loss is ``Σ_b w_b ℓ(ḡ_b)`` over minibatch means (weights ∝ valid samples),
+  so minibatch b's estimator is contracted with its own ``2(ḡ_b − g_ref)``. The reported
+  ``aux["observable"]`` is the mean over all samples in both cases.
+
+Minibatches: valid samples are shuffled with ``key`` (frames of one replica are time-ordered and
+correlated) and packed first, as the authors drop invalid states before batching, so every
+minibatch but the last is full.
 
 Each returns ``loss_fn(params, trajectory, key) -> (loss, aux)`` for
 :class:`stabie_jax.stabie.StabieProblem`.
@@ -24,16 +37,54 @@ import jax.numpy as jnp
 import numpy as np
 
 from stabie_jax.estimator import (
+    boltzmann_batch_means,
     boltzmann_expectation,
+    localized_batch_means,
     localized_expectation,
     neighbourhood_bond_lengths,
     neighbourhood_max_deviation,
     select_neighbourhoods,
 )
-from stabie_jax.losses import observable_loss
+from stabie_jax.losses import OBSERVABLE_REDUCTIONS, observable_loss
 from stabie_jax.md import Trajectory
 
-__all__ = ["global_observable_loss", "local_observable_loss", "trajectory_samples"]
+__all__ = [
+    "VJP_FORMS",
+    "global_observable_loss",
+    "local_observable_loss",
+    "sample_order",
+    "trajectory_samples",
+]
+
+VJP_FORMS = ("global", "per_batch")
+
+
+def _check_choices(reduction: str, vjp: str) -> None:
+    if reduction not in OBSERVABLE_REDUCTIONS:
+        raise ValueError(f"reduction must be one of {OBSERVABLE_REDUCTIONS}, got {reduction!r}")
+    if vjp not in VJP_FORMS:
+        raise ValueError(f"vjp must be one of {VJP_FORMS}, got {vjp!r}")
+
+
+def sample_order(key: jax.Array, mask: jax.Array) -> jax.Array:
+    """``[N]`` int: a random permutation of the samples with the valid ones first.
+
+    Args:
+      key: PRNG key.
+      mask: ``[N]`` bool, valid samples.
+    """
+    order = jax.random.permutation(key, mask.shape[0])
+    return order[jnp.argsort(~mask[order], stable=True)]
+
+
+def _reduce(value, g_ref, reduction: str, vjp: str):
+    """``(loss, ⟨g⟩ over all samples)`` from the expectation's output."""
+    if vjp == "global":
+        return observable_loss(value, g_ref.astype(value.dtype), reduction=reduction), value
+    means, weights = value
+    per_batch = observable_loss(means, g_ref.astype(means.dtype), reduction=reduction)
+    weights = weights.astype(means.dtype)
+    return jnp.sum(weights * per_batch), jnp.tensordot(weights, means, axes=1)
 
 
 def trajectory_samples(trajectory: Trajectory) -> tuple[jax.Array, jax.Array]:
@@ -57,8 +108,10 @@ def global_observable_loss(
     kT: float,
     *,
     batch_size: int | None = None,
+    reduction: str = "sum",
+    vjp: str = "global",
 ) -> Callable:
-    """``L_obs = mean‖⟨g⟩ − g_ref‖²`` over all recorded frames with the global estimator.
+    """``L_obs = ‖⟨g⟩ − g_ref‖²`` over all recorded frames with the global estimator.
 
     Args:
       energy_fn: ``(params, positions [N,3]) -> eV``.
@@ -66,19 +119,23 @@ def global_observable_loss(
       observable_ref: ``[n_obs]`` reference.
       kT: eV, the simulation's thermal energy.
       batch_size: minibatch size ``B`` of the estimator (paper: 40); samples are shuffled with
-        the key before being cut into minibatches, as the authors do.
+        the key before being cut into minibatches (:func:`sample_order`), as the authors do.
+      reduction: ``"sum"`` over components (default) or ``"mean"`` (module docstring).
+      vjp: ``"global"`` (default) or ``"per_batch"`` (the authors'; module docstring).
 
     Returns:
       ``(params, trajectory, key) -> (loss, {"observable": ⟨g⟩, "n_samples": ...})``.
     """
-    expectation = boltzmann_expectation(energy_fn, observable_fn, kT, batch_size=batch_size)
+    _check_choices(reduction, vjp)
+    build = boltzmann_expectation if vjp == "global" else boltzmann_batch_means
+    expectation = build(energy_fn, observable_fn, kT, batch_size=batch_size)
     g_ref = jnp.asarray(observable_ref)
 
     def loss_fn(params, trajectory: Trajectory, key):
         positions, mask = trajectory_samples(trajectory)
-        order = jax.random.permutation(key, positions.shape[0])
-        mean = expectation(params, positions[order], mask[order])
-        loss = observable_loss(mean, g_ref.astype(mean.dtype))
+        order = sample_order(key, mask)
+        value = expectation(params, positions[order], mask[order])
+        loss, mean = _reduce(value, g_ref, reduction, vjp)
         return loss, {"observable": mean, "n_samples": jnp.sum(mask)}
 
     return loss_fn
@@ -96,12 +153,15 @@ def local_observable_loss(
     n_bins: int = 100,
     per_bin: int = 5,
     overflow_fn: Callable | None = None,
+    reduction: str = "sum",
+    vjp: str = "global",
 ) -> Callable:
-    """Localized ``L_obs`` for water: per-molecule O–H bond lengths (PAPER.md A.7).
+    """Localized ``L_obs = ‖⟨g⟩ − g_ref‖²`` for water: per-molecule O–H bond lengths.
 
     Every molecule of every recorded frame is a candidate neighbourhood; candidates are binned
     by their max |r_OH − r_eq| into ``n_bins`` equal bins and up to ``per_bin`` are drawn per bin
-    (seeded); the estimator's energy of a sample is the sum of its three atoms' energies.
+    (seeded); the estimator's energy of a sample is the sum of its three atoms' energies. The
+    selected samples are shuffled (:func:`sample_order`) before being cut into minibatches.
 
     Args:
       per_atom_energy_fn: ``(params, positions [N,3]) -> [N]`` eV (close over a neighbour list
@@ -116,6 +176,8 @@ def local_observable_loss(
       overflow_fn: optional ``frames [F, N, 3] -> bool``, True when the neighbour list that
         ``per_atom_energy_fn`` closes over overflowed on some frame; reported as
         ``aux["overflow"]`` and the driver then skips the step.
+      reduction: ``"sum"`` over the components (default) or ``"mean"``.
+      vjp: ``"global"`` (default) or ``"per_batch"`` (the authors').
 
     Returns:
       ``(params, trajectory, key) -> (loss, aux)``.
@@ -126,20 +188,28 @@ def local_observable_loss(
     def sample_observable(sample):
         return neighbourhood_bond_lengths(sample.positions, sample.atoms, displacement_fn)
 
-    expectation = localized_expectation(
-        per_atom_energy_fn, sample_observable, kT, batch_size=batch_size
-    )
+    _check_choices(reduction, vjp)
+    build = localized_expectation if vjp == "global" else localized_batch_means
+    expectation = build(per_atom_energy_fn, sample_observable, kT, batch_size=batch_size)
 
     def loss_fn(params, trajectory: Trajectory, key):
         frames, frame_ok = trajectory_samples(trajectory)
         safe = jnp.where(frame_ok[:, None, None], frames, frames[jnp.argmax(frame_ok)])
         deviation = neighbourhood_max_deviation(safe, atoms, bond_equilibrium, displacement_fn)
         valid = jnp.broadcast_to(frame_ok[:, None], deviation.shape)
-        chosen = select_neighbourhoods(key, deviation, n_bins=n_bins, per_bin=per_bin, valid=valid)
-        mean = expectation(
-            params, frames, chosen.frame_index, atoms[chosen.neighbourhood_index], chosen.mask
+        k_select, k_order = jax.random.split(key)
+        chosen = select_neighbourhoods(
+            k_select, deviation, n_bins=n_bins, per_bin=per_bin, valid=valid
         )
-        loss = observable_loss(mean, g_ref.astype(mean.dtype))
+        order = sample_order(k_order, chosen.mask)
+        value = expectation(
+            params,
+            frames,
+            chosen.frame_index[order],
+            atoms[chosen.neighbourhood_index[order]],
+            chosen.mask[order],
+        )
+        loss, mean = _reduce(value, g_ref, reduction, vjp)
         aux = {"observable": mean, "n_samples": jnp.sum(chosen.mask)}
         if overflow_fn is not None:
             aux["overflow"] = overflow_fn(jnp.where(frame_ok[:, None, None], frames, safe))

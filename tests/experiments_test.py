@@ -116,15 +116,25 @@ def test_ala3_pipeline_on_the_builtin_set(tmp_path):
 def test_authors_hyperparameters_convert_to_exact_estimator():
     kT, B = 0.0430865, 40
     c = kT * (B - 1) / B
-    lr, lam, clip = molecule.exact_hyperparameters("authors", 1e-3, 10.0, 1.0, kT, B)
+    lr, lam, clip, scale = molecule.exact_hyperparameters("authors", 1e-3, 10.0, 1.0, kT, B)
     assert lr == pytest.approx(1e-3 * c)
     assert lam == pytest.approx(10.0 / c)
     assert clip == pytest.approx(1.0 / c)
+    assert scale == pytest.approx(c)
+    # A loss averaged over 500 bins has a 500x smaller gradient: its conversion carries it.
+    hp = molecule.exact_hyperparameters(
+        "authors", 1e-3, 10.0, 1.0, kT, B, reduction="mean", n_observable=500
+    )
+    assert hp.learning_rate == pytest.approx(1e-3 * c * 500)
+    assert hp.qm_weight == pytest.approx(10.0 / (c * 500))
+    assert hp.grad_clip_norm == pytest.approx(1.0 / (c * 500))
+    with pytest.raises(ValueError, match="n_observable"):
+        molecule.exact_hyperparameters("authors", 1e-3, 10.0, 1.0, kT, B, reduction="mean")
     # The update direction is unchanged: alpha_exact * (g_exact + lam_exact g_qm) equals
     # alpha * (c g_exact + lam g_qm) for any gradients.
     g_obs, g_qm = np.array([0.3, -2.0]), np.array([1.5, 0.25])
     np.testing.assert_allclose(lr * (g_obs + lam * g_qm), 1e-3 * (c * g_obs + 10.0 * g_qm))
-    assert molecule.exact_hyperparameters("exact", 1e-3, 10.0, 1.0, kT, B) == (1e-3, 10.0, 1.0)
+    assert molecule.exact_hyperparameters("exact", 1e-3, 10.0, 1.0, kT, B) == (1e-3, 10.0, 1.0, 1.0)
     with pytest.raises(ValueError, match="hyperparameter_convention"):
         molecule.exact_hyperparameters("paper", 1e-3, 10.0, 1.0, kT, B)
 

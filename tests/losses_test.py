@@ -163,9 +163,15 @@ def test_weights_mask_padding_frames():
 def test_observable_loss_values_and_errors():
     g = jnp.array([1.0, 2.0, 4.0])
     ref = jnp.array([1.0, 1.0, 2.0])
-    assert float(observable_loss(g, ref)) == pytest.approx(5.0 / 3.0)
-    assert float(observable_loss(g, ref, reduction="sum")) == pytest.approx(5.0)
-    np.testing.assert_allclose(jax.grad(observable_loss)(g, ref), 2.0 * (g - ref) / 3.0)
+    # Default: the squared norm (summed over components), as the authors' update follows.
+    assert float(observable_loss(g, ref)) == pytest.approx(5.0)
+    assert float(observable_loss(g, ref, reduction="mean")) == pytest.approx(5.0 / 3.0)
+    np.testing.assert_allclose(jax.grad(observable_loss)(g, ref), 2.0 * (g - ref))
+    mean_loss = lambda x: observable_loss(x, ref, reduction="mean")
+    np.testing.assert_allclose(jax.grad(mean_loss)(g), 2.0 * (g - ref) / 3.0)
+    # Leading axes (minibatch means) are kept: one loss per row.
+    rows = jnp.stack([g, ref, 2 * g])
+    np.testing.assert_allclose(observable_loss(rows, ref), [5.0, 0.0, 46.0])
     with pytest.raises(ValueError, match="shapes differ"):
         observable_loss(g, ref[:2])
     with pytest.raises(ValueError, match="reduction"):
