@@ -261,7 +261,9 @@ def make_gradient_fn(problem: StabieProblem, qm_weight: float) -> Callable:
             g_qm = jax.tree.map(jnp.zeros_like, g_obs)
         grads = jax.tree.map(jnp.add, g_obs, g_qm)
         n_obs, n_qm, n_all = (optax.tree.norm(g) for g in (g_obs, g_qm, grads))
-        dot = lambda a, b: sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+        dot = lambda a, b: sum(
+            jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+        )
         tiny = jnp.finfo(n_all.dtype).tiny
         metrics = {
             **aux,

@@ -93,6 +93,13 @@ def base_config() -> ml_collections.ConfigDict:
     # "authors": alpha, qm_weight and grad_clip_norm are the authors' values for their estimator
     # (no 1/kT, no B/(B-1)) and are converted to this exact estimator; "exact": used as given.
     c.stabie.hyperparameter_convention = "authors"
+    # Observable loss ||<g> - g_ref||^2: "sum" over the components (the loss the authors' update
+    # follows; "mean" divides by the number of components and is converted accordingly).
+    c.stabie.observable_reduction = "sum"
+    # "per_batch": each minibatch estimator contracted with its own 2(g_b - g_ref), averaged over
+    # minibatches (the authors' update, O(1/B) biased); "global": one vector 2(<g> - g_ref) from
+    # all samples (unbiased). The paper configs reproduce the authors' update.
+    c.stabie.observable_vjp = "per_batch"
     c.stabie.qm_weight = 10.0  # lambda
     c.stabie.qm_batch_size = 40
     c.stabie.qm_batches_per_step = 0  # 0 = all training frames every step (authors)

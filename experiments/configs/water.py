@@ -56,6 +56,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.stabie.minibatch_size = 4
     c.stabie.learning_rate = 3e-3
     c.stabie.hyperparameter_convention = "authors"
+    # Observable loss ||<g> - g_ref||^2: "sum" over the components (the loss the authors' update
+    # follows; "mean" divides by the number of components and is converted accordingly).
+    c.stabie.observable_reduction = "sum"
+    # "per_batch": each minibatch estimator contracted with its own 2(g_b - g_ref), averaged over
+    # minibatches (the authors' update, O(1/B) biased); "global": one vector 2(<g> - g_ref) from
+    # all samples (unbiased). The paper configs reproduce the authors' update.
+    c.stabie.observable_vjp = "per_batch"
     c.stabie.qm_weight = 0.0
     c.stabie.min_intermolecular_angstrom = 1.2
     c.stabie.n_bins = 100
