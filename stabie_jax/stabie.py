@@ -261,9 +261,6 @@ def make_gradient_fn(problem: StabieProblem, qm_weight: float) -> Callable:
             g_qm = jax.tree.map(jnp.zeros_like, g_obs)
         grads = jax.tree.map(jnp.add, g_obs, g_qm)
         n_obs, n_qm, n_all = (optax.tree.norm(g) for g in (g_obs, g_qm, grads))
-        dot = lambda a, b: sum(
-            jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
-        )
         tiny = jnp.finfo(n_all.dtype).tiny
         metrics = {
             **aux,
@@ -273,9 +270,13 @@ def make_gradient_fn(problem: StabieProblem, qm_weight: float) -> Callable:
             "obs_grad_norm": n_obs,
             "qm_grad_norm": n_qm,
             "grad_norm": n_all,
-            "obs_share": jnp.where(n_all > 0, dot(g_obs, grads) / jnp.maximum(n_all**2, tiny), 0.0),
+            "obs_share": jnp.where(
+                n_all > 0, optax.tree.vdot(g_obs, grads) / jnp.maximum(n_all**2, tiny), 0.0
+            ),
             "grad_cosine": jnp.where(
-                (n_obs > 0) & (n_qm > 0), dot(g_obs, g_qm) / jnp.maximum(n_obs * n_qm, tiny), 0.0
+                (n_obs > 0) & (n_qm > 0),
+                optax.tree.vdot(g_obs, g_qm) / jnp.maximum(n_obs * n_qm, tiny),
+                0.0,
             ),
         }
         return grads, metrics
