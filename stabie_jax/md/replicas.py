@@ -254,7 +254,7 @@ def make_simulator(
     chain_length: int = 3,
     chain_steps: int = 2,
     sy_steps: int = 3,
-    remove_com_dof: bool = True,
+    remove_com_dof: bool | None = None,
     cutoff: float | None = None,
     skin: float = 0.3,
     capacity_multiplier: float = 1.25,
@@ -283,7 +283,9 @@ def make_simulator(
         (see :mod:`stabie_jax.md.thermostat`).
       chain_length, chain_steps, sy_steps: JAX-MD chain settings (chain_length >= 2; the
         authors' single thermostat corresponds to the first link, same mass).
-      remove_com_dof: thermostat ``3N − 3`` degrees of freedom (True) or ``3N`` (authors).
+      remove_com_dof: thermostat ``3N − 3`` degrees of freedom (True) or ``3N`` (False).
+        Default (None): ``3N − 3`` for the chain, ``3N`` for ``"authors_nose_hoover"`` (the
+        authors' integrator counts every Cartesian degree of freedom).
       cutoff: if given, use per-replica neighbour lists with this model cutoff (Å) plus
         ``skin``; if None, the energy function gets ``neighbor=None`` (dense all-pairs).
       skin: extra list cutoff (Å) covering one step of motion of two atoms.
@@ -347,6 +349,8 @@ def make_simulator(
             "is re-run from its input state)"
         )
     tau = thermostat.tau_from_ttime(20, dt) if tau is None else tau
+    if remove_com_dof is None:
+        remove_com_dof = integrator != "authors_nose_hoover"
     dof = thermostat.degrees_of_freedom(n_atoms, remove_com_dof)
     masses_j = jnp.asarray(masses_np, dtype=dtype)
     H = int(history_length)
