@@ -31,6 +31,7 @@ from stabie_jax.evaluation_metrics import pareto_front_mask
 __all__ = [
     "plot_diffusivity_convergence",
     "plot_element_rdfs",
+    "GRADIENT_KEYS",
     "plot_fraction_unstable",
     "plot_h_of_r",
     "plot_log_log_panels",
@@ -390,18 +391,29 @@ def plot_neff(
     return _save(fig, path)
 
 
+GRADIENT_KEYS = ("obs_grad_norm", "qm_grad_norm", "update_norm", "obs_share")
+"""Learning-epoch metrics drawn in the training plot's lower panel when the records have them."""
+
+
 def plot_training_curve(
     records: Sequence[Mapping],
     path,
     *,
     title: str = "StABlE training",
 ) -> pathlib.Path:
-    """Unstable fraction against epoch with learning phases shaded, learning rate on a twin axis.
+    """Unstable fraction against epoch with learning phases shaded, learning rate on a twin axis;
+    below it, when the records carry them, what each learning step was made of.
+
+    The lower panel (log scale) shows, per learning epoch, the norm of the observable gradient
+    and of the λ-weighted QM gradient (in the units of the hyperparameter convention, e.g. the
+    authors'), and ‖Δθ‖ of the applied update; the observable share of the update
+    (``⟨g_obs, g⟩/‖g‖²``, 1 = all observable, 0 = all QM) is on a twin axis.
 
     Args:
       records: the driver's ``metrics.jsonl`` records (keys ``epoch``, ``phase``
         ``"simulation"``/``"learning"``, ``unstable_fraction``, ``learning_rate``; optional
-        ``obs_loss``, ``simulated_ps``), e.g. ``stabie_jax.metrics_log.read_records(...)``.
+        ``obs_loss``, ``simulated_ps`` and the :data:`GRADIENT_KEYS`), e.g.
+        ``stabie_jax.metrics_log.read_records(...)``.
       path: output PNG.
       title: axes title.
     """
@@ -417,20 +429,26 @@ def plot_training_curve(
     )
     learning = np.array([r["phase"] == "learning" for r in records])
     lr = np.array([r.get("learning_rate") or 0.0 for r in records], np.float64)
-    fig, (ax,) = _figure(figsize=(6.5, 4))
+    steps = [r for r in records if r["phase"] == "learning" and r.get("obs_grad_norm") is not None]
+    if steps:
+        fig = Figure(figsize=(6.5, 6.5))
+        ax, ax_g = fig.subplots(2, 1, sharex=True, gridspec_kw=dict(height_ratios=(3, 2)))
+    else:
+        fig, (ax,) = _figure(figsize=(6.5, 4))
     shaded = False
     start = None
     for i, on in enumerate(np.append(learning, False)):
         if on and start is None:
             start = i
         elif not on and start is not None:
-            ax.axvspan(
-                epoch[start] - 0.5,
-                epoch[i - 1] + 0.5,
-                color="tab:orange",
-                alpha=0.15,
-                label=None if shaded else "learning phase",
-            )
+            for a in (ax, ax_g) if steps else (ax,):
+                a.axvspan(
+                    epoch[start] - 0.5,
+                    epoch[i - 1] + 0.5,
+                    color="tab:orange",
+                    alpha=0.15,
+                    label=None if shaded or a is not ax else "learning phase",
+                )
             shaded, start = True, None
     ax.plot(epoch, frac, color="tab:blue", lw=1.6, label="fraction unstable")
     ax.set_xlabel("epoch")
@@ -447,4 +465,38 @@ def plot_training_curve(
     if "simulated_ps" in records[-1]:
         title = f"{title} ({records[-1]['simulated_ps']:.0f} ps simulated per replica)"
     ax.set_title(title)
+    if steps:
+        _plot_gradient_panel(ax_g, steps)
     return _save(fig, path)
+
+
+def _plot_gradient_panel(ax, steps: Sequence[Mapping]) -> None:
+    """Lower panel of :func:`plot_training_curve`: gradient norms, update norm, share."""
+    e = np.array([r["epoch"] for r in steps], np.float64)
+
+    def series(key):
+        return np.array([np.nan if r.get(key) is None else r[key] for r in steps], np.float64)
+
+    styles = {
+        "obs_grad_norm": ("tab:red", "-", "‖∇L_obs‖"),
+        "qm_grad_norm": ("tab:purple", "-", "‖λ∇L_QM‖"),
+        "update_norm": ("black", ":", "‖Δθ‖ applied"),
+    }
+    for key, (color, ls, label) in styles.items():
+        y = series(key)
+        positive = np.where(y > 0, y, np.nan)
+        if _finite(positive):
+            ax.plot(e, positive, color=color, ls=ls, lw=1.2, marker=".", ms=3, label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("norm (convention units)")
+    share = series("obs_share")
+    lines, labels = ax.get_legend_handles_labels()
+    if _finite(share):
+        ax_s = ax.twinx()
+        ax_s.plot(e, share, color="tab:olive", lw=1.0, marker="x", ms=3, label="observable share")
+        ax_s.set_ylabel("observable share of the step")
+        ax_s.set_ylim(min(-0.05, np.nanmin(share) - 0.05), max(1.05, np.nanmax(share) + 0.05))
+        more = ax_s.get_legend_handles_labels()
+        lines, labels = lines + more[0], labels + more[1]
+    ax.legend(lines, labels, loc="lower left", fontsize=7, ncol=2)

@@ -133,6 +133,36 @@ def test_training_curve_from_metrics_records(tmp_path):
         plots.plot_training_curve([{"epoch": 1}], tmp_path / "x.png")
 
 
+def test_training_curve_draws_the_learning_steps_gradient_panel(tmp_path):
+    records = []
+    for epoch in range(1, 31):
+        learning = epoch >= 10
+        rec = {
+            "epoch": epoch,
+            "phase": "learning" if learning else "simulation",
+            "unstable_fraction": 0.8 if not learning else 0.8 - 0.02 * (epoch - 10),
+            "learning_rate": 1e-3 if learning else 0.0,
+        }
+        if learning:
+            rec.update(
+                obs_grad_norm=30.0 + epoch, qm_grad_norm=4.0, update_norm=1e-3, obs_share=0.95
+            )
+        records.append(rec)
+    plain = check_png(
+        plots.plot_training_curve(
+            [{k: v for k, v in r.items() if k not in plots.GRADIENT_KEYS} for r in records],
+            tmp_path / "plain.png",
+        )
+    )
+    full = check_png(plots.plot_training_curve(records, tmp_path / "full.png"))
+    assert full.shape[0] > 1.4 * plain.shape[0]  # a second panel below
+    rgb = full[..., :3]
+    red = (rgb[..., 0] > 0.7) & (rgb[..., 1] < 0.3) & (rgb[..., 2] < 0.3)  # tab:red obs norm
+    purple = (rgb[..., 0] > 0.5) & (rgb[..., 1] < 0.5) & (rgb[..., 2] > 0.65)  # tab:purple QM
+    assert red[full.shape[0] // 2 :].sum() > 50 and not red[: plain.shape[0] // 2].any()
+    assert purple[full.shape[0] // 2 :].sum() > 50
+
+
 def test_every_model_in_a_comparison_gets_its_own_colour():
     labels = ["baseline", "StABlE", "authors_StABlE", "ours_StABlE"]
     colours = [plots._color(label, i) for i, label in enumerate(labels)]
