@@ -32,6 +32,22 @@ from stabie_jax import evaluate as ev
 from stabie_jax import stabie as stabie_lib
 
 
+def _paired(baseline, other) -> dict:
+    """:func:`stabie_jax.evaluate.paired_stability_comparison` of two stability results."""
+    if not np.array_equal(baseline.initial_momenta, other.initial_momenta):
+        raise ValueError("evaluation results are not paired: initial momenta differ")
+    return ev.paired_stability_comparison(
+        baseline.stable_time_ps, baseline.censored, other.stable_time_ps, other.censored
+    )
+
+
+def _paired_summary(c: dict | None) -> str:
+    if c is None:
+        return "–"
+    p = "–" if c["wilcoxon_p"] is None else f"{c['wilcoxon_p']:.3g}"
+    return f"{c['longer']}/{c['shorter']}/{c['tied']}, p = {p}"
+
+
 def _simulator(potential, z, temperature_kelvin, config, n_replicas):
     dt = units.fs_to_internal(float(config.md.timestep_fs))
     return md.make_simulator(
@@ -195,6 +211,16 @@ def evaluate_molecule(config, workdir, molecule, pretrained_dir, stabie_dir, wal
     for name, (result, transfer) in stored.items():
         results[name], results[name + "_transfer"] = result, transfer
 
+    # --- Paired comparison of every other model with the baseline (same ICs and momenta) ------
+    if "baseline" in results:
+        for name in numbers:
+            if name == "baseline":
+                continue
+            numbers[name]["paired_vs_baseline"] = _paired(results["baseline"], results[name])
+            for tag, tr in results[name + "_transfer"].items():
+                base = results["baseline_transfer"][tag].stability
+                numbers[name][f"transfer_{tag}"]["paired_vs_baseline"] = _paired(base, tr.stability)
+
     # --- VACF against the reference trajectory (monitoring observable) ---------------------------
     vacf_ref = _reference_vacf(config, dt_fs, vacf_window) if vacf_window else None
     vacf_curves = {}
@@ -268,6 +294,10 @@ def evaluate_molecule(config, workdir, molecule, pretrained_dir, stabie_dir, wal
             "h(r) MAE": r["h_of_r"]["mae"],
             "energy MAE (kcal/mol)": r["test_errors"]["energy_mae_kcal_per_mol"],
             "force MAE (kcal/mol/Å)": r["test_errors"]["forces_mae_kcal_per_mol_per_angstrom"],
+            "unstable replicas": f"{int(np.sum(~np.asarray(results[name].censored)))} / {n_rep}",
+            "vs baseline: longer/shorter/tied, Wilcoxon p": _paired_summary(
+                r.get("paired_vs_baseline")
+            ),
         }
         for name, r in numbers.items()
         if name != "n_eff_curve"

@@ -10,6 +10,9 @@ reference data; all are re-exported by :mod:`stabie_jax.evaluate`.
   :func:`diffusivity_curve_m2_per_s` (``MSD/(6t)`` in m²/s), :func:`unwrap_positions`;
 * accuracy: :func:`qm_test_errors` (energy/force MAE and RMSE, eV and kcal/mol);
 * hyperparameter sweeps: :func:`pareto_front_mask`;
+* stability of two models from the same initial conditions: :func:`paired_stability_comparison`
+  (pairs longer/shorter/tied, Wilcoxon signed-rank, sign test, Fisher's exact test on the
+  failure counts);
 * temperature transfer (PAPER.md 3.2, A.9): :func:`reweighted_h_of_r_reference` and
   :func:`effective_sample_size_vs_temperature`, Boltzmann reweighting with the *potential*
   energy (see that function for why the kinetic energy is left out).
@@ -24,6 +27,7 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy import stats
 
 from stabie_jax import observables, reweighting, stability, units
 from stabie_jax.losses import LabelledFrames, qm_errors
@@ -36,6 +40,7 @@ __all__ = [
     "diffusivity_curve_m2_per_s",
     "effective_sample_size_vs_temperature",
     "h_of_r_errors",
+    "paired_stability_comparison",
     "pareto_front_mask",
     "qm_test_errors",
     "rdf_errors",
@@ -221,6 +226,63 @@ def pareto_front_mask(force_mae, stable_time) -> np.ndarray:
     better_eq = (x[None, :] <= x[:, None]) & (y[None, :] >= y[:, None])
     strictly = (x[None, :] < x[:, None]) | (y[None, :] > y[:, None])
     return ~np.any(better_eq & strictly, axis=1)
+
+
+def paired_stability_comparison(baseline_ps, baseline_censored, other_ps, other_censored) -> dict:
+    """Compare two models' stable times replica by replica (same initial conditions).
+
+    A pair is *tied* when both replicas outlived the run (both censored) or the times are equal;
+    a censored replica counts as longer than any failure shorter than the run. Tests
+    (two-sided): Wilcoxon signed-rank on the paired differences of the non-tied pairs (exact
+    for small samples; a censored time enters at the run length, which understates a gain), the
+    exact sign test on longer vs shorter, and Fisher's exact test on the numbers of replicas
+    that failed within the run.
+
+    Args:
+      baseline_ps, other_ps: ``[R]`` stable times, ps.
+      baseline_censored, other_censored: ``[R]`` bool, True where the replica never failed.
+
+    Returns:
+      dict with ``n_pairs``, ``longer``, ``shorter``, ``tied`` (of ``other`` vs the baseline),
+      ``failed_baseline``, ``failed_other``, ``wilcoxon_p``, ``sign_test_p``, ``fisher_p``,
+      ``median_difference_ps`` (over all pairs). p-values are None when undefined (no
+      non-tied pair).
+
+    Examples:
+      >>> c = paired_stability_comparison([1.0, 2.0, 5.0], [False, False, True],
+      ...                                 [3.0, 5.0, 5.0], [False, True, True])
+      >>> c["longer"], c["shorter"], c["tied"], c["failed_baseline"], c["failed_other"]
+      (2, 0, 1, 2, 1)
+    """
+    b, o = np.asarray(baseline_ps, np.float64), np.asarray(other_ps, np.float64)
+    bc, oc = np.asarray(baseline_censored, bool), np.asarray(other_censored, bool)
+    if not (b.shape == o.shape == bc.shape == oc.shape) or b.ndim != 1:
+        raise ValueError(
+            f"paired_stability_comparison: need four [R] arrays, got {b.shape}, {bc.shape}, "
+            f"{o.shape}, {oc.shape}"
+        )
+    diff = np.where(bc & oc, 0.0, o - b)
+    longer, shorter = int(np.sum(diff > 0)), int(np.sum(diff < 0))
+    n = len(b)
+    failed_b, failed_o = int(np.sum(~bc)), int(np.sum(~oc))
+    nonzero = diff[diff != 0]
+    wilcoxon_p = sign_p = None
+    if nonzero.size:
+        wilcoxon_p = float(stats.wilcoxon(nonzero, alternative="two-sided").pvalue)
+        sign_p = float(stats.binomtest(longer, longer + shorter, 0.5).pvalue)
+    fisher_p = float(stats.fisher_exact([[failed_b, n - failed_b], [failed_o, n - failed_o]])[1])
+    return {
+        "n_pairs": n,
+        "longer": longer,
+        "shorter": shorter,
+        "tied": n - longer - shorter,
+        "failed_baseline": failed_b,
+        "failed_other": failed_o,
+        "wilcoxon_p": wilcoxon_p,
+        "sign_test_p": sign_p,
+        "fisher_p": fisher_p,
+        "median_difference_ps": float(np.median(diff)) if n else None,
+    }
 
 
 def reweighted_h_of_r_reference(

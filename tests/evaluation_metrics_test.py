@@ -163,3 +163,53 @@ def test_reexported_by_evaluate():
 
     for name in metrics.__all__:
         assert getattr(evaluate, name) is getattr(metrics, name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Paired stability comparison
+
+
+def _hypergeometric_two_sided(a, b, c, d):
+    """Fisher's exact p for [[a, b], [c, d]] from the hypergeometric law, written out."""
+    from math import comb
+
+    row1, col1, n = a + b, a + c, a + b + c + d
+
+    def prob(x):
+        return comb(col1, x) * comb(n - col1, row1 - x) / comb(n, row1)
+
+    lo, hi = max(0, row1 + col1 - n), min(row1, col1)
+    p_obs = prob(a)
+    return sum(prob(x) for x in range(lo, hi + 1) if prob(x) <= p_obs * (1 + 1e-7))
+
+
+def test_paired_stability_comparison_counts_and_exact_tests():
+    from math import comb
+
+    # 16 ICs, 5 ps: baseline fails 8, the other 2; the other lasts longer in 7 pairs, shorter in 1
+    base = np.array([1.0, 2.0, 0.5, 3.0, 4.0, 1.5, 2.5, 4.5] + [5.0] * 8)
+    base_c = np.array([False] * 8 + [True] * 8)
+    other = np.array([5.0, 5.0, 5.0, 5.0, 5.0, 5.0, 3.5, 4.0] + [5.0] * 8)
+    other_c = np.array([True] * 6 + [False] * 2 + [True] * 8)
+    c = metrics.paired_stability_comparison(base, base_c, other, other_c)
+    assert (c["longer"], c["shorter"], c["tied"]) == (7, 1, 8)
+    assert (c["failed_baseline"], c["failed_other"]) == (8, 2)
+    np.testing.assert_allclose(c["fisher_p"], _hypergeometric_two_sided(8, 8, 2, 14), rtol=1e-9)
+    np.testing.assert_allclose(c["fisher_p"], 0.0537, atol=5e-4)
+    sign = 2 * sum(comb(8, k) for k in range(0, 2)) / 2**8  # two-sided, 1 of 8 shorter
+    np.testing.assert_allclose(c["sign_test_p"], sign, rtol=1e-9)
+    # differences 4, 3, 4.5, 2, 1, 3.5, 1, -0.5 (tied |d| -> normal approximation): W- = 1
+    assert c["wilcoxon_p"] is not None and c["wilcoxon_p"] < 0.05
+    # all positive, n = 5, no ties: exact two-sided p = 2 / 2^5
+    c5 = metrics.paired_stability_comparison(
+        np.arange(1.0, 6.0),
+        np.zeros(5, bool),
+        np.arange(1.0, 6.0) + np.arange(1, 6) * 0.1,
+        np.zeros(5, bool),
+    )
+    np.testing.assert_allclose(c5["wilcoxon_p"], 2 / 2**5, rtol=1e-9)
+    # identical models: everything tied, no test defined, Fisher p = 1
+    same = metrics.paired_stability_comparison(base, base_c, base, base_c)
+    assert same["tied"] == 16 and same["wilcoxon_p"] is None and same["fisher_p"] == 1.0
+    with pytest.raises(ValueError, match="four"):
+        metrics.paired_stability_comparison(base, base_c, other[:3], other_c[:3])
