@@ -326,3 +326,31 @@ def test_checkpoints_written_on_another_device_load_here(tmp_path):
     manager = ckpt.open_manager(tmp_path / "train")
     restored = ckpt.restore_checkpoint(manager, target=make_state(), fallback=False)
     assert_tree_equal(restored.state, make_state())
+
+
+def test_displacement_norms_and_cosines_between_saved_models(tmp_path, capsys):
+    from experiments import displacement
+
+    _, params, metadata = toy_model_and_metadata()
+    rng = np.random.default_rng(0)
+    d = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype), params)
+    e = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype), params)
+    moved = {
+        "start": params,
+        "a": jax.tree.map(lambda p, x: p + 1e-2 * x, params, d),
+        "b": jax.tree.map(lambda p, x: p + 3e-2 * x, params, d),
+        "c": jax.tree.map(lambda p, x: p - 2e-2 * x, params, d),
+        "e": jax.tree.map(lambda p, x: p + 1e-2 * x, params, e),
+    }
+    dirs = {n: str(ckpt.save_model_checkpoint(tmp_path / n, p, metadata)) for n, p in moved.items()}
+    out = displacement.displacements(dirs["start"], [dirs[n] for n in "abce"])
+    dn = float(np.sqrt(sum(float(jnp.sum(x.astype(jnp.float64) ** 2)) for x in jax.tree.leaves(d))))
+    np.testing.assert_allclose(out["norm"][dirs["a"]], 1e-2 * dn, rtol=1e-4)
+    np.testing.assert_allclose(out["norm"][dirs["b"]], 3e-2 * dn, rtol=1e-4)
+    np.testing.assert_allclose(out["cosine"][f"{dirs['a']} | {dirs['b']}"], 1.0, atol=1e-4)
+    np.testing.assert_allclose(out["cosine"][f"{dirs['a']} | {dirs['c']}"], -1.0, atol=1e-4)
+    # two independent random directions in many dimensions are nearly orthogonal
+    n = out["n_parameters"]
+    assert abs(out["cosine"][f"{dirs['a']} | {dirs['e']}"]) < 5 / np.sqrt(n)
+    assert displacement.main([dirs["start"], dirs["a"]]) == 0
+    assert '"start_norm"' in capsys.readouterr().out

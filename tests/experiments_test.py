@@ -81,6 +81,15 @@ def test_aspirin_pipeline_all_stages(tmp_path):
     assert set(details) >= {"baseline", "StABlE", "baseline_copy"}
     assert details["baseline_copy"]["stable_time_ps"] == details["baseline"]["stable_time_ps"]
     assert details["baseline_copy"]["h_of_r"] == details["baseline"]["h_of_r"]
+    # every model is compared with the baseline pair by pair: the copy ties on every IC
+    copy = details["baseline_copy"]["paired_vs_baseline"]
+    assert (copy["n_pairs"], copy["tied"], copy["fisher_p"]) == (4, 4, 1.0)
+    assert details["StABlE"]["paired_vs_baseline"]["n_pairs"] == 4
+    assert details["StABlE"]["transfer_700K"]["paired_vs_baseline"]["n_pairs"] == 4
+    assert (
+        "baseline_copy"
+        in json.loads((tmp_path / "evaluate" / "report.json").read_text())["results"]["comparison"]
+    )
     config.evaluate.extra_models = "no_directory_given"
     with pytest.raises(ValueError, match="NAME=DIR"):
         molecule.run(config, tmp_path)
