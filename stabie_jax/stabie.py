@@ -34,7 +34,8 @@ Deliberate differences from the authors' code (each documented in the README/RES
   :func:`stabie_jax.estimator.authors_hyperparameters_to_exact` (the update is then theirs);
 * the optimizer step happens in every learning epoch, including the one whose unstable fraction
   reaches ``f_min`` (PAPER.md Algorithm 1, lines 22–29);
-* a learning epoch whose gradient is non-finite is skipped and logged, never applied.
+* a learning epoch whose gradient is non-finite, whose estimator overflowed or had fewer than 2
+  valid samples is skipped and logged, never applied.
 
 Outputs in ``workdir``: ``metrics.jsonl`` (one line per epoch: phase, unstable fraction,
 simulated time, losses, learning rate; in learning epochs also the norms of the observable
@@ -291,21 +292,25 @@ class LearningStep(NamedTuple):
       params, opt_state: after the step (unchanged when it was not applied).
       metrics: host dict: the gradient metrics of :func:`make_gradient_fn` (norms multiplied by
         ``settings.gradient_scale``), ``update_norm`` (‖Δθ‖ of the applied step, 0 if skipped).
-      applied: False when the gradient was non-finite or the estimator reported an overflow.
+      applied: False when the step was skipped.
+      skipped: why it was skipped (estimator overflow, fewer than 2 valid samples, non-finite
+        loss or gradient), "" when applied.
     """
 
     params: Any
     opt_state: Any
     metrics: dict
     applied: bool
+    skipped: str = ""
 
 
 def make_learning_step(problem: StabieProblem, settings: StabieSettings) -> Callable:
     """``(params, opt_state, trajectory, key, learning_rate) -> LearningStep``: ONE optimizer
     step on ``L_obs + λ·L_QM`` from a recorded trajectory (clip, then SGD at the given rate).
 
-    This is the whole learning-phase update of the driver; a step whose loss or gradient is
-    non-finite, or whose estimator overflowed, is not applied.
+    This is the whole learning-phase update of the driver. A step is not applied when the
+    estimator overflowed, had fewer than 2 valid samples (no covariance: the step would be pure
+    QM or nothing), or the loss or gradient is non-finite.
     """
     optimizer = make_optimizer(settings)
     gradient_fn = make_gradient_fn(problem, settings.qm_weight)
@@ -319,12 +324,17 @@ def make_learning_step(problem: StabieProblem, settings: StabieSettings) -> Call
     def step(params, opt_state, trajectory, key, learning_rate) -> LearningStep:
         grads, metrics = gradient_fn(params, trajectory, key)
         metrics = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
-        overflow = bool(metrics.get("overflow", False))
-        finite = (
-            not overflow
-            and bool(np.isfinite(metrics["loss"]))
+        skipped = ""
+        if bool(metrics.get("overflow", False)):
+            skipped = "neighbour-list overflow in the estimator"
+        elif "n_samples" in metrics and int(metrics["n_samples"]) < 2:
+            skipped = f"{int(metrics['n_samples'])} valid estimator samples (need >= 2)"
+        elif not (
+            bool(np.isfinite(metrics["loss"]))
             and all(bool(np.all(np.isfinite(g))) for g in jax.tree.leaves(grads))
-        )
+        ):
+            skipped = "non-finite loss or gradient"
+        finite = not skipped
         update_norm = 0.0
         if finite:
             params, opt_state, norm = apply(grads, opt_state, params, learning_rate)
@@ -332,7 +342,7 @@ def make_learning_step(problem: StabieProblem, settings: StabieSettings) -> Call
         for name in ("obs_grad_norm", "qm_grad_norm", "grad_norm"):
             metrics[name] = metrics[name] * settings.gradient_scale
         metrics["update_norm"] = np.asarray(update_norm)
-        return LearningStep(params, opt_state, metrics, finite)
+        return LearningStep(params, opt_state, metrics, finite, skipped)
 
     return step
 
@@ -524,8 +534,7 @@ def run_stabie(
             f_unst = 1.0 - float(np.mean(stable))
             lr = counters.plateau().learning_rate
             result = learning_step(train.params, train.opt_state, traj, k_grad, lr)
-            params, opt_state, metrics, finite = result
-            overflow = bool(metrics.get("overflow", False))
+            params, opt_state, metrics, finite, skipped = result
             if finite:
                 counters = counters.bump(optimizer_steps=1)
             plateau = plateau_update(
@@ -556,10 +565,8 @@ def run_stabie(
                     )
                 },
             )
-            if overflow:
-                record["skipped"] = "neighbour-list overflow in the estimator"
-            elif not finite:
-                record["skipped"] = "non-finite gradient"
+            if skipped:
+                record["skipped"] = skipped
             end_reason = None
             if f_unst <= settings.f_min:
                 end_reason = "unstable fraction <= f_min"

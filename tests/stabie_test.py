@@ -130,9 +130,32 @@ def test_nonfinite_gradient_step_is_skipped(tmp_path):
         final, records = stabie.run_stabie(problem, settings, state, tmp_path, progress=False)
     learning = [r for r in records if r["phase"] == "learning"]
     assert learning and all(not r["step_applied"] for r in learning)
-    assert all(r["skipped"] == "non-finite gradient" for r in learning)
+    assert all(r["skipped"] == "non-finite loss or gradient" for r in learning)
     assert float(final.train.params["log_k"]) == pytest.approx(toy.LOG_K_PRETRAINED)
     assert int(final.train.counters.optimizer_steps) == 0
+
+
+def test_learning_step_without_estimator_samples_is_not_applied():
+    """No valid sample (every replica frozen or non-finite): no covariance, so no step, even
+    when the QM term alone would give a gradient."""
+
+    def observable_loss(params, trajectory, key, n=0):
+        return 0.0 * params["a"], {"n_samples": jnp.asarray(n)}
+
+    qm = lambda params, key: (params["a"] - 1.0) ** 2
+    settings = dataclasses.replace(toy.SETTINGS, qm_weight=1.0)
+    params = {"a": jnp.asarray(0.0)}
+    opt_state = stabie.make_optimizer(settings).init(params)
+    for n, applied in ((0, False), (1, False), (2, True)):
+        loss = lambda p, t, k, n=n: observable_loss(p, t, k, n)
+        step = stabie.make_learning_step(stabie.StabieProblem(None, None, loss, qm), settings)
+        out = step(params, opt_state, None, jax.random.key(0), 0.1)
+        assert out.applied is applied, n
+        if applied:
+            assert out.skipped == "" and float(out.params["a"]) > 0.0
+        else:
+            assert "valid estimator samples" in out.skipped
+            assert float(out.params["a"]) == 0.0 and float(out.metrics["update_norm"]) == 0.0
 
 
 def test_nan_replica_is_frozen_and_never_reaches_the_gradient(tmp_path):
