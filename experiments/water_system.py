@@ -159,6 +159,11 @@ def _potential_and_simulator(
 
 def run_stabie_stage(pretrained_dir, water: WaterData, config, workdir) -> pathlib.Path:
     s = config.stabie
+    if float(s.qm_weight) != 0.0:
+        raise ValueError(
+            f"config key stabie.qm_weight = {float(s.qm_weight)}: the water pipeline has no QM "
+            "loss term (the authors train water with lambda = 0); set --config.stabie.qm_weight=0"
+        )
     loaded = checkpoint.load_model_checkpoint(pretrained_dir)
     T = float(config.md.temperature_kelvin)
     t = int(s.steps_per_epoch)

@@ -215,3 +215,12 @@ def test_device_flags_take_effect_before_model_code_is_imported(system, tmp_path
     )
     assert "CpuDevice(id=2)" in done.stderr, done.stderr[-3000:]
     assert "unknown stage" in done.stderr
+
+
+def test_water_refuses_a_qm_weight_it_cannot_use(tmp_path):
+    from experiments import water_system
+
+    config = water.get_config("smoke")
+    config.stabie.qm_weight = 1.0
+    with pytest.raises(ValueError, match="stabie.qm_weight"):
+        water_system.run_stabie_stage(tmp_path / "no_model", None, config, tmp_path)
