@@ -11,10 +11,17 @@ and ``None``. It is written as ``result.npz`` (arrays, ``allow_pickle=False``) p
 ``result.json`` (structure, scalars and the fingerprint). Nothing is pickled.
 
 Examples:
-  >>> fp = fingerprint({"protocol": {...}, "params": checkpoint.state_checksum(params)})
-  >>> cached = load_result(out / "baseline", fp)          # None if absent or stale
-  >>> if cached is None:
-  ...     save_result(out / "baseline", result, fp)          # doctest: +SKIP
+  >>> import tempfile, pathlib, numpy as np
+  >>> out = pathlib.Path(tempfile.mkdtemp())
+  >>> fp = fingerprint({"protocol": {"n_replicas": 4}, "params": "sha256-of-the-params"})
+  >>> load_result(out / "baseline", fp) is None           # absent: compute it
+  True
+  >>> save_result(out / "baseline", {"stable_time_ps": np.array([1.0, 2.5])}, fp)
+  >>> result, extra = load_result(out / "baseline", fp)
+  >>> result["stable_time_ps"]
+  array([1. , 2.5])
+  >>> load_result(out / "baseline", fingerprint({"other": 1})) is None   # stale: recompute
+  True
 """
 
 from __future__ import annotations

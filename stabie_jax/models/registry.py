@@ -7,8 +7,12 @@ imports e3nn-jax or any model that is not used; extra kinds (e.g. tiny test mode
 with :func:`register_model`.
 
 Examples:
-  >>> module = build_model("schnet", cutoff=5.0)          # doctest: +SKIP
+  >>> module = build_model("schnet", cutoff=5.0, num_interactions=3)
   >>> hparams = model_hparams(module)                     # JSON-ready dict of fields
+  >>> hparams["cutoff"], hparams["num_interactions"]
+  (5.0, 3)
+  >>> build_model("schnet", **hparams) == module
+  True
 """
 
 from __future__ import annotations

@@ -50,8 +50,10 @@ scale/shift is applied around the potential instead
 
 Examples:
   >>> model = SchNet()                      # the paper's aspirin configuration
-  >>> # params = model.init(key, atomic_numbers, graph)["params"]      # doctest: +SKIP
-  >>> # per_atom_ev = model.apply({"params": params}, atomic_numbers, graph)  # doctest: +SKIP
+  >>> model.hidden, model.num_interactions, model.cutoff
+  (64, 6, 5.0)
+  >>> params = model.init(key, atomic_numbers, graph)["params"]       # doctest: +SKIP
+  >>> per_atom_ev = model.apply({"params": params}, atomic_numbers, graph)  # doctest: +SKIP
 
 References:
   K. T. Schütt et al., J. Chem. Phys. 148, 241722 (2018);
