@@ -56,7 +56,6 @@ def _simulator(potential, z, temperature_kelvin, config, n_replicas):
         dt=dt,
         kT=units.kT(temperature_kelvin),
         space=md.free_space(),
-        tau=md.tau_from_ttime(int(config.md.thermostat_ttime_steps), dt),
         history_every=int(config.evaluate.check_every_steps),
         history_length=1,
         mesh=md.replica_mesh(n_replicas),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import pathlib
 import time
 from typing import NamedTuple
@@ -214,6 +215,7 @@ class StabieInputs(NamedTuple):
     reference_temperature_kelvin: float | None = None  # of the reference frames; None = same
     replica_batch_size: int | None = None  # replicas per lax.map chunk per device; None = vmap
     integrator: str = "nose_hoover_chain"  # make_simulator(integrator=...); see md_integrator
+    chain_tau_factor: float = 1.0  # chain tau = factor * ttime * dt; see chain_tau_factor
     langevin_gamma_per_ps: float = 0.1  # friction of integrator="langevin", 1/ps
 
 
@@ -328,7 +330,7 @@ def build_stabie_problem(loaded: checkpoint.LoadedModel, molecule: MoleculeData,
         dt=dt,
         kT=kT,
         space=space,
-        tau=md.tau_from_ttime(inp.thermostat_ttime_steps, dt),
+        tau=inp.chain_tau_factor * inp.thermostat_ttime_steps * dt,
         history_every=t,
         history_length=inp.history_length,
         mesh=md.replica_mesh(inp.n_replicas),
@@ -488,11 +490,21 @@ def md_integrator(config, section: str = "md") -> str:
     return str(config[section].get("integrator", default))
 
 
+def chain_tau_factor(config) -> float:
+    """``tau / (ttime·dt)`` of JAX-MD's chain when a config chooses it: √2, the authors'
+    thermostat time scale (:func:`stabie_jax.md.chain_tau_from_ttime`). Configs saved before
+    ``md.integrator`` existed ran the chain at ``tau = ttime·dt`` and are read as they ran."""
+    return math.sqrt(2.0) if "integrator" in config.md else 1.0
+
+
 def integrator_kwargs(config, section: str = "md") -> dict:
     """``make_simulator`` keyword arguments choosing the integrator from the config (see
-    :func:`md_integrator`); ``tau`` for the chain is passed separately."""
+    :func:`md_integrator`), with the chain's ``tau`` (:func:`chain_tau_factor`)."""
+    dt = units.fs_to_internal(float(config.md.timestep_fs))
+    ttime = int(config.md.thermostat_ttime_steps)
     return dict(
         integrator=md_integrator(config, section),
+        tau=chain_tau_factor(config) * ttime * dt,
         ttime_steps=int(config.md.thermostat_ttime_steps),
         langevin_gamma=units.per_ps_to_internal(float(config.md.get("langevin_gamma_per_ps", 0.1))),
     )
@@ -541,6 +553,7 @@ def stabie_inputs_from_config(config) -> StabieInputs:
         ),
         reference_temperature_kelvin=reference_temperature(config),
         integrator=md_integrator(config),
+        chain_tau_factor=chain_tau_factor(config),
         langevin_gamma_per_ps=float(m.get("langevin_gamma_per_ps", 0.1)),
     )
 

@@ -145,7 +145,6 @@ def _potential_and_simulator(
         dt=dt,
         kT=units.kT(temperature_kelvin),
         space=space,
-        tau=md.tau_from_ttime(int(config.md.thermostat_ttime_steps), dt),
         cutoff=cutoff,
         skin=skin,
         history_every=history_every,

@@ -224,3 +224,21 @@ def test_water_refuses_a_qm_weight_it_cannot_use(tmp_path):
     config.stabie.qm_weight = 1.0
     with pytest.raises(ValueError, match="stabie.qm_weight"):
         water_system.run_stabie_stage(tmp_path / "no_model", None, config, tmp_path)
+
+
+def test_chain_thermostat_time_from_config_matches_the_authors_period():
+    """A config choosing JAX-MD's chain gets tau = sqrt(2)·ttime·dt (the authors' thermostat
+    period); a config saved before md.integrator existed is read as it ran (tau = ttime·dt)."""
+    from stabie_jax import units
+
+    config = aspirin.get_config("cpu")
+    config.md.integrator = "nose_hoover_chain"
+    dt = units.fs_to_internal(config.md.timestep_fs)
+    kw = molecule.integrator_kwargs(config)
+    assert kw["integrator"] == "nose_hoover_chain"
+    np.testing.assert_allclose(kw["tau"], np.sqrt(2.0) * 20 * dt, rtol=1e-12)
+    inputs = molecule.stabie_inputs_from_config(config)
+    np.testing.assert_allclose(inputs.chain_tau_factor, np.sqrt(2.0), rtol=1e-12)
+    del config.md["integrator"]
+    assert molecule.integrator_kwargs(config)["integrator"] == "nose_hoover_chain"
+    np.testing.assert_allclose(molecule.integrator_kwargs(config)["tau"], 20 * dt, rtol=1e-12)

@@ -67,7 +67,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.md.timestep_fs = 0.5
     c.md.thermostat_ttime_steps = 20  # authors: Q = 3N kT (ttime dt)^2
     # "authors_nose_hoover": the authors' single thermostat (MDsim mdsim/md/integrator.py);
-    # "nose_hoover_chain": JAX-MD's chain at tau = ttime * dt (same mass, sqrt(2) faster);
+    # "nose_hoover_chain": JAX-MD's chain at tau = sqrt(2) * ttime * dt (the authors' period);
     # "langevin": JAX-MD's BAOAB with friction langevin_gamma_per_ps.
     c.md.integrator = "authors_nose_hoover"
     c.md.langevin_gamma_per_ps = 0.1  # authors' Langevin friction, 1/ps
