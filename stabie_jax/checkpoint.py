@@ -100,7 +100,10 @@ def open_manager(
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, create=create, enable_async_checkpointing=async_save
     )
-    return ocp.CheckpointManager(path, options=options)
+    # Handlers named up front, so that a fresh manager can read a step's metadata (its leaf
+    # shapes) before anything is restored with it.
+    handlers = {"state": ocp.StandardCheckpointHandler(), "metadata": ocp.JsonCheckpointHandler()}
+    return ocp.CheckpointManager(path, options=options, item_handlers=handlers)
 
 
 def latest_step(directory) -> int | None:
@@ -210,6 +213,50 @@ def _quarantine(manager: ocp.CheckpointManager, step: int) -> pathlib.Path:
     return dest
 
 
+def _leaf_name(path) -> str:
+    parts = []
+    for entry in path:
+        for attr in ("name", "key", "idx"):
+            if hasattr(entry, attr):
+                parts.append(str(getattr(entry, attr)))
+                break
+    return "/".join(parts)
+
+
+def _shape(leaf) -> tuple:
+    shape = getattr(leaf, "shape", None)
+    return tuple(shape) if shape is not None else ()
+
+
+def _structure_mismatch(manager: ocp.CheckpointManager, step: int, abstract) -> list[str]:
+    """Differences between the leaves (paths and shapes) saved at ``step`` and ``abstract``.
+
+    Empty when they match or when the saved metadata cannot be read (then the restore itself
+    decides whether the step is corrupt).
+    """
+    try:
+        saved = manager.item_metadata(step)["state"]
+        saved = getattr(saved, "tree", saved)
+        saved = {
+            _leaf_name(p): _shape(x) for p, x in jax.tree_util.tree_flatten_with_path(saved)[0]
+        }
+    except Exception:  # noqa: BLE001 - unreadable metadata: leave it to the restore
+        return []
+    if not saved:  # no leaf metadata (damaged step): leave it to the restore
+        return []
+    wanted = {
+        _leaf_name(p): _shape(x) for p, x in jax.tree_util.tree_flatten_with_path(abstract)[0]
+    }
+    diffs = [f"{k}: not in this run's state" for k in sorted(set(saved) - set(wanted))]
+    diffs += [f"{k}: missing from the checkpoint" for k in sorted(set(wanted) - set(saved))]
+    diffs += [
+        f"{k}: saved shape {saved[k]}, this run expects {wanted[k]}"
+        for k in sorted(set(saved) & set(wanted))
+        if saved[k] != wanted[k]
+    ]
+    return diffs
+
+
 def restore_checkpoint(
     manager: ocp.CheckpointManager,
     target,
@@ -227,11 +274,16 @@ def restore_checkpoint(
       fallback: if the requested/latest step cannot be read or fails its checksum, warn,
         move it aside to ``corrupt_step_<n>`` and try the next older step.
 
+    A checkpoint whose leaves have other names or shapes than ``target`` (written by a run with
+    another configuration: replica count, model size, ...) is not corrupt: it is left in place
+    and a ``ValueError`` says which leaves differ.
+
     Returns:
       :class:`RestoredCheckpoint`.
 
     Raises:
-      ValueError: there is no (readable) checkpoint in the directory.
+      ValueError: there is no (readable) checkpoint in the directory, or the latest one was
+        written for a differently shaped state.
     """
     manager.wait_until_finished()
     manager.reload()
@@ -250,6 +302,17 @@ def restore_checkpoint(
     abstract = _abstract(target)
     errors = []
     for candidate in steps:
+        diffs = _structure_mismatch(manager, candidate, abstract)
+        if diffs:
+            shown = "; ".join(diffs[:6]) + (
+                f"; ... ({len(diffs)} in all)" if len(diffs) > 6 else ""
+            )
+            raise ValueError(
+                f"checkpoint step {candidate} in {manager.directory} was written for a different "
+                f"state than this run's ({shown}): it comes from a run with another "
+                "configuration (e.g. replica count or model size). Resume with the configuration "
+                "that wrote it, or start in another --workdir; the checkpoint was left in place."
+            )
         try:
             restored = manager.restore(
                 candidate,

@@ -77,6 +77,27 @@ def test_roundtrip_exact_with_metadata_and_keep_last(tmp_path):
         ckpt.restore_checkpoint(manager, target=make_state(0.0), step=1)
 
 
+def test_checkpoint_of_another_configuration_is_refused_not_quarantined(tmp_path):
+    """A valid checkpoint written for a differently shaped state (e.g. another replica count)
+    is left in place with an error naming the leaves; restoring with the right target works."""
+    directory = tmp_path / "ck"
+    save_steps(directory, [1, 2])
+    manager = ckpt.open_manager(directory, create=False)  # a fresh run resuming
+    wider = make_state(0.0)._replace(params={"w": jnp.zeros((3, 8)), "b": jnp.zeros(4)})
+    wider = wider._replace(opt_state=optax.adam(1e-3).init(wider.params))
+    with pytest.raises(ValueError, match=r"params/w: saved shape \(3, 4\), this run expects"):
+        ckpt.restore_checkpoint(manager, target=wider)
+    extra = make_state(0.0)._replace(params={**make_state(0.0).params, "c": jnp.zeros(2)})
+    extra = extra._replace(opt_state=optax.adam(1e-3).init(extra.params))
+    with pytest.raises(ValueError, match="params/c: missing from the checkpoint"):
+        ckpt.restore_checkpoint(manager, target=extra)
+    assert sorted(p.name for p in directory.iterdir() if p.name.isdigit()) == ["1", "2"]
+    assert not any(p.name.startswith("corrupt") for p in directory.iterdir())
+    restored = ckpt.restore_checkpoint(manager, target=make_state(0.0))
+    assert restored.step == 2
+    assert_tree_equal(restored.state, make_state(2.0))
+
+
 def _corrupt_data_files(step_dir: pathlib.Path):
     files = glob.glob(os.fspath(step_dir / "state" / "**" / "d" / "*"), recursive=True)
     assert files

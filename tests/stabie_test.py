@@ -135,6 +135,24 @@ def test_nonfinite_gradient_step_is_skipped(tmp_path):
     assert int(final.train.counters.optimizer_steps) == 0
 
 
+def test_resume_with_another_replica_count_is_refused_and_keeps_the_checkpoints(tmp_path):
+    sim = toy.make_simulator()
+    problem = toy.make_problem(sim, toy.reference_h(sim))
+    settings = dataclasses.replace(toy.SETTINGS, max_epochs=1)
+    params0 = {"log_k": jnp.asarray(toy.LOG_K_PRETRAINED, jnp.float32)}
+    state8 = stabie.init_state(
+        problem, settings, params0, toy.initial_positions(8), jax.random.PRNGKey(0)
+    )
+    stabie.run_stabie(problem, settings, state8, tmp_path, progress=False)
+    saved = sorted(p.name for p in (tmp_path / stabie.CHECKPOINT_DIR).iterdir())
+    state4 = stabie.init_state(
+        problem, settings, params0, toy.initial_positions(4), jax.random.PRNGKey(0)
+    )
+    with pytest.raises(ValueError, match="written for a different state"):
+        stabie.run_stabie(problem, settings, state4, tmp_path, progress=False)
+    assert sorted(p.name for p in (tmp_path / stabie.CHECKPOINT_DIR).iterdir()) == saved
+
+
 def test_learning_step_without_estimator_samples_is_not_applied():
     """No valid sample (every replica frozen or non-finite): no covariance, so no step, even
     when the QM term alone would give a gradient."""
