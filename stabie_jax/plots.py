@@ -464,7 +464,7 @@ def plot_training_curve(
     ax.legend(handles[0] + handles2[0], handles[1] + handles2[1], loc="upper right", fontsize=8)
     if "simulated_ps" in records[-1]:
         title = f"{title} ({records[-1]['simulated_ps']:.0f} ps simulated per replica)"
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     if steps:
         _plot_gradient_panel(ax_g, steps)
     return _save(fig, path)
@@ -473,9 +473,14 @@ def plot_training_curve(
 def _plot_gradient_panel(ax, steps: Sequence[Mapping]) -> None:
     """Lower panel of :func:`plot_training_curve`: gradient norms, update norm, share."""
     e = np.array([r["epoch"] for r in steps], np.float64)
+    # a NaN after the last step of each learning phase, so phases are not joined by a line
+    cut = np.flatnonzero(np.diff(e) > 1) + 1
 
     def series(key):
-        return np.array([np.nan if r.get(key) is None else r[key] for r in steps], np.float64)
+        y = np.array([np.nan if r.get(key) is None else r[key] for r in steps], np.float64)
+        return np.insert(y, cut, np.nan)
+
+    e = np.insert(e, cut, np.nan)
 
     styles = {
         "obs_grad_norm": ("tab:red", "-", "‖∇L_obs‖"),
@@ -499,4 +504,4 @@ def _plot_gradient_panel(ax, steps: Sequence[Mapping]) -> None:
         ax_s.set_ylim(min(-0.05, np.nanmin(share) - 0.05), max(1.05, np.nanmax(share) + 0.05))
         more = ax_s.get_legend_handles_labels()
         lines, labels = lines + more[0], labels + more[1]
-    ax.legend(lines, labels, loc="lower left", fontsize=7, ncol=2)
+    ax.legend(lines, labels, loc="best", fontsize=7, ncol=2)
