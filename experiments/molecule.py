@@ -231,7 +231,7 @@ def reference_h_of_r(
 
     The reference frames are canonical samples at ``reference_temperature_kelvin`` (MD17: the
     500 K AIMD run); at another temperature they are Boltzmann-reweighted with their energies,
-    as the authors do (REFERENCE_SETTINGS A2).
+    as the authors do (docs/method.md, Temperature transfer and N_eff).
     """
     positions = np.asarray(molecule.reference.positions)
     if reference_temperature_kelvin is None or np.isclose(

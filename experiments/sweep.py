@@ -1,9 +1,9 @@
 """Stability vs force-error Pareto front over the StABlE learning rate α and QM weight λ.
 
-PAPER.md A.10 / Fig. 9: higher α and lower λ buy stability at the cost of force error. This
-command pretrains once (or takes ``--config.init_checkpoint``), then StABlE-trains and evaluates
-one model per (α, λ) from the same pretrained model, and writes ``sweep.json`` and
-``pareto_front.png`` into the workdir:
+The paper's Fig. 9 (docs/method.md, Hyperparameter trade-off (alpha, lambda)): higher α and
+lower λ buy stability at the cost of force error. This command pretrains once (or takes
+``--config.init_checkpoint``), then StABlE-trains and evaluates one model per (α, λ) from the
+same pretrained model, and writes ``sweep.json`` and ``pareto_front.png`` into the workdir:
 
   python -m experiments.sweep --config=experiments/configs/aspirin.py:smoke \\
       --alphas=1e-5,1e-4,1e-3 --lambdas=1,10,100 --workdir=runs/aspirin_sweep

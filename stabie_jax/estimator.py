@@ -8,7 +8,8 @@ observable ``g(x)`` that does not depend on θ,
     \\frac{∂⟨g⟩}{∂θ} = -\\frac{1}{kT} \\mathrm{Cov}(g, ∇_θ U)
     ≈ -\\frac{1}{kT (N-1)} \\sum_i (g_i - \\bar g) ⊗ (∇_θ U_i - \\overline{∇_θ U})
 
-(PAPER.md eq. 6 / A.1; the ``1/(N-1)`` makes the covariance, hence the Jacobian, unbiased).
+(the paper's eq. 6, docs/method.md, Boltzmann estimator; the ``1/(N-1)`` makes the covariance,
+hence the Jacobian, unbiased).
 Three forms are provided (the first two take ``(params, samples, mask=None)``):
 
 * :func:`boltzmann_jacobian` returns the full Jacobian pytree (the signature of
@@ -24,12 +25,13 @@ Three forms are provided (the first two take ``(params, samples, mask=None)``):
   gradients. With ``chunk_size`` the observables and that pass run over chunks of samples, so
   memory beyond the inputs and the ``[N, n_obs]`` observable values does not grow with N.
   ``jax.grad`` / ``jax.value_and_grad`` of any loss of the expectation therefore just work.
-* The localized estimator (PAPER.md A.2): the energy of a neighbourhood is the sum of its
-  atoms' energies (:func:`local_energy_fn`), samples are (frame, neighbourhood) pairs
-  (:func:`gather_local_samples`), chosen by binning a deviation (:func:`select_neighbourhoods`).
+* The localized estimator (docs/method.md, Localized estimator): the energy of a neighbourhood
+  is the sum of its atoms' energies (:func:`local_energy_fn`), samples are (frame,
+  neighbourhood) pairs (:func:`gather_local_samples`), chosen by binning a deviation
+  (:func:`select_neighbourhoods`).
   :func:`localized_expectation` is the memory-flat form that evaluates each frame only once.
 
-Water pipeline (localized, PAPER.md A.7)::
+Water pipeline (localized; docs/paper_settings.md, Water)::
 
     neigh = molecule_neighbourhoods(atomic_numbers)                      # [64, 3] O, H, H
     dev = neighbourhood_max_deviation(frames, neigh, r0_oh, displacement_fn)   # [F, 64] Å
@@ -42,7 +44,8 @@ Water pipeline (localized, PAPER.md A.7)::
     )
     grads = jax.grad(loss)(params)
 
-**Minibatches** (``batch_size=B``, PAPER.md A.7: "N/B separate Boltzmann estimators ... averaged").
+**Minibatches** (``batch_size=B``; docs/method.md, Minibatches: the paper and the authors average
+``N/B`` separate minibatch estimators).
 Samples are cut into consecutive batches of B (shuffle time-ordered samples first); each batch
 gives its own unbiased estimator with its own means and ``B/(B-1)`` factor; the estimators are
 averaged with weights proportional to their number of valid samples (equal weights when all
@@ -513,7 +516,7 @@ def authors_learning_rate_to_exact(alpha: float, kT: float, n_samples: int) -> f
 
     StABlE-Training's estimator per minibatch of B states is
     ``Ê[g]Ê[∇U]ᵀ - Ê[g ∇Uᵀ] = kT·(B-1)/B · J_exact`` (no ``1/kT``, no ``B/(B-1)``;
-    REFERENCE_SETTINGS.md A2), so their step ``α·J_authorsᵀ v`` equals
+    docs/paper_settings.md, Common to all systems), so their step ``α·J_authorsᵀ v`` equals
     ``(α·kT·(B-1)/B)·J_exactᵀ v``.
 
     Args:
@@ -602,7 +605,7 @@ def authors_hyperparameters_to_exact(
 
 
 # ---------------------------------------------------------------------------------------------
-# Localized estimator (PAPER.md A.2, A.7 water).
+# Localized estimator (docs/method.md, Localized estimator).
 
 
 class LocalSample(NamedTuple):
@@ -756,12 +759,12 @@ def select_neighbourhoods(
 ) -> NeighbourhoodSelection:
     """Balance neighbourhoods by their deviation: equal-width bins, up to ``per_bin`` per bin.
 
-    PAPER.md A.7 (water): each molecule's max O–H bond-length deviation goes into one of 100
-    equal-width bins and a fixed number is drawn from each bin (paper: 5; the authors' code
-    5·R = 40 with R replicas). Bins span ``[min, max]`` of the valid deviations unless
-    ``value_range`` is given (values outside it go to the end bins). Within a bin the draw is
-    uniform without replacement, seeded by ``key``; bins with fewer candidates give all of them
-    and leave masked-out slots.
+    docs/method.md, Localized estimator (water): each molecule's max O–H bond-length deviation
+    goes into one of 100 equal-width bins and a fixed number is drawn from each bin (paper: 5;
+    the authors' code 5·R = 40 with R replicas). Bins span ``[min, max]`` of the valid
+    deviations unless ``value_range`` is given (values outside it go to the end bins). Within a
+    bin the draw is uniform without replacement, seeded by ``key``; bins with fewer candidates
+    give all of them and leave masked-out slots.
 
     Args:
       key: PRNG key.

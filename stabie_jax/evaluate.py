@@ -1,13 +1,13 @@
 """Evaluation of trained potentials: stable simulation time, observables, test errors.
 
-The paper's protocol (PAPER.md Table 5, A.5, A.8; ../shared/REFERENCE_SETTINGS.md A1
-"Evaluation", A2): many replicas start from held-out structures, with the *same* positions and
-momenta (same PRNG key) for the baseline and the StABlE-trained model, and are simulated in
-chunks of ``check_every_steps`` steps (the authors' 1-ps "epochs"). After every chunk the
-stability criterion is evaluated on the chunk's frames (recorded every ``sample_every`` steps);
-a replica that fails is frozen for good (the simulator's ``alive`` mask). The run stops at
-``total_steps`` or as soon as the unstable fraction reaches ``stop_fraction`` (authors: 0.99,
-water 0.95).
+The paper's protocol and the authors' evaluation settings (docs/method.md, Evaluation protocol;
+per system in docs/paper_settings.md): many replicas start from held-out structures, with the
+*same* positions and momenta (same PRNG key) for the baseline and the StABlE-trained model, and
+are simulated in chunks of ``check_every_steps`` steps (the authors' 1-ps "epochs"). After every
+chunk the stability criterion is evaluated on the chunk's frames (recorded every
+``sample_every`` steps); a replica that fails is frozen for good (the simulator's ``alive``
+mask). The run stops at ``total_steps`` or as soon as the unstable fraction reaches
+``stop_fraction`` (authors: 0.99, water 0.95).
 
 Definitions used throughout:
 
@@ -30,9 +30,9 @@ where it stopped.
 
 Metric helpers (:mod:`stabie_jax.evaluation_metrics`, re-exported here) compare with
 references: :func:`h_of_r_errors`, :func:`vacf_mae`, :func:`rdf_errors`, :func:`qm_test_errors`
-(eV and kcal/mol), diffusivity in m²/s. The temperature transfer (PAPER.md 3.2, A.9) is
-:func:`evaluate_temperature_transfer` with :func:`reweighted_h_of_r_reference` and
-:func:`effective_sample_size_vs_temperature`.
+(eV and kcal/mol), diffusivity in m²/s. The temperature transfer (docs/method.md, Temperature
+transfer and N_eff) is :func:`evaluate_temperature_transfer` with
+:func:`reweighted_h_of_r_reference` and :func:`effective_sample_size_vs_temperature`.
 
 Examples:
   >>> result = evaluate_stability(sim, params, test_positions, key, stable_fn=stable_fn,

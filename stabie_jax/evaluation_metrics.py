@@ -13,9 +13,10 @@ reference data; all are re-exported by :mod:`stabie_jax.evaluate`.
 * stability of two models from the same initial conditions: :func:`paired_stability_comparison`
   (pairs longer/shorter/tied, Wilcoxon signed-rank, sign test, Fisher's exact test on the
   failure counts);
-* temperature transfer (PAPER.md 3.2, A.9): :func:`reweighted_h_of_r_reference` and
-  :func:`effective_sample_size_vs_temperature`, Boltzmann reweighting with the *potential*
-  energy (see that function for why the kinetic energy is left out).
+* temperature transfer (docs/method.md, Temperature transfer and N_eff):
+  :func:`reweighted_h_of_r_reference` and :func:`effective_sample_size_vs_temperature`,
+  Boltzmann reweighting with the *potential* energy (see that function for why the kinetic
+  energy is left out).
 
 Units: Å, eV, ps/fs as named; diffusivities in m²/s.
 """
@@ -355,7 +356,9 @@ def _log_weights(energies, t_from, t_to) -> np.ndarray:
 def effective_sample_size_vs_temperature(
     potential_energies, temperature_kelvin: float, temperatures_kelvin
 ) -> tuple[np.ndarray, np.ndarray]:
-    """N_eff of reweighting samples from T₁ to each temperature (PAPER.md Fig. 8).
+    """N_eff of reweighting samples from T₁ to each temperature (the paper's Fig. 8).
+
+    See docs/method.md, Temperature transfer and N_eff.
 
     Args:
       potential_energies: ``[F]`` eV at T₁ (potential only; see

@@ -7,7 +7,7 @@
    L_{QM}(θ) = λ_U \\, \\overline{ℓ_U(U_b − U_θ(R_b))} + λ_F \\, \\overline{ℓ_F(F_b + ∇U_θ(R_b))}
 
 averaged over frames (weighted by an optional mask for padded batches). Choices, matching the
-authors' training codes (../shared/REFERENCE_SETTINGS.md B2):
+authors' training codes (docs/method.md, Pretraining recipes):
 
 * energy term ``"mse"`` (squared error, SchNet/NequIP) or ``"mae"`` (absolute error, GemNet);
   ``per_atom_energy=True`` divides the energy error by the number of atoms first (NequIP's

@@ -5,7 +5,7 @@ arbitrary leading batch axes (frames, replicas) and returns arrays with the same
 unless it explicitly averages over time (VACF, MSD: time is then the *first* axis, as in
 :class:`stabie_jax.md.Trajectory`).
 
-Definitions (``REFERENCE_SETTINGS.md`` A2, the authors' code):
+Definitions (docs/method.md, Observables and reference data; as in the authors' code):
 
 * ``h(r)`` (paper eq. in A.4): all ``N(N−1)`` ordered pair distances (no periodic images),
   Gaussian-smeared onto centres ``linspace(1e-6, r_max, n_bins)`` with σ = 0.01 Å, normalised to

@@ -1,7 +1,7 @@
 """Reduce-on-plateau learning-rate control as a pure function of an immutable state.
 
 Semantics of PyTorch's ``ReduceLROnPlateau(mode="min", threshold_mode="rel")``, which the
-authors' pretraining and StABlE training use (../shared/REFERENCE_SETTINGS.md A1, B2): a value
+authors' pretraining and StABlE training use (docs/method.md, Learning-rate schedule): a value
 *improves* when ``value < best·(1 − threshold)``; after more than ``patience`` consecutive
 non-improving updates the learning rate becomes ``max(lr·factor, min_lr)`` and the counter
 restarts. The state holds the learning rate itself, so a schedule reads it directly and a

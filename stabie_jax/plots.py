@@ -354,7 +354,9 @@ def plot_neff(
     chosen_kelvin: Sequence[float] = (),
     title: str = "Effective sample size of temperature reweighting",
 ) -> pathlib.Path:
-    """N_eff against reweighting temperature (PAPER.md Fig. 8).
+    """N_eff against reweighting temperature (the paper's Fig. 8).
+
+    See docs/method.md, Temperature transfer and N_eff.
 
     Args:
       temperatures_kelvin: ``[T]`` K.

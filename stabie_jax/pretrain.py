@@ -1,7 +1,7 @@
 """Energy/force pretraining of a potential (minimising L_QM, paper eq. 3) with optax.
 
-The loop follows the authors' recipes (../shared/REFERENCE_SETTINGS.md B2), available as
-:data:`RECIPES` and used as configurable defaults:
+The loop follows the authors' recipes (docs/method.md, Pretraining recipes; per system in
+docs/paper_settings.md), available as :data:`RECIPES` and used as configurable defaults:
 
 * minibatches of ``batch_size`` frames, reshuffled every epoch with
   ``fold_in(PRNGKey(seed), epoch)`` (so the batch order of epoch ``k`` does not depend on how the

@@ -1,4 +1,6 @@
-"""Temperature reweighting of canonical samples and its effective sample size (PAPER.md A.9).
+"""Temperature reweighting of canonical samples and its effective sample size.
+
+The method and the paper's use of it: docs/method.md, Temperature transfer and N_eff.
 
 Samples ``Γ_1..Γ_N`` drawn at temperature T1 (``kT1`` in eV) estimate averages at T2 with the
 self-normalised importance weights
@@ -14,7 +16,7 @@ underflow. The statistical quality is measured by the effective sample size
 large N it tends to ``N·exp(-KL(P_T2 ‖ P_T1))``). The paper keeps temperatures with
 ``N_eff ≥ 1000`` (350–700 K from 500 K aspirin data), see :func:`temperature_range`.
 
-**Which energy.** PAPER.md A.9 writes the Hamiltonian ``H = K + U``. For observables of the
+**Which energy.** The paper writes the Hamiltonian ``H = K + U``. For observables of the
 positions only (h(r), RDFs, bond lengths) the kinetic factor of the Boltzmann distribution
 integrates out exactly, so the potential energy alone (``kinetic_energies=None``, the default)
 gives the same expectation with a larger N_eff; MD17/rMD17 reference frames carry no momenta, so
@@ -173,7 +175,8 @@ def temperature_range(
 ) -> tuple[float, float, np.ndarray]:
     """Contiguous range of candidate temperatures around T1 with ``N_eff ≥ threshold``.
 
-    PAPER.md A.9 / Fig. 8: with threshold 1000 the 500 K aspirin data support 350–700 K.
+    The paper's criterion (docs/method.md, Temperature transfer and N_eff): with threshold 1000
+    the 500 K aspirin data support 350–700 K.
     Runs on the host: energies are shifted in float64 numpy before the device computation.
 
     Args:

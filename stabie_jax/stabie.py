@@ -1,9 +1,9 @@
 """The StABlE training driver: simulation and learning phases over immutable replica states.
 
-PAPER.md Algorithm 1 (A.3), with the authors' actual loop where the paper is vague
-(../shared/REFERENCE_SETTINGS.md A1). The driver is plain Python; every numerical step is a
-jitted pure function, and the whole run state is one pytree (:class:`StabieState`) so that a
-checkpoint taken after any epoch resumes bit-identically on the same machine.
+The paper's Algorithm 1, with the authors' actual loop where the paper is vague (docs/method.md,
+Training loop (simulation and learning phases)). The driver is plain Python; every numerical step
+is a jitted pure function, and the whole run state is one pytree (:class:`StabieState`) so that
+a checkpoint taken after any epoch resumes bit-identically on the same machine.
 
 One *epoch* advances all replicas ``t = steps_per_epoch`` MD steps.
 
@@ -33,7 +33,7 @@ Deliberate differences from the authors' code (each documented in the README/RES
   rate, QM weight and clip together with
   :func:`stabie_jax.estimator.authors_hyperparameters_to_exact` (the update is then theirs);
 * the optimizer step happens in every learning epoch, including the one whose unstable fraction
-  reaches ``f_min`` (PAPER.md Algorithm 1, lines 22–29);
+  reaches ``f_min`` (the paper's Algorithm 1, lines 22–29; docs/method.md, Training loop);
 * a learning epoch whose gradient is non-finite, whose estimator overflowed or had fewer than 2
   valid samples is skipped and logged, never applied.
 

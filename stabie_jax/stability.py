@@ -7,7 +7,7 @@ that produced NaN/inf is unstable). Reduce over frames with ``frame_axis`` (the 
 decides), e.g. on a :class:`stabie_jax.md.Trajectory` ``[F, R, N, 3]`` use ``frame_axis=0`` to
 get per-replica results ``[R]``.
 
-Criteria (``REFERENCE_SETTINGS.md`` A1/A2, paper section 4):
+Criteria (docs/method.md, Stability criteria; the authors' thresholds):
 
 * bond-length deviation: ``max_b |d_b − d_b^eq|`` over the molecule's bonds; unstable above
   0.25 Å (training) or 0.5 Å (evaluation);

@@ -43,10 +43,12 @@ EV_IN_KCAL_PER_MOL = 1.0 / KCAL_PER_MOL_IN_EV
 """One eV expressed in kcal/mol (23.0605...)."""
 
 MDSIM_KCAL_PER_MOL_PER_EV = 23.0605
-"""The rounded factor MDsim/StABlE-Training divide kcal/mol by to get "eV" (their data loaders;
-../shared/data/stable_checkpoints/PROVENANCE.md). Only for reproducing their numbers: at
-aspirin's ~-406,737 kcal/mol it differs from :data:`EV_IN_KCAL_PER_MOL` by a constant 0.84
-kcal/mol."""
+"""A rounded kcal/mol-per-eV factor, only for reproducing the authors' numbers. Their data
+preprocessing (MDsim ``preprocessing/*.py``, StABlE-Training ``data/*.py``) divides the kcal/mol
+energies and forces of MD17, MD22 and water by ``EV_TO_KCAL_MOL`` of ``mdsim/common/utils.py``
+to get "eV"; that constant is 23.06052 in both repositories, 2e-5 above this value. At
+aspirin's ~-406,737 kcal/mol, 23.0605 differs from :data:`EV_IN_KCAL_PER_MOL` by a constant
+0.84 kcal/mol (23.06052 by 0.49 kcal/mol)."""
 
 FEMTOSECOND_IN_INTERNAL = 1e-15 / (1e-10 * math.sqrt(ATOMIC_MASS_UNIT_KG / ELEMENTARY_CHARGE_C))
 """One femtosecond in internal time units Å·sqrt(amu/eV) (0.0982269...)."""

@@ -39,7 +39,9 @@ def run_fields(system: str) -> ml_collections.ConfigDict:
 
 
 def schedule_fields(stabie: ml_collections.ConfigDict, *, reset_probability: float) -> None:
-    """The authors' phase/learning-rate schedule, shared by all systems (REFERENCE_SETTINGS A1).
+    """The authors' phase/learning-rate schedule, shared by all systems.
+
+    See docs/method.md, Learning-rate schedule, and docs/paper_settings.md, Common to all systems.
 
     f_max 0.75, f_min 0, ReduceLROnPlateau on the unstable fraction (factor 0.2, patience 10),
     min_lr = α/25, 500 epochs, global gradient-norm clip 1 (authors' convention), checkpoints

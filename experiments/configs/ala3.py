@@ -18,7 +18,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.source = "md22_ac_ala3_nhme"
     c.data.n_val = 50
     c.data.n_test = 1000
-    # Authors' Ac-Ala3 NequIP (REFERENCE_SETTINGS B1): 3 layers, l_max 1, 32 channels per irrep.
+    # Authors' Ac-Ala3 NequIP (docs/paper_settings.md, Ac-Ala3-NHMe): 3 layers, l_max 1,
+    # 32 channels per irrep.
     c.model.kind = "nequip"
     c.model.hparams = ml_collections.ConfigDict(
         dict(
@@ -34,7 +35,7 @@ def base_config() -> ml_collections.ConfigDict:
     )
     c.pretrain.recipe = "nequip"
     c.pretrain.overrides = ml_collections.ConfigDict(dict(max_epochs=10_000))
-    c.observable.r_max_angstrom = 15.0  # MD22: 15 Å, 750 bins (REFERENCE_SETTINGS A2)
+    c.observable.r_max_angstrom = 15.0  # MD22: 15 Å, 750 bins (docs/paper_settings.md)
     c.observable.n_bins = 750
     c.stabie.max_epochs = 600
     c.evaluate.n_replicas = 48

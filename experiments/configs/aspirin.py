@@ -56,7 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
         )
     )
 
-    # --- pretraining (authors' recipe, REFERENCE_SETTINGS B2) -----------------------------------
+    # --- pretraining (authors' recipe; docs/method.md, Pretraining recipes) ---------------------
     c.pretrain = ml_collections.ConfigDict()
     c.pretrain.recipe = "schnet"
     c.pretrain.overrides = ml_collections.ConfigDict(dict(max_epochs=10_000))
@@ -77,13 +77,13 @@ def base_config() -> ml_collections.ConfigDict:
     # throughput at R = 128 on 2 cores (benchmarks/RESULTS.md). Same dynamics up to round-off.
     c.md.replica_batch_size = 0
 
-    # --- training observable: h(r) (REFERENCE_SETTINGS A2) ---------------------------------------
+    # --- training observable: h(r) (docs/method.md, Observables and reference data) -------------
     c.observable = ml_collections.ConfigDict()
     c.observable.r_max_angstrom = 10.0
     c.observable.n_bins = 500
     c.observable.sigma_angstrom = 0.01
 
-    # --- StABlE training (paper Table 2; authors' train.yml, REFERENCE_SETTINGS A1) -------------
+    # --- StABlE training (paper Table 2; authors' train.yml; docs/paper_settings.md, Aspirin) ----
     c.stabie = ml_collections.ConfigDict()
     c.stabie.n_replicas = 128
     c.stabie.steps_per_epoch = 2000

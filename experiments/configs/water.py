@@ -27,7 +27,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.contiguous = False
     c.data.max_reference_frames = 10_000
 
-    # GemNet-T as the authors ran it (MDsim configs/water/gemnet-T.yml; REFERENCE_SETTINGS B1).
+    # GemNet-T as the authors ran it (MDsim configs/water/gemnet-T.yml; docs/paper_settings.md,
+    # Water).
     c.model = ml_collections.ConfigDict()
     c.model.kind = "gemnet_t"
     c.model.hparams = ml_collections.ConfigDict(dict(cutoff=5.0))

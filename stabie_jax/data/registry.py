@@ -144,7 +144,7 @@ def _rmd17_files(part: str) -> tuple[RemoteFile, ...]:
             file_name=f"rmd17_aspirin_{part}_0{i}.npz",
             sha256=_RMD17_SHA[f"{part}_0{i}"],
             sha256_note=(
-                "sha256 of the copy staged in shared/data/rmd17_aspirin (byte-identical to "
+                "sha256 of a locally staged copy (byte-identical to "
                 f"andersx/rmd17-npz at commit {_RMD17_COMMIT}, CC0)."
             ),
         )

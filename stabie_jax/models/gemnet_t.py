@@ -95,8 +95,8 @@ from stabie_jax.models.graph import Graph, build_graph, dense_edges, edges_from_
 INV_SQRT_2 = 1.0 / math.sqrt(2.0)
 
 AUTHORS_PARAMETER_COUNT = 1_891_025
-"""GemNet-T water parameter count reported by the authors (REFERENCE_SETTINGS.md B1), including
-the 17 frozen scale factors."""
+"""GemNet-T water parameter count of the authors' model (docs/paper_settings.md, Water),
+including the 17 frozen scale factors."""
 
 MDSIM_WATER_SCALE_FACTORS = (
     5.5737762451171875,  # TripInteraction_1_had_rbf

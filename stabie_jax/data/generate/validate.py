@@ -5,7 +5,7 @@ Usage::
     python -m stabie_jax.data.generate.validate \\
         --aspirin stabie_jax/data/builtin/aspirin_xtb_500K.npz \\
         --water stabie_jax/data/builtin/water_spcfw_64_300K.npz [--water longer_run.npz] \\
-        --shared-reference ../shared/data/spcfw_water_64 --thermostat-study \\
+        --shared-reference DATA_DIR/spcfw_water_64 --thermostat-study \\
         --output benchmarks/results/reference_data.md
 
 Checks (each skipped with a note when its input or engine is missing):
@@ -438,8 +438,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         if isinstance(comp, dict):
             lines += [
                 "",
-                "### Agreement with the independent SPC/Fw reference "
-                "(../shared/data/spcfw_water_64)",
+                "### Agreement with the independent SPC/Fw reference (`--shared-reference`)",
                 "",
                 "| quantity | this data | reference | difference |",
                 "|---|---|---|---|",
