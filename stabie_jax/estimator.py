@@ -432,28 +432,7 @@ def boltzmann_expectation(
       -1.0
     """
 
-    @jax.custom_vjp
-    def _expectation(params, samples, mask):
-        g, obs_shape = _observables(observable_fn, samples, chunk_size)
-        return _masked_mean(g, mask).reshape(obs_shape)
-
-    def fwd(params, samples, mask):
-        g, obs_shape = _observables(observable_fn, samples, chunk_size)
-        return _masked_mean(g, mask).reshape(obs_shape), (params, samples, mask, g)
-
-    def bwd(residuals, v):
-        params, samples, mask, g = residuals
-        c = _sample_coefficients(g, mask, kT, batch_size, v)
-        return _weighted_energy_grad(energy_fn, params, samples, c, chunk_size), None, None
-
-    _expectation.defvjp(fwd, bwd)
-
-    def expectation(params, samples, mask=None):
-        n = _num_samples(samples)
-        mask = _resolve_mask(mask, n)
-        return _expectation(params, _guard(samples, mask), mask)
-
-    return jax.jit(expectation)
+    return _global(energy_fn, observable_fn, kT, batch_size, chunk_size, per_batch=False)
 
 
 def boltzmann_batch_means(
@@ -484,31 +463,45 @@ def boltzmann_batch_means(
       valid-sample counts, sum to 1, and are 0 for batches with fewer than 2 valid samples.
     """
 
+    return _global(energy_fn, observable_fn, kT, batch_size, chunk_size, per_batch=True)
+
+
+def _global(energy_fn, observable_fn, kT, batch_size, chunk_size, *, per_batch: bool):
+    """Shared body of :func:`boltzmann_expectation` and :func:`boltzmann_batch_means`."""
+
+    def value(g, mask, obs_shape):
+        if per_batch:
+            means, _ = _batch_means(g, mask, batch_size)
+            return means.reshape((-1,) + obs_shape)
+        return _masked_mean(g, mask).reshape(obs_shape)
+
     @jax.custom_vjp
-    def _means(params, samples, mask):
+    def _value(params, samples, mask):
         g, obs_shape = _observables(observable_fn, samples, chunk_size)
-        means, _ = _batch_means(g, mask, batch_size)
-        return means.reshape((-1,) + obs_shape)
+        return value(g, mask, obs_shape)
 
     def fwd(params, samples, mask):
         g, obs_shape = _observables(observable_fn, samples, chunk_size)
-        means, _ = _batch_means(g, mask, batch_size)
-        return means.reshape((-1,) + obs_shape), (params, samples, mask, g)
+        return value(g, mask, obs_shape), (params, samples, mask, g)
 
     def bwd(residuals, v):
         params, samples, mask, g = residuals
-        c = _batch_coefficients(g, mask, kT, batch_size, v)
+        coefficients = _batch_coefficients if per_batch else _sample_coefficients
+        c = coefficients(g, mask, kT, batch_size, v)
         return _weighted_energy_grad(energy_fn, params, samples, c, chunk_size), None, None
 
-    _means.defvjp(fwd, bwd)
+    _value.defvjp(fwd, bwd)
 
-    def batch_means(params, samples, mask=None):
+    def expectation(params, samples, mask=None):
         n = _num_samples(samples)
         mask = _resolve_mask(mask, n)
+        out = _value(params, _guard(samples, mask), mask)
+        if not per_batch:
+            return out
         _, _, weight, _ = _batch_structure(mask, n, batch_size, jnp.result_type(float))
-        return _means(params, _guard(samples, mask), mask), weight
+        return out, weight
 
-    return jax.jit(batch_means)
+    return jax.jit(expectation)
 
 
 def authors_learning_rate_to_exact(alpha: float, kT: float, n_samples: int) -> float:
