@@ -90,6 +90,21 @@ def flat(tree):
     return np.asarray(ravel_pytree(tree)[0])
 
 
+def one_authors_step(obs_loss, qm_loss, hp, params, trajectory, key):
+    """One stabie_jax learning step with converted hyperparameters ``hp``: ``(out, Δθ)``."""
+    settings = StabieSettings(
+        steps_per_epoch=1,
+        sample_every=1,
+        learning_rate=hp.learning_rate,
+        qm_weight=hp.qm_weight,
+        grad_clip_norm=hp.grad_clip_norm,
+        gradient_scale=hp.gradient_scale,
+    )
+    step = make_learning_step(StabieProblem(None, None, obs_loss, qm_loss), settings)
+    out = step(params, make_optimizer(settings).init(params), trajectory, key, hp.learning_rate)
+    return out, flat(out.params) - flat(params)
+
+
 # ---------------------------------------------------------------------------------------------
 # Global h(r) estimator: a small SchNet on real rMD17 aspirin frames.
 
@@ -172,19 +187,9 @@ def test_global_hr_learning_step_equals_authors_update(aspirin, clip):
             vjp="per_batch",
         )
         hp = molecule.exact_hyperparameters("authors", alpha, lam, clip, kT, B)
-        settings = StabieSettings(
-            steps_per_epoch=1,
-            sample_every=1,
-            learning_rate=hp.learning_rate,
-            qm_weight=hp.qm_weight,
-            grad_clip_norm=hp.grad_clip_norm,
-            gradient_scale=hp.gradient_scale,
-        )
-        step = make_learning_step(StabieProblem(None, None, obs_loss, qm_loss_fn), settings)
         key = jax.random.key(7)
-        out = step(params, make_optimizer(settings).init(params), traj, key, hp.learning_rate)
+        out, delta_ours = one_authors_step(obs_loss, qm_loss_fn, hp, params, traj, key)
         assert out.applied
-        delta_ours = flat(out.params) - flat(params)
 
         # ---- the authors' side: samples in the same shuffled order, invalid ones dropped ----
         k_obs, _ = jax.random.split(key)
@@ -265,16 +270,7 @@ def test_mean_reduction_with_its_conversion_is_the_same_update(aspirin):
             hp = molecule.exact_hyperparameters(
                 "authors", 1e-3, 0.0, 1.0, kT, B, reduction=reduction, n_observable=N_BINS
             )
-            settings = StabieSettings(1, 1, hp.learning_rate, 0.0, grad_clip_norm=hp.grad_clip_norm)
-            step = make_learning_step(StabieProblem(None, None, loss, None), settings)
-            out = step(
-                params,
-                make_optimizer(settings).init(params),
-                traj,
-                jax.random.key(3),
-                hp.learning_rate,
-            )
-            deltas[reduction] = flat(out.params) - flat(params)
+            _, deltas[reduction] = one_authors_step(loss, None, hp, params, traj, jax.random.key(3))
     rel = np.linalg.norm(deltas["mean"] - deltas["sum"]) / np.linalg.norm(deltas["sum"])
     assert rel < 1e-9, rel
     assert np.linalg.norm(deltas["sum"]) > 0
@@ -331,19 +327,9 @@ def test_localized_water_learning_step_equals_authors_update():
             vjp="per_batch",
         )
         hp = molecule.exact_hyperparameters("authors", alpha, 0.0, 1.0, kT, B)
-        settings = StabieSettings(
-            1,
-            1,
-            hp.learning_rate,
-            0.0,
-            grad_clip_norm=hp.grad_clip_norm,
-            gradient_scale=hp.gradient_scale,
-        )
-        step = make_learning_step(StabieProblem(None, None, loss, None), settings)
         key = jax.random.key(11)
-        out = step(params, make_optimizer(settings).init(params), traj, key, hp.learning_rate)
+        out, delta_ours = one_authors_step(loss, None, hp, params, traj, key)
         assert out.applied
-        delta_ours = flat(out.params) - flat(params)
 
         # ---- the authors' side: the same selection and order, their formulas ----
         k_obs, _ = jax.random.split(key)
