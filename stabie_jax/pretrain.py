@@ -94,11 +94,17 @@ class PretrainSettings:
       gradient_clip_norm: global-norm clipping threshold, or None.
       warmup_steps: optimizer steps of linear warm-up (0: none).
       warmup_factor: warm-up starts at ``warmup_factor · lr``.
+      schedule: ``"plateau"`` (the authors': multiply by ``plateau_factor`` when the validation
+        loss stalls) or ``"cosine"`` (after the warm-up, a cosine decay from ``learning_rate``
+        to ``cosine_final_factor · learning_rate`` at epoch ``max_epochs``; no plateau steps).
+      cosine_final_factor: final/initial learning rate of the cosine schedule.
       plateau_factor: learning-rate factor on a validation-loss plateau.
       plateau_patience: epochs without improvement tolerated before reducing.
       plateau_threshold: relative improvement that counts.
       min_learning_rate: learning-rate floor.
       stop_at_min_learning_rate: stop once the plateau rate has reached the floor.
+      max_wall_seconds: stop after this many seconds of training, summed over resumptions
+        (None: no limit).
       early_stopping_patience: stop after this many epochs without a better validation
         force MAE (None: never).
       ema_decay: EMA decay of the evaluated parameters, or None.
@@ -126,11 +132,14 @@ class PretrainSettings:
     gradient_clip_norm: float | None = None
     warmup_steps: int = 5000
     warmup_factor: float = 0.2
+    schedule: str = "plateau"
+    cosine_final_factor: float = 0.01
     plateau_factor: float = 0.8
     plateau_patience: int = 5
     plateau_threshold: float = 1e-4
     min_learning_rate: float = 1e-6
     stop_at_min_learning_rate: bool = False
+    max_wall_seconds: float | None = None
     early_stopping_patience: int | None = 50
     ema_decay: float | None = None
     fit_energy_shift: bool = True
@@ -149,7 +158,9 @@ _RESUMABLE_CHANGES = (
     "max_checkpoints_to_keep",
     "checkpoint_every_epochs",
     "eval_batch_size",
+    "max_wall_seconds",
 )
+SCHEDULES = ("plateau", "cosine")
 
 RECIPES: dict[str, PretrainSettings] = {
     # MDsim configs/md17/schnet.yml: Adam 1e-3, batch 100, warm-up 5000 steps x0.2,
@@ -249,6 +260,12 @@ def warmup_multiplier(step, warmup_steps: int, warmup_factor: float):
     return warmup_factor + (1.0 - warmup_factor) * frac
 
 
+def cosine_multiplier(step, total_steps, final_factor: float):
+    """Cosine factor from 1 at step 0 to ``final_factor`` at ``total_steps`` (then constant)."""
+    frac = jnp.clip(step.astype(jnp.float32) / jnp.maximum(total_steps, 1), 0.0, 1.0)
+    return final_factor + (1.0 - final_factor) * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
+
+
 def _as_frames(data, name: str, energy_offset: float = 0.0) -> LabelledFrames:
     """Validated device arrays; ``energy_offset`` (eV) is subtracted in float64 first."""
     try:
@@ -318,6 +335,7 @@ def _static_settings(settings: PretrainSettings) -> PretrainSettings:
         checkpoint_every_epochs=1,
         max_checkpoints_to_keep=0,
         eval_batch_size=None,
+        max_wall_seconds=None,
         seed=0,
     )
 
@@ -403,13 +421,16 @@ def _train_epoch(
     ema,
     step,
     plateau_lr,
+    total_steps,
     energy_scale,
     per_atom_shift,
     frames,
     idx,
     w,
 ):
-    """One epoch: ``lax.scan`` of optimizer steps over ``[n_batches, batch]`` indices."""
+    """One epoch: ``lax.scan`` of optimizer steps over ``[n_batches, batch]`` indices.
+
+    ``total_steps`` (optimizer steps of the whole run) sets the cosine schedule's length."""
     loss_fn = _loss_fn(potential, settings, energy_scale, per_atom_shift)
     optimizer = make_optimizer(settings)
     ema_decay = settings.ema_decay
@@ -421,6 +442,8 @@ def _train_epoch(
             params, _gather(frames, idx), w
         )
         lr = plateau_lr * warmup_multiplier(step, settings.warmup_steps, settings.warmup_factor)
+        if settings.schedule == "cosine":
+            lr = lr * cosine_multiplier(step, total_steps, settings.cosine_final_factor)
         direction, opt_state = optimizer.update(grads, opt_state, params)
         params = jax.tree.map(lambda p, d: p - lr * d, params, direction)
         if ema_decay is None:
@@ -448,10 +471,13 @@ def _settings_json(settings: PretrainSettings) -> dict:
 
 def _check_resume_compatible(saved: dict, settings: PretrainSettings, workdir) -> None:
     current = _settings_json(settings)
+    # The cosine schedule's length is max_epochs: changing it would change the past schedule.
+    fixed = {"max_epochs"} if settings.schedule == "cosine" else set()
+    saved = {"schedule": "plateau", "cosine_final_factor": 0.01, "max_wall_seconds": None, **saved}
     diffs = [
         f"{k}: checkpoint {saved.get(k)!r} vs now {v!r}"
         for k, v in current.items()
-        if k not in _RESUMABLE_CHANGES and saved.get(k) != v
+        if (k not in _RESUMABLE_CHANGES or k in fixed) and saved.get(k) != v
     ]
     if diffs:
         raise ValueError(
@@ -540,6 +566,8 @@ def pretrain(
     per_atom_shift = np.zeros(z.shape, np.float32)  # already taken off the labels
     static = _static_settings(settings)
     check_loss_names(settings.energy_loss, settings.force_loss)
+    if settings.schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {settings.schedule!r}")
     optimizer = make_optimizer(settings)
     evaluate = make_evaluate_fn(potential, settings, energy_scale, per_atom_shift)
 
@@ -573,8 +601,10 @@ def pretrain(
         state = restored.state
         stop_reason = restored.metadata.get("stop_reason")
         _truncate_metrics(metrics_path, state.epoch)
+        elapsed = float(restored.metadata.get("metrics", {}).get("wall_seconds", 0.0))
         logging.info("resumed pretraining from epoch %d in %s", state.epoch, workdir)
     else:
+        elapsed = 0.0
         _truncate_metrics(metrics_path, -1)
         initial = evaluate(state.params, val_frames)
         with metrics_path.open("a") as f:
@@ -595,6 +625,7 @@ def pretrain(
         epoch_key = jax.random.fold_in(state.key, state.epoch)
         order = np.asarray(jax.random.permutation(epoch_key, n_train))
         idx, w = _batches(n_train, min(settings.batch_size, n_train), order)
+        total_steps = settings.max_epochs * idx.shape[0]
         (params, opt_state, ema, step), batch_metrics = _train_epoch(
             potential=potential,
             settings=static,
@@ -603,6 +634,7 @@ def pretrain(
             ema=state.ema_params,
             step=state.step,
             plateau_lr=jnp.float32(state.plateau.learning_rate),
+            total_steps=jnp.int32(total_steps),
             energy_scale=jnp.float32(energy_scale),
             per_atom_shift=jnp.asarray(per_atom_shift),
             frames=train_frames,
@@ -618,7 +650,7 @@ def pretrain(
             )
         val_metrics = evaluate(ema, val_frames)
         epoch = state.epoch + 1
-        plateau = plateau_update(
+        plateau = state.plateau if settings.schedule == "cosine" else plateau_update(
             state.plateau,
             val_metrics["loss"],
             factor=settings.plateau_factor,
@@ -651,6 +683,9 @@ def pretrain(
             plateau.learning_rate <= settings.min_learning_rate
         ):
             stop_reason = "min_learning_rate"
+        elapsed += time.perf_counter() - t0
+        if settings.max_wall_seconds is not None and elapsed >= settings.max_wall_seconds:
+            stop_reason = "wall_clock"
         record = {
             "epoch": epoch,
             "step": int(step),
@@ -661,6 +696,7 @@ def pretrain(
             "train_force_mae_ev_per_angstrom": float(sums[:, 2].sum() / count),
             **{f"val_{k}": v for k, v in val_metrics.items()},
             "epoch_seconds": time.perf_counter() - t0,
+            "wall_seconds": elapsed,
         }
         # Log first: lines past the checkpoint a resumed run starts from are dropped on resume.
         with metrics_path.open("a") as f:
