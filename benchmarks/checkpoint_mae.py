@@ -12,7 +12,9 @@ Usage::
     python benchmarks/checkpoint_mae.py                      # ../shared/data, default output
     python benchmarks/checkpoint_mae.py --data DIR --out benchmarks/results/checkpoint_mae.md
 
-Needs the ``torch`` extra (and torch_geometric for the cross-check).
+Needs the ``torch`` extra (and torch_geometric for the cross-check). ``--model LABEL=DIR``
+(repeatable) adds stabie_jax model checkpoints (e.g. ``runs/.../model_pretrained``) to the table,
+evaluated the same way; ``--no-authors`` leaves the authors' checkpoints out.
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ from importlib import metadata as importlib_metadata
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax_md import space
 
-from stabie_jax import interop
+from stabie_jax import checkpoint, interop
 from stabie_jax.report import cpu_model
 from stabie_jax.units import EV_IN_KCAL_PER_MOL, MDSIM_KCAL_PER_MOL_PER_EV, ev_to_kcal_per_mol
 
@@ -116,13 +119,27 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--check-every", type=int, default=100, help="cross-check every k-th frame with PyG"
     )
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="LABEL=DIR",
+        help="a stabie_jax model checkpoint to evaluate too (repeatable)",
+    )
+    parser.add_argument("--no-authors", action="store_true", help="skip the authors' checkpoints")
     args = parser.parse_args(argv)
+    own = {}
+    for spec in args.model:
+        label, sep, directory = spec.partition("=")
+        if not sep or not label or not directory:
+            parser.error(f"--model wants LABEL=DIR, got {spec!r}")
+        own[label] = pathlib.Path(directory)
 
     files, z, positions, e_label, f_label, indices = load_test_frames(args.data)
     unique = np.unique(indices, return_index=True)[1]
     rows, checks = {}, {}
     t0 = time.perf_counter()
-    for label, name in CHECKPOINTS.items():
+    for label, name in ({} if args.no_authors else CHECKPOINTS).items():
         path = args.data / "stable_checkpoints" / "schnet_aspirin" / name
         potential, params, meta = interop.import_torch_checkpoint(path, atomic_numbers=z)
         e, f = evaluate(potential, params, positions, args.batch)
@@ -147,6 +164,20 @@ def main(argv=None) -> int:
                 "(float64, torch_geometric SchNet on the same checkpoint)"
             )
         print(label, rows[label][0], checks[label], flush=True)
+    for label, directory in own.items():
+        loaded = checkpoint.load_model_checkpoint(directory)
+        if tuple(loaded.metadata.atomic_numbers) != tuple(int(a) for a in z):
+            raise SystemExit(f"{directory}: the model's atomic numbers differ from the test set's")
+        displacement, _ = space.free()
+        potential = checkpoint.make_model_potential(loaded.module, loaded.metadata, displacement)
+        e, f = evaluate(potential, loaded.params, positions, args.batch)
+        rows[label] = (
+            metrics(e, f, e_label, f_label),
+            metrics(e[unique], f[unique], e_label[unique], f_label[unique]),
+            str(directory),
+        )
+        checks[label] = f"stabie_jax model checkpoint {directory}"
+        print(label, rows[label][0], flush=True)
     elapsed = time.perf_counter() - t0
 
     conversion_offset = np.mean(e_label) * (EV_IN_KCAL_PER_MOL / MDSIM_KCAL_PER_MOL_PER_EV - 1)
@@ -162,7 +193,7 @@ def main(argv=None) -> int:
         f"- command: `{command}` (from the repository root; {elapsed:.0f} s)",
         "- checkpoints: the authors' `pretrained_1k.pt` and `stable_trained.pt` "
         "(../shared/data/stable_checkpoints/schnet_aspirin, sha256 "
-        + ", ".join(f"{k} {v[2][:12]}…" for k, v in rows.items())
+        + ", ".join(f"{k} {v[2][:12]}…" for k, v in rows.items() if k not in own)
         + "), imported with `stabie_jax.interop.import_torch_checkpoint`, evaluated in float64 "
         "by stabie_jax's SchNet (energy = output x std + mean, forces = -dE/dR).",
         f"- frames: all {len(positions)} frames of the {len(files)} rMD17 aspirin test splits "
@@ -182,7 +213,7 @@ def main(argv=None) -> int:
             lines.append(
                 f"| {label} | {m['frames']} | {m['e_mae']:.3f} | {m['e_offset']:+.3f} | "
                 f"{m['e_mae_centered']:.3f} | {m['e_mae_mdsim']:.3f} | {m['f_mae']:.3f} | "
-                f"{PAPER_ENERGY_MAE_KCAL[label]} |"
+                f"{PAPER_ENERGY_MAE_KCAL.get(label, '—')} |"
             )
     lines += [
         "",

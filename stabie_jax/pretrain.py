@@ -650,13 +650,17 @@ def pretrain(
             )
         val_metrics = evaluate(ema, val_frames)
         epoch = state.epoch + 1
-        plateau = state.plateau if settings.schedule == "cosine" else plateau_update(
-            state.plateau,
-            val_metrics["loss"],
-            factor=settings.plateau_factor,
-            patience=settings.plateau_patience,
-            min_lr=settings.min_learning_rate,
-            threshold=settings.plateau_threshold,
+        plateau = (
+            state.plateau
+            if settings.schedule == "cosine"
+            else plateau_update(
+                state.plateau,
+                val_metrics["loss"],
+                factor=settings.plateau_factor,
+                patience=settings.plateau_patience,
+                min_lr=settings.min_learning_rate,
+                threshold=settings.plateau_threshold,
+            )
         )
         improved = val_metrics["force_mae_ev_per_angstrom"] < state.best_val_force_mae
         state = PretrainState(

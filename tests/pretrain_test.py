@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -150,7 +151,9 @@ def test_resume_after_interruption_is_bit_identical(tmp_path):
     )
     for x, y in zip(jax.tree.leaves(full), jax.tree.leaves(resumed), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-    strip = lambda ms: [{k: v for k, v in m.items() if k != "epoch_seconds"} for m in ms]
+    strip = lambda ms: [
+        {k: v for k, v in m.items() if k not in ("epoch_seconds", "wall_seconds")} for m in ms
+    ]
     metrics_a, metrics_b = read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")
     assert strip(metrics_a) == strip(metrics_b)
     # plateau_patience=0 makes the learning rate move, so the schedule state was restored too.
@@ -372,7 +375,9 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted(tmp_path):
     )
     for x, y in zip(jax.tree.leaves(full), jax.tree.leaves(resumed), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-    strip = lambda ms: [{k: v for k, v in m.items() if k != "epoch_seconds"} for m in ms]
+    strip = lambda ms: [
+        {k: v for k, v in m.items() if k not in ("epoch_seconds", "wall_seconds")} for m in ms
+    ]
     assert strip(read_metrics(workdir)) == strip(read_metrics(tmp_path / "full"))
 
 
@@ -457,3 +462,44 @@ def test_ema_of_gemnet_recipe_is_the_exponential_average(tmp_path):
         np.testing.assert_allclose(e, decay * p0 + (1 - decay) * p1, rtol=1e-5, atol=1e-7)
         moved = max(moved, float(np.abs(np.asarray(p1) - np.asarray(p0)).max()))
     assert moved > 1e-4 and np.isfinite(rep_raw["val"]["loss"])
+
+
+def test_cosine_schedule_wall_clock_budget_and_resume_rules(tmp_path):
+    train, val = lj_splits(16, 8)
+    pot, params = toy_setup(hidden=4)
+    settings = recipe(
+        "schnet",
+        learning_rate=4e-3,
+        batch_size=8,  # 2 optimizer steps per epoch
+        max_epochs=6,
+        warmup_steps=3,
+        warmup_factor=0.5,
+        schedule="cosine",
+        cosine_final_factor=0.1,
+        plateau_patience=0,
+        plateau_threshold=0.99,  # would cut the rate every epoch under the plateau schedule
+        early_stopping_patience=None,
+        progress_bar=False,
+    )
+    run = lambda s, d: pretrain(
+        pot, params, train, val, atomic_numbers=Z_AR3, settings=s, workdir=d
+    )
+    _, report = run(settings, tmp_path / "cosine")
+    logged = [m["lr"] for m in read_metrics(tmp_path / "cosine")[1:]]  # last step of each epoch
+    total = 6 * 2
+    expected = []
+    for epoch in range(1, 7):
+        step = 2 * epoch - 1
+        warm = 0.5 + 0.5 * min(step / 3, 1.0)
+        expected.append(4e-3 * warm * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * step / total))))
+    np.testing.assert_allclose(logged, expected, rtol=1e-5)
+    assert report["final_learning_rate"] == 4e-3  # no plateau steps under the cosine schedule
+    # The cosine length is max_epochs: resuming with another max_epochs would rewrite it.
+    with pytest.raises(ValueError, match="max_epochs"):
+        run(dataclasses.replace(settings, max_epochs=8), tmp_path / "cosine")
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        run(dataclasses.replace(settings, schedule="linear"), tmp_path / "bad")
+    # A wall-clock budget of ~0 s stops after the first epoch, and says why.
+    _, report = run(dataclasses.replace(settings, max_wall_seconds=1e-9), tmp_path / "wall")
+    assert report["epochs"] == 1 and report["stop_reason"] == "wall_clock"
+    assert read_metrics(tmp_path / "wall")[1]["wall_seconds"] > 0.0
