@@ -126,34 +126,46 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def cpu_variant(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Real rMD17 aspirin, the paper's model, reduced replicas/lengths for a few CPU hours."""
+    """Real rMD17 aspirin, the paper's model and estimator, the whole pipeline in ~2 CPU hours.
+
+    Pretraining: the authors' optimizer and batch with warm-up over 500 steps, cosine decay to
+    1e-5 over 600 epochs and an EMA of the weights (~35 min on 2 cores; 1,600 epochs reach a
+    lower force MAE in ~80 min: ``--config.pretrain.overrides.max_epochs=1600``).
+    ``--config.pretrain.overrides.schedule=plateau`` gives the authors' plateau schedule.
+
+    StABlE at 700 K instead of 500 K: a model pretrained to the authors' accuracy keeps 75 % of
+    its replicas within the 0.25-A bond criterion for ~80 ps at 500 K, more simulation than
+    this machine does in the budget; at 700 K the simulation phase ends within a few ps. The
+    h(r) reference is Boltzmann-reweighted from the 500 K frames to 700 K. Evaluation: 64
+    held-out test structures, same momenta for both models, at 700 K and at 500 K.
+    """
     c.data.source = "rmd17_aspirin_train"
     c.data.test_source = "rmd17_aspirin_test"
     c.data.labels = "md17"
     c.data.n_test = 500
-    # The authors' optimizer and batch, a schedule that fits the 2-core CPU: warm-up over 500
-    # steps, cosine decay to 1e-5 over 1,600 epochs, EMA of the weights; 2-hour wall-clock cap.
-    # ``--config.pretrain.overrides.schedule=plateau`` gives the authors' plateau schedule.
     c.pretrain.overrides = ml_collections.ConfigDict(
         dict(
-            max_epochs=1600,
+            max_epochs=600,
             warmup_steps=500,
             schedule="cosine",
             cosine_final_factor=0.01,
             ema_decay=0.999,
             early_stopping_patience=None,
-            max_wall_seconds=7200.0,
+            max_wall_seconds=3600.0,
             checkpoint_every_epochs=10,
         )
     )
+    c.md.temperature_kelvin = 700.0
     c.stabie.n_replicas = 32
     c.stabie.sample_every = 100
     c.stabie.max_epochs = 60
     c.stabie.max_learning_epochs = 30
     c.stabie.qm_batches_per_step = 5
-    c.evaluate.n_replicas = 32
-    c.evaluate.length_ps = 20.0
-    c.evaluate.transfer_length_ps = 10.0
+    c.stabie.max_wall_hours = 0.75
+    c.evaluate.n_replicas = 64
+    c.evaluate.length_ps = 10.0
+    c.evaluate.transfer_temperatures_kelvin = (500.0,)
+    c.evaluate.transfer_length_ps = 5.0
     return c
 
 
