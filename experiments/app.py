@@ -16,6 +16,7 @@ import importlib
 import logging as pylogging
 import os
 import sys
+from contextlib import nullcontext
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -99,7 +100,13 @@ def main_for(run_fn, default_config: str):
             "runs", f"{config.system}_{config.get('variant', 'paper')}"
         )
         logging.info("workdir %s, stages %s", workdir, config.stages)
-        summary = run(config, workdir)
+        import jax
+
+        from stabie_jax import workdir as workdir_lib
+
+        # One run per workdir; in a multi-process run, process 0 holds the lock for all.
+        with workdir_lib.lock_workdir(workdir) if jax.process_index() == 0 else nullcontext():
+            summary = run(config, workdir)
         print(f"done: {workdir}")
         for key, value in summary.get("wall_seconds", {}).items():
             print(f"  {key}: {value:.1f} s")

@@ -8,10 +8,15 @@ output already exists in ``workdir`` is reused:
   ``workdir/model_pretrained/``; skipped when ``config.init_checkpoint`` names a model;
 * ``stabie`` → ``workdir/stabie/`` (checkpoints, metrics.jsonl) and ``workdir/model_stabie/``;
 * ``evaluate`` → ``workdir/evaluate/`` (report.json, report.md, plots).
+
+The settings that determine the pretraining and StABlE results are recorded per stage in
+``workdir/stages.json`` (:func:`claim_stages`); a rerun with other settings is refused, or moves
+the old outputs aside with ``config.overwrite_stages``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -37,12 +42,21 @@ from stabie_jax import (
 )
 from stabie_jax import pretrain as pretrain_lib
 from stabie_jax import stabie as stabie_lib
+from stabie_jax import workdir as workdir_lib
 from stabie_jax.models import make_potential
 from stabie_jax.models.registry import build_model, init_params
 
 PRETRAINED_MODEL = "model_pretrained"
 STABIE_MODEL = "model_stabie"
 STAGES = ("pretrain", "stabie", "evaluate")
+STAGE_OUTPUTS = {"pretrain": ("pretrain", PRETRAINED_MODEL), "stabie": ("stabie", STABIE_MODEL)}
+# Settings that change how a stage runs, not what it computes (excluded from its fingerprint).
+_RUN_ONLY = {
+    "pretrain": ("progress_bar", "checkpoint_every_epochs", "max_checkpoints_to_keep"),
+    "stabie": ("checkpoint_every", "max_wall_hours"),
+    "md": ("replica_batch_size",),
+    "data": ("n_test", "test_source", "download"),
+}
 
 
 class MoleculeData(NamedTuple):
@@ -65,13 +79,86 @@ class MoleculeData(NamedTuple):
         return np.asarray(self.train.atomic_numbers)
 
 
-def parse_stages(text: str) -> tuple[str, ...]:
-    """``"pretrain,stabie"`` → ``("pretrain", "stabie")``, validated."""
+def parse_stages(text: str, key: str = "stages", allow_empty: bool = False) -> tuple[str, ...]:
+    """``"pretrain,stabie"`` → ``("pretrain", "stabie")``, validated (``key`` names the config
+    field in errors; an empty list is an error unless ``allow_empty``)."""
     stages = tuple(s.strip() for s in str(text).split(",") if s.strip())
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
-        raise ValueError(f"unknown stage(s) {unknown} in config.stages; choose from {STAGES}")
+        raise ValueError(f"unknown stage(s) {unknown} in config.{key}; choose from {STAGES}")
+    if not stages and not allow_empty:
+        raise ValueError(
+            f"config.{key} is empty: nothing to run; name some of {STAGES}, "
+            f"e.g. --config.{key}={','.join(STAGES)}"
+        )
     return stages
+
+
+def overwrite_stages(config) -> frozenset[str]:
+    """The stages named in ``config.overwrite_stages`` (validated; evaluate has its own store)."""
+    named = parse_stages(config.get("overwrite_stages", ""), "overwrite_stages", allow_empty=True)
+    if "evaluate" in named:
+        raise ValueError(
+            "config.overwrite_stages: 'evaluate' needs no overwrite (finished evaluations are "
+            "keyed by their protocol and recomputed when it changes); name pretrain or stabie"
+        )
+    return frozenset(named)
+
+
+def data_fingerprint(*datasets, extra_arrays=()) -> str:
+    """Fingerprint of the frames (positions, energies, forces) of ``datasets``."""
+    arrays = [
+        value
+        for d in datasets
+        for value in (d.positions, d.energies, d.forces, d.atomic_numbers)
+        if value is not None
+    ]
+    return workdir_lib.array_fingerprint(*arrays, *extra_arrays)
+
+
+def _without(section: dict, name: str) -> dict:
+    return {k: v for k, v in section.items() if k not in _RUN_ONLY.get(name, ())}
+
+
+def claim_pretrain(config, workdir, train, val, extra_arrays=()) -> None:
+    """Record/check the settings of the pretraining stage (see :mod:`stabie_jax.workdir`)."""
+    settings = dataclasses.asdict(pretrain_settings_from_config(config))
+    spec = {
+        "data": data_fingerprint(train, val, extra_arrays=extra_arrays),
+        "model": config.model.to_dict(),
+        "pretrain": _without(settings, "pretrain"),
+    }
+    workdir_lib.claim_stage(
+        workdir,
+        "pretrain",
+        spec,
+        outputs=STAGE_OUTPUTS["pretrain"],
+        overwrite="pretrain" in overwrite_stages(config),
+    )
+
+
+def claim_stabie(config, workdir, train, pretrained_dir, extra_arrays=()) -> None:
+    """Record/check the settings of the StABlE stage: everything in the config but the other
+    stages and run mechanics, the training frames and the starting model's parameters."""
+    excluded = {"pretrain", "evaluate", "stages", "overwrite_stages", "progress", "variant"}
+    sections = {
+        key: _without(value.to_dict(), key) if hasattr(value, "to_dict") else value
+        for key, value in config.items()
+        if key not in excluded
+    }
+    spec = {
+        **sections,
+        "init_checkpoint": None,  # the model is identified by its parameters below
+        "frames": data_fingerprint(train, extra_arrays=extra_arrays),
+        "start_model_sha256": checkpoint.model_params_checksum(pretrained_dir),
+    }
+    workdir_lib.claim_stage(
+        workdir,
+        "stabie",
+        spec,
+        outputs=STAGE_OUTPUTS["stabie"],
+        overwrite="stabie" in overwrite_stages(config),
+    )
 
 
 def load_molecule_data(
@@ -603,6 +690,7 @@ def run(config, workdir) -> dict:
         checkpoint.read_model_metadata(pretrained_dir)  # clear error if it is not a model
     elif "pretrain" in stages:
         started = time.time()
+        claim_pretrain(config, workdir, molecule.train, molecule.val)
         pretrained_dir = run_pretrain(
             molecule.train,
             molecule.val,
@@ -623,6 +711,7 @@ def run(config, workdir) -> dict:
         started = time.time()
         n_devices = jax.device_count()
         shard = n_devices > 1 and int(config.stabie.n_replicas) % n_devices == 0
+        claim_stabie(config, workdir, molecule.train, pretrained_dir)
         stabie_dir = run_stabie_stage(
             pretrained_dir,
             molecule,

@@ -383,6 +383,7 @@ def run(config, workdir) -> dict:
         checkpoint.read_model_metadata(pretrained_dir)
     elif "pretrain" in stages:
         started = time.time()
+        molecule.claim_pretrain(config, workdir, water.train, water.val, (water.box,))
         pretrained_dir = run_pretrain(water, config, workdir)
         wall["pretrain"] = time.time() - started
     else:
@@ -391,6 +392,7 @@ def run(config, workdir) -> dict:
     stabie_dir = workdir / STABIE_MODEL
     if "stabie" in stages:
         started = time.time()
+        molecule.claim_stabie(config, workdir, water.train, pretrained_dir, (water.box,))
         stabie_dir = run_stabie_stage(pretrained_dir, water, config, workdir)
         wall["stabie"] = time.time() - started
     summary = {"workdir": str(workdir), "stages": list(stages), "wall_seconds": wall}

@@ -456,6 +456,12 @@ def read_model_metadata(directory) -> ModelMetadata:
     return ModelMetadata.from_json(blob, source=os.fspath(json_path))
 
 
+def model_params_checksum(directory) -> str | None:
+    """sha256 of the parameters of the model checkpoint in ``directory`` (from its model.json;
+    None for a model saved without one)."""
+    return read_model_metadata(directory).extra.get(_CHECKSUM_KEY)
+
+
 def load_model_checkpoint(directory) -> LoadedModel:
     """Load a model checkpoint: ``(module, params, metadata)``.
 

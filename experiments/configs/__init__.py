@@ -30,6 +30,9 @@ def run_fields(system: str) -> ml_collections.ConfigDict:
     c.system = system
     c.seed = 0
     c.stages = "pretrain,stabie,evaluate"
+    # Stages whose outputs may be replaced when their settings differ from the ones recorded in
+    # workdir/stages.json ("pretrain", "stabie"); old outputs move to workdir/replaced/.
+    c.overwrite_stages = ""
     # A stabie_jax model checkpoint directory to start from instead of pretraining (e.g. one
     # written by `python -m stabie_jax.interop import-schnet ...`).
     c.init_checkpoint = ""
