@@ -76,6 +76,17 @@ def _resolve(run_fn):
     return getattr(importlib.import_module(module_name), function_name)
 
 
+# Errors that describe bad input or settings and say how to fix them: printed as one paragraph.
+USER_ERRORS = (ValueError, OSError, FloatingPointError, RuntimeError)
+TRACEBACK_HINT = "(the traceback: rerun with --verbosity=1 or STABIE_TRACEBACK=1)"
+
+
+def _want_traceback() -> bool:
+    if os.environ.get("STABIE_TRACEBACK", "") not in ("", "0"):
+        return True
+    return bool(FLAGS["verbosity"].present and FLAGS.verbosity >= 1)
+
+
 def main_for(run_fn, default_config: str):
     """Return an absl ``main`` that configures JAX and calls ``run_fn(config, workdir)``.
 
@@ -104,9 +115,15 @@ def main_for(run_fn, default_config: str):
 
         from stabie_jax import workdir as workdir_lib
 
-        # One run per workdir; in a multi-process run, process 0 holds the lock for all.
-        with workdir_lib.lock_workdir(workdir) if jax.process_index() == 0 else nullcontext():
-            summary = run(config, workdir)
+        try:
+            # One run per workdir; in a multi-process run, process 0 holds the lock for all.
+            with workdir_lib.lock_workdir(workdir) if jax.process_index() == 0 else nullcontext():
+                summary = run(config, workdir)
+        except USER_ERRORS as err:
+            if _want_traceback():
+                raise
+            print(f"error: {err}\n{TRACEBACK_HINT}", file=sys.stderr)
+            return 1
         print(f"done: {workdir}")
         for key, value in summary.get("wall_seconds", {}).items():
             print(f"  {key}: {value:.1f} s")

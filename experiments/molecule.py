@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import configs
 from stabie_jax import (
     checkpoint,
     data,
@@ -655,6 +656,8 @@ def run(config, workdir) -> dict:
     """Run the configured stages for a molecule; returns a summary dict (also in workdir)."""
     workdir = pathlib.Path(workdir).expanduser().resolve()
     workdir.mkdir(parents=True, exist_ok=True)
+    for warning in configs.check_config(config):
+        logging.warning(warning)
     stages = parse_stages(config.stages)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
     wall: dict[str, float] = {}

@@ -14,6 +14,7 @@ model uses JAX-MD sparse neighbour lists (minimum image, unwrapped positions).
 from __future__ import annotations
 
 import json
+import logging
 import pathlib
 import time
 from typing import NamedTuple
@@ -23,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax_md import partition
 
-from experiments import evaluated_models, molecule
+from experiments import configs, evaluated_models, molecule
 from experiments.molecule import PRETRAINED_MODEL, STABIE_MODEL, exact_hyperparameters, parse_stages
 from stabie_jax import (
     checkpoint,
@@ -156,13 +157,19 @@ def _potential_and_simulator(
     return potential, sim, space, neighbor_fn
 
 
+def check_qm_weight(config) -> None:
+    """The water problem has no QM loss: refuse a λ it would silently ignore."""
+    if float(config.stabie.qm_weight) != 0.0:
+        raise ValueError(
+            f"config key stabie.qm_weight = {float(config.stabie.qm_weight)}: the water pipeline "
+            "has no QM loss term (the authors train water with lambda = 0); set "
+            "--config.stabie.qm_weight=0"
+        )
+
+
 def run_stabie_stage(pretrained_dir, water: WaterData, config, workdir) -> pathlib.Path:
     s = config.stabie
-    if float(s.qm_weight) != 0.0:
-        raise ValueError(
-            f"config key stabie.qm_weight = {float(s.qm_weight)}: the water pipeline has no QM "
-            "loss term (the authors train water with lambda = 0); set --config.stabie.qm_weight=0"
-        )
+    check_qm_weight(config)
     loaded = checkpoint.load_model_checkpoint(pretrained_dir)
     T = float(config.md.temperature_kelvin)
     t = int(s.steps_per_epoch)
@@ -374,7 +381,11 @@ def evaluate_water(config, workdir, water: WaterData, pretrained_dir, stabie_dir
 def run(config, workdir) -> dict:
     workdir = pathlib.Path(workdir).expanduser().resolve()
     workdir.mkdir(parents=True, exist_ok=True)
+    for warning in configs.check_config(config):
+        logging.warning(warning)
     stages = parse_stages(config.stages)
+    if "stabie" in stages:
+        check_qm_weight(config)  # at setup, not after pretraining
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
     wall: dict[str, float] = {}
     water = load_water_data(config.data)

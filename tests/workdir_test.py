@@ -14,7 +14,7 @@ import types
 import numpy as np
 import pytest
 
-from experiments import molecule
+from experiments import configs, molecule
 from experiments.configs import aspirin as aspirin_config
 from stabie_jax import workdir as workdir_lib
 
@@ -173,3 +173,87 @@ def test_stage_lists_are_validated():
     config.overwrite_stages = "evaluate"
     with pytest.raises(ValueError, match="evaluate"):
         molecule.overwrite_stages(config)
+
+
+@pytest.mark.parametrize("system", ["aspirin", "ala3", "water"])
+@pytest.mark.parametrize("variant", ["paper", "cpu", "smoke"])
+def test_shipped_configs_pass_the_setup_checks(system, variant):
+    import importlib
+
+    config = importlib.import_module(f"experiments.configs.{system}").get_config(variant)
+    assert configs.check_config(config) == []
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("md.temperature_kelvin", 0.0, r"config\.md\.temperature_kelvin = 0\.0 must be > 0"),
+        ("md.temperature_kelvin", -300.0, "must be > 0"),
+        ("md.timestep_fs", 0.0, r"config\.md\.timestep_fs = 0\.0 must be > 0"),
+        ("md.timestep_fs", -0.5, r"timestep_fs = -0\.5 must be > 0"),
+        ("stabie.n_replicas", 0, r"stabie\.n_replicas = 0 must be > 0"),
+        ("evaluate.n_replicas", 0, r"evaluate\.n_replicas = 0 must be > 0"),
+        ("stabie.minibatch_size", 1, r"minibatch_size = 1 must be >= 2"),
+        ("stabie.f_max", 1.5, r"f_max = 1\.5 must lie in \[0, 1\]"),
+        ("stabie.f_min", 0.9, r"f_min = 0\.9 must not exceed"),
+        ("stabie.qm_weight", -1.0, r"qm_weight = -1\.0 must be >= 0"),
+        ("evaluate.transfer_temperatures_kelvin", (700.0, 0.0), "each must be > 0"),
+    ],
+)
+def test_invalid_settings_are_refused_before_any_compute(key, value, message):
+    config = aspirin_config.get_config("smoke")
+    section, name = key.split(".")
+    config[section][name] = value
+    with pytest.raises(ValueError, match=message):
+        configs.check_config(config)
+
+
+def test_long_timestep_warns_and_invalid_run_stops_before_loading_data(tmp_path):
+    config = aspirin_config.get_config("smoke")
+    config.md.timestep_fs = 3.0
+    (warning,) = configs.check_config(config)
+    assert "timestep_fs = 3.0 fs is above 2.0 fs" in warning
+    config.md.timestep_fs = 0.0
+    config.data.source = str(tmp_path / "does_not_exist.npz")  # would fail later, differently
+    with pytest.raises(ValueError, match="timestep_fs = 0.0 must be > 0"):
+        molecule.run(config, tmp_path / "run")
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
+def _entry_point(tmp_path, *flags, env=None):
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.aspirin",
+            "--config=experiments/configs/aspirin.py:smoke",
+            f"--workdir={tmp_path}",
+            *flags,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=pathlib.Path(__file__).resolve().parents[1],
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_entry_point_prints_the_error_and_the_fix_without_a_traceback(tmp_path):
+    done = _entry_point(tmp_path, "--config.md.timestep_fs=0")
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "error: invalid settings: config.md.timestep_fs = 0.0 must be > 0" in done.stderr
+    assert "Traceback" not in done.stderr
+    shown = _entry_point(tmp_path, "--config.md.timestep_fs=0", env={"STABIE_TRACEBACK": "1"})
+    assert shown.returncode != 0 and "Traceback" in shown.stderr
+
+
+def test_entry_point_refuses_a_workdir_held_by_another_run(tmp_path):
+    child = _start_holder(tmp_path)
+    try:
+        done = _entry_point(tmp_path, "--config.stages=pretrain")
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=30)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert f"is in use by another run (pid {child.pid} on" in done.stderr
+    assert not (tmp_path / "config.json").exists()  # nothing written by the refused run

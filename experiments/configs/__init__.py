@@ -62,3 +62,114 @@ def schedule_fields(stabie: ml_collections.ConfigDict, *, reset_probability: flo
     stabie.checkpoint_every = 1
     stabie.history_length = 4
     stabie.max_wall_hours = 0.0  # 0 = no wall-clock budget
+
+
+# --- validation at setup, before any compute ---------------------------------------------------
+_POSITIVE = (
+    "md.temperature_kelvin",
+    "md.timestep_fs",
+    "md.thermostat_ttime_steps",
+    "md.langevin_gamma_per_ps",
+    "data.n_train",
+    "data.n_val",
+    "data.n_test",
+    "data.reference_temperature_kelvin",
+    "observable.r_max_angstrom",
+    "observable.n_bins",
+    "observable.sigma_angstrom",
+    "stabie.n_replicas",
+    "stabie.steps_per_epoch",
+    "stabie.sample_every",
+    "stabie.learning_rate",
+    "stabie.max_epochs",
+    "stabie.history_length",
+    "stabie.bond_deviation_angstrom",
+    "stabie.min_intermolecular_angstrom",
+    "stabie.qm_batch_size",
+    "evaluate.n_replicas",
+    "evaluate.length_ps",
+    "evaluate.check_every_steps",
+    "evaluate.sample_every",
+    "evaluate.bond_deviation_angstrom",
+    "evaluate.rdf_mae_threshold",
+)
+_NON_NEGATIVE = (
+    "stabie.qm_weight",
+    "stabie.qm_batches_per_step",
+    "stabie.grad_clip_norm",
+    "stabie.max_wall_hours",
+    "stabie.max_learning_epochs",
+    "evaluate.transfer_length_ps",
+    "evaluate.vacf_window_steps",
+)
+_FRACTIONS = ("stabie.f_max", "stabie.f_min", "stabie.reset_probability", "evaluate.stop_fraction")
+MAX_TIMESTEP_FS_WITH_HYDROGEN = 2.0
+_MISSING = object()
+
+
+def _lookup(config, path: str):
+    node = config
+    for part in path.split("."):
+        if not hasattr(node, "keys") or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def check_config(config) -> list[str]:
+    """Refuse physically or logically invalid settings before any compute.
+
+    Raises:
+      ValueError: naming every offending ``config.<key>``, its value and the rule.
+
+    Returns:
+      Warnings (also worth logging), e.g. a timestep above 2 fs for systems with hydrogen.
+    """
+    problems = []
+
+    def number(path):
+        value = _lookup(config, path)
+        if value is _MISSING or value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            problems.append(f"config.{path} = {value!r} must be a number")
+            return None
+        return value
+
+    for path in _POSITIVE:
+        value = number(path)
+        if value is not None and not value > 0:
+            problems.append(f"config.{path} = {value!r} must be > 0")
+    for path in _NON_NEGATIVE:
+        value = number(path)
+        if value is not None and not value >= 0:
+            problems.append(f"config.{path} = {value!r} must be >= 0")
+    for path in _FRACTIONS:
+        value = number(path)
+        if value is not None and not 0.0 <= value <= 1.0:
+            problems.append(f"config.{path} = {value!r} must lie in [0, 1]")
+    f_min, f_max = number("stabie.f_min"), number("stabie.f_max")
+    if f_min is not None and f_max is not None and f_min > f_max:
+        problems.append(f"config.stabie.f_min = {f_min} must not exceed config.stabie.f_max")
+    batch = number("stabie.minibatch_size")
+    if batch is not None and batch < 2:
+        problems.append(
+            f"config.stabie.minibatch_size = {batch!r} must be >= 2 "
+            "(a covariance needs two samples)"
+        )
+    transfer = _lookup(config, "evaluate.transfer_temperatures_kelvin")
+    if transfer is not _MISSING and any(not float(t) > 0 for t in transfer or ()):
+        problems.append(
+            f"config.evaluate.transfer_temperatures_kelvin = {tuple(transfer)!r}: each must be > 0"
+        )
+    if problems:
+        raise ValueError("invalid settings: " + "; ".join(problems))
+    warnings = []
+    dt = number("md.timestep_fs")
+    if dt is not None and dt > MAX_TIMESTEP_FS_WITH_HYDROGEN:
+        warnings.append(
+            f"config.md.timestep_fs = {dt} fs is above {MAX_TIMESTEP_FS_WITH_HYDROGEN} fs: "
+            "too long for bonds to hydrogen (all built-in systems have them); replicas may "
+            "fail from integration error, not from the model"
+        )
+    return warnings
