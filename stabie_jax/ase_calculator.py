@@ -230,6 +230,8 @@ class StabieCalculator(Calculator):
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
         self._check_atoms(atoms)
+        if not np.all(np.isfinite(atoms.get_positions())):
+            raise ValueError("atoms.positions has NaN or inf entries; the model needs finite ones")
         positions = jnp.asarray(atoms.get_positions())
         pbc = np.asarray(atoms.pbc, dtype=bool)
         dummy_box = jnp.eye(3, dtype=positions.dtype)
@@ -242,6 +244,11 @@ class StabieCalculator(Calculator):
             energy, per_atom, forces = self._evaluate("periodic", positions, box)
         else:
             raise ValueError(f"mixed periodic boundary conditions {pbc.tolist()} are not supported")
+        if not (np.isfinite(energy) and np.all(np.isfinite(forces))):
+            raise ValueError(
+                "the model returned a non-finite energy or forces for these positions "
+                "(coincident atoms? atoms far outside the training distribution?)"
+            )
         per_atom = np.asarray(per_atom, dtype=np.float64) + self._host_shift
         energy = float(energy) + float(np.sum(self._host_shift))
         self.results = {

@@ -447,7 +447,15 @@ def read_model_metadata(directory) -> ModelMetadata:
             f"{json_path} not found: {path} is not a model checkpoint (write one with "
             "stabie_jax.checkpoint.save_model_checkpoint, e.g. by running the pretrain stage)"
         )
-    blob = json.loads(json_path.read_text())
+    try:
+        blob = json.loads(json_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(
+            f"{json_path} is not valid JSON ({err}): the model file is truncated or corrupt; "
+            "re-save the model (rerun its stage with --config.overwrite_stages) or restore it"
+        ) from err
+    if not isinstance(blob, dict):
+        raise ValueError(f"{json_path} holds a {type(blob).__name__}, not a model description")
     version = blob.get("format_version")
     if version != MODEL_FORMAT_VERSION:
         raise ValueError(

@@ -30,9 +30,11 @@ import hashlib
 import json
 import os
 import pathlib
+import zipfile
 from typing import Any
 
 import numpy as np
+from absl import logging
 
 from stabie_jax import evaluate as ev
 
@@ -128,5 +130,8 @@ def load_result(directory, fingerprint_hex: str):
             return None
         with np.load(directory / _ARRAYS, allow_pickle=False) as arrays:
             return _decode(blob["layout"], arrays), blob.get("extra", {})
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as err:
+        # A torn or corrupt store (e.g. a disk-full write): recompute rather than crash.
+        if (directory / _LAYOUT).exists():
+            logging.warning("unreadable evaluation result in %s (%s): recomputing", directory, err)
         return None

@@ -179,6 +179,20 @@ def test_errors():
     small.calc = calc
     with pytest.raises(ValueError, match="cell too small"):
         small.get_forces()
+    broken = atoms.copy()
+    positions = broken.get_positions()
+    positions[1, 0] = np.nan
+    broken.set_positions(positions)
+    broken.calc = calc
+    with pytest.raises(ValueError, match="NaN or inf"):
+        broken.get_potential_energy()
+    n = len(atoms)
+    nan_model = StabieCalculator(module=module, params=params, metadata=metadata)
+    nan_model._evaluate = lambda *args: (np.nan, np.zeros(n), np.zeros((n, 3)))
+    fine = atoms.copy()
+    fine.calc = nan_model
+    with pytest.raises(ValueError, match="non-finite energy or forces"):
+        fine.get_potential_energy()
     with pytest.raises(ValueError, match="exactly one"):
         StabieCalculator()
     with pytest.raises(ValueError, match="not a model checkpoint"):

@@ -255,6 +255,11 @@ def test_model_checkpoint_errors(tmp_path):
     (path / "model.json").write_text(json.dumps(blob))
     with pytest.raises(ValueError, match="checksum"):
         ckpt.load_model_checkpoint(path)
+    path = ckpt.save_model_checkpoint(tmp_path / "model4", params, metadata)
+    text = (path / "model.json").read_text()
+    (path / "model.json").write_text(text[: len(text) // 2])  # torn write
+    with pytest.raises(ValueError, match=r"model4/model\.json is not valid JSON .*truncated"):
+        ckpt.load_model_checkpoint(path)
 
 
 def test_registry_errors_and_hparams_roundtrip():

@@ -72,6 +72,18 @@ def test_stale_missing_and_corrupt_stores_are_ignored(tmp_path):
     assert store.load_result(tmp_path / "m", store.fingerprint({"params": "abd"})) is None
     (tmp_path / "m" / "result.npz").write_bytes(b"not a zip file")
     assert store.load_result(tmp_path / "m", fp) is None
+    # Torn writes (a zip cut short, a JSON cut short) are recomputed, not a crash.
+    store.save_result(tmp_path / "t", (_result(), {}), fp)
+    assert store.load_result(tmp_path / "t", fp) is not None
+    npz = tmp_path / "t" / "result.npz"
+    whole = npz.read_bytes()
+    assert whole[:2] == b"PK"  # a real zip, so the cut copy reaches zipfile (BadZipFile)
+    npz.write_bytes(whole[: len(whole) // 2])
+    assert store.load_result(tmp_path / "t", fp) is None
+    store.save_result(tmp_path / "j", (_result(), {}), fp)
+    layout = tmp_path / "j" / "result.json"
+    layout.write_text(layout.read_text()[:40])
+    assert store.load_result(tmp_path / "j", fp) is None
 
 
 def test_fingerprint_is_order_independent_and_sensitive():
