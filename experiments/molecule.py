@@ -32,8 +32,8 @@ from experiments import configs
 from stabie_jax import (
     checkpoint,
     data,
-    estimator,
     evaluation_metrics,
+    hyperparameters,
     losses,
     md,
     observables,
@@ -356,18 +356,18 @@ def exact_hyperparameters(
     *,
     reduction: str = "sum",
     n_observable: int | None = None,
-) -> estimator.ExactHyperparameters:
+) -> hyperparameters.ExactHyperparameters:
     """The config's (α, λ, clip) for the exact estimator: converted from the authors'
-    convention (:func:`stabie_jax.estimator.authors_hyperparameters_to_exact`, the update then
+    convention (:func:`stabie_jax.hyperparameters.authors_hyperparameters_to_exact`, the update then
     equals theirs) or used as given (``"exact"``, gradient scale 1)."""
     if convention == "exact":
-        return estimator.ExactHyperparameters(learning_rate, qm_weight, clip, 1.0)
+        return hyperparameters.ExactHyperparameters(learning_rate, qm_weight, clip, 1.0)
     if convention != "authors":
         raise ValueError(
             "config key stabie.hyperparameter_convention must be 'authors' or 'exact', got "
             f"{convention!r}"
         )
-    return estimator.authors_hyperparameters_to_exact(
+    return hyperparameters.authors_hyperparameters_to_exact(
         learning_rate, qm_weight, clip, kT, B, reduction=reduction, n_observable=n_observable
     )
 

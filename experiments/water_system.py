@@ -29,7 +29,6 @@ from experiments.molecule import PRETRAINED_MODEL, STABIE_MODEL, exact_hyperpara
 from stabie_jax import (
     checkpoint,
     data,
-    estimator,
     md,
     metrics_log,
     observables,
@@ -41,6 +40,7 @@ from stabie_jax import (
 )
 from stabie_jax import evaluate as ev
 from stabie_jax import stabie as stabie_lib
+from stabie_jax.localized_estimator import molecule_neighbourhoods, neighbourhood_bond_lengths
 
 
 class WaterData(NamedTuple):
@@ -71,12 +71,12 @@ def load_water_data(d) -> WaterData:
     )
     not_test = np.setdiff1d(np.arange(full.n_frames), split.test)[: int(d.max_reference_frames)]
     z = np.asarray(full.atomic_numbers)
-    neighbourhoods = estimator.molecule_neighbourhoods(z, pattern=(8, 1, 1))
+    neighbourhoods = molecule_neighbourhoods(z, pattern=(8, 1, 1))
     molecule_ids = np.repeat(np.arange(len(neighbourhoods)), 3)
     box = np.diag(cell)
     train = full.subset(split.train)
     disp = md.periodic_space(box).displacement_fn
-    per_frame = lambda r: jax.vmap(lambda a: estimator.neighbourhood_bond_lengths(r, a, disp))(
+    per_frame = lambda r: jax.vmap(lambda a: neighbourhood_bond_lengths(r, a, disp))(
         jnp.asarray(neighbourhoods)
     )
     oh = np.asarray(jax.jit(jax.vmap(per_frame))(jnp.asarray(train.positions, jnp.float32)))

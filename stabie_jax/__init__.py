@@ -7,7 +7,8 @@ demand (``from stabie_jax import estimator``) so that importing the package stay
 * :mod:`stabie_jax.models` - SchNet, NequIP, GemNet-T and ``make_potential``;
 * :mod:`stabie_jax.md` - vmapped Nosé–Hoover replicas; :mod:`stabie_jax.observables`,
   :mod:`stabie_jax.stability`;
-* :mod:`stabie_jax.estimator`, :mod:`stabie_jax.reweighting` - Boltzmann estimators;
+* :mod:`stabie_jax.estimator`, :mod:`stabie_jax.localized_estimator`,
+  :mod:`stabie_jax.hyperparameters`, :mod:`stabie_jax.reweighting` - Boltzmann estimators;
 * :mod:`stabie_jax.pretrain`, :mod:`stabie_jax.losses`, :mod:`stabie_jax.stabie` - training;
 * :mod:`stabie_jax.evaluate`, :mod:`stabie_jax.plots`, :mod:`stabie_jax.report` - evaluation;
 * :mod:`stabie_jax.checkpoint`, :mod:`stabie_jax.ase_calculator`, :mod:`stabie_jax.interop`.

@@ -333,9 +333,7 @@ def reweighted_h_of_r_reference(
         ww = np.broadcast_to(w[start : start + frame_batch, None], d.shape)
         counts += np.histogram(d.reshape(-1), bins=edges, weights=ww.reshape(-1))[0]
     counts[0] = 0.0
-    with np.errstate(invalid="ignore"):
-        n_eff = float(np.exp(-np.sum(np.where(w > 0, w * log_w, 0.0))))
-    return 100.0 * counts / counts.sum(), n_eff
+    return 100.0 * counts / counts.sum(), _effective_sample_size(log_w)
 
 
 def _log_weights(energies, t_from, t_to) -> np.ndarray:
@@ -351,6 +349,19 @@ def _log_weights(energies, t_from, t_to) -> np.ndarray:
             mask=jnp.asarray(ok),
         )
         return np.asarray(lw, np.float64)
+
+
+def _effective_sample_size(log_weights: np.ndarray) -> float:
+    """Kish–entropy ``N_eff = exp(-Σ w ln w)`` of ``[N]`` normalised log weights, float64 host.
+
+    The host copy of :func:`stabie_jax.reweighting.effective_sample_size` (same definition;
+    ``-inf`` entries are excluded), kept in numpy float64 because these evaluation numbers are
+    computed in float64 on the host: the jitted version sums in another order and differs from
+    this one by ~1e-15 relative.
+    """
+    lw = np.asarray(log_weights, np.float64)
+    with np.errstate(invalid="ignore"):
+        return float(np.exp(-np.sum(np.where(np.isfinite(lw), np.exp(lw) * lw, 0.0))))
 
 
 def effective_sample_size_vs_temperature(
@@ -370,11 +381,10 @@ def effective_sample_size_vs_temperature(
       ``(temperatures [T] K, n_eff [T])``; ``n_eff`` is ``F`` at T₁ and decreases away from it.
     """
     temps = np.asarray(temperatures_kelvin, np.float64).reshape(-1)
-    with np.errstate(invalid="ignore"):
-        n_eff = np.array(
-            [
-                float(np.exp(-np.sum(np.where(np.isfinite(lw), np.exp(lw) * lw, 0.0))))
-                for lw in (_log_weights(potential_energies, temperature_kelvin, t) for t in temps)
-            ]
-        )
+    n_eff = np.array(
+        [
+            _effective_sample_size(_log_weights(potential_energies, temperature_kelvin, t))
+            for t in temps
+        ]
+    )
     return temps, n_eff

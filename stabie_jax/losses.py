@@ -23,7 +23,7 @@ h(r) bins, the two O–H lengths). This is the loss whose gradient the authors' 
 (their vector ``2(ḡ − g_ref)`` has no division by the number of bins; the MSE they print is only
 a log). :func:`observable_loss` offers ``reduction="mean"`` as an explicitly named option: its
 gradient is smaller by the number of components, so hyperparameters tuned for the sum must be
-converted (:func:`stabie_jax.estimator.authors_hyperparameters_to_exact`).
+converted (:func:`stabie_jax.hyperparameters.authors_hyperparameters_to_exact`).
 """
 
 from __future__ import annotations

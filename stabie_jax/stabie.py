@@ -31,7 +31,7 @@ Deliberate differences from the authors' code (each documented in the README/RES
 
 * the estimator is the exact one (``1/kT`` and ``N/(N−1)`` included): convert their learning
   rate, QM weight and clip together with
-  :func:`stabie_jax.estimator.authors_hyperparameters_to_exact` (the update is then theirs);
+  :func:`stabie_jax.hyperparameters.authors_hyperparameters_to_exact` (the update is then theirs);
 * the optimizer step happens in every learning epoch, including the one whose unstable fraction
   reaches ``f_min`` (the paper's Algorithm 1, lines 22–29; docs/method.md, Training loop);
 * a learning epoch whose gradient is non-finite, whose estimator overflowed or had fewer than 2
@@ -80,7 +80,7 @@ class StabieSettings:
       sample_every: ``S``, steps between recorded frames (authors' ``n_dump``: 100; their saved
         aspirin run used 50).
       learning_rate: ``α`` for the *exact* estimator (convert the authors' value with
-        ``estimator.authors_hyperparameters_to_exact``).
+        ``hyperparameters.authors_hyperparameters_to_exact``).
       qm_weight: ``λ``, weight of the energy/force loss gradient (aspirin 10, water 0).
       f_max: unstable fraction that ends a simulation phase (0.75).
       f_min: unstable fraction that ends a learning phase (0.0).
@@ -96,7 +96,8 @@ class StabieSettings:
       checkpoint_every: epochs between checkpoints (also at every phase boundary).
       gradient_scale: factor that converts this run's gradients into the units of the
         hyperparameter convention they were given in (the authors': ``kT·(B−1)/B``, from
-        ``estimator.authors_hyperparameters_to_exact``); only the logged gradient norms use it.
+        ``hyperparameters.authors_hyperparameters_to_exact``); only the logged gradient norms
+        use it.
     """
 
     steps_per_epoch: int

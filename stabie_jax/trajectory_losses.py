@@ -36,9 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stabie_jax.estimator import (
-    boltzmann_batch_means,
-    boltzmann_expectation,
+from stabie_jax.estimator import boltzmann_batch_means, boltzmann_expectation
+from stabie_jax.localized_estimator import (
     localized_batch_means,
     localized_expectation,
     neighbourhood_bond_lengths,

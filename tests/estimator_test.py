@@ -1,4 +1,5 @@
-"""Boltzmann estimator: analytic, quadrature, cross-route and masking checks."""
+"""Boltzmann estimators (global, localized, authors' scale): analytic, quadrature, cross-route
+and masking checks, and the re-exports of :mod:`stabie_jax.estimator`."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from stabie_jax import estimator as est
+from stabie_jax import hyperparameters as hp
+from stabie_jax import localized_estimator as loc
 from stabie_jax import units
 
 
@@ -298,16 +301,16 @@ def test_localized_full_neighbourhood_equals_global():
         kT = units.kT(300.0)
         n = samples.shape[0]
         atoms = jnp.broadcast_to(jnp.arange(6), (n, 6))
-        local = est.gather_local_samples(samples, jnp.arange(n), atoms)
+        local = loc.gather_local_samples(samples, jnp.arange(n), atoms)
         local_obs = lambda s: _histogram(s.positions[s.atoms])
-        jac_local = est.boltzmann_jacobian(est.local_energy_fn(per_atom), local_obs, kT)(
+        jac_local = est.boltzmann_jacobian(loc.local_energy_fn(per_atom), local_obs, kT)(
             params, local
         )
         jac_global = est.boltzmann_jacobian(energy, _histogram, kT)(params, samples)
         assert_trees_close(jac_local, jac_global, rtol=1e-10)
 
         # The frame-grouped flat route agrees as well.
-        expect = est.localized_expectation(per_atom, local_obs, kT)
+        expect = loc.localized_expectation(per_atom, local_obs, kT)
         grad = jax.grad(lambda p: expect(p, samples, jnp.arange(n), atoms)[2])(params)
         assert_trees_close(grad, jax.tree_util.tree_map(lambda j: j[2], jac_global), rtol=1e-9)
 
@@ -317,17 +320,17 @@ def test_localized_flat_route_equals_per_sample_jacobian(batch_size, chunk_size)
     """Molecules (3 atoms) as neighbourhoods, several per frame: frame-grouped = generic."""
     with jax.enable_x64(True):
         params, frames, per_atom, _ = _mlp_setup(n_samples=4, n_atoms=9, seed=3)
-        neigh = est.molecule_neighbourhoods([8, 1, 1] * 3)
+        neigh = loc.molecule_neighbourhoods([8, 1, 1] * 3)
         frame_index = jnp.array([0, 0, 1, 2, 2, 2, 3, 1, 3, 0])
         which = jnp.array([0, 2, 1, 0, 1, 2, 2, 0, 0, 1])
         atoms = jnp.asarray(neigh)[which]
         kT = units.kT(300.0)
-        obs = lambda s: est.neighbourhood_bond_lengths(s.positions, s.atoms)
+        obs = lambda s: loc.neighbourhood_bond_lengths(s.positions, s.atoms)
         v = jnp.array([0.7, -1.3])
-        jac = est.boltzmann_jacobian(est.local_energy_fn(per_atom), obs, kT, batch_size=batch_size)(
-            params, est.gather_local_samples(frames, frame_index, atoms)
+        jac = est.boltzmann_jacobian(loc.local_energy_fn(per_atom), obs, kT, batch_size=batch_size)(
+            params, loc.gather_local_samples(frames, frame_index, atoms)
         )
-        expect = est.localized_expectation(
+        expect = loc.localized_expectation(
             per_atom, obs, kT, batch_size=batch_size, chunk_size=chunk_size
         )
         value, grad = jax.value_and_grad(lambda p: expect(p, frames, frame_index, atoms) @ v)(
@@ -344,10 +347,10 @@ def test_localized_flat_route_equals_per_sample_jacobian(batch_size, chunk_size)
 
 def test_molecule_neighbourhoods_and_bad_pattern():
     np.testing.assert_array_equal(
-        est.molecule_neighbourhoods([8, 1, 1, 8, 1, 1]), [[0, 1, 2], [3, 4, 5]]
+        loc.molecule_neighbourhoods([8, 1, 1, 8, 1, 1]), [[0, 1, 2], [3, 4, 5]]
     )
     with pytest.raises(ValueError, match="pattern"):
-        est.molecule_neighbourhoods([8, 1, 8, 1, 1, 1])
+        loc.molecule_neighbourhoods([8, 1, 8, 1, 1, 1])
 
 
 def test_select_neighbourhoods_balances_bins_and_is_seeded():
@@ -358,7 +361,7 @@ def test_select_neighbourhoods_balances_bins_and_is_seeded():
     dev[5, 2] = np.nan  # a frozen replica
     valid = np.ones_like(dev, bool)
     valid[9] = False
-    sel = est.select_neighbourhoods(jax.random.key(1), dev, n_bins=10, per_bin=5, valid=valid)
+    sel = loc.select_neighbourhoods(jax.random.key(1), dev, n_bins=10, per_bin=5, valid=valid)
     assert sel.mask.shape == (50,)
     chosen = (
         np.asarray(sel.frame_index)[np.asarray(sel.mask)],
@@ -376,8 +379,8 @@ def test_select_neighbourhoods_balances_bins_and_is_seeded():
     np.testing.assert_array_equal(got_bins, np.asarray(sel.bin_index)[np.asarray(sel.mask)])
     # The two outliers sit alone in the top bins and are always chosen.
     assert {(3, 5), (7, 1)} <= set(zip(*chosen, strict=True))
-    again = est.select_neighbourhoods(jax.random.key(1), dev, n_bins=10, per_bin=5, valid=valid)
-    other = est.select_neighbourhoods(jax.random.key(2), dev, n_bins=10, per_bin=5, valid=valid)
+    again = loc.select_neighbourhoods(jax.random.key(1), dev, n_bins=10, per_bin=5, valid=valid)
+    other = loc.select_neighbourhoods(jax.random.key(2), dev, n_bins=10, per_bin=5, valid=valid)
     np.testing.assert_array_equal(again.frame_index, sel.frame_index)
     assert not np.array_equal(np.asarray(other.frame_index), np.asarray(sel.frame_index))
 
@@ -419,8 +422,8 @@ def test_nan_samples_are_masked_not_propagated():
         # Localized: a NaN frame referenced only by masked samples is never evaluated.
         atoms = jnp.broadcast_to(jnp.arange(3), (10, 3))
         frame_index = jnp.arange(10)
-        obs = lambda s: est.neighbourhood_bond_lengths(s.positions, s.atoms)
-        expect = est.localized_expectation(per_atom, obs, kT)
+        obs = lambda s: loc.neighbourhood_bond_lengths(s.positions, s.atoms)
+        expect = loc.localized_expectation(per_atom, obs, kT)
         grad = jax.grad(lambda p: jnp.sum(expect(p, bad, frame_index, atoms, mask)))(params)
         assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(grad))
 
@@ -458,11 +461,11 @@ def test_authors_learning_rate_reproduces_their_step():
         g = _histograms(samples)
         authors = jnp.outer(g.mean(0), grads.mean(0)) - (g.T @ grads) / n
         exact = _flat_jacobian(est.boltzmann_jacobian(energy, _histogram, kT)(params, samples), 10)
-        lr = est.authors_learning_rate_to_exact(alpha, kT, n)
+        lr = hp.authors_learning_rate_to_exact(alpha, kT, n)
         assert_trees_close(lr * (v @ exact), alpha * (v @ authors), rtol=1e-10)
     assert lr == pytest.approx(alpha * kT * 7 / 8)
     with pytest.raises(ValueError):
-        est.authors_learning_rate_to_exact(alpha, kT, 1)
+        hp.authors_learning_rate_to_exact(alpha, kT, 1)
 
 
 def test_water_pipeline_with_frozen_frame():
@@ -478,13 +481,13 @@ def test_water_pipeline_with_frozen_frame():
     frames = np.concatenate([oxygens[:, :, None, :], hydrogens], axis=2).reshape(n_frames, -1, 3)
     frames[1] = np.nan  # frozen replica
     frames_dev = jax.device_put(frames)
-    neigh = est.molecule_neighbourhoods([8, 1, 1] * n_mol)
-    dev = np.asarray(est.neighbourhood_max_deviation(frames_dev, neigh, r0))
+    neigh = loc.molecule_neighbourhoods([8, 1, 1] * n_mol)
+    dev = np.asarray(loc.neighbourhood_max_deviation(frames_dev, neigh, r0))
     expected = np.max(np.abs(lengths - r0), axis=-1)
     np.testing.assert_allclose(dev[[0, 2]], expected[[0, 2]], rtol=1e-5)
     assert np.all(np.isposinf(dev[1]))
 
-    sel = est.select_neighbourhoods(jax.random.key(0), dev, n_bins=4, per_bin=2)
+    sel = loc.select_neighbourhoods(jax.random.key(0), dev, n_bins=4, per_bin=2)
     chosen_frames = np.asarray(sel.frame_index)[np.asarray(sel.mask)]
     assert chosen_frames.size >= 4 and not np.any(chosen_frames == 1)
 
@@ -492,17 +495,17 @@ def test_water_pipeline_with_frozen_frame():
         params, _, per_atom, _ = _mlp_setup(n_samples=2, n_atoms=3 * n_mol)
         frames64 = jax.device_put(frames.astype(np.float64))
         atoms = jnp.asarray(neigh)[sel.neighbourhood_index]
-        obs = lambda s: est.neighbourhood_bond_lengths(s.positions, s.atoms)
+        obs = lambda s: loc.neighbourhood_bond_lengths(s.positions, s.atoms)
         kT = units.kT(300.0)
         v = jnp.array([1.0, -0.5])
-        expect = est.localized_expectation(per_atom, obs, kT, batch_size=4)
+        expect = loc.localized_expectation(per_atom, obs, kT, batch_size=4)
         grad = jax.grad(lambda p: expect(p, frames64, sel.frame_index, atoms, sel.mask) @ v)(params)
         # Same estimator via per-sample gradients on gathered samples, same mask and batching
         # (frame 1 is only referenced by masked slots; zero it so the copy is finite).
         clean = frames.copy()
         clean[1] = 0.0
-        local_all = est.gather_local_samples(jnp.asarray(clean), sel.frame_index, atoms)
-        jac_b = est.boltzmann_jacobian(est.local_energy_fn(per_atom), obs, kT, batch_size=4)(
+        local_all = loc.gather_local_samples(jnp.asarray(clean), sel.frame_index, atoms)
+        jac_b = est.boltzmann_jacobian(loc.local_energy_fn(per_atom), obs, kT, batch_size=4)(
             params, local_all, sel.mask
         )
         expected = jax.tree_util.tree_map(lambda j: jnp.tensordot(v, j, 1), jac_b)
@@ -525,12 +528,23 @@ def test_neighbourhood_bond_lengths_batched_and_periodic():
             [2.0, 2.0, 3.1],
         ]
     )
-    neigh = est.molecule_neighbourhoods([8, 1, 1, 8, 1, 1])
-    batched = est.neighbourhood_bond_lengths(positions, neigh, displacement_fn)
+    neigh = loc.molecule_neighbourhoods([8, 1, 1, 8, 1, 1])
+    batched = loc.neighbourhood_bond_lengths(positions, neigh, displacement_fn)
     single = jnp.stack(
-        [est.neighbourhood_bond_lengths(positions, a, displacement_fn) for a in neigh]
+        [loc.neighbourhood_bond_lengths(positions, a, displacement_fn) for a in neigh]
     )
     np.testing.assert_allclose(batched, single, rtol=1e-6)
     np.testing.assert_allclose(batched, [[0.95, 0.96], [0.9, 1.1]], rtol=1e-5)
-    free = est.neighbourhood_bond_lengths(positions, neigh)
+    free = loc.neighbourhood_bond_lengths(positions, neigh)
     np.testing.assert_allclose(free[0, 0], 4.05, rtol=1e-5)  # no minimum image in free space
+
+
+def test_estimator_reexports_the_split_modules_public_names():
+    """Every name moved out of stabie_jax.estimator is still importable from it, as the same
+    object (callers written against the old single module keep working)."""
+    for module in (loc, hp):
+        for name in module.__all__:
+            assert name in est.__all__, name
+            assert getattr(est, name) is getattr(module, name), name
+    for name in est.__all__:
+        assert hasattr(est, name), name

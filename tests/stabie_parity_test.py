@@ -30,7 +30,7 @@ from jax.flatten_util import ravel_pytree
 
 from experiments import molecule
 from stabie_jax import losses, md, units
-from stabie_jax.estimator import neighbourhood_max_deviation, select_neighbourhoods
+from stabie_jax.localized_estimator import neighbourhood_max_deviation, select_neighbourhoods
 from stabie_jax.md import Trajectory
 from stabie_jax.models import make_potential
 from stabie_jax.models.graph import build_graph, dense_edges

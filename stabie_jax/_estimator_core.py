@@ -1,0 +1,203 @@
+"""Private plumbing shared by the global and the localized Boltzmann estimators.
+
+Sample count and mask checks, the ``where`` guard that replaces excluded samples before any user
+function sees them, padding/chunking, the minibatch structure (batch id, valid counts, batch
+weights), and the per-sample weights ``c_i`` of the memory-flat backward rule
+``∇_θ L = ∇_θ Σ_i c_i U_θ(x_i)``. The maths and conventions (minibatches, masks, units) are in
+the docstring of :mod:`stabie_jax.estimator`; :mod:`stabie_jax.estimator` and
+:mod:`stabie_jax.localized_estimator` import these helpers by name.
+
+Shapes: ``N`` samples, ``n_obs`` flattened observable components, ``n_batches = ceil(N/B)``.
+Energies are eV and ``kT`` is eV.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+PyTree = Any
+
+# Private helpers only: nothing here is public API (import the underscored names explicitly).
+__all__: list[str] = []
+
+
+def _num_samples(samples: PyTree) -> int:
+    leaves = jax.tree_util.tree_leaves(samples)
+    if not leaves:
+        raise ValueError("samples is an empty pytree; pass arrays with a leading sample axis")
+    sizes = {int(jnp.shape(x)[0]) if jnp.ndim(x) else -1 for x in leaves}
+    if len(sizes) != 1 or -1 in sizes:
+        raise ValueError(
+            "every leaf of samples needs the same leading sample axis [N, ...]; got leading "
+            f"sizes {sorted(sizes)}"
+        )
+    return sizes.pop()
+
+
+def _resolve_mask(mask, n: int) -> jax.Array:
+    if mask is None:
+        return jnp.ones((n,), dtype=bool)
+    mask = jnp.asarray(mask)
+    if mask.shape != (n,):
+        raise ValueError(f"mask must have shape ({n},) to match the samples, got {mask.shape}")
+    return mask.astype(bool)
+
+
+def _guard(samples: PyTree, mask: jax.Array) -> PyTree:
+    """Replace excluded samples by the first valid one (finite inputs for the user's fns)."""
+    safe_index = jnp.argmax(mask)
+
+    def leaf(x):
+        x = jnp.asarray(x)
+        safe = x[safe_index]
+        if jnp.issubdtype(x.dtype, jnp.inexact):
+            # If no sample is valid the "safe" one may itself be non-finite: zero it.
+            safe = jnp.where(jnp.isfinite(safe), safe, jnp.zeros_like(safe))
+        keep = mask.reshape((-1,) + (1,) * (x.ndim - 1))
+        return jnp.where(keep, x, safe[None])
+
+    return jax.tree_util.tree_map(leaf, samples)
+
+
+def _pad_and_split(tree: PyTree, n: int, size: int) -> tuple[PyTree, int]:
+    """Pad the leading axis to a multiple of ``size`` (repeating sample 0) and reshape."""
+    n_groups = -(-n // size)
+    pad = n_groups * size - n
+
+    def leaf(x):
+        x = jnp.asarray(x)
+        if pad:
+            x = jnp.concatenate([x, jnp.repeat(x[:1], pad, axis=0)], axis=0)
+        return x.reshape((n_groups, size) + x.shape[1:])
+
+    return jax.tree_util.tree_map(leaf, tree), pad
+
+
+def _map(fn: Callable, xs: PyTree, chunk_size: int | None):
+    """``vmap(fn)(xs)``, or ``lax.map`` over chunks so intermediates stay one chunk in size."""
+    if chunk_size is None or chunk_size >= _num_samples(xs):
+        return jax.vmap(fn)(xs)
+    return jax.lax.map(fn, xs, batch_size=chunk_size)
+
+
+def _observables(
+    observable_fn: Callable, samples: PyTree, chunk_size: int | None = None
+) -> tuple[jax.Array, tuple]:
+    g = jnp.asarray(_map(observable_fn, samples, chunk_size))
+    if not jnp.issubdtype(g.dtype, jnp.inexact):
+        g = g.astype(jnp.result_type(float))
+    n = g.shape[0]
+    return g.reshape(n, -1), g.shape[1:]
+
+
+def _batch_structure(mask: jax.Array, n: int, batch_size: int | None, dtype):
+    """Batch id per sample, per-batch valid counts, and each batch's weight in the average."""
+    if batch_size is None:
+        batch_size = n
+    if batch_size < 2:
+        raise ValueError(
+            f"batch_size must be >= 2 (a covariance needs 2 samples), got {batch_size}"
+        )
+    n_batches = -(-n // batch_size)
+    batch_id = jnp.arange(n) // batch_size
+    m = mask.astype(dtype)
+    counts = jax.ops.segment_sum(m, batch_id, num_segments=n_batches)
+    usable = counts >= 2
+    weight = jnp.where(usable, counts, 0.0)
+    weight = weight / jnp.maximum(jnp.sum(weight), 1.0)
+    return batch_id, counts, weight, batch_size
+
+
+def _centred_observables(g: jax.Array, mask: jax.Array, batch_id, counts, n_batches):
+    """``(g_i - ḡ_batch(i)) · m_i``, ``[N, n_obs]``, in g's dtype."""
+    m = mask.astype(g.dtype)
+    sums = jax.ops.segment_sum(g * m[:, None], batch_id, num_segments=n_batches)
+    means = sums / jnp.maximum(counts, 1.0).astype(g.dtype)[:, None]
+    return (g - means[batch_id]) * m[:, None]
+
+
+def _sample_coefficients(g, mask, kT, batch_size, v):
+    """The weights ``c_i`` of the flat backward rule, ``[N]``: ∇L = ∇_θ Σ_i c_i U_θ(x_i)."""
+    n = g.shape[0]
+    batch_id, counts, weight, _ = _batch_structure(mask, n, batch_size, g.dtype)
+    n_batches = counts.shape[0]
+    dg = _centred_observables(g, mask, batch_id, counts, n_batches)
+    scale = weight / (kT * jnp.maximum(counts - 1.0, 1.0))
+    return -(dg @ v.reshape(-1).astype(g.dtype)) * scale[batch_id].astype(g.dtype)
+
+
+def _batch_coefficients(g, mask, kT, batch_size, v):
+    """``c_i`` for per-batch cotangents ``v [n_batches, n_obs]``: ``∇ Σ_b v_bᵀ ḡ_b``.
+
+    ``c_i = -(g_i - ḡ_b)·v_b / (kT (n_b - 1))``: each batch mean gets its own estimator's
+    vector-Jacobian product, unweighted (the loss carries the batch weights). Batches with fewer
+    than 2 valid samples contribute nothing.
+    """
+    n = g.shape[0]
+    batch_id, counts, _, _ = _batch_structure(mask, n, batch_size, g.dtype)
+    n_batches = counts.shape[0]
+    dg = _centred_observables(g, mask, batch_id, counts, n_batches)
+    scale = jnp.where(counts >= 2, 1.0 / (kT * jnp.maximum(counts - 1.0, 1.0)), 0.0)
+    v = v.reshape(n_batches, -1).astype(g.dtype)
+    return -jnp.sum(dg * v[batch_id], axis=-1) * scale[batch_id].astype(g.dtype)
+
+
+def _batch_means(g: jax.Array, mask: jax.Array, batch_size: int | None):
+    """Per-batch masked means ``[n_batches, n_obs]`` and the batches' weights ``[n_batches]``."""
+    n = g.shape[0]
+    batch_id, counts, weight, _ = _batch_structure(mask, n, batch_size, g.dtype)
+    n_batches = counts.shape[0]
+    m = mask.astype(g.dtype)
+    sums = jax.ops.segment_sum(g * m[:, None], batch_id, num_segments=n_batches)
+    return sums / jnp.maximum(counts, 1.0)[:, None], weight
+
+
+def _masked_mean(g: jax.Array, mask: jax.Array) -> jax.Array:
+    m = mask.astype(g.dtype)
+    return jnp.sum(g * m[:, None], axis=0) / jnp.maximum(jnp.sum(m), 1.0)
+
+
+def _weighted_energy_grad(energy_fn, params, samples, coefficients, chunk_size):
+    """``∇_θ Σ_i c_i U_θ(x_i)`` as one backward pass (or a scan over chunks of samples)."""
+    n = coefficients.shape[0]
+
+    def weighted_sum(p, xs, cs):
+        energies = jax.vmap(energy_fn, in_axes=(None, 0))(p, xs)
+        return jnp.sum(jax.lax.stop_gradient(cs).astype(energies.dtype) * energies)
+
+    if chunk_size is None or chunk_size >= n:
+        return jax.grad(weighted_sum)(params, samples, coefficients)
+    xs, _ = _pad_and_split(samples, n, chunk_size)
+    # Padded samples repeat sample 0 (finite after guarding) and get weight 0.
+    cs, _ = _pad_and_split(coefficients, n, chunk_size)
+    cs = cs * (jnp.arange(cs.size) < n).reshape(cs.shape).astype(cs.dtype)
+
+    def body(acc, chunk):
+        grad = jax.grad(weighted_sum)(params, *chunk)
+        return jax.tree_util.tree_map(jnp.add, acc, grad), None
+
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+    total, _ = jax.lax.scan(body, zeros, (xs, cs))
+    return total
+
+
+def _estimate_value(g, mask, obs_shape, batch_size, per_batch: bool):
+    """Forward value of the differentiable estimators.
+
+    ``per_batch=False``: the masked mean over all samples, ``[*obs_shape]``.
+    ``per_batch=True``: the per-minibatch masked means, ``[n_batches, *obs_shape]``.
+    """
+    if per_batch:
+        means, _ = _batch_means(g, mask, batch_size)
+        return means.reshape((-1,) + obs_shape)
+    return _masked_mean(g, mask).reshape(obs_shape)
+
+
+def _batch_weights(mask: jax.Array, n: int, batch_size: int | None) -> jax.Array:
+    """``[n_batches]`` weights of the minibatch estimators (sum 1; 0 below 2 valid samples)."""
+    _, _, weight, _ = _batch_structure(mask, n, batch_size, jnp.result_type(float))
+    return weight
