@@ -41,6 +41,7 @@ from stabie_jax import (
 from stabie_jax import evaluate as ev
 from stabie_jax import stabie as stabie_lib
 from stabie_jax.localized_estimator import molecule_neighbourhoods, neighbourhood_bond_lengths
+from stabie_jax.md.neighbors import neighbor_list_fn
 
 
 class WaterData(NamedTuple):
@@ -94,13 +95,11 @@ def load_water_data(d) -> WaterData:
 
 def _neighbor_fn(box, cutoff: float, skin: float):
     space = md.periodic_space(box)
-    return space, partition.neighbor_list(
+    return space, neighbor_list_fn(
         space.displacement_fn,
         jnp.asarray(box, jnp.float32),
         cutoff + skin,
-        dr_threshold=0.0,
         capacity_multiplier=1.5,
-        disable_cell_list=True,  # positions are unwrapped
         format=partition.NeighborListFormat.Sparse,
     )
 

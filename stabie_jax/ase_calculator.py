@@ -44,6 +44,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from jax_md import partition, space
 
 from stabie_jax.checkpoint import ModelMetadata, load_model_checkpoint, make_model_potential
+from stabie_jax.md.neighbors import neighbor_list_fn
 from stabie_jax.models.potential import Potential
 from stabie_jax.models.scale_shift import shift_table
 
@@ -163,13 +164,11 @@ class StabieCalculator(Calculator):
             return _SpaceFns(energy_forces, None, None)
         # dr_threshold 0: rebuilt exactly on every call (ASE moves atoms arbitrarily between
         # calls); no cell list, so any box shape works and the box can change between calls.
-        neighbor_fn = partition.neighbor_list(
+        neighbor_fn = neighbor_list_fn(
             displacement_fn,
             jnp.eye(3),
             self.cutoff,
-            dr_threshold=0.0,
             capacity_multiplier=self._capacity_multiplier,
-            disable_cell_list=True,
             format=partition.Sparse,
         )
         update = jax.jit(lambda r, nbrs, **kw: neighbor_fn.update(r, nbrs, **kw))

@@ -6,7 +6,11 @@
   JAX-MD style.
 * :mod:`stabie_jax.md.replicas` - :func:`make_simulator`: batched replica state with an alive
   mask, ring buffer for rewinds, neighbour lists with host-side overflow handling, and a jitted
-  ``simulate`` that records every S-th frame.
+  ``simulate`` that records every S-th frame. It assembles small factories:
+  :mod:`~stabie_jax.md.state` (containers), :mod:`~stabie_jax.md.spaces`,
+  :mod:`~stabie_jax.md.dynamics` (integrator choice), :mod:`~stabie_jax.md.neighbors`,
+  :mod:`~stabie_jax.md.history` (the ring), :mod:`~stabie_jax.md.layout` (mesh sharding and
+  ``lax.map`` chunks) and :mod:`~stabie_jax.md.stepping` (the step and its scan).
 """
 
 from stabie_jax.md.integrators import (

@@ -40,207 +40,49 @@ Examples:
   >>> state = sim.init(params, key, positions)            # positions [R, N, 3]  # doctest: +SKIP
   >>> state, traj = sim.simulate(params, state, 1000, 100)                 # doctest: +SKIP
   >>> state, ok = sim.rewind(state, ~stable, saves_back=1)                 # doctest: +SKIP
+
+The pieces live in small modules: :mod:`stabie_jax.md.state` (containers),
+:mod:`stabie_jax.md.spaces`, :mod:`stabie_jax.md.dynamics` (the integrator choice),
+:mod:`stabie_jax.md.neighbors` (lists and their overflow retry), :mod:`stabie_jax.md.history`
+(the ring), :mod:`stabie_jax.md.layout` (mesh sharding and ``lax.map`` chunks) and
+:mod:`stabie_jax.md.stepping` (the step and its scan); this module assembles them.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from collections.abc import Callable
-from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
-from jax_md import partition, simulate, space
+from jax_md import partition
 
-from stabie_jax import units
-from stabie_jax.md import integrators, thermostat
+from stabie_jax.md import thermostat
+from stabie_jax.md.dynamics import INTEGRATORS, Dynamics, make_dynamics
+from stabie_jax.md.history import init_history, read_history, truncate_history
+from stabie_jax.md.layout import ReplicaLayout, replica_layout, replica_mesh
+from stabie_jax.md.neighbors import ReplicaNeighbors, replica_neighbors, retry_on_overflow
+from stabie_jax.md.spaces import Space, free_space, periodic_space
+from stabie_jax.md.state import History, ReplicaState, Simulator, Trajectory, where_replicas
+from stabie_jax.md.stepping import make_advance, make_energy, make_step
 
-INTEGRATORS = ("nose_hoover_chain", "authors_nose_hoover", "langevin")
+__all__ = [
+    "INTEGRATORS",
+    "History",
+    "ReplicaState",
+    "Simulator",
+    "Space",
+    "Trajectory",
+    "free_space",
+    "make_simulator",
+    "periodic_space",
+    "replica_mesh",
+]
 
-# ---------------------------------------------------------------------------------------------
-# State containers
-
-
-class History(NamedTuple):
-    """Ring buffer of saved states.
-
-    Attributes:
-      md: ``NVTNoseHooverState`` whose leaves are ``[R, H, ...]``.
-      step: ``[R, H]`` int32, the replica step of each entry (``-1`` = empty).
-      count: ``[R]`` int32, number of saves made so far (entry of save ``c`` is slot ``c % H``).
-    """
-
-    md: Any
-    step: jax.Array
-    count: jax.Array
-
-
-class ReplicaState(NamedTuple):
-    """Immutable state of all replicas (see the module docstring)."""
-
-    md: Any
-    neighbor: Any
-    alive: jax.Array
-    nonfinite: jax.Array
-    step: jax.Array
-    history: History
-
-    @property
-    def positions(self) -> jax.Array:
-        """``[R, N, 3]`` Å (unwrapped)."""
-        return self.md.position
-
-    @property
-    def velocities(self) -> jax.Array:
-        """``[R, N, 3]`` Å per internal time unit."""
-        return self.md.momentum / self.md.mass
-
-
-class Trajectory(NamedTuple):
-    """Frames recorded every ``sample_every`` steps of one ``simulate`` call (time-major).
-
-    Attributes:
-      positions: ``[F, R, N, 3]`` Å.
-      velocities: ``[F, R, N, 3]`` Å per internal time unit (``units.fs_to_internal``).
-      step: ``[F, R]`` int32, replica step of the frame.
-      alive: ``[F, R]`` bool, replica alive at the frame (frozen replicas repeat their state).
-      potential_energy: ``[F, R]`` eV, or ``None`` when not recorded.
-    """
-
-    positions: jax.Array
-    velocities: jax.Array
-    step: jax.Array
-    alive: jax.Array
-    potential_energy: jax.Array | None
-
-
-class Space(NamedTuple):
-    """Displacement/shift pair and, for periodic systems, the box (Å)."""
-
-    displacement_fn: Callable
-    shift_fn: Callable
-    box: Any
-
-
-def free_space() -> Space:
-    """Free (non-periodic) space for molecules."""
-    displacement_fn, shift_fn = space.free()
-    return Space(displacement_fn, shift_fn, None)
-
-
-def periodic_space(box) -> Space:
-    """Orthorhombic periodic space with minimum-image displacements and unwrapped positions.
-
-    Args:
-      box: scalar or ``[3]`` side lengths, Å.
-    """
-    box = np.asarray(box, dtype=np.float64)
-    if box.ndim == 2:
-        if not np.allclose(box, np.diag(np.diag(box))):
-            raise ValueError(f"only orthorhombic cells are supported, got cell {box.tolist()}")
-        box = np.diag(box)
-    if np.any(box <= 0):
-        raise ValueError(f"box side lengths must be positive, got {box}")
-    displacement_fn, shift_fn = space.periodic(jnp.asarray(box, jnp.float32), wrapped=False)
-    return Space(displacement_fn, shift_fn, box)
-
-
-class Simulator(NamedTuple):
-    """Functions of one MD setup; see :func:`make_simulator`.
-
-    Attributes:
-      init: ``(params, key, positions [R,N,3], momenta=None, rescale_velocities=False)
-        -> ReplicaState``.
-      simulate: ``(params, state, n_steps, sample_every=None, record_energy=False)
-        -> (ReplicaState, Trajectory | None)``.
-      rewind: ``(state, mask [R], saves_back=0, revive=True) -> (ReplicaState, rewound [R])``.
-      select: ``(mask [R], state_if_true, state_if_false) -> ReplicaState``.
-      energy: ``(params, positions [R,N,3], neighbor=None) -> [R]`` eV.
-      invariant: ``(params, state) -> [R]`` eV, the integrator's conserved energy (chain:
-        JAX-MD's extended energy; authors': ``U + K + Q ζ² + 2·K0·ξ``; Langevin: ``U + K``,
-        which is not conserved).
-      dt: timestep, internal time. kT: eV. tau: thermostat time, internal time (chain:
-        ``tau``; authors': ``ttime·dt``; Langevin: ``1/γ``).
-      dof: thermostatted degrees of freedom per replica. masses: ``[N]`` amu.
-      history_every, history_length: ring-buffer settings.
-      integrator: ``"nose_hoover_chain"``, ``"authors_nose_hoover"`` or ``"langevin"``.
-    """
-
-    init: Callable
-    simulate: Callable
-    rewind: Callable
-    select: Callable
-    energy: Callable
-    invariant: Callable
-    dt: float
-    kT: float
-    tau: float
-    dof: int
-    masses: np.ndarray
-    history_every: int
-    history_length: int
-    integrator: str = "nose_hoover_chain"
-
-    def simulated_time(self, state: ReplicaState) -> jax.Array:
-        """``[R]`` simulated time per replica, internal units (``units.internal_to_fs``)."""
-        return state.step * self.dt
-
-
-def replica_mesh(n_replicas: int, devices=None) -> jax.sharding.Mesh | None:
-    """A 1-D ``("replica",)`` mesh for ``make_simulator(mesh=...)``, or None.
-
-    Args:
-      n_replicas: number of replicas the simulator will run.
-      devices: devices to split them over (default ``jax.devices()``).
-
-    Returns:
-      A mesh over all ``devices`` when there are several and they split ``n_replicas``
-      evenly; None (everything on one device) otherwise.
-    """
-    devices = np.asarray(jax.devices() if devices is None else devices)
-    if devices.size < 2 or n_replicas % devices.size:
-        return None
-    return jax.sharding.Mesh(devices.reshape(-1), ("replica",))
-
-
-# ---------------------------------------------------------------------------------------------
-# Small pytree helpers
-
-
-def _where_replicas(mask, a, b):
-    """Per-replica select over two pytrees with leaves ``[R, ...]``."""
-
-    def pick(x, y):
-        m = jnp.reshape(mask, mask.shape + (1,) * (x.ndim - 1))
-        return jnp.where(m, x, y)
-
-    return jax.tree_util.tree_map(pick, a, b)
-
-
-def _replica_finite(md) -> jax.Array:
-    """``[R]`` True where every floating leaf of the replica's state is finite."""
-    finite = None
-    for leaf in jax.tree_util.tree_leaves(md):
-        if not jnp.issubdtype(leaf.dtype, jnp.floating):
-            continue
-        f = jnp.all(jnp.isfinite(leaf), axis=tuple(range(1, leaf.ndim)))
-        finite = f if finite is None else finite & f
-    return finite
-
-
-def _set_dof(md, dof: int, kT: float):
-    """Thermostat the requested ``dof`` (JAX-MD counts ``3N``): first-link mass ``dof·kT·tau²``."""
-    chain = md.chain
-    q = kT * chain.tau[..., None] ** 2 * jnp.ones_like(chain.mass)
-    q = q.at[..., 0].multiply(dof)
-    return md.set(chain=dataclasses.replace(chain, mass=q, degrees_of_freedom=dof))
-
-
-# ---------------------------------------------------------------------------------------------
-# Factory
+# Private helpers that lived here before the split: kept importable under their old names.
+from stabie_jax.md.dynamics import _set_dof  # noqa: E402, F401, I001
+from stabie_jax.md.state import replica_finite as _replica_finite  # noqa: E402, F401
+from stabie_jax.md.state import where_replicas as _where_replicas  # noqa: E402, F401
 
 
 def make_simulator(
@@ -324,6 +166,104 @@ def make_simulator(
     Returns:
       A :class:`Simulator`.
     """
+    dtype, masses_np = _checked_arguments(
+        dtype, masses, history_every, history_length, integrator, chain_length, cutoff, donate_state
+    )
+    n_atoms = masses_np.shape[0]
+    dynamics = make_dynamics(
+        energy_fn,
+        space.shift_fn,
+        n_atoms,
+        dt=dt,
+        kT=kT,
+        tau=tau,
+        remove_com_dof=remove_com_dof,
+        integrator=integrator,
+        chain_length=chain_length,
+        chain_steps=chain_steps,
+        sy_steps=sy_steps,
+        ttime_steps=ttime_steps,
+        langevin_gamma=langevin_gamma,
+    )
+    neighbors = _neighbors(space, n_atoms, cutoff, skin, capacity_multiplier, neighbor_format)
+    return _assemble(
+        energy_fn,
+        dynamics,
+        neighbors,
+        replica_layout(mesh, replica_batch_size),
+        masses_np,
+        dtype=dtype,
+        dt=dt,
+        kT=kT,
+        history_every=int(history_every),
+        history_length=int(history_length),
+        donate_state=donate_state,
+        max_reallocations=max_reallocations,
+        integrator=integrator,
+    )
+
+
+def _neighbors(space, n_atoms, cutoff, skin, capacity_multiplier, neighbor_format):
+    """:func:`replica_neighbors` with list cutoff ``cutoff + skin`` Å, or None without a cutoff."""
+    if cutoff is None:
+        return None
+    return replica_neighbors(
+        space,
+        n_atoms,
+        cutoff + skin,
+        capacity_multiplier=capacity_multiplier,
+        neighbor_format=neighbor_format,
+    )
+
+
+def _assemble(
+    energy_fn: Callable,
+    dynamics: Dynamics,
+    neighbors: ReplicaNeighbors | None,
+    layout: ReplicaLayout,
+    masses_np: np.ndarray,
+    *,
+    dtype,
+    dt: float,
+    kT: float,
+    history_every: int,
+    history_length: int,
+    donate_state: bool,
+    max_reallocations: int,
+    integrator: str,
+) -> Simulator:
+    """The :class:`Simulator` of :func:`make_simulator` from its parts."""
+    masses_j = jnp.asarray(masses_np, dtype=dtype)
+    energy = make_energy(energy_fn, layout.map_replicas)
+    rebuild = None if neighbors is None else neighbors.rebuild
+    step = make_step(dynamics.apply, layout.map_replicas, rebuild, history_every)
+    advance = jax.jit(
+        layout.shard(make_advance(step, energy)),
+        static_argnums=(2, 3, 4),
+        donate_argnums=(1,) if donate_state else (),
+    )
+    return Simulator(
+        init=_make_init(dynamics, neighbors, masses_j, kT, dtype, history_length),
+        simulate=_make_simulate(advance, layout.place, neighbors, max_reallocations),
+        rewind=_make_rewind(dynamics, neighbors),
+        select=_make_select(neighbors),
+        energy=energy,
+        invariant=_make_invariant(dynamics, energy, masses_j),
+        dt=dt,
+        kT=kT,
+        tau=dynamics.tau,
+        dof=dynamics.dof,
+        masses=masses_np,
+        history_every=history_every,
+        history_length=history_length,
+        integrator=integrator,
+    )
+
+
+def _checked_arguments(
+    dtype, masses, history_every, history_length, integrator, chain_length, cutoff, donate_state
+):
+    """``(dtype, masses [N] float64 amu)`` of :func:`make_simulator`, or ``ValueError``."""
     dtype = jnp.dtype(dtype)
     if dtype == jnp.float64 and not jax.config.read("jax_enable_x64"):
         raise ValueError(
@@ -335,110 +275,37 @@ def make_simulator(
     masses_np = np.asarray(masses, dtype=np.float64)
     if masses_np.ndim != 1 or np.any(masses_np <= 0):
         raise ValueError(f"masses must be a positive [N] array in amu, got {masses_np}")
-    n_atoms = masses_np.shape[0]
     if history_every < 1 or history_length < 1:
         raise ValueError("history_every and history_length must be >= 1")
     if integrator not in INTEGRATORS:
         raise ValueError(f"integrator must be one of {INTEGRATORS}, got {integrator!r}")
     if integrator == "nose_hoover_chain" and chain_length < 2:
         raise ValueError("JAX-MD's Nose-Hoover chain needs chain_length >= 2")
-    use_nl = cutoff is not None
-    if donate_state and use_nl:
+    if donate_state and cutoff is not None:
         raise ValueError(
             "donate_state=True is only supported without neighbour lists (an overflowing call "
             "is re-run from its input state)"
         )
-    tau = thermostat.tau_from_ttime(20, dt) if tau is None else tau
-    if remove_com_dof is None:
-        remove_com_dof = integrator != "authors_nose_hoover"
-    dof = thermostat.degrees_of_freedom(n_atoms, remove_com_dof)
-    masses_j = jnp.asarray(masses_np, dtype=dtype)
-    H = int(history_length)
+    return dtype, masses_np
 
-    def md_energy(position, params, neighbor=None):
-        return energy_fn(params, position, neighbor)
 
-    authors_q, authors_k0 = None, None
-    if integrator == "nose_hoover_chain":
-        nvt_init, nvt_apply = simulate.nvt_nose_hoover(
-            md_energy,
-            space.shift_fn,
-            dt,
-            kT,
-            chain_length=chain_length,
-            chain_steps=chain_steps,
-            sy_steps=sy_steps,
-            tau=tau,
-        )
-    elif integrator == "authors_nose_hoover":
-        tau = ttime_steps * dt
-        nvt_init, nvt_apply = integrators.authors_nose_hoover(
-            md_energy, space.shift_fn, dt, kT, ttime_steps=ttime_steps, dof=dof
-        )
-        authors_q, authors_k0 = integrators.authors_thermostat_constants(dof, kT, ttime_steps, dt)
-    else:
-        gamma = units.per_ps_to_internal(0.1) if langevin_gamma is None else langevin_gamma
-        if not gamma > 0:
-            raise ValueError(f"langevin_gamma must be > 0, got {gamma}")
-        tau = 1.0 / gamma
-        dof = 3 * n_atoms  # the per-atom noise thermalises the centre of mass too
-        nvt_init, nvt_apply = simulate.nvt_langevin(md_energy, space.shift_fn, dt, kT, gamma=gamma)
-
-    neighbor_fn = None
-    if use_nl:
-        box = space.box if space.box is not None else 1.0e4
-        neighbor_fn = partition.neighbor_list(
-            space.displacement_fn,
-            jnp.asarray(box, jnp.float32),
-            cutoff + skin,
-            dr_threshold=0.0,  # always rebuild: the list is a pure function of positions
-            capacity_multiplier=capacity_multiplier,
-            disable_cell_list=True,  # positions are unwrapped
-            format=neighbor_format,
-        )
-        ordered = neighbor_format == partition.NeighborListFormat.OrderedSparse
-        max_edges = n_atoms * (n_atoms - 1) // (2 if ordered else 1)
-        list_cutoff_sq = (cutoff + skin) ** 2
-        pair_displacements = jax.vmap(jax.vmap(space.displacement_fn, (None, 0)), (0, None))
-
-        @jax.jit
-        def _max_occupancy(positions):
-            def count(r):
-                d = pair_displacements(r, r)
-                d2 = jnp.sum(d**2, axis=-1)
-                inside = jnp.sum((d2 < list_cutoff_sq) & ~jnp.eye(n_atoms, dtype=bool))
-                return inside // 2 if ordered else inside  # OrderedSparse keeps i < j only
-
-            return jnp.max(jax.vmap(count)(positions))
-
-    def _allocate(positions, min_capacity: int = 0):
-        """Batched neighbour lists for ``positions [R,N,3]`` with a common capacity."""
-        occupancy = int(_max_occupancy(positions))
-        capacity = max(int(math.ceil(occupancy * capacity_multiplier)) + 1, int(min_capacity))
-        capacity = min(capacity, max_edges)
-        template = neighbor_fn.allocate(positions[0])
-        template = dataclasses.replace(template, max_occupancy=capacity)
-        return jax.jit(jax.vmap(lambda r: template.update(r)))(positions)
-
-    def _rebuild(neighbor, positions):
-        return jax.vmap(lambda n, r: n.update(r))(neighbor, positions)
-
-    rebuild_jit = jax.jit(_rebuild)
-
-    def _map_replicas(fn, *args):
-        if replica_batch_size is None:
-            return jax.vmap(fn)(*args)
-        return lax.map(lambda a: fn(*a), args, batch_size=replica_batch_size)
-
-    # -- init -----------------------------------------------------------------------------------
+def _make_init(
+    dynamics: Dynamics,
+    neighbors: ReplicaNeighbors | None,
+    masses_j,
+    kT: float,
+    dtype,
+    history_length: int,
+) -> Callable:
+    """``Simulator.init`` (see :func:`make_simulator`)."""
+    n_atoms, dof = masses_j.shape[0], dynamics.dof
 
     @jax.jit
-    def _init_md(params, keys, positions, momenta, neighbor):
+    def init_md(params, keys, positions, momenta, neighbor):
         def one(k, r, p, nbr):
-            return nvt_init(k, r, mass=masses_j, momenta=p, params=params, neighbor=nbr)
+            return dynamics.init(k, r, mass=masses_j, momenta=p, params=params, neighbor=nbr)
 
-        md = jax.vmap(one)(keys, positions, momenta, neighbor)
-        return _set_dof(md, dof, kT) if integrator == "nose_hoover_chain" else md
+        return dynamics.post_init(jax.vmap(one)(keys, positions, momenta, neighbor))
 
     def init(params, key, positions, momenta=None, rescale_velocities: bool = False):
         """Start all replicas.
@@ -465,132 +332,24 @@ def make_simulator(
         momenta = jnp.asarray(momenta, dtype=dtype)
         if momenta.shape != positions.shape:
             raise ValueError(f"momenta shape {momenta.shape} != positions {positions.shape}")
-        neighbor = _allocate(positions) if use_nl else None
-        if integrator == "langevin":
-            base = jax.random.PRNGKey(0) if key is None else key
-            keys = jax.random.split(jax.random.fold_in(base, 1), n_rep)
-        else:
-            keys = jnp.broadcast_to(jax.random.PRNGKey(0), (n_rep, 2))
-        md = _init_md(params, keys, positions, momenta, neighbor)
-
-        def ring(x):
-            buf = jnp.zeros((x.shape[0], H) + x.shape[1:], x.dtype)
-            return buf.at[:, 0].set(x)
-
-        history = History(
-            md=jax.tree_util.tree_map(ring, md),
-            step=jnp.full((n_rep, H), -1, jnp.int32).at[:, 0].set(0),
-            count=jnp.ones((n_rep,), jnp.int32),
-        )
+        neighbor = neighbors.allocate(positions) if neighbors is not None else None
+        md = init_md(params, dynamics.replica_keys(key, n_rep), positions, momenta, neighbor)
         return ReplicaState(
             md=md,
             neighbor=neighbor,
             alive=jnp.ones((n_rep,), bool),
             nonfinite=jnp.zeros((n_rep,), bool),
             step=jnp.zeros((n_rep,), jnp.int32),
-            history=history,
+            history=init_history(md, history_length),
         )
 
-    # -- one step -------------------------------------------------------------------------------
+    return init
 
-    def _step(params, s: ReplicaState) -> ReplicaState:
-        neighbor = _rebuild(s.neighbor, s.md.position) if use_nl else None
-        new_md = _map_replicas(
-            lambda st, nb: nvt_apply(st, params=params, neighbor=nb), s.md, neighbor
-        )
-        finite = _replica_finite(new_md)
-        move = s.alive & finite
-        md = _where_replicas(move, new_md, s.md)
-        if use_nl:
-            neighbor = _where_replicas(s.alive, neighbor, s.neighbor)
-        step = s.step + move.astype(jnp.int32)
 
-        hist = s.history
-        save = move & (step % history_every == 0)
-        rows = jnp.arange(step.shape[0])
-        slot = hist.count % H
-
-        def put(buf, x):
-            cur = buf[rows, slot]
-            m = jnp.reshape(save, save.shape + (1,) * (x.ndim - 1))
-            return buf.at[rows, slot].set(jnp.where(m, x, cur))
-
-        hist = History(
-            md=jax.tree_util.tree_map(put, hist.md, md),
-            step=put(hist.step, step),
-            count=hist.count + save.astype(jnp.int32),
-        )
-        return ReplicaState(
-            md=md,
-            neighbor=neighbor,
-            alive=s.alive & finite,
-            nonfinite=s.nonfinite | (s.alive & ~finite),
-            step=step,
-            history=hist,
-        )
-
-    def batched_energy(params, positions, neighbor=None):
-        return _map_replicas(lambda r, nb: energy_fn(params, r, nb), positions, neighbor)
-
-    def _advance(params, state, n_steps, sample_every, record_energy):
-        every = sample_every or n_steps
-        n_frames = n_steps // every
-
-        def inner(s, _):
-            return _step(params, s), None
-
-        def outer(s, _):
-            s, _ = lax.scan(inner, s, None, length=every)
-            if not sample_every:
-                return s, None
-            energy = batched_energy(params, s.md.position, s.neighbor) if record_energy else None
-            frame = Trajectory(
-                positions=s.md.position,
-                velocities=s.md.momentum / s.md.mass,
-                step=s.step,
-                alive=s.alive,
-                potential_energy=energy,
-            )
-            return s, frame
-
-        return lax.scan(outer, state, None, length=n_frames)
-
-    if mesh is not None:
-        replica_spec = jax.sharding.PartitionSpec(tuple(mesh.axis_names))
-        frame_spec = jax.sharding.PartitionSpec(None, tuple(mesh.axis_names))
-        replicated = jax.sharding.PartitionSpec()
-
-        def _advance_on_mesh(params, state, n_steps, sample_every, record_energy):
-            per_device = jax.shard_map(
-                lambda p, s: _advance(p, s, n_steps, sample_every, record_energy),
-                mesh=mesh,
-                in_specs=(replicated, replica_spec),
-                out_specs=(replica_spec, frame_spec),
-                check_vma=False,
-            )
-            return per_device(params, state)
-
-        advance = _advance_on_mesh
-    else:
-        advance = _advance
-    advance_jit = jax.jit(
-        advance, static_argnums=(2, 3, 4), donate_argnums=(1,) if donate_state else ()
-    )
-
-    def _on_mesh(params, state: ReplicaState):
-        """Params replicated and replicas split over the mesh, so every call of the jitted
-        scan sees the same input shardings (a different placement would recompile it)."""
-        if mesh is None:
-            return params, state
-        if state.step.shape[0] % mesh.devices.size:
-            raise ValueError(
-                f"{state.step.shape[0]} replicas cannot be split evenly over the "
-                f"{mesh.devices.size} devices of the simulator's mesh; choose a multiple of "
-                f"{mesh.devices.size} replicas or build the simulator with mesh=None"
-            )
-        params = jax.device_put(params, jax.sharding.NamedSharding(mesh, replicated))
-        state = jax.device_put(state, jax.sharding.NamedSharding(mesh, replica_spec))
-        return params, state
+def _make_simulate(
+    advance: Callable, place: Callable, neighbors: ReplicaNeighbors | None, max_reallocations: int
+) -> Callable:
+    """``Simulator.simulate`` around the jitted ``advance`` (see :func:`make_simulator`)."""
 
     def simulate_fn(params, state, n_steps, sample_every=None, record_energy=False):
         """Advance every alive replica ``n_steps`` steps.
@@ -620,29 +379,22 @@ def make_simulator(
                 raise ValueError(
                     f"sample_every={sample_every} must be >= 1 and divide n_steps={n_steps}"
                 )
-        params, state = _on_mesh(params, state)
-        if not use_nl:
-            return advance_jit(params, state, n_steps, sample_every, bool(record_energy))
-        for _ in range(max_reallocations + 1):
-            new_state, traj = advance_jit(params, state, n_steps, sample_every, bool(record_energy))
-            overflow = np.asarray(new_state.neighbor.did_buffer_overflow)
-            if not overflow.any():
-                return new_state, traj
-            capacity = state.neighbor.idx.shape[-1]
-            params, state = _on_mesh(
-                params,
-                state._replace(
-                    neighbor=_allocate(state.md.position, min_capacity=int(1.5 * capacity) + 1)
-                ),
-            )
-        raise RuntimeError(
-            f"neighbour list still overflows after {max_reallocations} reallocations "
-            f"(capacity {state.neighbor.idx.shape[-1]}); the system may have collapsed"
-        )
+        record_energy = bool(record_energy)
 
-    # -- rewinds, selection, invariants ----------------------------------------------------------
+        def run(params, state):
+            return advance(params, state, n_steps, sample_every, record_energy)
 
-    @jax.jit
+        params, state = place(params, state)
+        if neighbors is None:
+            return run(params, state)
+        return retry_on_overflow(run, place, neighbors.allocate, max_reallocations)(params, state)
+
+    return simulate_fn
+
+
+def _make_rewind(dynamics: Dynamics, neighbors: ReplicaNeighbors | None) -> Callable:
+    """``Simulator.rewind`` (jitted; see :func:`make_simulator`)."""
+
     def rewind(state: ReplicaState, mask, saves_back=0, revive=True):
         """Restore replicas from their ring buffer.
 
@@ -660,76 +412,53 @@ def make_simulator(
           ``(new_state, rewound)``; ``rewound[r]`` is False where ``mask[r]`` was set but the
           ring does not hold that many saves (the replica is left unchanged).
         """
-        hist = state.history
-        n_rep = state.step.shape[0]
-        back = jnp.broadcast_to(jnp.asarray(saves_back, jnp.int32), (n_rep,))
-        available = jnp.minimum(hist.count, H)
-        ok = jnp.asarray(mask, bool) & (back >= 0) & (back < available)
-        rows = jnp.arange(n_rep)
-        slot = (hist.count - 1 - back) % H
-        restored = jax.tree_util.tree_map(lambda buf: buf[rows, slot], hist.md)
-        if integrator == "langevin":
-            # Fresh noise after a rewind: the random key moves on instead of being restored.
-            restored = restored.set(rng=state.md.rng)
-        md = _where_replicas(ok, restored, state.md)
+        back, valid, restored, restored_step = read_history(state.history, saves_back)
+        ok = jnp.asarray(mask, bool) & valid
+        md = where_replicas(ok, dynamics.on_rewind(restored, state.md), state.md)
         neighbor = state.neighbor
-        if use_nl:
-            neighbor = _where_replicas(ok, _rebuild(neighbor, md.position), neighbor)
-        alive = jnp.where(ok & revive, True, state.alive)
-        nonfinite = jnp.where(ok & revive, False, state.nonfinite)
+        if neighbors is not None:
+            neighbor = where_replicas(ok, neighbors.rebuild(neighbor, md.position), neighbor)
         new = ReplicaState(
             md=md,
             neighbor=neighbor,
-            alive=alive,
-            nonfinite=nonfinite,
-            step=jnp.where(ok, hist.step[rows, slot], state.step),
-            history=History(hist.md, hist.step, jnp.where(ok, hist.count - back, hist.count)),
+            alive=jnp.where(ok & revive, True, state.alive),
+            nonfinite=jnp.where(ok & revive, False, state.nonfinite),
+            step=jnp.where(ok, restored_step, state.step),
+            history=truncate_history(state.history, ok, back),
         )
         return new, ok
+
+    return jax.jit(rewind)
+
+
+def _make_select(neighbors: ReplicaNeighbors | None) -> Callable:
+    """``Simulator.select`` (see :func:`make_simulator`)."""
 
     def select(mask, state_true: ReplicaState, state_false: ReplicaState) -> ReplicaState:
         """Per replica, ``state_true`` where ``mask`` else ``state_false`` (neighbour lists are
         rebuilt with ``state_true``'s capacity, so states of different capacities combine)."""
         mask = jnp.asarray(mask, bool)
         fields = {
-            name: _where_replicas(mask, getattr(state_true, name), getattr(state_false, name))
+            name: where_replicas(mask, getattr(state_true, name), getattr(state_false, name))
             for name in ("md", "alive", "nonfinite", "step", "history")
         }
         neighbor = None
-        if use_nl:
-            neighbor = rebuild_jit(state_true.neighbor, fields["md"].position)
+        if neighbors is not None:
+            neighbor = neighbors.rebuild_jit(state_true.neighbor, fields["md"].position)
         return ReplicaState(neighbor=neighbor, **fields)
+
+    return select
+
+
+def _make_invariant(dynamics: Dynamics, energy: Callable, masses_j) -> Callable:
+    """``Simulator.invariant`` (jitted; see :func:`make_simulator`)."""
 
     @jax.jit
     def invariant(params, state: ReplicaState):
         """Conserved energy of the dynamics, ``[R]`` eV (Langevin: ``U + K``, not conserved)."""
         md = state.md
-        pe = batched_energy(params, md.position, state.neighbor)
+        pe = energy(params, md.position, state.neighbor)
         ke = thermostat.kinetic_energy(md.momentum, masses_j)
-        if integrator == "langevin":
-            return pe + ke
-        if integrator == "authors_nose_hoover":
-            return integrators.authors_nose_hoover_invariant(
-                pe, ke, md.zeta, md.xi, authors_q, authors_k0
-            )
-        c = md.chain
-        e = pe + ke + c.momentum[:, 0] ** 2 / (2 * c.mass[:, 0]) + dof * kT * c.position[:, 0]
-        e = e + jnp.sum(c.momentum[:, 1:] ** 2 / (2 * c.mass[:, 1:]) + kT * c.position[:, 1:], -1)
-        return e
+        return dynamics.invariant(pe, ke, md)
 
-    return Simulator(
-        init=init,
-        simulate=simulate_fn,
-        rewind=rewind,
-        select=select,
-        energy=batched_energy,
-        invariant=invariant,
-        dt=dt,
-        kT=kT,
-        tau=tau,
-        dof=dof,
-        masses=masses_np,
-        history_every=int(history_every),
-        history_length=H,
-        integrator=integrator,
-    )
+    return invariant
