@@ -69,7 +69,11 @@ def _reference_vacf(config, dt_fs: float, window_steps: int):
 
     Returns ``(lag_fs [W], vacf [W])`` on the reference frame spacing, or None.
     """
-    full = data.load_dataset(config.data.source, download=bool(config.data.download))
+    full = data.load_dataset(
+        config.data.source,
+        download=bool(config.data.download),
+        **molecule_lib.reader_options(config.data),
+    )
     if full.velocities is None or full.time_fs is None:
         return None
     order = np.argsort(full.time_fs)

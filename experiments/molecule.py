@@ -162,6 +162,12 @@ def claim_stabie(config, workdir, train, pretrained_dir, extra_arrays=()) -> Non
     )
 
 
+def reader_options(data_config) -> dict:
+    """Reader keyword arguments set in ``config.data`` (the same for every stage)."""
+    keys = ("labels", "energy_unit")
+    return {k: data_config[k] for k in keys if k in data_config and data_config[k]}
+
+
 def load_molecule_data(
     source: str,
     *,
@@ -667,9 +673,7 @@ def run(config, workdir) -> dict:
     molecule = load_molecule_data(
         d.source,
         test_source=d.test_source,
-        reader_options={
-            k: v for k, v in (("labels", d.labels), ("energy_unit", d.energy_unit)) if v
-        },
+        reader_options=reader_options(d),
         download=bool(d.download),
         n_train=int(d.n_train),
         n_val=int(d.n_val),

@@ -242,3 +242,29 @@ def test_chain_thermostat_time_from_config_matches_the_authors_period():
     del config.md["integrator"]
     assert molecule.integrator_kwargs(config)["integrator"] == "nose_hoover_chain"
     np.testing.assert_allclose(molecule.integrator_kwargs(config)["tau"], 20 * dt, rtol=1e-12)
+
+
+def test_evaluation_reloads_the_data_with_the_configured_reader_options(monkeypatch):
+    """The VACF reference reload used to drop data.energy_unit/labels ("energy unit unknown"
+    for an extxyz file that needs it)."""
+    from experiments import evaluation
+
+    seen = {}
+
+    def fake_load(source, **kwargs):
+        seen.update(kwargs, source=source)
+        return type("D", (), {"velocities": None, "time_fs": None})()
+
+    monkeypatch.setattr(evaluation.data, "load_dataset", fake_load)
+    config = aspirin.get_config("smoke")
+    config.data.source = "mine.extxyz"
+    config.data.energy_unit = "eV"
+    config.data.labels = "md17"
+    assert evaluation._reference_vacf(config, 0.5, 100) is None
+    assert seen == {
+        "source": "mine.extxyz",
+        "download": False,
+        "energy_unit": "eV",
+        "labels": "md17",
+    }
+    assert molecule.reader_options(config.data) == {"labels": "md17", "energy_unit": "eV"}
