@@ -492,3 +492,54 @@ def test_stabie_bad_metadata_json(tmp_path):
     np.savez(tmp_path / "deep.npz", metadata=np.array("[" * 100_000 + "]" * 100_000), **arrays)
     with pytest.raises(ValueError, match="deep.npz: key 'metadata'"):
         read_file(tmp_path / "deep.npz")
+
+
+# --- units honoured or refused, implausible magnitudes -----------------------------------------
+@pytest.mark.parametrize(
+    "make, name, stored, wrong",
+    [(_rmd17, "r.npz", "kcal/mol", "eV"), (_water_npz, "w.npz", "kcal/mol", "hartree")],
+)
+def test_fixed_unit_formats_refuse_a_contradicting_energy_unit(tmp_path, make, name, stored, wrong):
+    path = tmp_path / name
+    make(path)
+    with pytest.raises(ValueError, match=rf"{name}: energy_unit='{wrong}' .* store {stored}"):
+        read_file(path, energy_unit=wrong)
+    same = read_file(path, energy_unit=stored)  # agreeing: accepted, same values
+    np.testing.assert_array_equal(same.forces, read_file(path).forces)
+
+
+def test_stabie_npz_refuses_a_non_ev_energy_unit_option(tmp_path):
+    ds = Dataset(
+        positions=_frames(2),
+        energies=np.zeros(2),
+        forces=np.zeros((2, 3, 3)),
+        atomic_numbers=np.array([8, 1, 1]),
+    )
+    path = save_dataset(ds, tmp_path / "s")
+    with pytest.raises(ValueError, match=r"s\.npz: energy_unit='kcal/mol' .* store eV"):
+        read_file(path, energy_unit="kcal/mol")
+    assert read_file(path, energy_unit="eV").n_frames == 2
+
+
+def test_kcal_values_saved_as_ev_are_refused_with_the_likely_mixup(tmp_path):
+    """rMD17 aspirin forces in kcal/mol/Å reach ~164; stored as eV/Å they must not load."""
+    forces = np.zeros((2, 3, 3))
+    forces[1, 2, 0] = 164.0
+    ds = Dataset(
+        positions=_frames(2),
+        energies=np.full(2, -406_000.0),
+        forces=forces,
+        atomic_numbers=np.array([8, 1, 1]),
+    )
+    path = save_dataset(ds, tmp_path / "mixed")
+    with pytest.raises(ValueError, match=r"mixed\.npz: force components up to 164 eV/Å.*23x"):
+        read_file(path)
+    forces[1, 2, 0] = 7.0  # a physical maximum (rMD17 aspirin in eV/Å) loads
+    fine = Dataset(
+        positions=ds.positions,
+        energies=ds.energies,
+        forces=forces,
+        atomic_numbers=ds.atomic_numbers,
+    )
+    ok = save_dataset(fine, tmp_path / "fine")
+    assert read_file(ok).forces.max() == 7.0

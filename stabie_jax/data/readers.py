@@ -542,6 +542,29 @@ def _openmm_water_from_arrays(
     )
 
 
+# npz formats whose energy unit is fixed by the format (an energy_unit option must agree).
+_FIXED_ENERGY_UNIT = {"stabie": "eV", "rmd17": "kcal/mol", "openmm_water": "kcal/mol"}
+# Largest force component (eV/Å) accepted from a file: MD and DFT data stay far below it (rMD17
+# aspirin: 7 eV/Å); kcal/mol or kJ/mol values read as eV exceed it 23x or 96x sooner.
+MAX_PLAUSIBLE_FORCE_EV_PER_ANGSTROM = 50.0
+
+
+def check_plausible_magnitudes(dataset: Dataset, src: str) -> None:
+    """Refuse forces too large for any physical dataset in eV/Å (a unit mix-up, usually)."""
+    if dataset.forces is None:
+        return
+    forces = np.asarray(dataset.forces)
+    finite = forces[np.isfinite(forces)]
+    largest = float(np.max(np.abs(finite))) if finite.size else 0.0
+    if largest > MAX_PLAUSIBLE_FORCE_EV_PER_ANGSTROM:
+        raise ValueError(
+            f"{src}: force components up to {largest:.4g} eV/Å after unit conversion, above the "
+            f"{MAX_PLAUSIBLE_FORCE_EV_PER_ANGSTROM:g} eV/Å of any physical dataset; the file's "
+            "energies/forces are probably in another unit (kcal/mol read as eV gives 23x, "
+            "kJ/mol 96x): give the right energy_unit (data.energy_unit) or convert the file"
+        )
+
+
 def read_npz(
     path: PathLike,
     *,
@@ -553,6 +576,13 @@ def read_npz(
     path = pathlib.Path(path)
     arrays = _read_npz_arrays(path)
     fmt = detect_npz_format(arrays.keys(), str(path))
+    if energy_unit and fmt in _FIXED_ENERGY_UNIT:
+        stored = _FIXED_ENERGY_UNIT[fmt]
+        if _energy_unit(energy_unit, str(path), "energy_unit") != _ENERGY_ALIASES[stored.lower()]:
+            raise ValueError(
+                f"{path}: energy_unit={energy_unit!r} was given, but {fmt} npz files store "
+                f"{stored}; drop the option (data.energy_unit) or convert the file"
+            )
     if fmt == "stabie":
         return _stabie_from_arrays(path, arrays, require_labels=require_labels)
     if fmt == "rmd17":
@@ -771,7 +801,9 @@ def read_file(path: PathLike, **options) -> Dataset:
             f"{path}: options {sorted(unknown)} do not apply to {reader.__name__}; it takes "
             f"{sorted(allowed)}."
         )
-    return reader(path, **options)
+    dataset = reader(path, **options)
+    check_plausible_magnitudes(dataset, str(path))
+    return dataset
 
 
 def save_dataset(dataset: Dataset, path: PathLike) -> pathlib.Path:
