@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import pathlib
 import time
 from typing import NamedTuple
@@ -42,6 +43,8 @@ from stabie_jax import evaluate as ev
 from stabie_jax import stabie as stabie_lib
 from stabie_jax.localized_estimator import molecule_neighbourhoods, neighbourhood_bond_lengths
 from stabie_jax.md.neighbors import neighbor_list_fn
+from stabie_jax.models.gemnet_t import GemNetT
+from stabie_jax.models.gemnet_table import max_neighbors_in_frames
 
 
 class WaterData(NamedTuple):
@@ -102,6 +105,34 @@ def _neighbor_fn(box, cutoff: float, skin: float):
         capacity_multiplier=1.5,
         format=partition.NeighborListFormat.Sparse,
     )
+
+
+def check_neighbor_capacity(config, water: WaterData) -> None:
+    """Refuse a GemNet-T neighbour table too small for the data (its energies would be NaN)."""
+    if config.model.kind != "gemnet_t":
+        return
+    hparams = config.model.hparams
+    capacity = int(hparams.get("neighbor_capacity", GemNetT.neighbor_capacity))
+    cutoff = float(hparams.get("cutoff", 5.0))
+    frames = np.concatenate([water.train.positions, water.val.positions, water.test.positions])
+    space = md.periodic_space(water.box)
+    most = max_neighbors_in_frames(frames, space.displacement_fn, cutoff)
+    suggested = int(math.ceil(1.25 * most))
+    if most > capacity:
+        raise ValueError(
+            f"config.model.hparams.neighbor_capacity = {capacity}, but an atom of the data has "
+            f"{most} neighbours within the {cutoff:g}-A cutoff (GemNet-T's energies would be NaN); "
+            f"set --config.model.hparams.neighbor_capacity={suggested}"
+        )
+    if most > 0.9 * capacity:
+        logging.warning(
+            "config.model.hparams.neighbor_capacity = %d is close to the data's %d neighbours "
+            "per atom; compressed MD configurations may overflow it (their energies are NaN and "
+            "the replica counts as unstable); consider %d",
+            capacity,
+            most,
+            suggested,
+        )
 
 
 def run_pretrain(water: WaterData, config, workdir: pathlib.Path) -> pathlib.Path:
@@ -388,6 +419,7 @@ def run(config, workdir) -> dict:
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
     wall: dict[str, float] = {}
     water = load_water_data(config.data)
+    check_neighbor_capacity(config, water)
     if config.init_checkpoint:
         pretrained_dir = pathlib.Path(config.init_checkpoint).expanduser().resolve()
         checkpoint.read_model_metadata(pretrained_dir)

@@ -268,3 +268,24 @@ def test_evaluation_reloads_the_data_with_the_configured_reader_options(monkeypa
         "labels": "md17",
     }
     assert molecule.reader_options(config.data) == {"labels": "md17", "energy_unit": "eV"}
+
+
+def test_water_refuses_a_neighbour_capacity_the_data_exceeds():
+    from experiments import water_system
+    from stabie_jax import md
+    from stabie_jax.models.gemnet_table import max_neighbors_in_frames
+
+    config = water.get_config("smoke")
+    data = water_system.load_water_data(config.data)
+    frames = data.train.positions[:3]
+    most = max_neighbors_in_frames(frames, md.periodic_space(data.box).displacement_fn, 4.0)
+    # Independent count: minimum image in the cubic box, numpy.
+    d = frames[:, :, None, :] - frames[:, None, :, :]
+    d -= data.box * np.round(d / data.box)
+    r = np.linalg.norm(d, axis=-1)
+    n = ((r < 4.0) & (r > 0)).sum(-1).max()
+    assert most == n and 10 < most < 80
+    water_system.check_neighbor_capacity(config, data)  # the shipped capacity fits
+    config.model.hparams.neighbor_capacity = most - 1
+    with pytest.raises(ValueError, match=r"hparams\.neighbor_capacity = \d+, but an atom"):
+        water_system.check_neighbor_capacity(config, data)

@@ -161,3 +161,34 @@ def check_table_status(status: TableStatus, capacity: int) -> None:
             "GemNet-T needs every edge in both directions: use partition.Sparse (not "
             "OrderedSparse) neighbour lists or all-pairs edges."
         )
+
+
+def max_neighbors_in_frames(positions, displacement_fn, cutoff: float, chunk: int = 16) -> int:
+    """Most neighbours within ``cutoff`` (Å) of any atom in any frame (host, all pairs).
+
+    Args:
+      positions: ``[F, N, 3]`` Å.
+      displacement_fn: JAX-MD displacement (minimum image for periodic boxes).
+      cutoff: Å.
+      chunk: frames per jitted call.
+
+    Returns:
+      ``max_{frame, atom} #{j != i : |r_ij| < cutoff}``; compare with ``neighbor_capacity``
+      before training or simulating (an overflowing table makes the energies NaN).
+    """
+    positions = jnp.asarray(positions)
+    pair = jax.vmap(jax.vmap(displacement_fn, (None, 0)), (0, None))
+
+    @jax.jit
+    def most(frames):
+        def one(r):
+            d = jnp.linalg.norm(pair(r, r), axis=-1)
+            inside = (d < cutoff) & ~jnp.eye(r.shape[0], dtype=bool)
+            return jnp.max(jnp.sum(inside, axis=1))
+
+        return jnp.max(jax.vmap(one)(frames))
+
+    best = 0
+    for start in range(0, positions.shape[0], chunk):
+        best = max(best, int(most(positions[start : start + chunk])))
+    return best
