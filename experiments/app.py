@@ -28,7 +28,9 @@ def define_flags(default_config: str) -> None:
     config_flags.DEFINE_config_file(
         "config",
         default_config,
-        "Experiment configuration (path.py[:variant]).",
+        "Experiment configuration: path.py[:variant] (variants paper, cpu, smoke). Override "
+        "any field with --config.<section>.<key>=<value>, e.g. --config.stabie.n_replicas=64; "
+        "the fields, with comments, are in the config file.",
         lock_config=True,
     )
     flags.DEFINE_string("workdir", None, "Output directory (default runs/<system>_<variant>).")
@@ -132,6 +134,22 @@ def main_for(run_fn, default_config: str):
     return main
 
 
+_ENTRY_FLAGS = (
+    "config",
+    "workdir",
+    "platform",
+    "host_devices",
+    "distributed",
+    "coordinator_address",
+    "num_processes",
+    "process_id",
+)
+
+
 def launch(run_fn, default_config: str) -> None:
     define_flags(default_config)
+    # absl's --help lists the main module's key flags; these are defined here, so declare them
+    # key flags of the entry point (absl names the main module by sys.argv[0]).
+    for name in _ENTRY_FLAGS:
+        FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
     app.run(main_for(run_fn, default_config), argv=sys.argv)

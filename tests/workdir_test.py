@@ -257,3 +257,10 @@ def test_entry_point_refuses_a_workdir_held_by_another_run(tmp_path):
     assert done.returncode == 1, done.stderr[-2000:]
     assert f"is in use by another run (pid {child.pid} on" in done.stderr
     assert not (tmp_path / "config.json").exists()  # nothing written by the refused run
+
+
+def test_entry_point_help_lists_config_and_workdir(tmp_path):
+    done = _entry_point(tmp_path, "--help")  # absl exits 1 after printing the help
+    text = done.stdout + done.stderr
+    for flag in ("--config:", "--workdir:", "--host_devices:", "--config.<section>.<key>"):
+        assert flag in text, text[-2000:]
