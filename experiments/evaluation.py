@@ -92,6 +92,17 @@ def _vacf_on_lags(lag_fs, vacf, target_lag_fs):
     return keep, np.interp(target_lag_fs[keep], lag_fs, vacf)
 
 
+def n_eff_curve(config, reference_energies) -> dict:
+    """N_eff of reweighting the reference frames to 0.5–2× the temperature they were sampled
+    at (``data.reference_temperature_kelvin``, else the simulation temperature; the two differ
+    e.g. for 500 K data and 700 K runs)."""
+    t_ref = molecule_lib.reference_temperature(config) or float(config.md.temperature_kelvin)
+    temps, n_eff = ev.effective_sample_size_vs_temperature(
+        np.asarray(reference_energies), t_ref, np.linspace(0.5 * t_ref, 2.0 * t_ref, 31)
+    )
+    return {"sample_temperature_kelvin": t_ref, "temperature_kelvin": temps, "n_eff": n_eff}
+
+
 def evaluate_molecule(config, workdir, molecule, pretrained_dir, stabie_dir, wall) -> dict:
     """Run the paper's evaluation for the baseline and (if trained) the StABlE model."""
     out = pathlib.Path(workdir) / "evaluate"
@@ -259,16 +270,13 @@ def evaluate_molecule(config, workdir, molecule, pretrained_dir, stabie_dir, wal
             reference=None if vacf_ref is None else np.interp(lag, *vacf_ref),
         )
     if tuple(e.transfer_temperatures_kelvin):
-        temps = np.linspace(0.5 * T, 2.0 * T, 31)
-        temps, n_eff = ev.effective_sample_size_vs_temperature(
-            np.asarray(molecule.reference.energies), T, temps
-        )
-        numbers["n_eff_curve"] = {"temperature_kelvin": temps, "n_eff": n_eff}
+        curve = n_eff_curve(config, molecule.reference.energies)
+        numbers["n_eff_curve"] = curve
         figures["n_eff"] = plots.plot_neff(
-            temps,
-            n_eff,
+            curve["temperature_kelvin"],
+            curve["n_eff"],
             out / "n_eff.png",
-            sample_temperature_kelvin=T,
+            sample_temperature_kelvin=curve["sample_temperature_kelvin"],
             chosen_kelvin=[float(t) for t in e.transfer_temperatures_kelvin],
         )
         for t2 in e.transfer_temperatures_kelvin:

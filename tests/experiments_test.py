@@ -289,3 +289,20 @@ def test_water_refuses_a_neighbour_capacity_the_data_exceeds():
     config.model.hparams.neighbor_capacity = most - 1
     with pytest.raises(ValueError, match=r"hparams\.neighbor_capacity = \d+, but an atom"):
         water_system.check_neighbor_capacity(config, data)
+
+
+def test_n_eff_curve_is_taken_from_the_reference_frames_temperature():
+    """500 K frames evaluated in a 700 K run: N_eff is all frames at 500 K, fewer at 700 K."""
+    from experiments import evaluation
+    from stabie_jax import units
+
+    rng = np.random.default_rng(0)
+    energies = rng.normal(scale=10 * units.kT(500.0), size=400)  # a broad energy spread
+    config = aspirin.get_config("cpu")
+    assert config.md.temperature_kelvin == 700.0 and config.data.reference_temperature_kelvin == 500
+    curve = evaluation.n_eff_curve(config, energies)
+    temps, n_eff = curve["temperature_kelvin"], curve["n_eff"]
+    assert curve["sample_temperature_kelvin"] == 500.0
+    assert temps[int(np.argmax(n_eff))] == pytest.approx(500.0)
+    assert n_eff.max() == pytest.approx(400.0)
+    assert np.interp(700.0, temps, n_eff) < 0.9 * 400
