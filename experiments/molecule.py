@@ -121,6 +121,16 @@ def _without(section: dict, name: str) -> dict:
     return {k: v for k, v in section.items() if k not in _RUN_ONLY.get(name, ())}
 
 
+def _claim(config, workdir, stage: str, spec: dict) -> None:
+    workdir_lib.claim_stage(
+        workdir,
+        stage,
+        spec,
+        outputs=STAGE_OUTPUTS[stage],
+        overwrite=stage in overwrite_stages(config),
+    )
+
+
 def claim_pretrain(config, workdir, train, val, extra_arrays=()) -> None:
     """Record/check the settings of the pretraining stage (see :mod:`stabie_jax.workdir`)."""
     settings = dataclasses.asdict(pretrain_settings_from_config(config))
@@ -129,13 +139,7 @@ def claim_pretrain(config, workdir, train, val, extra_arrays=()) -> None:
         "model": config.model.to_dict(),
         "pretrain": _without(settings, "pretrain"),
     }
-    workdir_lib.claim_stage(
-        workdir,
-        "pretrain",
-        spec,
-        outputs=STAGE_OUTPUTS["pretrain"],
-        overwrite="pretrain" in overwrite_stages(config),
-    )
+    _claim(config, workdir, "pretrain", spec)
 
 
 def claim_stabie(config, workdir, train, pretrained_dir, extra_arrays=()) -> None:
@@ -153,13 +157,7 @@ def claim_stabie(config, workdir, train, pretrained_dir, extra_arrays=()) -> Non
         "frames": data_fingerprint(train, extra_arrays=extra_arrays),
         "start_model_sha256": checkpoint.model_params_checksum(pretrained_dir),
     }
-    workdir_lib.claim_stage(
-        workdir,
-        "stabie",
-        spec,
-        outputs=STAGE_OUTPUTS["stabie"],
-        overwrite="stabie" in overwrite_stages(config),
-    )
+    _claim(config, workdir, "stabie", spec)
 
 
 def reader_options(data_config) -> dict:
