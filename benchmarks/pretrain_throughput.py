@@ -80,7 +80,7 @@ def load_frames(pattern: str, n_frames: int, key) -> tuple[np.ndarray, ...]:
     return z, pos, energies.astype(np.float32), forces, source
 
 
-def _settings(n_frames: int) -> pretrain.PretrainSettings:
+def _settings() -> pretrain.PretrainSettings:
     return pretrain.recipe("schnet", max_epochs=1, progress_bar=False, batch_size=100)
 
 
@@ -89,7 +89,7 @@ def run_jax(frames, z, undirected: bool, repeats: int) -> dict:
     module = build_model("schnet", undirected_edges=undirected, **HPARAMS)
     potential = make_potential(module, z, md.free_space().displacement_fn)
     params = init_params(module, z, jax.random.PRNGKey(0))
-    settings = pretrain._static_settings(_settings(frames.positions.shape[0]))
+    settings = pretrain._static_settings(_settings())
     optimizer = pretrain.make_optimizer(settings)
     n = int(frames.positions.shape[0])
 
@@ -143,7 +143,7 @@ def run_torch(pos, energies, forces, z, repeats: int, batch_size: int = 100) -> 
     from torch_geometric.nn import SchNet
 
     torch.manual_seed(0)
-    settings = _settings(pos.shape[0])
+    settings = _settings()
     cutoff = HPARAMS["cutoff"]
     n_atoms = len(z)
     pairs = torch.tensor(

@@ -549,7 +549,7 @@ _FIXED_ENERGY_UNIT = {"stabie": "eV", "rmd17": "kcal/mol", "openmm_water": "kcal
 MAX_PLAUSIBLE_FORCE_EV_PER_ANGSTROM = 50.0
 
 
-def check_plausible_magnitudes(dataset: Dataset, src: str) -> None:
+def _check_plausible_magnitudes(dataset: Dataset, src: str) -> None:
     """Refuse forces too large for any physical dataset in eV/Å (a unit mix-up, usually)."""
     if dataset.forces is None:
         return
@@ -802,7 +802,7 @@ def read_file(path: PathLike, **options) -> Dataset:
             f"{sorted(allowed)}."
         )
     dataset = reader(path, **options)
-    check_plausible_magnitudes(dataset, str(path))
+    _check_plausible_magnitudes(dataset, str(path))
     return dataset
 
 
