@@ -44,7 +44,7 @@ from stabie_jax import (
 from stabie_jax import pretrain as pretrain_lib
 from stabie_jax import stabie as stabie_lib
 from stabie_jax import workdir as workdir_lib
-from stabie_jax.models import make_potential
+from stabie_jax.models import make_potential, scale_shift
 from stabie_jax.models.registry import build_model, init_params
 
 PRETRAINED_MODEL = "model_pretrained"
@@ -309,6 +309,7 @@ class StabieInputs(NamedTuple):
     integrator: str = "nose_hoover_chain"  # make_simulator(integrator=...); see md_integrator
     chain_tau_factor: float = 1.0  # chain tau = factor * ttime * dt; see chain_tau_factor
     langevin_gamma_per_ps: float = 0.1  # friction of integrator="langevin", 1/ps
+    reanchor_energy: bool = False  # re-fit the zero of U on the training frames after StABlE
 
 
 def reference_h_of_r(
@@ -497,7 +498,7 @@ def run_stabie_stage(
         "exact_grad_clip_norm": hp.grad_clip_norm,
         "gradient_scale": hp.gradient_scale,
     }
-    return train_from_frames(
+    model_dir = train_from_frames(
         problem,
         settings,
         loaded,
@@ -510,6 +511,44 @@ def run_stabie_stage(
         rescale_velocities=inputs.rescale_velocities,
         shard=shard,
     )
+    if inputs.reanchor_energy:
+        reanchor_model_energy(model_dir, molecule.train)
+    return model_dir
+
+
+def reanchor_model_energy(model_dir: pathlib.Path, train) -> float:
+    """Re-fit the zero of the saved model's energy on the QM training frames, in place.
+
+    The observable gradient ``Cov(g, ∇_θU)`` cannot see a constant energy, so StABlE moves the
+    zero of U as a side effect and only the (weak) energy term of ``L_QM`` pulls it back. This
+    adds ``c = mean_train(E_ref − E_model)`` to the model's per-species shifts
+    (:func:`stabie_jax.models.scale_shift.reanchor_energy_shift`): forces and dynamics are
+    unchanged, energies are shifted by ``c``. ``c`` and the frame count are stored in
+    ``model.json`` (``extra.energy_reanchor``). Returns ``c`` in eV.
+    """
+    loaded = checkpoint.load_model_checkpoint(model_dir)
+    meta = loaded.metadata
+    potential = checkpoint.make_model_potential(
+        loaded.module, meta, md.free_space().displacement_fn
+    )
+    frames = losses.LabelledFrames(
+        jnp.asarray(train.positions, jnp.float32),
+        jnp.asarray(train.energies, jnp.float32),
+        jnp.asarray(train.forces, jnp.float32),
+    )
+    offset = -evaluation_metrics.qm_test_errors(potential, loaded.params, frames)[
+        "energy_mean_error_ev"
+    ]
+    shift = scale_shift.reanchor_energy_shift(meta.energy_shift, meta.atomic_numbers, offset)
+    extra = {
+        **meta.extra,
+        "energy_reanchor": {"offset_ev": offset, "frames": "train", "n_frames": train.n_frames},
+    }
+    checkpoint.save_model_checkpoint(
+        model_dir, loaded.params, meta._replace(energy_shift=shift, extra=extra), overwrite=True
+    )
+    logging.info("re-anchored the energy zero of %s by %+.4f eV", model_dir, offset)
+    return offset
 
 
 def train_from_frames(
@@ -647,6 +686,7 @@ def stabie_inputs_from_config(config) -> StabieInputs:
         integrator=md_integrator(config),
         chain_tau_factor=chain_tau_factor(config),
         langevin_gamma_per_ps=float(m.get("langevin_gamma_per_ps", 0.1)),
+        reanchor_energy=bool(s.get("reanchor_energy", False)),
     )
 
 

@@ -183,7 +183,11 @@ def qm_test_errors(potential, params, frames: LabelledFrames, batch_size: int = 
     Returns:
       ``{"energy_mae_ev", "energy_mae_kcal_per_mol", "forces_mae_ev_per_angstrom",
       "forces_mae_kcal_per_mol_per_angstrom", "energy_rmse_ev", "forces_rmse_ev_per_angstrom",
-      "n_frames"}``; force errors are over Cartesian components.
+      "energy_mean_error_ev", "energy_mae_offset_removed_ev", "n_frames"}``; force errors are over
+      Cartesian components. ``energy_mean_error_ev`` is the signed bias (predicted − reference);
+      ``energy_mae_offset_removed_ev`` the MAE after subtracting it, i.e. the part of the energy
+      error that a constant shift of U (which changes neither forces nor the Boltzmann
+      distribution) cannot remove.
     """
     n = int(frames.positions.shape[0])
     if n == 0:
@@ -192,6 +196,7 @@ def qm_test_errors(potential, params, frames: LabelledFrames, batch_size: int = 
     fn = jax.jit(lambda p, f: qm_errors(potential, p, f))
     e_abs = e_sq = f_abs = f_sq = 0.0
     n_comp = 0
+    energy_errors = []
     for start in range(0, n, batch_size):
         idx = np.arange(start, start + batch_size)
         valid = idx < n
@@ -200,12 +205,15 @@ def qm_test_errors(potential, params, frames: LabelledFrames, batch_size: int = 
         err = jax.device_get(fn(params, batch))
         de = np.asarray(err.energy, np.float64)[valid]
         df = np.asarray(err.forces, np.float64)[valid]
+        energy_errors.append(de)
         e_abs += np.abs(de).sum()
         e_sq += (de**2).sum()
         f_abs += np.abs(df).sum()
         f_sq += (df**2).sum()
         n_comp += df.size
     e_mae, f_mae = e_abs / n, f_abs / n_comp
+    de = np.concatenate(energy_errors)
+    bias = float(de.mean())
     return {
         "energy_mae_ev": float(e_mae),
         "energy_mae_kcal_per_mol": float(units.ev_to_kcal_per_mol(e_mae)),
@@ -213,6 +221,8 @@ def qm_test_errors(potential, params, frames: LabelledFrames, batch_size: int = 
         "forces_mae_kcal_per_mol_per_angstrom": float(units.ev_to_kcal_per_mol(f_mae)),
         "energy_rmse_ev": float(np.sqrt(e_sq / n)),
         "forces_rmse_ev_per_angstrom": float(np.sqrt(f_sq / n_comp)),
+        "energy_mean_error_ev": bias,
+        "energy_mae_offset_removed_ev": float(np.abs(de - bias).mean()),
         "n_frames": n,
     }
 

@@ -105,6 +105,11 @@ def test_qm_test_errors_known_offsets():
     assert out["energy_mae_kcal_per_mol"] == pytest.approx(0.1 * units.EV_IN_KCAL_PER_MOL, rel=1e-4)
     assert out["forces_mae_ev_per_angstrom"] == pytest.approx(0.2, rel=1e-4)
     assert out["forces_rmse_ev_per_angstrom"] == pytest.approx(0.2, rel=1e-4)
+    # predicted - reference = +0.1 on the four even frames, -0.1 on the three odd ones
+    assert out["energy_mean_error_ev"] == pytest.approx(0.1 / 7, rel=1e-3)
+    assert out["energy_mae_offset_removed_ev"] == pytest.approx(
+        (4 * (0.1 - 0.1 / 7) + 3 * (0.1 + 0.1 / 7)) / 7, rel=1e-3
+    )
 
 
 def _maxwell_bin_probabilities(edges, scale):

@@ -8,6 +8,7 @@ import json
 import pathlib
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -306,3 +307,51 @@ def test_n_eff_curve_is_taken_from_the_reference_frames_temperature():
     assert temps[int(np.argmax(n_eff))] == pytest.approx(500.0)
     assert n_eff.max() == pytest.approx(400.0)
     assert np.interp(700.0, temps, n_eff) < 0.9 * 400
+
+
+def test_reanchor_model_energy_shifts_energy_and_keeps_forces(tmp_path):
+    """Energies move by exactly mean(E_ref - E_model) on the given frames; forces are unchanged."""
+    from jax_md import space as jmd_space
+    from toy_model import TOY_KIND, PairMLP, register_toy_model
+
+    from stabie_jax import checkpoint as ckpt
+    from stabie_jax.data import Dataset
+    from stabie_jax.models import registry
+
+    register_toy_model()
+    module = PairMLP(hidden=8, cutoff=3.5)
+    z = (8, 1, 1)
+    params = registry.init_params(module, z, jax.random.PRNGKey(0))
+    meta = ckpt.ModelMetadata(
+        kind=TOY_KIND,
+        hparams=registry.model_hparams(module),
+        atomic_numbers=z,
+        cutoff_angstrom=3.5,
+        energy_scale=0.7,
+        energy_shift={1: -13.6, 8: -432.1},
+    )
+    ckpt.save_model_checkpoint(tmp_path / "m", params, meta)
+    pot = ckpt.make_model_potential(module, meta, jmd_space.free()[0])
+    rng = np.random.default_rng(0)
+    base = np.array([[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0]])
+    pos = (base + rng.normal(scale=0.05, size=(6, 3, 3))).astype(np.float32)
+    e_model = np.array([float(pot.energy_fn(params, jnp.asarray(p))) for p in pos])
+    f_model = np.stack([np.asarray(pot.force_fn(params, jnp.asarray(p))) for p in pos])
+    offsets = np.array([0.31, 0.29, 0.35, 0.25, 0.30, 0.30])  # E_ref - E_model, mean 0.30
+    train = Dataset(
+        positions=pos,
+        energies=e_model + offsets,
+        forces=f_model,
+        atomic_numbers=np.asarray(z),
+    )
+    c = molecule.reanchor_model_energy(tmp_path / "m", train)
+    assert c == pytest.approx(0.30, abs=2e-4)  # float32 energies of ~-460 eV
+    loaded = ckpt.load_model_checkpoint(tmp_path / "m")
+    assert loaded.metadata.extra["energy_reanchor"]["offset_ev"] == pytest.approx(c)
+    assert sum(loaded.metadata.energy_shift[k] for k in z) == pytest.approx(-13.6 * 2 - 432.1 + c)
+    pot2 = ckpt.make_model_potential(loaded.module, loaded.metadata, jmd_space.free()[0])
+    for p, e, f in zip(pos, e_model, f_model, strict=True):
+        assert float(pot2.energy_fn(loaded.params, jnp.asarray(p))) == pytest.approx(
+            e + c, abs=1e-4
+        )
+        np.testing.assert_array_equal(np.asarray(pot2.force_fn(loaded.params, jnp.asarray(p))), f)

@@ -104,6 +104,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.stabie.qm_batch_size = 40
     c.stabie.qm_batches_per_step = 0  # 0 = all training frames every step (authors)
     c.stabie.bond_deviation_angstrom = 0.25
+    # After StABlE, re-fit the zero of U on the training frames (a constant shift: forces and
+    # dynamics unchanged). The observable gradient cannot see a constant energy, so training moves
+    # it as a side effect; the authors do not re-fit it.
+    c.stabie.reanchor_energy = False
     schedule_fields(c.stabie, reset_probability=0.05)
 
     # --- evaluation (paper Table 5, A.8) ---------------------------------------------------------
@@ -138,6 +142,11 @@ def cpu_variant(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     this machine does in the budget; at 700 K the simulation phase ends within a few ps. The
     h(r) reference is Boltzmann-reweighted from the 500 K frames to 700 K. Evaluation: 64
     held-out test structures, same momenta for both models, at 700 K and at 500 K.
+
+    After StABlE the zero of the energy is re-fitted on the training frames
+    (``stabie.reanchor_energy``): measured on this protocol, most of the energy-MAE increase
+    was a constant offset of U, which the observable gradient cannot see and which changes
+    neither forces nor dynamics.
     """
     c.data.source = "rmd17_aspirin_train"
     c.data.test_source = "rmd17_aspirin_test"
@@ -162,6 +171,7 @@ def cpu_variant(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.stabie.max_learning_epochs = 30
     c.stabie.qm_batches_per_step = 5
     c.stabie.max_wall_hours = 0.75
+    c.stabie.reanchor_energy = True
     c.evaluate.n_replicas = 64
     c.evaluate.length_ps = 10.0
     c.evaluate.transfer_temperatures_kelvin = (500.0,)

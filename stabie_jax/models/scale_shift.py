@@ -62,6 +62,39 @@ def fit_energy_shift(energies, atomic_numbers) -> dict[int, float]:
     return {int(e): round(float(s), 12) for e, s in zip(elements, shifts, strict=True)}
 
 
+def reanchor_energy_shift(
+    energy_shift: Mapping[int, float] | None, atomic_numbers, offset_ev: float
+) -> dict[int, float]:
+    """Shifts ``μ_Z`` that add ``offset_ev`` to the total energy of one composition.
+
+    ``offset_ev / N`` is added to the shift of every element of the ``N`` atoms (elements
+    missing from ``energy_shift`` start at 0), so ``Σ_i μ_{Z_i}`` grows by exactly
+    ``offset_ev`` for this composition; forces, and hence the dynamics and the Boltzmann
+    distribution, are unchanged. Used after observable training, whose gradient
+    ``Cov(g, ∇_θU)`` is blind to a constant energy and can leave the zero of U drifted.
+
+    Args:
+      energy_shift: ``{Z: μ_Z}`` in eV (or None).
+      atomic_numbers: ``[N]`` ints, the composition the offset was measured on.
+      offset_ev: eV to add to the total energy (e.g. ``mean(E_ref − E_model)``).
+
+    Returns:
+      The new ``{Z: μ_Z}`` in eV.
+
+    Examples:
+      >>> reanchor_energy_shift({1: -1.2, 8: -0.6}, [1, 1, 8], 0.3)
+      {1: -1.1, 8: -0.5}
+    """
+    z = np.asarray(atomic_numbers).reshape(-1)
+    if z.size == 0:
+        raise ValueError("reanchor_energy_shift: no atoms")
+    out = {int(k): float(v) for k, v in (energy_shift or {}).items()}
+    per_atom = float(offset_ev) / z.size
+    for element in np.unique(z):
+        out[int(element)] = round(out.get(int(element), 0.0) + per_atom, 12)
+    return out
+
+
 def force_rms(forces) -> float:
     """Root mean square of all force components, eV/Å (used as the energy scale ``s``)."""
     forces = np.asarray(forces, dtype=np.float64)
