@@ -94,8 +94,36 @@ def _observables(
     return g.reshape(n, -1), g.shape[1:]
 
 
-def _batch_structure(mask: jax.Array, n: int, batch_size: int | None, dtype):
-    """Batch id per sample, per-batch valid counts, and each batch's weight in the average."""
+def _sample_weights(mask: jax.Array, log_weights, dtype) -> jax.Array | None:
+    """``[N]`` importance weights ``w_i ∝ exp(ℓ_i)`` of valid samples (0 elsewhere), or None.
+
+    None without ``log_weights``: every helper below then uses ``w_i = m_i`` (the plain
+    estimator, bit for bit). The largest valid log weight is subtracted before ``exp``; all
+    estimators normalise the weights per batch, so that shift cancels.
+    """
+    if log_weights is None:
+        return None
+    lw = jnp.asarray(log_weights).astype(dtype)
+    if lw.shape != mask.shape:
+        raise ValueError(
+            f"log_weights must have shape {mask.shape} to match the samples, got {lw.shape}"
+        )
+    ok = mask & jnp.isfinite(lw)
+    top = jnp.max(jnp.where(ok, lw, -jnp.inf))
+    top = jnp.where(jnp.isfinite(top), top, 0.0)
+    return jnp.where(ok, jnp.exp(jnp.where(ok, lw - top, 0.0)), 0.0)
+
+
+def _batch_structure(mask: jax.Array, n: int, batch_size: int | None, dtype, w=None):
+    """Batch id per sample, per-batch weight sums, each batch's weight in the average, B, and
+    the per-batch covariance denominators.
+
+    With sample weights ``w`` (None = ``w_i = m_i``), batch b has ``S_b = Σ w_i``,
+    ``S2_b = Σ w_i²`` and denominator ``S_b − S2_b/S_b`` (the unbiased weighted covariance;
+    ``n_b − 1`` for equal weights). A batch is used when it has >= 2 valid samples and
+    ``S_b > 0``; its weight in the average is ``S_b`` over the used batches' sum (the valid
+    count for equal weights).
+    """
     if batch_size is None:
         batch_size = n
     if batch_size < 2:
@@ -106,59 +134,70 @@ def _batch_structure(mask: jax.Array, n: int, batch_size: int | None, dtype):
     batch_id = jnp.arange(n) // batch_size
     m = mask.astype(dtype)
     counts = jax.ops.segment_sum(m, batch_id, num_segments=n_batches)
-    usable = counts >= 2
-    weight = jnp.where(usable, counts, 0.0)
-    weight = weight / jnp.maximum(jnp.sum(weight), 1.0)
-    return batch_id, counts, weight, batch_size
+    if w is None:
+        sums, squares = counts, counts
+    else:
+        w = w.astype(dtype)
+        sums = jax.ops.segment_sum(w, batch_id, num_segments=n_batches)
+        squares = jax.ops.segment_sum(w * w, batch_id, num_segments=n_batches)
+    usable = (counts >= 2) & (sums > 0)
+    weight = jnp.where(usable, sums, 0.0)
+    total = jnp.sum(weight)
+    weight = jnp.where(total > 0, weight / jnp.where(total > 0, total, 1.0), 0.0)
+    safe = jnp.where(sums > 0, sums, 1.0)
+    denominator = jnp.where(usable, sums - squares / safe, 1.0)
+    return batch_id, sums, weight, batch_size, denominator
 
 
-def _centred_observables(g: jax.Array, mask: jax.Array, batch_id, counts, n_batches):
-    """``(g_i - ḡ_batch(i)) · m_i``, ``[N, n_obs]``, in g's dtype."""
+def _centred_observables(g: jax.Array, mask: jax.Array, batch_id, sums, n_batches, w=None):
+    """``(g_i - ḡ_batch(i)) · m_i``, ``[N, n_obs]``, in g's dtype; ``ḡ`` weighted by ``w``."""
     m = mask.astype(g.dtype)
-    sums = jax.ops.segment_sum(g * m[:, None], batch_id, num_segments=n_batches)
-    means = sums / jnp.maximum(counts, 1.0).astype(g.dtype)[:, None]
+    w = m if w is None else w.astype(g.dtype)
+    totals = jax.ops.segment_sum(g * w[:, None], batch_id, num_segments=n_batches)
+    means = totals / jnp.where(sums > 0, sums, 1.0).astype(g.dtype)[:, None]
     return (g - means[batch_id]) * m[:, None]
 
 
-def _sample_coefficients(g, mask, kT, batch_size, v):
+def _sample_coefficients(g, mask, kT, batch_size, v, w=None):
     """The weights ``c_i`` of the flat backward rule, ``[N]``: ∇L = ∇_θ Σ_i c_i U_θ(x_i)."""
     n = g.shape[0]
-    batch_id, counts, weight, _ = _batch_structure(mask, n, batch_size, g.dtype)
-    n_batches = counts.shape[0]
-    dg = _centred_observables(g, mask, batch_id, counts, n_batches)
-    scale = weight / (kT * jnp.maximum(counts - 1.0, 1.0))
-    return -(dg @ v.reshape(-1).astype(g.dtype)) * scale[batch_id].astype(g.dtype)
+    batch_id, sums, weight, _, denominator = _batch_structure(mask, n, batch_size, g.dtype, w)
+    dg = _centred_observables(g, mask, batch_id, sums, sums.shape[0], w)
+    scale = weight / (kT * denominator)
+    c = -(dg @ v.reshape(-1).astype(g.dtype)) * scale[batch_id].astype(g.dtype)
+    return c if w is None else c * w.astype(g.dtype)
 
 
-def _batch_coefficients(g, mask, kT, batch_size, v):
+def _batch_coefficients(g, mask, kT, batch_size, v, w=None):
     """``c_i`` for per-batch cotangents ``v [n_batches, n_obs]``: ``∇ Σ_b v_bᵀ ḡ_b``.
 
-    ``c_i = -(g_i - ḡ_b)·v_b / (kT (n_b - 1))``: each batch mean gets its own estimator's
-    vector-Jacobian product, unweighted (the loss carries the batch weights). Batches with fewer
-    than 2 valid samples contribute nothing.
+    ``c_i = -w_i (g_i - ḡ_b)·v_b / (kT (S_b − S2_b/S_b))`` (``-(g_i - ḡ_b)·v_b/(kT (n_b - 1))``
+    for equal weights): each batch mean gets its own estimator's vector-Jacobian product,
+    unweighted (the loss carries the batch weights). Batches with fewer than 2 valid samples
+    contribute nothing.
     """
     n = g.shape[0]
-    batch_id, counts, _, _ = _batch_structure(mask, n, batch_size, g.dtype)
-    n_batches = counts.shape[0]
-    dg = _centred_observables(g, mask, batch_id, counts, n_batches)
-    scale = jnp.where(counts >= 2, 1.0 / (kT * jnp.maximum(counts - 1.0, 1.0)), 0.0)
+    batch_id, sums, weight, _, denominator = _batch_structure(mask, n, batch_size, g.dtype, w)
+    n_batches = sums.shape[0]
+    dg = _centred_observables(g, mask, batch_id, sums, n_batches, w)
+    scale = jnp.where(weight > 0, 1.0 / (kT * denominator), 0.0)
     v = v.reshape(n_batches, -1).astype(g.dtype)
-    return -jnp.sum(dg * v[batch_id], axis=-1) * scale[batch_id].astype(g.dtype)
+    c = -jnp.sum(dg * v[batch_id], axis=-1) * scale[batch_id].astype(g.dtype)
+    return c if w is None else c * w.astype(g.dtype)
 
 
-def _batch_means(g: jax.Array, mask: jax.Array, batch_size: int | None):
-    """Per-batch masked means ``[n_batches, n_obs]`` and the batches' weights ``[n_batches]``."""
+def _batch_means(g: jax.Array, mask: jax.Array, batch_size: int | None, w=None):
+    """Per-batch (weighted) means ``[n_batches, n_obs]`` and the batches' weights."""
     n = g.shape[0]
-    batch_id, counts, weight, _ = _batch_structure(mask, n, batch_size, g.dtype)
-    n_batches = counts.shape[0]
-    m = mask.astype(g.dtype)
-    sums = jax.ops.segment_sum(g * m[:, None], batch_id, num_segments=n_batches)
-    return sums / jnp.maximum(counts, 1.0)[:, None], weight
+    batch_id, sums, weight, _, _ = _batch_structure(mask, n, batch_size, g.dtype, w)
+    w = mask.astype(g.dtype) if w is None else w.astype(g.dtype)
+    totals = jax.ops.segment_sum(g * w[:, None], batch_id, num_segments=sums.shape[0])
+    return totals / jnp.where(sums > 0, sums, 1.0)[:, None], weight
 
 
-def _masked_mean(g: jax.Array, mask: jax.Array) -> jax.Array:
-    m = mask.astype(g.dtype)
-    return jnp.sum(g * m[:, None], axis=0) / jnp.maximum(jnp.sum(m), 1.0)
+def _masked_mean(g: jax.Array, mask: jax.Array, w=None) -> jax.Array:
+    w = mask.astype(g.dtype) if w is None else w.astype(g.dtype)
+    return jnp.sum(g * w[:, None], axis=0) / jnp.maximum(jnp.sum(w), jnp.finfo(g.dtype).tiny)
 
 
 def _weighted_energy_grad(energy_fn, params, samples, coefficients, chunk_size):
@@ -185,19 +224,19 @@ def _weighted_energy_grad(energy_fn, params, samples, coefficients, chunk_size):
     return total
 
 
-def _estimate_value(g, mask, obs_shape, batch_size, per_batch: bool):
+def _estimate_value(g, mask, obs_shape, batch_size, per_batch: bool, w=None):
     """Forward value of the differentiable estimators.
 
-    ``per_batch=False``: the masked mean over all samples, ``[*obs_shape]``.
-    ``per_batch=True``: the per-minibatch masked means, ``[n_batches, *obs_shape]``.
+    ``per_batch=False``: the masked (weighted) mean over all samples, ``[*obs_shape]``.
+    ``per_batch=True``: the per-minibatch masked (weighted) means, ``[n_batches, *obs_shape]``.
     """
     if per_batch:
-        means, _ = _batch_means(g, mask, batch_size)
+        means, _ = _batch_means(g, mask, batch_size, w)
         return means.reshape((-1,) + obs_shape)
-    return _masked_mean(g, mask).reshape(obs_shape)
+    return _masked_mean(g, mask, w).reshape(obs_shape)
 
 
-def _batch_weights(mask: jax.Array, n: int, batch_size: int | None) -> jax.Array:
+def _batch_weights(mask: jax.Array, n: int, batch_size: int | None, w=None) -> jax.Array:
     """``[n_batches]`` weights of the minibatch estimators (sum 1; 0 below 2 valid samples)."""
-    _, _, weight, _ = _batch_structure(mask, n, batch_size, jnp.result_type(float))
+    _, _, weight, _, _ = _batch_structure(mask, n, batch_size, jnp.result_type(float), w)
     return weight

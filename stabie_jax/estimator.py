@@ -10,7 +10,7 @@ observable ``g(x)`` that does not depend on θ,
 
 (the paper's eq. 6, docs/method.md, Boltzmann estimator; the ``1/(N-1)`` makes the covariance,
 hence the Jacobian, unbiased).
-Two forms are provided, both taking ``(params, samples, mask=None)``:
+Two forms are provided, both taking ``(params, samples, mask=None, log_weights=None)``:
 
 * :func:`boltzmann_jacobian` returns the full Jacobian pytree (the signature of
   ``jax.jacrev`` of the expectation). It needs per-sample gradients ``vmap(grad(U))``, so memory
@@ -52,6 +52,20 @@ Excluded samples are replaced by a valid sample *before* ``energy_fn``/``observa
 called (a ``where`` guard on the inputs), and then given zero weight, so NaN or inf in an
 excluded sample reaches neither the value nor the gradient (safe under ``jax_debug_nans``).
 :func:`finite_sample_mask` builds such a mask. With no valid sample at all the result is zero.
+
+**Weighted samples (reweighting).** ``log_weights`` (``[N]``, any additive constant) gives
+sample i the importance weight ``w_i ∝ exp(ℓ_i)``: samples drawn at ``θ`` then estimate the
+ensemble at ``θ′`` with ``ℓ_i = -(U_θ′(x_i) - U_θ(x_i))/kT`` (params = θ′). Every mean becomes a
+weighted mean with ``w̃_i = w_i / Σ_b w`` in its batch b, and the covariance the unbiased
+weighted one,
+
+.. math:: J_b = -\\frac{1}{kT\\,(1 - Σ_{i∈b} w̃_i^2)} \\sum_{i∈b} w̃_i (g_i - \\bar g_w)
+          ⊗ (∇_θ U_i - \\overline{∇_θ U}_w),
+
+i.e. the derivative of the self-normalised estimate ``Σ w̃_i(θ′) g_i`` times the unbiasing
+factor ``1/(1 - Σw̃²)`` (``B/(B-1)`` for equal weights). Batches enter the average with weight ``Σ_b w``.
+``log_weights=None`` or all equal is the plain estimator (bit for bit for ``None``).
+:func:`stabie_jax.reweighting.kish_effective_sample_size` says how many samples remain.
 
 **Authors' scale.** The reference implementation (StABlE-Training ``boltzmann_estimator.py``)
 omits ``1/kT`` and ``N/(N-1)``; its learning rate α therefore corresponds to
@@ -103,6 +117,7 @@ from stabie_jax._estimator_core import (
     _pad_and_split,
     _resolve_mask,
     _sample_coefficients,
+    _sample_weights,
     _weighted_energy_grad,
 )
 from stabie_jax.hyperparameters import (
@@ -196,37 +211,44 @@ def boltzmann_jacobian(
         (``lax.scan`` / ``lax.map``), so memory is that of B samples plus the Jacobian.
 
     Returns:
-      A jitted ``(params, samples, mask=None) -> jacobian`` where ``samples`` is a pytree with
-      leading axis ``[N, ...]`` (e.g. positions ``[N, n_atoms, 3]`` Å), ``mask`` is ``[N]``
-      bool, and ``jacobian`` has the structure of ``params`` with leaves
+      A jitted ``(params, samples, mask=None, log_weights=None) -> jacobian`` where
+      ``samples`` is a pytree with leading axis ``[N, ...]`` (e.g. positions
+      ``[N, n_atoms, 3]`` Å), ``mask`` is ``[N]`` bool, ``log_weights`` ``[N]`` (module
+      docstring, Weighted samples), and ``jacobian`` has the structure of ``params`` with leaves
       ``[*obs_shape, *param_leaf_shape]`` (as ``jax.jacrev`` of the expectation).
     """
 
-    def jacobian(params, samples, mask=None):
+    def jacobian(params, samples, mask=None, log_weights=None):
         n = _num_samples(samples)
         mask = _resolve_mask(mask, n)
         samples = _guard(samples, mask)
         g, obs_shape = _observables(observable_fn, samples, batch_size)
-        batch_id, counts, weight, b = _batch_structure(mask, n, batch_size, g.dtype)
-        n_batches = counts.shape[0]
-        dg = _centred_observables(g, mask, batch_id, counts, n_batches)
-        scale = weight / (kT * jnp.maximum(counts - 1.0, 1.0))
+        w = _sample_weights(mask, log_weights, g.dtype)
+        batch_id, sums, weight, b, denominator = _batch_structure(
+            mask, n, batch_size, g.dtype, w
+        )
+        n_batches = sums.shape[0]
+        dg = _centred_observables(g, mask, batch_id, sums, n_batches, w)
+        scale = weight / (kT * denominator)
         per_sample_grad = jax.vmap(jax.grad(energy_fn), in_axes=(None, 0))
 
         xs, _ = _pad_and_split(samples, n, b)
         dgs, _ = _pad_and_split(dg, n, b)  # padded rows repeat row 0; masked below
         ms, _ = _pad_and_split(mask, n, b)
         ms = ms & (jnp.arange(n_batches * b) < n).reshape(n_batches, b)
+        ws, _ = _pad_and_split(mask.astype(g.dtype) if w is None else w, n, b)
 
-        def batch_term(x_b, dg_b, m_b, s_b):
+        def batch_term(x_b, dg_b, m_b, w_b, s_b):
             grads = per_sample_grad(params, x_b)
             m_f = m_b.astype(dg_b.dtype)
-            dg_b = dg_b * m_f[:, None]
-            cnt = jnp.maximum(jnp.sum(m_f), 1.0)
+            w_f = w_b * m_f
+            dg_b = dg_b * w_f[:, None]
+            total = jnp.sum(w_f)
+            total = jnp.where(total > 0, total, 1.0)
 
             def leaf(gr):
                 flat = gr.reshape(gr.shape[0], -1)
-                centred = (flat - (m_f @ flat) / cnt) * m_f[:, None]
+                centred = (flat - (w_f @ flat) / total) * m_f[:, None]
                 return -s_b * (dg_b.T @ centred)
 
             return jax.tree_util.tree_map(leaf, grads)
@@ -242,9 +264,9 @@ def boltzmann_jacobian(
         )
         if n_batches == 1:
             first = jax.tree_util.tree_map(lambda x: x[0], xs)
-            flat_jac = batch_term(first, dgs[0], ms[0], scale[0])
+            flat_jac = batch_term(first, dgs[0], ms[0], ws[0], scale[0])
         else:
-            flat_jac, _ = jax.lax.scan(body, zeros, (xs, dgs, ms, scale))
+            flat_jac, _ = jax.lax.scan(body, zeros, (xs, dgs, ms, ws, scale))
         return jax.tree_util.tree_map(
             lambda j, p: j.reshape(obs_shape + jnp.shape(p)), flat_jac, params
         )
@@ -286,7 +308,8 @@ def boltzmann_expectation(
         forward+backward whatever N is; None = one pass.
 
     Returns:
-      A jitted ``(params, samples, mask=None) -> ⟨g⟩`` of shape ``[*obs_shape]``.
+      A jitted ``(params, samples, mask=None, log_weights=None) -> ⟨g⟩`` of shape
+      ``[*obs_shape]`` (with ``log_weights``, the self-normalised weighted mean).
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -322,9 +345,10 @@ def boltzmann_batch_means(
         :func:`boltzmann_expectation`.
 
     Returns:
-      A jitted ``(params, samples, mask=None) -> (means [n_batches, *obs_shape],
-      weights [n_batches])``; ``weights`` (not differentiable) are proportional to the batches'
-      valid-sample counts, sum to 1, and are 0 for batches with fewer than 2 valid samples.
+      A jitted ``(params, samples, mask=None, log_weights=None) ->
+      (means [n_batches, *obs_shape], weights [n_batches])``; ``weights`` (not
+      differentiable) are proportional to the batches' valid-sample counts (their weight sums
+      with ``log_weights``), sum to 1, and are 0 for batches with fewer than 2 valid samples.
     """
 
     return _global(energy_fn, observable_fn, kT, batch_size, chunk_size, per_batch=True)
@@ -333,32 +357,37 @@ def boltzmann_batch_means(
 def _global(energy_fn, observable_fn, kT, batch_size, chunk_size, *, per_batch: bool):
     """Shared body of :func:`boltzmann_expectation` and :func:`boltzmann_batch_means`."""
 
-    def value(g, mask, obs_shape):
-        return _estimate_value(g, mask, obs_shape, batch_size, per_batch)
+    def value(g, mask, obs_shape, log_weights):
+        w = _sample_weights(mask, log_weights, g.dtype)
+        return _estimate_value(g, mask, obs_shape, batch_size, per_batch, w)
 
     @jax.custom_vjp
-    def _value(params, samples, mask):
+    def _value(params, samples, mask, log_weights):
         g, obs_shape = _observables(observable_fn, samples, chunk_size)
-        return value(g, mask, obs_shape)
+        return value(g, mask, obs_shape, log_weights)
 
-    def fwd(params, samples, mask):
+    def fwd(params, samples, mask, log_weights):
         g, obs_shape = _observables(observable_fn, samples, chunk_size)
-        return value(g, mask, obs_shape), (params, samples, mask, g)
+        out = value(g, mask, obs_shape, log_weights)
+        return out, (params, samples, mask, log_weights, g)
 
     def bwd(residuals, v):
-        params, samples, mask, g = residuals
+        params, samples, mask, log_weights, g = residuals
         coefficients = _batch_coefficients if per_batch else _sample_coefficients
-        c = coefficients(g, mask, kT, batch_size, v)
-        return _weighted_energy_grad(energy_fn, params, samples, c, chunk_size), None, None
+        w = _sample_weights(mask, log_weights, g.dtype)
+        c = coefficients(g, mask, kT, batch_size, v, w)
+        grad = _weighted_energy_grad(energy_fn, params, samples, c, chunk_size)
+        return grad, None, None, None if log_weights is None else jnp.zeros_like(log_weights)
 
     _value.defvjp(fwd, bwd)
 
-    def expectation(params, samples, mask=None):
+    def expectation(params, samples, mask=None, log_weights=None):
         n = _num_samples(samples)
         mask = _resolve_mask(mask, n)
-        out = _value(params, _guard(samples, mask), mask)
+        out = _value(params, _guard(samples, mask), mask, log_weights)
         if not per_batch:
             return out
-        return out, _batch_weights(mask, n, batch_size)
+        w = _sample_weights(mask, log_weights, jnp.result_type(float))
+        return out, _batch_weights(mask, n, batch_size, w)
 
     return jax.jit(expectation)

@@ -45,6 +45,7 @@ from stabie_jax._estimator_core import (
     _map,
     _resolve_mask,
     _sample_coefficients,
+    _sample_weights,
     _weighted_energy_grad,
 )
 
@@ -300,8 +301,10 @@ def localized_expectation(
         observables are evaluated in chunks of this many samples.
 
     Returns:
-      A jitted ``(params, frames [F, n_atoms, 3], frame_index [M], atoms [M, k], mask=None) ->
-      ⟨g⟩``. Frames referenced by no valid sample are never evaluated on their own values (they
+      A jitted ``(params, frames [F, n_atoms, 3], frame_index [M], atoms [M, k], mask=None,
+      log_weights=None) -> ⟨g⟩``; ``log_weights`` ``[M]`` are per-sample importance log
+      weights (:mod:`stabie_jax.estimator`, Weighted samples; for reweighting to new
+      parameters, the log weight of the sample's frame). Frames referenced by no valid sample are never evaluated on their own values (they
       may hold NaN).
     """
 
@@ -322,8 +325,8 @@ def localized_batch_means(
     evaluated as :func:`localized_expectation` does (each frame's per-atom energies once).
 
     Returns:
-      A jitted ``(params, frames [F, n_atoms, 3], frame_index [M], atoms [M, k], mask=None) ->
-      (means [n_batches, *obs_shape], weights [n_batches])``.
+      A jitted ``(params, frames [F, n_atoms, 3], frame_index [M], atoms [M, k], mask=None,
+      log_weights=None) -> (means [n_batches, *obs_shape], weights [n_batches])``.
     """
     return _localized(per_atom_energy_fn, observable_fn, kT, batch_size, chunk_size, True)
 
@@ -340,22 +343,25 @@ def _localized(per_atom_energy_fn, observable_fn, kT, batch_size, chunk_size, pe
         g = jnp.asarray(_map(sample_fn, (frame_index, atoms), chunk_size))
         return g.reshape(g.shape[0], -1), g.shape[1:]
 
-    def value(g, mask, obs_shape):
-        return _estimate_value(g, mask, obs_shape, batch_size, per_batch)
+    def value(g, mask, obs_shape, log_weights):
+        w = _sample_weights(mask, log_weights, g.dtype)
+        return _estimate_value(g, mask, obs_shape, batch_size, per_batch, w)
 
     @jax.custom_vjp
-    def _value(params, frames, frame_index, atoms, mask):
+    def _value(params, frames, frame_index, atoms, mask, log_weights):
         g, obs_shape = observables(frames, frame_index, atoms)
-        return value(g, mask, obs_shape)
+        return value(g, mask, obs_shape, log_weights)
 
-    def fwd(params, frames, frame_index, atoms, mask):
+    def fwd(params, frames, frame_index, atoms, mask, log_weights):
         g, obs_shape = observables(frames, frame_index, atoms)
-        return value(g, mask, obs_shape), (params, frames, frame_index, atoms, mask, g)
+        out = value(g, mask, obs_shape, log_weights)
+        return out, (params, frames, frame_index, atoms, mask, log_weights, g)
 
     def bwd(residuals, v):
-        params, frames, frame_index, atoms, mask, g = residuals
+        params, frames, frame_index, atoms, mask, log_weights, g = residuals
         coefficients = _batch_coefficients if per_batch else _sample_coefficients
-        c = coefficients(g, mask, kT, batch_size, v)
+        w = _sample_weights(mask, log_weights, g.dtype)
+        c = coefficients(g, mask, kT, batch_size, v, w)
         n_frames, n_atoms = frames.shape[0], frames.shape[1]
         weights = jnp.zeros((n_frames, n_atoms), c.dtype)
         rows = jnp.broadcast_to(frame_index[:, None], atoms.shape)
@@ -367,11 +373,12 @@ def _localized(per_atom_energy_fn, observable_fn, kT, batch_size, chunk_size, pe
             jnp.ones((n_frames,), c.dtype),
             chunk_size,
         )
-        return grad, None, None, None, None
+        d_log_weights = None if log_weights is None else jnp.zeros_like(log_weights)
+        return grad, None, None, None, None, d_log_weights
 
     _value.defvjp(fwd, bwd)
 
-    def expectation(params, frames, frame_index, atoms, mask=None):
+    def expectation(params, frames, frame_index, atoms, mask=None, log_weights=None):
         frames = jnp.asarray(frames)
         frame_index = jnp.asarray(frame_index)
         atoms = jnp.asarray(atoms)
@@ -386,9 +393,10 @@ def _localized(per_atom_energy_fn, observable_fn, kT, batch_size, chunk_size, pe
         atoms = _guard(atoms, mask)
         used = jnp.zeros((frames.shape[0],), bool).at[frame_index].max(mask)
         frames = _guard(frames, used)
-        out = _value(params, frames, frame_index, atoms, mask)
+        out = _value(params, frames, frame_index, atoms, mask, log_weights)
         if not per_batch:
             return out
-        return out, _batch_weights(mask, atoms.shape[0], batch_size)
+        w = _sample_weights(mask, log_weights, jnp.result_type(float))
+        return out, _batch_weights(mask, atoms.shape[0], batch_size, w)
 
     return jax.jit(expectation)

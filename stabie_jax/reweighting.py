@@ -50,7 +50,9 @@ from stabie_jax import units
 __all__ = [
     "effective_sample_size",
     "effective_sample_size_curve",
+    "kish_effective_sample_size",
     "log_reweighting_weights",
+    "parameter_log_weights",
     "reweighted_average",
     "reweighting_weights",
     "temperature_range",
@@ -148,6 +150,56 @@ def effective_sample_size(log_weights):
     safe = jnp.where(ok, log_weights, 0.0)
     entropy = -jnp.sum(jnp.where(ok, jnp.exp(safe) * safe, 0.0))
     return jnp.exp(entropy)
+
+
+@jax.jit
+def parameter_log_weights(energies_new, energies_old, kT, mask=None):
+    """Log importance weights that move samples of ``P_θ`` to ``P_θ′`` at one temperature.
+
+    ``ℓ_i = -(U_θ′(x_i) - U_θ(x_i)) / kT`` (unnormalised), ``-inf`` for excluded or non-finite
+    samples; the mean valid difference is subtracted first (only differences matter).
+
+    Args:
+      energies_new: ``[N]`` eV, ``U_θ′`` of the samples (the parameters to estimate at).
+      energies_old: ``[N]`` eV, ``U_θ`` of the same samples (the parameters they were drawn
+        with, evaluated with the same energy function).
+      kT: eV.
+      mask: optional ``[N]`` bool of usable samples.
+
+    Returns:
+      ``[N]`` log weights, for the estimators' ``log_weights`` and
+      :func:`kish_effective_sample_size`.
+    """
+    delta = jnp.asarray(energies_new) - jnp.asarray(energies_old)
+    ok = jnp.isfinite(delta)
+    if mask is not None:
+        ok = ok & jnp.asarray(mask, bool)
+    shift = jnp.sum(jnp.where(ok, delta, 0.0)) / jnp.maximum(jnp.sum(ok), 1)
+    return jnp.where(ok, -(delta - shift) / kT, -jnp.inf)
+
+
+@jax.jit
+def kish_effective_sample_size(log_weights):
+    """Kish's effective sample size ``(Σ w)² / Σ w²`` from unnormalised log weights.
+
+    ``N`` for equal weights, 1 when one sample dominates; it is the number of independent
+    equal-weight samples giving the same variance of a weighted mean.
+
+    Args:
+      log_weights: ``[N]`` (``-inf`` = excluded).
+
+    Returns:
+      Scalar in ``[1, N_valid]`` (0 with no valid sample).
+
+    Examples:
+      >>> round(float(kish_effective_sample_size(jnp.log(jnp.array([1.0, 1.0, 2.0])))), 3)
+      2.667
+    """
+    log_weights = jnp.asarray(log_weights)
+    ok = jnp.isfinite(log_weights)
+    top = jnp.max(jnp.where(ok, log_weights, -jnp.inf))
+    w = jnp.where(ok, jnp.exp(jnp.where(ok, log_weights - jnp.where(ok, top, 0.0), 0.0)), 0.0)
+    return jnp.sum(w) ** 2 / jnp.maximum(jnp.sum(w * w), jnp.finfo(w.dtype).tiny)
 
 
 @jax.jit
