@@ -456,7 +456,10 @@ def build_stabie_problem(loaded: checkpoint.LoadedModel, molecule: MoleculeData,
         vjp=inp.observable_vjp,
     )
     qm_fn = make_qm_loss_fn(potential, molecule.train, inp) if inp.qm_weight else None
-    return stabie_lib.StabieProblem(simulator, stable_fn, obs_loss, qm_fn), h_ref
+    problem = stabie_lib.StabieProblem(
+        simulator, stable_fn, obs_loss, qm_fn, energy_fn=potential.energy_fn
+    )
+    return problem, h_ref
 
 
 def run_stabie_stage(
@@ -681,6 +684,8 @@ def stabie_inputs_from_config(config) -> StabieInputs:
             max_epochs=int(s.max_epochs),
             max_wall_seconds=max_wall,
             checkpoint_every=int(s.checkpoint_every),
+            reuse_min_neff=float(s.get("reuse_min_neff", 0.0)),
+            max_reuse_steps=int(s.get("max_reuse_steps", 10)),
         ),
         reference_temperature_kelvin=reference_temperature(config),
         integrator=md_integrator(config),

@@ -255,7 +255,13 @@ def run_stabie_stage(pretrained_dir, water: WaterData, config, workdir) -> pathl
             frame_axis=0,
         )[0]
 
-    problem = stabie_lib.StabieProblem(sim, stable_fn, obs_loss, None)
+    problem = stabie_lib.StabieProblem(
+        sim,
+        stable_fn,
+        obs_loss,
+        None,
+        energy_fn=lambda params, positions: jnp.sum(per_atom_energy_fn(params, positions)),
+    )
     settings = stabie_lib.StabieSettings(
         steps_per_epoch=t,
         sample_every=int(s.sample_every),
@@ -273,6 +279,8 @@ def run_stabie_stage(pretrained_dir, water: WaterData, config, workdir) -> pathl
         max_wall_seconds=float(s.max_wall_hours) * 3600 if s.max_wall_hours else None,
         checkpoint_every=int(s.checkpoint_every),
         gradient_scale=hp.gradient_scale,
+        reuse_min_neff=float(s.get("reuse_min_neff", 0.0)),
+        max_reuse_steps=int(s.get("max_reuse_steps", 10)),
     )
     n_dev = jax.device_count()
     meta = {

@@ -63,7 +63,8 @@ weighted one,
           ⊗ (∇_θ U_i - \\overline{∇_θ U}_w),
 
 i.e. the derivative of the self-normalised estimate ``Σ w̃_i(θ′) g_i`` times the unbiasing
-factor ``1/(1 - Σw̃²)`` (``B/(B-1)`` for equal weights). Batches enter the average with weight ``Σ_b w``.
+factor ``1/(1 - Σw̃²)`` (``B/(B-1)`` for equal weights). Batches enter the average with weight
+``Σ_b w``.
 ``log_weights=None`` or all equal is the plain estimator (bit for bit for ``None``).
 :func:`stabie_jax.reweighting.kish_effective_sample_size` says how many samples remain.
 
@@ -224,9 +225,7 @@ def boltzmann_jacobian(
         samples = _guard(samples, mask)
         g, obs_shape = _observables(observable_fn, samples, batch_size)
         w = _sample_weights(mask, log_weights, g.dtype)
-        batch_id, sums, weight, b, denominator = _batch_structure(
-            mask, n, batch_size, g.dtype, w
-        )
+        batch_id, sums, weight, b, denominator = _batch_structure(mask, n, batch_size, g.dtype, w)
         n_batches = sums.shape[0]
         dg = _centred_observables(g, mask, batch_id, sums, n_batches, w)
         scale = weight / (kT * denominator)

@@ -304,8 +304,8 @@ def localized_expectation(
       A jitted ``(params, frames [F, n_atoms, 3], frame_index [M], atoms [M, k], mask=None,
       log_weights=None) -> ⟨g⟩``; ``log_weights`` ``[M]`` are per-sample importance log
       weights (:mod:`stabie_jax.estimator`, Weighted samples; for reweighting to new
-      parameters, the log weight of the sample's frame). Frames referenced by no valid sample are never evaluated on their own values (they
-      may hold NaN).
+      parameters, the log weight of the sample's frame). Frames referenced by no valid sample
+      are never evaluated on their own values (they may hold NaN).
     """
 
     return _localized(per_atom_energy_fn, observable_fn, kT, batch_size, chunk_size, False)

@@ -27,6 +27,19 @@ authors' code: in float arithmetic this takes a third reduction), or after
 ``max_learning_epochs`` epochs (logged). The next simulation phase starts from the end states of
 the last learning epoch; replicas unstable in it go back to their anchors, frozen.
 
+**Sample reuse** (``reuse_min_neff > 0``; off by default, which is the authors' rule). After a
+learning epoch's step ``θ → θ₁`` the same recorded frames, drawn at ``θ``, still estimate the
+ensemble of ``θ_j`` after reweighting, ``w_i ∝ exp(−(U_θj(x_i) − U_θ(x_i))/kT)``: further steps
+are taken with the reweighted estimator (weighted means and covariances,
+:mod:`stabie_jax.estimator`) while Kish's ``N_eff/N = (Σw)²/(N Σw²) >= reuse_min_neff``, at
+most ``max_reuse_steps`` per simulation. Measured (never reweighted): the unstable fraction,
+which alone drives the plateau schedule, ``f_min`` and the phase changes, once per simulation,
+and the ``obs_loss``/``qm_loss`` of the epoch's first step; the QM loss of every step is exact.
+Reweighted: ``reuse_obs_loss`` of the extra steps. Logged per learning epoch: ``reuse_steps``,
+``reuse_end`` (``n_eff``, ``max_reuse_steps``, ``optimizer-step budget`` or a skipped step),
+``reuse_n_eff_fraction`` (each check), ``reuse_obs_loss``, ``reuse_qm_loss``,
+``reuse_update_norm``; ``optimizer_steps`` counts every applied step.
+
 Deliberate differences from the authors' code (each documented in the README/RESULTS too):
 
 * the estimator is the exact one (``1/kT`` and ``N/(N−1)`` included): convert their learning
@@ -98,6 +111,12 @@ class StabieSettings:
         hyperparameter convention they were given in (the authors': ``kT·(B−1)/B``, from
         ``hyperparameters.authors_hyperparameters_to_exact``); only the logged gradient norms
         use it.
+      reuse_min_neff: sample reuse by reweighting (0 = off, the authors' one step per
+        simulation): after a learning epoch's step, further steps are taken on the same
+        frames, reweighted to the current parameters, while Kish's ``N_eff/N`` stays
+        ``>= reuse_min_neff`` (module docstring, Sample reuse). Needs
+        ``StabieProblem.energy_fn``.
+      max_reuse_steps: at most this many extra steps per simulation when reuse is on.
     """
 
     steps_per_epoch: int
@@ -118,6 +137,8 @@ class StabieSettings:
     max_wall_seconds: float | None = None
     checkpoint_every: int = 1
     gradient_scale: float = 1.0
+    reuse_min_neff: float = 0.0
+    max_reuse_steps: int = 10
 
     def __post_init__(self):
         if self.steps_per_epoch < 1 or self.sample_every < 1:
@@ -131,6 +152,13 @@ class StabieSettings:
             raise ValueError(f"need 0 <= f_min < f_max <= 1, got {self.f_min}, {self.f_max}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        if not 0.0 <= self.reuse_min_neff <= 1.0:
+            raise ValueError(
+                f"reuse_min_neff is a fraction of the samples in [0, 1] (0 = no reuse), got "
+                f"{self.reuse_min_neff}"
+            )
+        if self.max_reuse_steps < 0:
+            raise ValueError(f"max_reuse_steps must be >= 0, got {self.max_reuse_steps}")
 
 
 class StabieProblem(NamedTuple):
@@ -141,15 +169,20 @@ class StabieProblem(NamedTuple):
         ``steps_per_epoch`` so resets land on epoch boundaries).
       stable_fn: ``(trajectory: Trajectory) -> [R] bool``, the training stability criterion
         over the frames of one epoch (False when any frame is unstable or non-finite).
-      observable_loss_fn: ``(params, trajectory, key) -> (L_obs, aux dict)``, differentiable in
-        ``params`` through a Boltzmann estimator (:mod:`stabie_jax.trajectory_losses`).
+      observable_loss_fn: ``(params, trajectory, key, log_weights=None) -> (L_obs, aux dict)``,
+        differentiable in ``params`` through a Boltzmann estimator
+        (:mod:`stabie_jax.trajectory_losses`); ``log_weights`` ``[F·R]`` reweight the frames
+        (only passed when sample reuse is on).
       qm_loss_fn: ``(params, key) -> L_QM`` on the training set, or None (λ = 0).
+      energy_fn: ``(params, positions [N, 3]) -> eV``, the potential the estimator
+        differentiates; needed only for sample reuse (``StabieSettings.reuse_min_neff``).
     """
 
     simulator: Simulator
     stable_fn: Callable
     observable_loss_fn: Callable
     qm_loss_fn: Callable | None = None
+    energy_fn: Callable | None = None
 
 
 class LoopCounters(NamedTuple):
@@ -239,7 +272,8 @@ def _with_learning_rate(opt_state, learning_rate: float):
 
 
 def make_gradient_fn(problem: StabieProblem, qm_weight: float) -> Callable:
-    """Jitted ``(params, trajectory, key) -> (grads, metrics)`` of ``L_obs + λ·L_QM``.
+    """Jitted ``(params, trajectory, key, log_weights=None) -> (grads, metrics)`` of
+    ``L_obs + λ·L_QM`` (``log_weights``: the frames' reweighting, passed to the observable loss).
 
     The two gradients are taken separately (``key`` split into the observable loss's key and the
     QM loss's) and added, so the metrics can say what each contributes: ``obs_grad_norm``,
@@ -250,10 +284,11 @@ def make_gradient_fn(problem: StabieProblem, qm_weight: float) -> Callable:
     """
     use_qm = problem.qm_loss_fn is not None and bool(qm_weight)
 
-    def gradient_fn(params, trajectory, key):
+    def gradient_fn(params, trajectory, key, log_weights=None):
         k_obs, k_qm = jax.random.split(key)
+        extra = () if log_weights is None else (log_weights,)
         (obs_loss, aux), g_obs = jax.value_and_grad(problem.observable_loss_fn, has_aux=True)(
-            params, trajectory, k_obs
+            params, trajectory, k_obs, *extra
         )
         if use_qm:
             qm, g_qm = jax.value_and_grad(problem.qm_loss_fn)(params, k_qm)
@@ -306,8 +341,9 @@ class LearningStep(NamedTuple):
 
 
 def make_learning_step(problem: StabieProblem, settings: StabieSettings) -> Callable:
-    """``(params, opt_state, trajectory, key, learning_rate) -> LearningStep``: ONE optimizer
-    step on ``L_obs + λ·L_QM`` from a recorded trajectory (clip, then SGD at the given rate).
+    """``(params, opt_state, trajectory, key, learning_rate, log_weights=None) -> LearningStep``:
+    ONE optimizer step on ``L_obs + λ·L_QM`` from a recorded trajectory (clip, then SGD at the
+    given rate); with ``log_weights`` the frames are reweighted (sample reuse).
 
     This is the whole learning-phase update of the driver. A step is not applied when the
     estimator overflowed, had fewer than 2 valid samples (no covariance: the step would be pure
@@ -322,8 +358,8 @@ def make_learning_step(problem: StabieProblem, settings: StabieSettings) -> Call
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, optax.tree.norm(updates)
 
-    def step(params, opt_state, trajectory, key, learning_rate) -> LearningStep:
-        grads, metrics = gradient_fn(params, trajectory, key)
+    def step(params, opt_state, trajectory, key, learning_rate, log_weights=None) -> LearningStep:
+        grads, metrics = gradient_fn(params, trajectory, key, log_weights)
         metrics = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
         skipped = ""
         if bool(metrics.get("overflow", False)):
@@ -346,6 +382,103 @@ def make_learning_step(problem: StabieProblem, settings: StabieSettings) -> Call
         return LearningStep(params, opt_state, metrics, finite, skipped)
 
     return step
+
+
+# ---------------------------------------------------------------------------------------------
+# Sample reuse by reweighting.
+
+
+def make_frame_energies(problem: StabieProblem, chunk_size: int = 64) -> Callable:
+    """Jitted ``(params, trajectory) -> ([F·R] eV, [F·R] bool)``: ``U_θ`` of every recorded frame
+    (frame-major, as :func:`stabie_jax.trajectory_losses.trajectory_samples`) and the frames'
+    validity; ``lax.map`` over chunks of ``chunk_size`` frames."""
+    if problem.energy_fn is None:
+        raise ValueError(
+            "sample reuse (StabieSettings.reuse_min_neff > 0) needs StabieProblem.energy_fn, "
+            "the potential (params, positions [N, 3]) -> eV that the estimator differentiates"
+        )
+    from stabie_jax.trajectory_losses import trajectory_samples
+
+    def energies(params, trajectory):
+        positions, mask = trajectory_samples(trajectory)
+        safe = jnp.where(mask[:, None, None], positions, positions[jnp.argmax(mask)])
+        e = jax.lax.map(lambda x: problem.energy_fn(params, x), safe, batch_size=chunk_size)
+        return jnp.where(mask, e, jnp.nan), mask & jnp.isfinite(e)
+
+    return jax.jit(energies)
+
+
+class ReuseResult(NamedTuple):
+    """Extra optimizer steps taken on one simulation's frames (:func:`reuse_samples`).
+
+    Attributes:
+      params, opt_state: after the last applied step.
+      steps: number of applied extra steps.
+      end: why reuse stopped: ``"n_eff"`` (``N_eff/N`` below the threshold),
+        ``"max_reuse_steps"``, ``"optimizer-step budget"`` or ``"skipped: <reason>"``.
+      n_eff_fraction: Kish ``N_eff/N`` at each check, ``[steps + 1]`` or ``[steps]`` (the
+        last one is the failing check when ``end == "n_eff"``).
+      obs_loss, qm_loss, update_norm: per applied step (reweighted ``L_obs``, exact ``L_QM``).
+    """
+
+    params: Any
+    opt_state: Any
+    steps: int
+    end: str
+    n_eff_fraction: list
+    obs_loss: list
+    qm_loss: list
+    update_norm: list
+
+
+def reuse_samples(
+    learning_step: Callable,
+    frame_energies: Callable,
+    settings: StabieSettings,
+    kT: float,
+    sampled_params,
+    params,
+    opt_state,
+    trajectory: Trajectory,
+    key,
+    learning_rate: float,
+    max_steps: int,
+) -> ReuseResult:
+    """Take up to ``max_steps`` further steps on frames sampled at ``sampled_params``.
+
+    Before each step the frames are reweighted to the current parameters θ′,
+    ``ℓ_i = −(U_θ′(x_i) − U_θ(x_i))/kT`` (:func:`stabie_jax.reweighting.parameter_log_weights`,
+    both energies from ``frame_energies``); the step is taken with those weights (the
+    reweighted Boltzmann estimator) while Kish's ``N_eff/N_valid >= settings.reuse_min_neff``.
+    """
+    from stabie_jax import reweighting
+
+    u0, valid = frame_energies(sampled_params, trajectory)
+    n_valid = max(int(np.asarray(valid).sum()), 1)
+    out = dict(n_eff_fraction=[], obs_loss=[], qm_loss=[], update_norm=[])
+    end, steps = "max_reuse_steps", 0
+    for j in range(max_steps):
+        u, ok = frame_energies(params, trajectory)
+        log_w = reweighting.parameter_log_weights(u, u0, kT, valid & ok)
+        fraction = float(reweighting.kish_effective_sample_size(log_w)) / n_valid
+        out["n_eff_fraction"].append(fraction)
+        if fraction < settings.reuse_min_neff:
+            end = "n_eff"
+            break
+        result = learning_step(
+            params, opt_state, trajectory, jax.random.fold_in(key, j), learning_rate, log_w
+        )
+        if not result.applied:
+            end = f"skipped: {result.skipped}"
+            break
+        params, opt_state = result.params, result.opt_state
+        steps += 1
+        out["obs_loss"].append(float(result.metrics["obs_loss"]))
+        out["qm_loss"].append(float(result.metrics["qm_loss"]))
+        out["update_norm"].append(float(result.metrics["update_norm"]))
+    if steps == max_steps and max_steps < settings.max_reuse_steps:
+        end = "optimizer-step budget"
+    return ReuseResult(params, opt_state, steps, end, **out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -467,6 +600,8 @@ def run_stabie(
     sim = problem.simulator
     t, every = settings.steps_per_epoch, settings.sample_every
     learning_step = make_learning_step(problem, settings)
+    reuse = settings.reuse_min_neff > 0 and settings.max_reuse_steps > 0
+    frame_energies = make_frame_energies(problem) if reuse else None
     min_lr = settings.learning_rate * settings.min_lr_fraction
     started = time.time()
     records: list[dict] = []
@@ -538,6 +673,28 @@ def run_stabie(
             params, opt_state, metrics, finite, skipped = result
             if finite:
                 counters = counters.bump(optimizer_steps=1)
+            reused = None
+            if reuse and finite:
+                budget = settings.max_reuse_steps
+                if settings.max_optimizer_steps is not None:
+                    budget = min(
+                        budget, settings.max_optimizer_steps - int(counters.optimizer_steps)
+                    )
+                reused = reuse_samples(
+                    learning_step,
+                    frame_energies,
+                    settings,
+                    sim.kT,
+                    train.params,
+                    params,
+                    opt_state,
+                    traj,
+                    jax.random.fold_in(k_grad, 1),
+                    lr,
+                    max(budget, 0),
+                )
+                params, opt_state = reused.params, reused.opt_state
+                counters = counters.bump(optimizer_steps=reused.steps)
             plateau = plateau_update(
                 counters.plateau(),
                 f_unst,
@@ -568,6 +725,15 @@ def run_stabie(
             )
             if skipped:
                 record["skipped"] = skipped
+            if reused is not None:
+                record.update(
+                    reuse_steps=reused.steps,
+                    reuse_end=reused.end,
+                    reuse_n_eff_fraction=reused.n_eff_fraction,
+                    reuse_obs_loss=reused.obs_loss,
+                    reuse_qm_loss=reused.qm_loss,
+                    reuse_update_norm=reused.update_norm,
+                )
             end_reason = None
             if f_unst <= settings.f_min:
                 end_reason = "unstable fraction <= f_min"

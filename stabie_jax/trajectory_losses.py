@@ -123,17 +123,21 @@ def global_observable_loss(
       vjp: ``"global"`` (default) or ``"per_batch"`` (the authors'; module docstring).
 
     Returns:
-      ``(params, trajectory, key) -> (loss, {"observable": ⟨g⟩, "n_samples": ...})``.
+      ``(params, trajectory, key, log_weights=None) -> (loss, {"observable": ⟨g⟩,
+      "n_samples": ...})``; ``log_weights`` ``[F·R]`` (frame-major, as
+      :func:`trajectory_samples`) reweight the frames (the reweighted estimator,
+      :mod:`stabie_jax.estimator`).
     """
     _check_choices(reduction, vjp)
     build = boltzmann_expectation if vjp == "global" else boltzmann_batch_means
     expectation = build(energy_fn, observable_fn, kT, batch_size=batch_size)
     g_ref = jnp.asarray(observable_ref)
 
-    def loss_fn(params, trajectory: Trajectory, key):
+    def loss_fn(params, trajectory: Trajectory, key, log_weights=None):
         positions, mask = trajectory_samples(trajectory)
         order = sample_order(key, mask)
-        value = expectation(params, positions[order], mask[order])
+        lw = None if log_weights is None else jnp.asarray(log_weights)[order]
+        value = expectation(params, positions[order], mask[order], lw)
         loss, mean = _reduce(value, g_ref, reduction, vjp)
         return loss, {"observable": mean, "n_samples": jnp.sum(mask)}
 
@@ -179,7 +183,9 @@ def local_observable_loss(
       vjp: ``"global"`` (default) or ``"per_batch"`` (the authors').
 
     Returns:
-      ``(params, trajectory, key) -> (loss, aux)``.
+      ``(params, trajectory, key, log_weights=None) -> (loss, aux)``; ``log_weights``
+      ``[F·R]`` per frame (as :func:`trajectory_samples`), given to each neighbourhood of the
+      frame.
     """
     atoms = jnp.asarray(np.asarray(neighbourhoods), jnp.int32)
     g_ref = jnp.asarray(observable_ref)
@@ -191,7 +197,7 @@ def local_observable_loss(
     build = localized_expectation if vjp == "global" else localized_batch_means
     expectation = build(per_atom_energy_fn, sample_observable, kT, batch_size=batch_size)
 
-    def loss_fn(params, trajectory: Trajectory, key):
+    def loss_fn(params, trajectory: Trajectory, key, log_weights=None):
         frames, frame_ok = trajectory_samples(trajectory)
         safe = jnp.where(frame_ok[:, None, None], frames, frames[jnp.argmax(frame_ok)])
         deviation = neighbourhood_max_deviation(safe, atoms, bond_equilibrium, displacement_fn)
@@ -201,12 +207,15 @@ def local_observable_loss(
             k_select, deviation, n_bins=n_bins, per_bin=per_bin, valid=valid
         )
         order = sample_order(k_order, chosen.mask)
+        frame_index = chosen.frame_index[order]
+        lw = None if log_weights is None else jnp.asarray(log_weights)[frame_index]
         value = expectation(
             params,
             frames,
-            chosen.frame_index[order],
+            frame_index,
             atoms[chosen.neighbourhood_index[order]],
             chosen.mask[order],
+            lw,
         )
         loss, mean = _reduce(value, g_ref, reduction, vjp)
         aux = {"observable": mean, "n_samples": jnp.sum(chosen.mask)}

@@ -66,15 +66,11 @@ def test_weighted_routes_match_numpy(weighted_case, batch_size):
     jac_fn = estimator.boltzmann_jacobian(linear_energy, observable, KT, batch_size=batch_size)
     jac = jac_fn(theta, jnp.asarray(x), jnp.asarray(mask), jnp.asarray(log_w))
     np.testing.assert_allclose(np.asarray(jac), want_jac, rtol=2e-4, atol=1e-5)
-    expect = estimator.boltzmann_expectation(
-        linear_energy, observable, KT, batch_size=batch_size
-    )
+    expect = estimator.boltzmann_expectation(linear_energy, observable, KT, batch_size=batch_size)
     value = expect(theta, jnp.asarray(x), jnp.asarray(mask), jnp.asarray(log_w))
     np.testing.assert_allclose(np.asarray(value), want_mean, rtol=1e-5)
     v = jnp.array([0.7, -1.3])
-    vjp = jax.grad(lambda t: jnp.dot(v, expect(t, x, jnp.asarray(mask), jnp.asarray(log_w))))(
-        theta
-    )
+    vjp = jax.grad(lambda t: jnp.dot(v, expect(t, x, jnp.asarray(mask), jnp.asarray(log_w))))(theta)
     np.testing.assert_allclose(np.asarray(vjp), np.asarray(v) @ want_jac, rtol=2e-4, atol=1e-5)
     # The weights really act: the unweighted Jacobian differs.
     plain = jac_fn(theta, jnp.asarray(x), jnp.asarray(mask))
@@ -122,11 +118,11 @@ def test_equal_log_weights_are_the_plain_estimator(weighted_case, batch_size):
             linear_energy, observable, KT, batch_size=batch_size
         )
 
-        def loss(t, lw=lw):
+        def loss(t, lw=lw, means_fn=means_fn):
             means, weights = means_fn(t, xs, m, lw)
             return jnp.sum(weights * jnp.sum(means**2, axis=-1))
 
-        def plain_loss(t):
+        def plain_loss(t, means_fn=means_fn):
             means, weights = means_fn(t, xs, m)
             return jnp.sum(weights * jnp.sum(means**2, axis=-1))
 

@@ -78,7 +78,7 @@ def make_problem(sim, h_ref, batch_size=None):
     loss_fn = trajectory_losses.global_observable_loss(
         energy_fn, observable_fn, h_ref, sim.kT, batch_size=batch_size
     )
-    return stabie.StabieProblem(sim, stable_fn(0.25), loss_fn, None)
+    return stabie.StabieProblem(sim, stable_fn(0.25), loss_fn, None, energy_fn=energy_fn)
 
 
 SETTINGS = stabie.StabieSettings(

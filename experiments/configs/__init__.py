@@ -62,6 +62,11 @@ def schedule_fields(stabie: ml_collections.ConfigDict, *, reset_probability: flo
     stabie.checkpoint_every = 1
     stabie.history_length = 4
     stabie.max_wall_hours = 0.0  # 0 = no wall-clock budget
+    # Sample reuse by reweighting (0 = off: the authors' one optimizer step per simulation):
+    # further steps on the same frames while Kish N_eff/N >= reuse_min_neff, at most
+    # max_reuse_steps per simulation (docs/method.md, Sample reuse).
+    stabie.reuse_min_neff = 0.0
+    stabie.max_reuse_steps = 10
 
 
 # --- validation at setup, before any compute ---------------------------------------------------
@@ -99,10 +104,17 @@ _NON_NEGATIVE = (
     "stabie.grad_clip_norm",
     "stabie.max_wall_hours",
     "stabie.max_learning_epochs",
+    "stabie.max_reuse_steps",
     "evaluate.transfer_length_ps",
     "evaluate.vacf_window_steps",
 )
-_FRACTIONS = ("stabie.f_max", "stabie.f_min", "stabie.reset_probability", "evaluate.stop_fraction")
+_FRACTIONS = (
+    "stabie.f_max",
+    "stabie.f_min",
+    "stabie.reset_probability",
+    "stabie.reuse_min_neff",
+    "evaluate.stop_fraction",
+)
 MAX_TIMESTEP_FS_WITH_HYDROGEN = 2.0
 _MISSING = object()
 
