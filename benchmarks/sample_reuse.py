@@ -51,14 +51,19 @@ def _run(cmd: list[str], log: pathlib.Path) -> float:
 
 
 def _base_cmd(args) -> list[str]:
+    data = []
+    if args.data:
+        data = [
+            f"--config.data.source={args.data}/rmd17_aspirin_train_0*.npz",
+            f"--config.data.test_source={args.data}/rmd17_aspirin_test_0*.npz",
+        ]
     return [
         sys.executable,
         "-m",
         "experiments.aspirin",
         f"--config={args.config}",
         f"--config.init_checkpoint={pathlib.Path(args.model).resolve()}",
-        f"--config.data.source={args.data}/rmd17_aspirin_train_0*.npz",
-        f"--config.data.test_source={args.data}/rmd17_aspirin_test_0*.npz",
+        *data,
         f"--host_devices={args.host_devices}",
         f"--config.md.replica_batch_size={args.replica_batch_size}",
         "--config.progress=false",
@@ -122,7 +127,9 @@ def main(argv=None) -> None:
     p.add_argument("--model", required=True, help="pretrained stabie_jax model checkpoint")
     p.add_argument("--workdir", required=True)
     p.add_argument("--config", default="experiments/configs/aspirin.py:cpu")
-    p.add_argument("--data", default=DATA, help="folder with the rMD17 aspirin npz shards")
+    p.add_argument(
+        "--data", default=DATA, help="folder with the rMD17 aspirin npz shards ('' = the config's)"
+    )
     p.add_argument("--thresholds", default="0,0.5,0.8,0.9")
     p.add_argument("--minutes", type=float, default=9.0, help="StABlE wall budget per variant")
     p.add_argument("--max_reuse_steps", type=int, default=10)
