@@ -311,25 +311,14 @@ def test_n_eff_curve_is_taken_from_the_reference_frames_temperature():
 
 def test_reanchor_model_energy_shifts_energy_and_keeps_forces(tmp_path):
     """Energies move by exactly mean(E_ref - E_model) on the given frames; forces are unchanged."""
+    from checkpoint_test import toy_model_and_metadata
     from jax_md import space as jmd_space
-    from toy_model import TOY_KIND, PairMLP, register_toy_model
 
     from stabie_jax import checkpoint as ckpt
     from stabie_jax.data import Dataset
-    from stabie_jax.models import registry
 
-    register_toy_model()
-    module = PairMLP(hidden=8, cutoff=3.5)
-    z = (8, 1, 1)
-    params = registry.init_params(module, z, jax.random.PRNGKey(0))
-    meta = ckpt.ModelMetadata(
-        kind=TOY_KIND,
-        hparams=registry.model_hparams(module),
-        atomic_numbers=z,
-        cutoff_angstrom=3.5,
-        energy_scale=0.7,
-        energy_shift={1: -13.6, 8: -432.1},
-    )
+    module, params, meta = toy_model_and_metadata()
+    z = meta.atomic_numbers
     ckpt.save_model_checkpoint(tmp_path / "m", params, meta)
     pot = ckpt.make_model_potential(module, meta, jmd_space.free()[0])
     rng = np.random.default_rng(0)
