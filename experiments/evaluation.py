@@ -19,7 +19,6 @@ from experiments import molecule as molecule_lib
 from stabie_jax import (
     checkpoint,
     data,
-    losses,
     md,
     metrics_log,
     observables,
@@ -136,11 +135,7 @@ def evaluate_molecule(config, workdir, molecule, pretrained_dir, stabie_dir, wal
     reference_T = molecule_lib.reference_temperature(config) or T
     h_ref = molecule_lib.reference_h_of_r(molecule, T, reference_T, **h_kw)
     vacf_window = int(e.vacf_window_steps)
-    test_frames = losses.LabelledFrames(
-        jnp.asarray(molecule.test.positions, jnp.float32),
-        jnp.asarray(molecule.test.energies, jnp.float32),
-        jnp.asarray(molecule.test.forces, jnp.float32),
-    )
+    test_frames = molecule_lib.labelled_frames(molecule.test)
 
     d = config.data
     data_spec = [

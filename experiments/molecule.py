@@ -377,13 +377,18 @@ def exact_hyperparameters(
     )
 
 
+def labelled_frames(dataset: data.Dataset) -> losses.LabelledFrames:
+    """The dataset's positions, energies and forces as float32 device arrays (eV, Å)."""
+    return losses.LabelledFrames(
+        jnp.asarray(dataset.positions, jnp.float32),
+        jnp.asarray(dataset.energies, jnp.float32),
+        jnp.asarray(dataset.forces, jnp.float32),
+    )
+
+
 def make_qm_loss_fn(potential, train: data.Dataset, inputs: StabieInputs):
     """``(params, key) -> L_QM`` on training frames: all of them, or random batches per step."""
-    frames = losses.LabelledFrames(
-        jnp.asarray(train.positions, jnp.float32),
-        jnp.asarray(train.energies, jnp.float32),
-        jnp.asarray(train.forces, jnp.float32),
-    )
+    frames = labelled_frames(train)
     n, B = train.n_frames, inputs.qm_batch_size
     kw = dict(energy_weight=inputs.qm_energy_weight, force_weight=inputs.qm_force_weight)
 
@@ -534,11 +539,7 @@ def reanchor_model_energy(model_dir: pathlib.Path, train) -> float:
     potential = checkpoint.make_model_potential(
         loaded.module, meta, md.free_space().displacement_fn
     )
-    frames = losses.LabelledFrames(
-        jnp.asarray(train.positions, jnp.float32),
-        jnp.asarray(train.energies, jnp.float32),
-        jnp.asarray(train.forces, jnp.float32),
-    )
+    frames = labelled_frames(train)
     offset = -evaluation_metrics.qm_test_errors(potential, loaded.params, frames)[
         "energy_mean_error_ev"
     ]

@@ -73,9 +73,11 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from stabie_jax import checkpoint, metrics_log, units
+from stabie_jax import checkpoint, metrics_log, reweighting, units
+from stabie_jax._estimator_core import _guard
 from stabie_jax.md import ReplicaState, Simulator, Trajectory
 from stabie_jax.plateau import PlateauState, plateau_update
+from stabie_jax.trajectory_losses import trajectory_samples
 
 SIMULATION = 0
 LEARNING = 1
@@ -397,11 +399,10 @@ def make_frame_energies(problem: StabieProblem, chunk_size: int = 64) -> Callabl
             "sample reuse (StabieSettings.reuse_min_neff > 0) needs StabieProblem.energy_fn, "
             "the potential (params, positions [N, 3]) -> eV that the estimator differentiates"
         )
-    from stabie_jax.trajectory_losses import trajectory_samples
 
     def energies(params, trajectory):
         positions, mask = trajectory_samples(trajectory)
-        safe = jnp.where(mask[:, None, None], positions, positions[jnp.argmax(mask)])
+        safe = _guard(positions, mask)  # excluded frames never reach energy_fn
         e = jax.lax.map(lambda x: problem.energy_fn(params, x), safe, batch_size=chunk_size)
         return jnp.where(mask, e, jnp.nan), mask & jnp.isfinite(e)
 
@@ -451,8 +452,6 @@ def reuse_samples(
     both energies from ``frame_energies``); the step is taken with those weights (the
     reweighted Boltzmann estimator) while Kish's ``N_eff/N_valid >= settings.reuse_min_neff``.
     """
-    from stabie_jax import reweighting
-
     u0, valid = frame_energies(sampled_params, trajectory)
     n_valid = max(int(np.asarray(valid).sum()), 1)
     out = dict(n_eff_fraction=[], obs_loss=[], qm_loss=[], update_norm=[])
