@@ -62,7 +62,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import pathlib
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -71,9 +70,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
-from stabie_jax import checkpoint, metrics_log, reweighting, units
+from stabie_jax import reweighting, run_loop, units
 from stabie_jax._estimator_core import _guard
 from stabie_jax.md import ReplicaState, Simulator, Trajectory
 from stabie_jax.plateau import PlateauState, plateau_update
@@ -82,8 +80,8 @@ from stabie_jax.trajectory_losses import trajectory_samples
 SIMULATION = 0
 LEARNING = 1
 PHASE_NAMES = {SIMULATION: "simulation", LEARNING: "learning"}
-METRICS_FILE = "metrics.jsonl"
-CHECKPOINT_DIR = "checkpoints"
+METRICS_FILE = run_loop.METRICS_FILE
+CHECKPOINT_DIR = run_loop.CHECKPOINT_DIR
 
 
 @dataclasses.dataclass(frozen=True)
@@ -553,6 +551,156 @@ def _reset_some_stable(sim: Simulator, replicas: ReplicaState, key, probability:
     return replicas, int(np.asarray(ok).sum())
 
 
+def make_simulation_epoch(problem: StabieProblem, settings: StabieSettings) -> Callable:
+    """``(state, key) -> (state, record)``: one simulation-phase epoch (learning rate 0).
+
+    Alive replicas run ``t`` steps; a replica failing the criterion goes back to its state at
+    the start of the epoch, frozen. When the unstable fraction reaches ``f_max`` every replica
+    is revived at its anchor and the counters enter the learning phase. ``key`` draws the
+    authors' reset of some stable replicas in the first epoch of a phase.
+    """
+    sim = problem.simulator
+    t, every = settings.steps_per_epoch, settings.sample_every
+
+    def epoch(state: StabieState, key) -> tuple[StabieState, dict]:
+        train, replicas, _ = state
+        counters = train.counters
+        record: dict[str, Any] = {}
+        if int(counters.phase_epoch) == 0 and settings.reset_probability > 0:
+            replicas, record["n_reset"] = _reset_some_stable(
+                sim, replicas, key, settings.reset_probability
+            )
+        start = replicas
+        replicas, traj = sim.simulate(train.params, replicas, t, every, record_energy=True)
+        stable = _epoch_stability(problem, replicas, traj)
+        newly_unstable = np.asarray(start.alive) & ~stable
+        replicas = sim.select(jnp.asarray(newly_unstable), _freeze(start), replicas)
+        f_unst = 1.0 - float(np.mean(np.asarray(replicas.alive)))
+        counters = counters.bump(epoch=1, phase_epoch=1, simulated_steps=t).with_plateau(
+            counters.plateau()._replace(learning_rate=0.0)
+        )
+        record.update(
+            unstable_fraction=f_unst,
+            newly_unstable=int(newly_unstable.sum()),
+            alive_at_start=int(np.asarray(start.alive).sum()),
+            learning_rate=0.0,
+        )
+        anchors = replicas
+        if f_unst >= settings.f_max:
+            # Enter learning: every replica restarts from its anchor (near-unstable) state.
+            anchors = _revive(replicas)
+            counters = counters._replace(
+                phase=np.asarray(LEARNING, np.int64), phase_epoch=np.asarray(0, np.int64)
+            ).with_plateau(PlateauState(settings.learning_rate, math.inf, 0, 0))
+        return StabieState(train._replace(counters=counters), replicas, anchors), record
+
+    return epoch
+
+
+_STEP_METRICS = ("grad_norm", "obs_grad_norm", "qm_grad_norm", "obs_share", "grad_cosine")
+
+
+def make_learning_epoch(problem: StabieProblem, settings: StabieSettings) -> Callable:
+    """``(state, key) -> (state, record)``: one learning-phase epoch.
+
+    All replicas restart from the anchors, run ``t`` steps recording every ``S``-th frame, and
+    ONE optimizer step is taken on those frames (plus the reweighted reuse steps when
+    ``settings.reuse_min_neff > 0``); the unstable fraction drives the plateau schedule and the
+    end of the phase (``f_min``, ``min_lr``, ``max_learning_epochs``), after which replicas
+    unstable in this epoch go back to their anchors, frozen, and the simulation phase resumes.
+    ``key`` is the estimator's minibatch key.
+    """
+    sim = problem.simulator
+    t, every = settings.steps_per_epoch, settings.sample_every
+    learning_step = make_learning_step(problem, settings)
+    reuse = settings.reuse_min_neff > 0 and settings.max_reuse_steps > 0
+    frame_energies = make_frame_energies(problem) if reuse else None
+    min_lr = settings.learning_rate * settings.min_lr_fraction
+
+    def epoch(state: StabieState, key) -> tuple[StabieState, dict]:
+        train, _, anchors = state
+        counters = train.counters
+        replicas, traj = sim.simulate(train.params, anchors, t, every, record_energy=True)
+        stable = _epoch_stability(problem, replicas, traj)
+        f_unst = 1.0 - float(np.mean(stable))
+        lr = counters.plateau().learning_rate
+        params, opt_state, metrics, finite, skipped = learning_step(
+            train.params, train.opt_state, traj, key, lr
+        )
+        record: dict[str, Any] = dict(
+            unstable_fraction=f_unst,
+            learning_rate=lr,
+            step_applied=finite,
+            obs_loss=float(metrics["obs_loss"]),
+            qm_loss=float(metrics["qm_loss"]),
+            loss=float(metrics["loss"]),
+            n_samples=int(metrics["n_samples"]),
+            **{k: float(metrics[k]) for k in _STEP_METRICS + ("update_norm",)},
+        )
+        if skipped:
+            record["skipped"] = skipped
+        if finite:
+            counters = counters.bump(optimizer_steps=1)
+        if reuse and finite:
+            budget = settings.max_reuse_steps
+            if settings.max_optimizer_steps is not None:
+                budget = min(budget, settings.max_optimizer_steps - int(counters.optimizer_steps))
+            reused = reuse_samples(
+                learning_step,
+                frame_energies,
+                settings,
+                sim.kT,
+                train.params,
+                params,
+                opt_state,
+                traj,
+                jax.random.fold_in(key, 1),
+                lr,
+                max(budget, 0),
+            )
+            params, opt_state = reused.params, reused.opt_state
+            counters = counters.bump(optimizer_steps=reused.steps)
+            record.update(
+                reuse_steps=reused.steps,
+                reuse_end=reused.end,
+                reuse_n_eff_fraction=reused.n_eff_fraction,
+                reuse_obs_loss=reused.obs_loss,
+                reuse_qm_loss=reused.qm_loss,
+                reuse_update_norm=reused.update_norm,
+            )
+        plateau = plateau_update(
+            counters.plateau(),
+            f_unst,
+            factor=settings.plateau_factor,
+            patience=settings.plateau_patience,
+        )
+        counters = counters.bump(epoch=1, phase_epoch=1).with_plateau(plateau)
+        train = train._replace(params=params, opt_state=opt_state)
+        end_reason = None
+        if f_unst <= settings.f_min:
+            end_reason = "unstable fraction <= f_min"
+        elif plateau.learning_rate < min_lr:
+            end_reason = "learning rate < min_lr"
+        elif int(counters.phase_epoch) >= settings.max_learning_epochs:
+            end_reason = "max_learning_epochs reached"
+        if end_reason is None:
+            replicas = anchors
+        else:
+            record["learning_end"] = end_reason
+            replicas = sim.select(jnp.asarray(~stable), _freeze(anchors), replicas)
+            anchors = replicas
+            counters = (
+                counters._replace(
+                    phase=np.asarray(SIMULATION, np.int64), phase_epoch=np.asarray(0, np.int64)
+                )
+                .bump(cycle=1)
+                .with_plateau(PlateauState(0.0, math.inf, 0, 0))
+            )
+        return StabieState(train._replace(counters=counters), replicas, anchors), record
+
+    return epoch
+
+
 def run_stabie(
     problem: StabieProblem,
     settings: StabieSettings,
@@ -580,198 +728,54 @@ def run_stabie(
     Returns:
       ``(final_state, records)``: the metrics records of this call's epochs.
     """
-    workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    metrics_path = workdir / METRICS_FILE
-    manager = checkpoint.open_manager(workdir / CHECKPOINT_DIR, max_to_keep=3)
-    if resume and manager.latest_step() is not None:
-        restored = checkpoint.restore_checkpoint(manager, target=state)
-        state = restored.state
-        metrics_log.truncate_after(metrics_path, "epoch", int(state.train.counters.epoch))
-    else:
-        metrics_log.truncate_after(metrics_path, "epoch", 0)
-    if shard_fn is not None:
-        replicas = shard_fn(state.replicas)
-        state = StabieState(
-            _replicated_like(state.train, replicas), replicas, shard_fn(state.anchors)
-        )
-
-    sim = problem.simulator
-    t, every = settings.steps_per_epoch, settings.sample_every
-    learning_step = make_learning_step(problem, settings)
-    reuse = settings.reuse_min_neff > 0 and settings.max_reuse_steps > 0
-    frame_energies = make_frame_energies(problem) if reuse else None
-    min_lr = settings.learning_rate * settings.min_lr_fraction
+    phases = {
+        SIMULATION: make_simulation_epoch(problem, settings),
+        LEARNING: make_learning_epoch(problem, settings),
+    }
+    dt = problem.simulator.dt
     started = time.time()
     records: list[dict] = []
-    bar = tqdm(
-        total=settings.max_epochs,
-        initial=int(state.train.counters.epoch),
-        disable=not progress,
-        desc="StABlE",
-        unit="epoch",
-    )
+    with run_loop.ResumableLoop(
+        workdir, counter="epoch", total=settings.max_epochs, desc="StABlE", progress=progress
+    ) as loop:
 
-    def save(st: StabieState, wait: bool = False):
-        checkpoint.save_checkpoint(
-            manager,
-            int(st.train.counters.epoch),
-            st,
-            {"metadata": metadata or {}, "counters": st.train.counters._asdict()},
-            wait=wait,
-        )
+        def save(st: StabieState):
+            blob = {"metadata": metadata or {}, "counters": st.train.counters._asdict()}
+            loop.save(int(st.train.counters.epoch), st, blob)
 
-    while _budget_left(settings, state.train.counters, sim.dt, started):
-        train, replicas, anchors = state
-        counters = train.counters
-        key, k_epoch = jax.random.split(train.key)
-        record: dict[str, Any] = {
-            "epoch": int(counters.epoch) + 1,
-            "cycle": int(counters.cycle),
-            "phase": PHASE_NAMES[int(counters.phase)],
-        }
-        boundary = False
-
-        if int(counters.phase) == SIMULATION:
-            if int(counters.phase_epoch) == 0 and settings.reset_probability > 0:
-                replicas, n_reset = _reset_some_stable(
-                    sim, replicas, k_epoch, settings.reset_probability
-                )
-                record["n_reset"] = n_reset
-            start = replicas
-            replicas, traj = sim.simulate(train.params, replicas, t, every, record_energy=True)
-            stable = _epoch_stability(problem, replicas, traj)
-            newly_unstable = np.asarray(start.alive) & ~stable
-            replicas = sim.select(jnp.asarray(newly_unstable), _freeze(start), replicas)
-            f_unst = 1.0 - float(np.mean(np.asarray(replicas.alive)))
-            n_alive = int(np.asarray(start.alive).sum())
-            counters = counters.bump(epoch=1, phase_epoch=1, simulated_steps=t).with_plateau(
-                counters.plateau()._replace(learning_rate=0.0)
+        state = loop.resume(state, restore=resume).state
+        if shard_fn is not None:
+            replicas = shard_fn(state.replicas)
+            state = StabieState(
+                _replicated_like(state.train, replicas), replicas, shard_fn(state.anchors)
             )
+        while _budget_left(settings, state.train.counters, dt, started):
+            counters = state.train.counters
+            phase = int(counters.phase)
+            key, k_phase = jax.random.split(state.train.key)
+            if phase == LEARNING:  # the learning step's key comes from a second split
+                k_phase, key = jax.random.split(key)
+            record = {
+                "epoch": int(counters.epoch) + 1,
+                "cycle": int(counters.cycle),
+                "phase": PHASE_NAMES[phase],
+            }
+            state, phase_record = phases[phase](state, k_phase)
+            counters = state.train.counters
+            state = state._replace(train=state.train._replace(key=key))
             record.update(
-                unstable_fraction=f_unst,
-                newly_unstable=int(newly_unstable.sum()),
-                alive_at_start=n_alive,
-                learning_rate=0.0,
+                phase_record,
+                simulated_ps=units.internal_to_fs(int(counters.simulated_steps) * dt) / 1000.0,
+                optimizer_steps=int(counters.optimizer_steps),
+                wall_seconds=time.time() - started,
             )
-            anchors = replicas
-            if f_unst >= settings.f_max:
-                # Enter learning: every replica restarts from its anchor (near-unstable) state.
-                anchors = _revive(replicas)
-                counters = counters._replace(
-                    phase=np.asarray(LEARNING, np.int64), phase_epoch=np.asarray(0, np.int64)
-                ).with_plateau(PlateauState(settings.learning_rate, math.inf, 0, 0))
-                boundary = True
-        else:
-            k_grad, key = jax.random.split(key)
-            replicas, traj = sim.simulate(train.params, anchors, t, every, record_energy=True)
-            stable = _epoch_stability(problem, replicas, traj)
-            f_unst = 1.0 - float(np.mean(stable))
-            lr = counters.plateau().learning_rate
-            result = learning_step(train.params, train.opt_state, traj, k_grad, lr)
-            params, opt_state, metrics, finite, skipped = result
-            if finite:
-                counters = counters.bump(optimizer_steps=1)
-            reused = None
-            if reuse and finite:
-                budget = settings.max_reuse_steps
-                if settings.max_optimizer_steps is not None:
-                    budget = min(
-                        budget, settings.max_optimizer_steps - int(counters.optimizer_steps)
-                    )
-                reused = reuse_samples(
-                    learning_step,
-                    frame_energies,
-                    settings,
-                    sim.kT,
-                    train.params,
-                    params,
-                    opt_state,
-                    traj,
-                    jax.random.fold_in(k_grad, 1),
-                    lr,
-                    max(budget, 0),
-                )
-                params, opt_state = reused.params, reused.opt_state
-                counters = counters.bump(optimizer_steps=reused.steps)
-            plateau = plateau_update(
-                counters.plateau(),
-                f_unst,
-                factor=settings.plateau_factor,
-                patience=settings.plateau_patience,
-            )
-            counters = counters.bump(epoch=1, phase_epoch=1).with_plateau(plateau)
-            train = train._replace(params=params, opt_state=opt_state)
-            record.update(
-                unstable_fraction=f_unst,
-                learning_rate=lr,
-                step_applied=finite,
-                obs_loss=float(metrics["obs_loss"]),
-                qm_loss=float(metrics["qm_loss"]),
-                loss=float(metrics["loss"]),
-                n_samples=int(metrics["n_samples"]),
-                **{
-                    k: float(metrics[k])
-                    for k in (
-                        "grad_norm",
-                        "obs_grad_norm",
-                        "qm_grad_norm",
-                        "obs_share",
-                        "grad_cosine",
-                        "update_norm",
-                    )
-                },
-            )
-            if skipped:
-                record["skipped"] = skipped
-            if reused is not None:
-                record.update(
-                    reuse_steps=reused.steps,
-                    reuse_end=reused.end,
-                    reuse_n_eff_fraction=reused.n_eff_fraction,
-                    reuse_obs_loss=reused.obs_loss,
-                    reuse_qm_loss=reused.qm_loss,
-                    reuse_update_norm=reused.update_norm,
-                )
-            end_reason = None
-            if f_unst <= settings.f_min:
-                end_reason = "unstable fraction <= f_min"
-            elif plateau.learning_rate < min_lr:
-                end_reason = "learning rate < min_lr"
-            elif int(counters.phase_epoch) >= settings.max_learning_epochs:
-                end_reason = "max_learning_epochs reached"
-            if end_reason is None:
-                replicas = anchors
-            else:
-                record["learning_end"] = end_reason
-                replicas = sim.select(jnp.asarray(~stable), _freeze(anchors), replicas)
-                anchors = replicas
-                counters = (
-                    counters._replace(
-                        phase=np.asarray(SIMULATION, np.int64), phase_epoch=np.asarray(0, np.int64)
-                    )
-                    .bump(cycle=1)
-                    .with_plateau(PlateauState(0.0, math.inf, 0, 0))
-                )
-                boundary = True
-
-        simulated_ps = units.internal_to_fs(int(counters.simulated_steps) * sim.dt) / 1000.0
-        record.update(
-            simulated_ps=simulated_ps,
-            optimizer_steps=int(counters.optimizer_steps),
-            wall_seconds=time.time() - started,
-        )
-        state = StabieState(train._replace(key=key, counters=counters), replicas, anchors)
-        metrics_log.append_record(metrics_path, record)
-        records.append(record)
-        bar.update(1)
-        bar.set_postfix(phase=record["phase"][:5], f_unst=f"{record['unstable_fraction']:.2f}")
-        if boundary or int(counters.epoch) % settings.checkpoint_every == 0:
+            records.append(record)
+            loop.log(record, phase=record["phase"][:5], f_unst=f"{record['unstable_fraction']:.2f}")
+            boundary = int(counters.phase) != phase
+            if boundary or int(counters.epoch) % settings.checkpoint_every == 0:
+                save(state)
+        if loop.latest_step != int(state.train.counters.epoch):
             save(state)
-
-    if manager.latest_step() != int(state.train.counters.epoch):
-        save(state)
-    manager.wait_until_finished()
     return state, records
 
 

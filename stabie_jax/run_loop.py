@@ -1,0 +1,144 @@
+"""One resumable host loop: a checkpoint directory, a JSON-lines metrics log, a progress bar.
+
+Pretraining, the StABlE driver and the stability evaluation are host loops of one shape:
+restore the newest readable checkpoint if there is one, drop the log lines written after it (a
+kill between logging and checkpointing), then repeat "advance, log a record, sometimes save"
+until a budget is spent. :class:`ResumableLoop` owns those files, so each loop only says what
+one of its steps does.
+
+Layout under ``directory``: ``metrics.jsonl`` (one JSON object per step, each carrying the
+loop's ``counter`` key) and ``checkpoints/`` (orbax, see :mod:`stabie_jax.checkpoint`).
+
+Examples:
+  >>> import tempfile
+  >>> import numpy as np
+  >>> d = tempfile.mkdtemp()
+  >>> with ResumableLoop(d, counter="epoch", total=3, progress=False) as loop:
+  ...     state = loop.resume({"x": np.zeros(2)}).state  # nothing saved yet: the template
+  ...     for epoch in (1, 2):
+  ...         state = {"x": state["x"] + 1.0}
+  ...         loop.log({"epoch": epoch})
+  ...         loop.save(epoch, state, {"note": "example"})
+  >>> with ResumableLoop(d, counter="epoch", total=3, progress=False) as loop:
+  ...     resumed = loop.resume({"x": np.zeros(2)})
+  >>> resumed.step, resumed.state["x"].tolist(), resumed.metadata["note"]
+  (2, [2.0, 2.0], 'example')
+  >>> [r["epoch"] for r in metrics_log.read_records(loop.metrics_path)]
+  [1, 2]
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+from tqdm.auto import tqdm
+
+from stabie_jax import checkpoint, metrics_log
+
+__all__ = ["CHECKPOINT_DIR", "METRICS_FILE", "ResumableLoop", "Resumed"]
+
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_DIR = "checkpoints"
+
+
+class Resumed(NamedTuple):
+    """Where a loop starts.
+
+    Attributes:
+      state: the restored pytree, or the template when starting afresh.
+      metadata: the JSON metadata saved with that checkpoint (``None`` when starting afresh).
+      step: the restored step (``0`` when starting afresh).
+    """
+
+    state: Any
+    metadata: dict | None
+    step: int
+
+
+class ResumableLoop:
+    """Checkpoints, metrics log and progress bar of one resumable loop (a context manager).
+
+    Args:
+      directory: output directory (created).
+      counter: the record key that numbers the steps (``"epoch"``, ``"chunk"``); on resume,
+        records with ``record[counter]`` above the restored step are dropped.
+      total: number of steps of the whole run (progress bar).
+      desc: progress-bar label.
+      unit: progress-bar unit.
+      progress: show the bar.
+      max_to_keep: checkpoints kept (``None``: all).
+    """
+
+    def __init__(
+        self,
+        directory,
+        *,
+        counter: str,
+        total: int,
+        desc: str | None = None,
+        unit: str = "epoch",
+        progress: bool = True,
+        max_to_keep: int | None = 3,
+    ):
+        self.directory = pathlib.Path(directory).expanduser().resolve()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.directory / METRICS_FILE
+        self.counter = counter
+        self._bar_args = dict(total=total, desc=desc, unit=unit, disable=not progress)
+        self._manager = checkpoint.open_manager(
+            self.directory / CHECKPOINT_DIR, max_to_keep=max_to_keep
+        )
+        self._bar = None
+
+    def resume(self, template, *, restore: bool = True) -> Resumed:
+        """Restore the newest readable checkpoint onto ``template``'s structure, or start afresh.
+
+        Starting afresh (no checkpoint, or ``restore=False``) empties the metrics log: lines in
+        it came from a run killed before its first checkpoint. Raises ``ValueError`` when the
+        newest checkpoint was written for a differently shaped state
+        (:func:`stabie_jax.checkpoint.restore_checkpoint`).
+        """
+        if restore and self._manager.latest_step() is not None:
+            restored = checkpoint.restore_checkpoint(self._manager, target=template)
+            result = Resumed(restored.state, restored.metadata, int(restored.step))
+            metrics_log.truncate_after(self.metrics_path, self.counter, result.step)
+        else:
+            result = Resumed(template, None, 0)
+            metrics_log.truncate_after(self.metrics_path, self.counter, -math.inf)
+        if self._bar is not None:
+            self._bar.close()
+        self._bar = tqdm(initial=result.step, **self._bar_args)
+        return result
+
+    @property
+    def latest_step(self) -> int | None:
+        """The newest saved step (``None`` before the first save)."""
+        return self._manager.latest_step()
+
+    def log(self, record: Mapping, **postfix) -> None:
+        """Append ``record`` to the metrics log and advance the bar (``postfix`` shown on it)."""
+        metrics_log.append_record(self.metrics_path, record)
+        if self._bar is not None:
+            self._bar.update(1)
+            if postfix:
+                self._bar.set_postfix(**postfix)
+
+    def save(self, step: int, state, metadata: Mapping | None = None, *, wait: bool = False):
+        """Checkpoint ``state`` as ``step`` (asynchronous unless ``wait``)."""
+        checkpoint.save_checkpoint(self._manager, int(step), state, metadata, wait=wait)
+
+    def close(self) -> None:
+        """Finish pending writes and release the checkpoint manager."""
+        if self._bar is not None:
+            self._bar.close()
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+    def __enter__(self) -> ResumableLoop:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
