@@ -49,15 +49,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import tqdm
 
 from stabie_jax import units
-from stabie_jax.checkpoint import (
-    ModelMetadata,
-    open_manager,
-    restore_checkpoint,
-    save_checkpoint,
-)
+from stabie_jax.checkpoint import ModelMetadata
 from stabie_jax.losses import LabelledFrames, check_loss_names, make_qm_loss_fn
 from stabie_jax.models.potential import Potential
 from stabie_jax.models.registry import model_hparams
@@ -68,10 +62,9 @@ from stabie_jax.models.scale_shift import (
     shift_table,
 )
 from stabie_jax.plateau import PlateauState, plateau_init, plateau_update
+from stabie_jax.run_loop import ResumableLoop
 
-METRICS_FILE = "metrics.jsonl"
 REPORT_FILE = "report.json"
-CHECKPOINT_DIR = "checkpoints"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -486,16 +479,185 @@ def _check_resume_compatible(saved: dict, settings: PretrainSettings, workdir) -
         )
 
 
-def _truncate_metrics(path: pathlib.Path, last_epoch: int) -> None:
-    """Drop log lines written after the checkpoint we resume from (a kill between the two)."""
-    if not path.exists():
-        return
-    kept = [
-        line
-        for line in path.read_text().splitlines()
-        if line.strip() and json.loads(line)["epoch"] <= last_epoch
-    ]
-    path.write_text("".join(line + "\n" for line in kept))
+class PretrainData(NamedTuple):
+    """Frames ready for training, with the normalisation fitted on the training set.
+
+    Attributes:
+      train, val: :class:`~stabie_jax.losses.LabelledFrames` with the per-species reference
+        energy taken off the labels (float64 subtraction, eV); with ``neighbor_idx`` when the
+        potential uses a neighbour list.
+      test: the same for held-out frames, or None.
+      energy_shift: ``{Z: eV}`` per-species energy (empty when not fitted).
+      energy_scale: RMS of the training forces, eV/Å (1.0 when not fitted).
+    """
+
+    train: LabelledFrames
+    val: LabelledFrames
+    test: LabelledFrames | None
+    energy_shift: dict
+    energy_scale: float
+
+
+def prepare_data(
+    train, val, test, atomic_numbers, settings: PretrainSettings, neighbor_fn=None
+) -> PretrainData:
+    """Validate the frames, fit the energy shift/scale on ``train`` and apply them.
+
+    The per-species reference energy (order 1e4 eV for molecules) is taken off the labels in
+    float64 here, so float32 training resolves energy errors far below the float32 spacing of
+    the absolute energies (2 meV at 1.7e4 eV); the model never adds it back.
+    """
+    train_frames = _as_frames(train, "train")
+    z = np.asarray(atomic_numbers)
+    if z.shape != (train_frames.positions.shape[1],):
+        raise ValueError(
+            f"atomic_numbers has shape {z.shape} but frames have "
+            f"{train_frames.positions.shape[1]} atoms"
+        )
+    energy_shift = (
+        fit_energy_shift(np.asarray(train.energies, dtype=np.float64), z)
+        if settings.fit_energy_shift
+        else {}
+    )
+    energy_scale = force_rms(train_frames.forces) if settings.fit_energy_scale else 1.0
+    if not energy_scale > 0.0:
+        raise ValueError("training forces are all zero: set fit_energy_scale=False")
+    energy_offset = float(np.sum(shift_table(energy_shift)[z]))
+    frames = [_as_frames(train, "train", energy_offset), _as_frames(val, "val", energy_offset)]
+    frames.append(None if test is None else _as_frames(test, "test", energy_offset))
+    if neighbor_fn is not None:
+        frames = [
+            None
+            if f is None
+            else f._replace(neighbor_idx=precompute_neighbor_indices(neighbor_fn, f.positions))
+            for f in frames
+        ]
+    return PretrainData(*frames, energy_shift, energy_scale)
+
+
+def initial_state(params, settings: PretrainSettings) -> PretrainState:
+    """The state before the first epoch (also the template checkpoints are restored onto)."""
+    return PretrainState(
+        params=params,
+        opt_state=make_optimizer(settings).init(params),
+        ema_params=params,
+        best_params=params,
+        step=jnp.zeros((), jnp.int32),
+        key=jax.random.PRNGKey(settings.seed),
+        epoch=0,
+        plateau=plateau_init(settings.learning_rate),
+        best_val_force_mae=math.inf,
+        best_epoch=0,
+        epochs_without_improvement=0,
+    )
+
+
+def make_epoch_fn(potential: Potential, settings: PretrainSettings, data: PretrainData, evaluate):
+    """``epoch(state) -> (state, record)``: one pass over the shuffled training frames.
+
+    One jitted scan over the epoch's batches, then the EMA parameters are evaluated on the
+    validation frames (``evaluate`` from :func:`make_evaluate_fn`), the plateau schedule
+    advances (plateau schedule only) and the best parameters are kept. ``record`` holds the
+    epoch's training and validation metrics. Raises ``FloatingPointError`` on a non-finite
+    training loss.
+    """
+    static = _static_settings(settings)
+    n_train = int(data.train.positions.shape[0])
+    per_atom_shift = jnp.zeros(data.train.positions.shape[1], jnp.float32)  # off the labels
+
+    def epoch_fn(state: PretrainState) -> tuple[PretrainState, dict]:
+        order = np.asarray(
+            jax.random.permutation(jax.random.fold_in(state.key, state.epoch), n_train)
+        )
+        idx, w = _batches(n_train, min(settings.batch_size, n_train), order)
+        (params, opt_state, ema, step), batch_metrics = _train_epoch(
+            potential=potential,
+            settings=static,
+            params=state.params,
+            opt_state=state.opt_state,
+            ema=state.ema_params,
+            step=state.step,
+            plateau_lr=jnp.float32(state.plateau.learning_rate),
+            total_steps=jnp.int32(settings.max_epochs * idx.shape[0]),
+            energy_scale=jnp.float32(data.energy_scale),
+            per_atom_shift=per_atom_shift,
+            frames=data.train,
+            idx=idx,
+            w=w,
+        )
+        sums = np.asarray(batch_metrics, dtype=np.float64)
+        count = sums[:, 3].sum()
+        train_loss = sums[:, 0].sum() / count
+        if not np.isfinite(train_loss):
+            raise FloatingPointError(
+                f"non-finite training loss at epoch {state.epoch + 1}; lower the learning rate"
+            )
+        val_metrics = evaluate(ema, data.val)
+        plateau = (
+            state.plateau
+            if settings.schedule == "cosine"
+            else plateau_update(
+                state.plateau,
+                val_metrics["loss"],
+                factor=settings.plateau_factor,
+                patience=settings.plateau_patience,
+                min_lr=settings.min_learning_rate,
+                threshold=settings.plateau_threshold,
+            )
+        )
+        val_force_mae = val_metrics["force_mae_ev_per_angstrom"]
+        improved = val_force_mae < state.best_val_force_mae
+        epoch = state.epoch + 1
+        state = PretrainState(
+            params=params,
+            opt_state=opt_state,
+            ema_params=ema,
+            best_params=ema if improved else state.best_params,
+            step=step,
+            key=state.key,
+            epoch=epoch,
+            plateau=plateau,
+            best_val_force_mae=val_force_mae if improved else state.best_val_force_mae,
+            best_epoch=epoch if improved else state.best_epoch,
+            epochs_without_improvement=0 if improved else state.epochs_without_improvement + 1,
+        )
+        record = {
+            "epoch": epoch,
+            "step": int(step),
+            "lr": float(sums[-1, 4]),
+            "plateau_lr": plateau.learning_rate,
+            "train_loss": float(train_loss),
+            "train_energy_mae_ev": float(sums[:, 1].sum() / count),
+            "train_force_mae_ev_per_angstrom": float(sums[:, 2].sum() / count),
+            **{f"val_{k}": v for k, v in val_metrics.items()},
+        }
+        return state, record
+
+    return epoch_fn
+
+
+def _stop_reason(state: PretrainState, settings: PretrainSettings, elapsed: float) -> str | None:
+    if settings.max_wall_seconds is not None and elapsed >= settings.max_wall_seconds:
+        return "wall_clock"
+    if (
+        settings.early_stopping_patience is not None
+        and state.epochs_without_improvement >= settings.early_stopping_patience
+    ):
+        return "early_stopping"
+    if settings.stop_at_min_learning_rate and (
+        state.plateau.learning_rate <= settings.min_learning_rate
+    ):
+        return "min_learning_rate"
+    return None
+
+
+def _check_same_training_set(metadata: dict, data: PretrainData, workdir) -> None:
+    saved_shift = {int(k): v for k, v in metadata["energy_shift"].items()}
+    if metadata["energy_scale"] != data.energy_scale or saved_shift != data.energy_shift:
+        raise ValueError(
+            f"the training set differs from the one of the checkpoints in {workdir} "
+            "(energy shift/scale changed); use a new workdir"
+        )
 
 
 def pretrain(
@@ -533,204 +695,58 @@ def pretrain(
       ``energy_scale`` and ``energy_shift`` (``{Z: eV}``) to store with the model.
     """
     workdir = pathlib.Path(workdir).expanduser().resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    train_frames = _as_frames(train, "train")
-    z = np.asarray(atomic_numbers)
-    if z.shape != (train_frames.positions.shape[1],):
-        raise ValueError(
-            f"atomic_numbers has shape {z.shape} but frames have "
-            f"{train_frames.positions.shape[1]} atoms"
-        )
-    energy_shift = (
-        fit_energy_shift(np.asarray(train.energies, dtype=np.float64), z)
-        if settings.fit_energy_shift
-        else {}
-    )
-    energy_scale = force_rms(train_frames.forces) if settings.fit_energy_scale else 1.0
-    if not energy_scale > 0.0:
-        raise ValueError("training forces are all zero: set fit_energy_scale=False")
-    # The per-species reference energy (order 1e4 eV for molecules) is taken off the labels in
-    # float64 here, so float32 training resolves energy errors far below the float32 spacing
-    # of the absolute energies (2 meV at 1.7e4 eV); the model then never adds it back.
-    energy_offset = float(np.sum(shift_table(energy_shift)[z]))
-    train_frames = _as_frames(train, "train", energy_offset)
-    val_frames = _as_frames(val, "val", energy_offset)
-    test_frames = None if test is None else _as_frames(test, "test", energy_offset)
-    if neighbor_fn is not None:
-        with_idx = lambda f: f._replace(
-            neighbor_idx=precompute_neighbor_indices(neighbor_fn, f.positions)
-        )
-        train_frames, val_frames = with_idx(train_frames), with_idx(val_frames)
-        test_frames = None if test_frames is None else with_idx(test_frames)
-    n_train = int(train_frames.positions.shape[0])
-    per_atom_shift = np.zeros(z.shape, np.float32)  # already taken off the labels
-    static = _static_settings(settings)
+    data = prepare_data(train, val, test, atomic_numbers, settings, neighbor_fn)
     check_loss_names(settings.energy_loss, settings.force_loss)
     if settings.schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {settings.schedule!r}")
-    optimizer = make_optimizer(settings)
-    evaluate = make_evaluate_fn(potential, settings, energy_scale, per_atom_shift)
-
-    state = PretrainState(
-        params=params,
-        opt_state=optimizer.init(params),
-        ema_params=params,
-        best_params=params,
-        step=jnp.zeros((), jnp.int32),
-        key=jax.random.PRNGKey(settings.seed),
-        epoch=0,
-        plateau=plateau_init(settings.learning_rate),
-        best_val_force_mae=math.inf,
-        best_epoch=0,
-        epochs_without_improvement=0,
-    )
-    manager = open_manager(workdir / CHECKPOINT_DIR, max_to_keep=settings.max_checkpoints_to_keep)
-    metrics_path = workdir / METRICS_FILE
-    stop_reason = None
-    if manager.latest_step() is not None:
-        restored = restore_checkpoint(manager, target=state)
-        _check_resume_compatible(restored.metadata["settings"], settings, workdir)
-        if (
-            restored.metadata["energy_scale"] != energy_scale
-            or {int(k): v for k, v in restored.metadata["energy_shift"].items()} != energy_shift
-        ):
-            raise ValueError(
-                f"the training set differs from the one of the checkpoints in {workdir} "
-                "(energy shift/scale changed); use a new workdir"
-            )
-        state = restored.state
-        stop_reason = restored.metadata.get("stop_reason")
-        _truncate_metrics(metrics_path, state.epoch)
-        elapsed = float(restored.metadata.get("metrics", {}).get("wall_seconds", 0.0))
-        logging.info("resumed pretraining from epoch %d in %s", state.epoch, workdir)
-    else:
-        elapsed = 0.0
-        _truncate_metrics(metrics_path, -1)
-        initial = evaluate(state.params, val_frames)
-        with metrics_path.open("a") as f:
-            f.write(
-                json.dumps({"epoch": 0, "step": 0, **{f"val_{k}": v for k, v in initial.items()}})
-                + "\n"
-            )
-
-    bar = tqdm.tqdm(
+    per_atom_shift = np.zeros(np.shape(atomic_numbers), np.float32)  # already off the labels
+    evaluate = make_evaluate_fn(potential, settings, data.energy_scale, per_atom_shift)
+    epoch_fn = make_epoch_fn(potential, settings, data, evaluate)
+    checkpoint_metadata = {
+        "settings": _settings_json(settings),
+        "energy_scale": data.energy_scale,
+        "energy_shift": data.energy_shift,
+    }
+    with ResumableLoop(
+        workdir,
+        counter="epoch",
         total=settings.max_epochs,
-        initial=state.epoch,
         desc="pretrain",
-        unit="epoch",
-        disable=not settings.progress_bar,
-    )
-    while stop_reason is None and state.epoch < settings.max_epochs:
-        t0 = time.perf_counter()
-        epoch_key = jax.random.fold_in(state.key, state.epoch)
-        order = np.asarray(jax.random.permutation(epoch_key, n_train))
-        idx, w = _batches(n_train, min(settings.batch_size, n_train), order)
-        total_steps = settings.max_epochs * idx.shape[0]
-        (params, opt_state, ema, step), batch_metrics = _train_epoch(
-            potential=potential,
-            settings=static,
-            params=state.params,
-            opt_state=state.opt_state,
-            ema=state.ema_params,
-            step=state.step,
-            plateau_lr=jnp.float32(state.plateau.learning_rate),
-            total_steps=jnp.int32(total_steps),
-            energy_scale=jnp.float32(energy_scale),
-            per_atom_shift=jnp.asarray(per_atom_shift),
-            frames=train_frames,
-            idx=idx,
-            w=w,
-        )
-        sums = np.asarray(batch_metrics, dtype=np.float64)
-        count = sums[:, 3].sum()
-        train_loss = sums[:, 0].sum() / count
-        if not np.isfinite(train_loss):
-            raise FloatingPointError(
-                f"non-finite training loss at epoch {state.epoch + 1}; lower the learning rate"
+        progress=settings.progress_bar,
+        max_to_keep=settings.max_checkpoints_to_keep,
+    ) as loop:
+        state, metadata, _ = loop.resume(initial_state(params, settings))
+        if metadata is None:
+            elapsed, stop_reason = 0.0, None
+            initial = evaluate(state.params, data.val)
+            record = {"epoch": 0, "step": 0, **{f"val_{k}": v for k, v in initial.items()}}
+            loop.log(record, advance=False)
+        else:
+            _check_resume_compatible(metadata["settings"], settings, workdir)
+            _check_same_training_set(metadata, data, workdir)
+            stop_reason = metadata.get("stop_reason")
+            elapsed = float(metadata.get("metrics", {}).get("wall_seconds", 0.0))
+            logging.info("resumed pretraining from epoch %d in %s", state.epoch, workdir)
+        while stop_reason is None and state.epoch < settings.max_epochs:
+            t0 = time.perf_counter()
+            state, record = epoch_fn(state)
+            elapsed += time.perf_counter() - t0
+            stop_reason = _stop_reason(state, settings, elapsed)
+            record.update(epoch_seconds=time.perf_counter() - t0, wall_seconds=elapsed)
+            # Log first: lines past the checkpoint a resumed run starts from are dropped.
+            loop.log(
+                record,
+                lr=f"{record['lr']:.2e}",
+                loss=f"{record['train_loss']:.3g}",
+                val_f_mae=f"{record['val_force_mae_ev_per_angstrom']:.4f}",
             )
-        val_metrics = evaluate(ema, val_frames)
-        epoch = state.epoch + 1
-        plateau = (
-            state.plateau
-            if settings.schedule == "cosine"
-            else plateau_update(
-                state.plateau,
-                val_metrics["loss"],
-                factor=settings.plateau_factor,
-                patience=settings.plateau_patience,
-                min_lr=settings.min_learning_rate,
-                threshold=settings.plateau_threshold,
-            )
-        )
-        improved = val_metrics["force_mae_ev_per_angstrom"] < state.best_val_force_mae
-        state = PretrainState(
-            params=params,
-            opt_state=opt_state,
-            ema_params=ema,
-            best_params=ema if improved else state.best_params,
-            step=step,
-            key=state.key,
-            epoch=epoch,
-            plateau=plateau,
-            best_val_force_mae=(
-                val_metrics["force_mae_ev_per_angstrom"] if improved else state.best_val_force_mae
-            ),
-            best_epoch=epoch if improved else state.best_epoch,
-            epochs_without_improvement=0 if improved else state.epochs_without_improvement + 1,
-        )
-        if (
-            settings.early_stopping_patience is not None
-            and state.epochs_without_improvement >= settings.early_stopping_patience
-        ):
-            stop_reason = "early_stopping"
-        elif settings.stop_at_min_learning_rate and (
-            plateau.learning_rate <= settings.min_learning_rate
-        ):
-            stop_reason = "min_learning_rate"
-        elapsed += time.perf_counter() - t0
-        if settings.max_wall_seconds is not None and elapsed >= settings.max_wall_seconds:
-            stop_reason = "wall_clock"
-        record = {
-            "epoch": epoch,
-            "step": int(step),
-            "lr": float(sums[-1, 4]),
-            "plateau_lr": plateau.learning_rate,
-            "train_loss": float(train_loss),
-            "train_energy_mae_ev": float(sums[:, 1].sum() / count),
-            "train_force_mae_ev_per_angstrom": float(sums[:, 2].sum() / count),
-            **{f"val_{k}": v for k, v in val_metrics.items()},
-            "epoch_seconds": time.perf_counter() - t0,
-            "wall_seconds": elapsed,
-        }
-        # Log first: lines past the checkpoint a resumed run starts from are dropped on resume.
-        with metrics_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        if (
-            epoch % settings.checkpoint_every_epochs == 0
-            or stop_reason is not None
-            or epoch >= settings.max_epochs
-        ):
-            save_checkpoint(
-                manager,
-                epoch,
-                state,
-                {
-                    "settings": _settings_json(settings),
-                    "energy_scale": energy_scale,
-                    "energy_shift": energy_shift,
-                    "metrics": record,
-                    "stop_reason": stop_reason,
-                },
-            )
-        bar.update(1)
-        bar.set_postfix(
-            lr=f"{record['lr']:.2e}",
-            loss=f"{train_loss:.3g}",
-            val_f_mae=f"{val_metrics['force_mae_ev_per_angstrom']:.4f}",
-        )
-    bar.close()
-    manager.wait_until_finished()
-    manager.close()
+            if (
+                state.epoch % settings.checkpoint_every_epochs == 0
+                or stop_reason is not None
+                or state.epoch >= settings.max_epochs
+            ):
+                blob = {**checkpoint_metadata, "metrics": record, "stop_reason": stop_reason}
+                loop.save(state.epoch, state, blob)
 
     report = {
         "epochs": state.epoch,
@@ -738,16 +754,16 @@ def pretrain(
         "best_epoch": state.best_epoch,
         "stop_reason": stop_reason or "max_epochs",
         "final_learning_rate": state.plateau.learning_rate,
-        "energy_scale": energy_scale,
-        "energy_shift": {str(k): v for k, v in energy_shift.items()},
-        "n_train": n_train,
-        "n_val": int(val_frames.positions.shape[0]),
-        "val": evaluate(state.best_params, val_frames),
+        "energy_scale": data.energy_scale,
+        "energy_shift": {str(k): v for k, v in data.energy_shift.items()},
+        "n_train": int(data.train.positions.shape[0]),
+        "n_val": int(data.val.positions.shape[0]),
+        "val": evaluate(state.best_params, data.val),
         "settings": _settings_json(settings),
     }
-    if test_frames is not None:
-        report["n_test"] = int(test_frames.positions.shape[0])
-        report["test"] = evaluate(state.best_params, test_frames)
+    if data.test is not None:
+        report["n_test"] = int(data.test.positions.shape[0])
+        report["test"] = evaluate(state.best_params, data.test)
     (workdir / REPORT_FILE).write_text(json.dumps(report, indent=2))
     return state.best_params, report
 

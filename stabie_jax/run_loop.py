@@ -118,10 +118,11 @@ class ResumableLoop:
         """The newest saved step (``None`` before the first save)."""
         return self._manager.latest_step()
 
-    def log(self, record: Mapping, **postfix) -> None:
-        """Append ``record`` to the metrics log and advance the bar (``postfix`` shown on it)."""
+    def log(self, record: Mapping, *, advance: bool = True, **postfix) -> None:
+        """Append ``record`` to the metrics log; ``advance`` the bar by one step, showing
+        ``postfix`` on it (``advance=False`` for a record that is not a step, e.g. step 0)."""
         metrics_log.append_record(self.metrics_path, record)
-        if self._bar is not None:
+        if self._bar is not None and advance:
             self._bar.update(1)
             if postfix:
                 self._bar.set_postfix(**postfix)
