@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import logging
 import pathlib
+import shutil
 import time
 from collections.abc import Callable
 
 from stabie_jax import checkpoint, evaluation_store, report
 
 MODELS_DIR = "models"  # under WORKDIR/evaluate/
+_NOT_IN_FINGERPRINT = ("extra_models", "checkpoint_every_seconds")
+IN_PROGRESS_DIR = "in_progress"  # under MODELS_DIR/NAME/: checkpoints of an unfinished model
 
 
 def load_models(pretrained_dir, stabie_dir, extra_models: str = "") -> dict:
@@ -44,8 +47,9 @@ def protocol_fingerprint(config, name: str, params, data_spec) -> str:
 
     Args:
       config: the experiment config (its ``evaluate``, ``md`` and, if present, ``observable``
-        sections enter; ``evaluate.extra_models`` does not, since the other models evaluated
-        alongside do not change this one's result).
+        sections enter; ``evaluate.extra_models`` and ``evaluate.checkpoint_every_seconds`` do
+        not: the other models evaluated alongside and how often progress is saved do not change
+        this one's result).
       name: the model's name in the comparison.
       params: its parameters (checksummed).
       data_spec: JSON-able description of the data the evaluation uses.
@@ -54,7 +58,7 @@ def protocol_fingerprint(config, name: str, params, data_spec) -> str:
     for section in ("evaluate", "md", "observable"):
         if section in config:
             values = config[section].to_dict()
-            spec[section] = {k: v for k, v in values.items() if k != "extra_models"}
+            spec[section] = {k: v for k, v in values.items() if k not in _NOT_IN_FINGERPRINT}
     spec["seed"] = int(config.seed)
     spec["data"] = data_spec
     return evaluation_store.fingerprint(spec)
@@ -64,7 +68,7 @@ def evaluate_each(
     models: dict,
     out: pathlib.Path,
     fingerprint_fn: Callable[[str, object], str],
-    evaluate_one: Callable[[str, object], tuple],
+    evaluate_one: Callable[[str, object, pathlib.Path], tuple],
 ) -> tuple[dict, dict]:
     """Evaluate every model once, reusing finished results stored under ``out/models/NAME``.
 
@@ -72,8 +76,12 @@ def evaluate_each(
       models: ``{name: LoadedModel}``.
       out: the evaluation directory.
       fingerprint_fn: ``(name, loaded) -> str``, :func:`protocol_fingerprint` of the model.
-      evaluate_one: ``(name, loaded) -> (result, entry)``: ``result`` a nest of the results
-        (:mod:`stabie_jax.evaluation_store` stores it), ``entry`` a dict of JSON-able numbers.
+      evaluate_one: ``(name, loaded, scratch) -> (result, entry)``: ``result`` a nest of the
+        results (:mod:`stabie_jax.evaluation_store` stores it), ``entry`` a dict of JSON-able
+        numbers; ``scratch`` a directory for the model's in-progress checkpoints
+        (``checkpoint_dir`` of :func:`stabie_jax.evaluate.evaluate_stability`), so that a run
+        killed inside a model resumes there. It is named after the fingerprint, so a changed
+        protocol or model never resumes from it, and removed once the model is stored.
 
     Returns:
       ``({name: result}, {name: entry})``; stored entries come back as JSON (lists for arrays).
@@ -87,8 +95,14 @@ def evaluate_each(
             results[name], numbers[name] = stored
             logging.info("evaluate: %s reused from %s", name, directory)
             continue
+        scratch_root = directory / IN_PROGRESS_DIR
+        scratch = scratch_root / fingerprint[:16]
+        for stale in scratch_root.glob("*") if scratch_root.is_dir() else ():
+            if stale != scratch:
+                logging.info("evaluate: removing %s (another protocol or model)", stale)
+                shutil.rmtree(stale)
         started = time.time()
-        result, entry = evaluate_one(name, loaded)
+        result, entry = evaluate_one(name, loaded, scratch)
         entry = {**entry, "wall_seconds": time.time() - started}
         results[name], numbers[name] = result, entry
         # Keep the finished model: a later run (a kill during the next model, or a comparison
@@ -96,4 +110,5 @@ def evaluate_each(
         evaluation_store.save_result(
             directory, result, fingerprint, extra=report.to_jsonable(entry)
         )
+        shutil.rmtree(scratch_root, ignore_errors=True)
     return results, numbers

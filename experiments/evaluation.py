@@ -151,7 +151,7 @@ def evaluate_molecule(config, workdir, molecule, pretrained_dir, stabie_dir, wal
     ]
     energies = np.asarray(molecule.reference.energies)
 
-    def evaluate_one(name, loaded):
+    def evaluate_one(name, loaded, scratch):
         potential = checkpoint.make_model_potential(
             loaded.module, loaded.metadata, md.free_space().displacement_fn
         )
@@ -167,6 +167,8 @@ def evaluate_molecule(config, workdir, molecule, pretrained_dir, stabie_dir, wal
             stop_fraction=float(e.stop_fraction),
             frame_observables={"h_of_r": h_obs},
             vacf_window=vacf_window or None,
+            checkpoint_dir=scratch / "stability",
+            checkpoint_every_seconds=float(e.checkpoint_every_seconds),
             progress=bool(config.progress),
         )
         entry = {
@@ -196,6 +198,8 @@ def evaluate_molecule(config, workdir, molecule, pretrained_dir, stabie_dir, wal
                 check_every_steps=check,
                 sample_every=int(e.sample_every),
                 stop_fraction=float(e.stop_fraction),
+                checkpoint_dir=scratch / f"transfer_{t2:g}K",
+                checkpoint_every_seconds=float(e.checkpoint_every_seconds),
                 progress=bool(config.progress),
                 **h_kw,
             )

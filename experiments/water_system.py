@@ -333,7 +333,7 @@ def evaluate_water(config, workdir, water: WaterData, pretrained_dir, stabie_dir
     initial = jnp.asarray(water.test.positions[:n_rep], jnp.float32)
     key = jax.random.PRNGKey(int(config.seed) + 1000)
 
-    def evaluate_one(name, loaded):
+    def evaluate_one(name, loaded, scratch):
         _, sim, _, _ = _potential_and_simulator(
             loaded, water, config, T, check, n_rep, integrator_section="evaluate"
         )
@@ -349,6 +349,8 @@ def evaluate_water(config, workdir, water: WaterData, pretrained_dir, stabie_dir
             stop_fraction=float(e.stop_fraction),
             frame_observables=ev.rdf_observables(z, water.box),
             msd_atoms=z == 8,
+            checkpoint_dir=scratch / "stability",
+            checkpoint_every_seconds=float(e.checkpoint_every_seconds),
             progress=bool(config.progress),
         )
         rdfs = {ev.rdf_name(p): result.observables[ev.rdf_name(p)] for p in pairs}

@@ -45,6 +45,7 @@ Examples:
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
@@ -53,7 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from stabie_jax import observables, units
+from stabie_jax import observables, run_loop, units
 from stabie_jax.evaluation_metrics import (
     VACF_WINDOW,
     diffusivity_curve_m2_per_s,
@@ -301,6 +302,161 @@ def _chunk_vacf(velocities, mask, window: int):
     return jnp.where(mask[:, None], c, 0.0)
 
 
+class _Plan(NamedTuple):
+    """The validated chunk layout of one evaluation (steps, frames, VACF and MSD windows)."""
+
+    chunk_steps: int
+    sample_every: int
+    n_chunks: int
+    dense_steps: int  # VACF frames at the start of each chunk, in steps (0: no VACF)
+    vacf_window: int | None
+    vacf_every: int
+    msd_mask: np.ndarray | None  # [N] bool
+    msd_every_steps: int | None
+    msd_max_lag: int
+
+
+def _plan(
+    n_atoms, total_steps, check_every_steps, sample_every, stop_fraction, vacf_window,
+    vacf_every, msd_atoms, msd_every_steps, msd_max_lag,
+) -> _Plan:  # fmt: skip
+    total_steps, chunk_steps, sample_every = (
+        int(total_steps),
+        int(check_every_steps),
+        int(sample_every),
+    )
+    if chunk_steps < 1 or total_steps < chunk_steps or total_steps % chunk_steps:
+        raise ValueError(
+            f"total_steps={total_steps} must be a positive multiple of check_every_steps="
+            f"{chunk_steps}"
+        )
+    if sample_every < 1 or chunk_steps % sample_every:
+        raise ValueError(f"sample_every={sample_every} must divide check_every_steps={chunk_steps}")
+    if not 0.0 < stop_fraction <= 1.0:
+        raise ValueError(f"stop_fraction must be in (0, 1], got {stop_fraction}")
+    dense_steps = 0
+    if vacf_window is not None:
+        dense_steps = int(vacf_window) * int(vacf_every)
+        if vacf_window < 2 or sample_every % vacf_every or dense_steps % sample_every:
+            raise ValueError(
+                f"VACF window {vacf_window}×{vacf_every} steps must be a multiple of "
+                f"sample_every={sample_every}, and vacf_every must divide sample_every"
+            )
+        if dense_steps > chunk_steps:
+            raise ValueError(
+                f"VACF window ({dense_steps} steps) longer than a chunk ({chunk_steps} steps)"
+            )
+    msd_mask = None
+    if msd_atoms is not None:
+        msd_mask = np.zeros(int(n_atoms), bool)
+        msd_mask[np.asarray(msd_atoms)] = True
+        msd_every_steps = chunk_steps if msd_every_steps is None else int(msd_every_steps)
+        if msd_every_steps % sample_every or chunk_steps % msd_every_steps:
+            raise ValueError(
+                f"msd_every_steps={msd_every_steps} must be a multiple of sample_every and "
+                f"divide check_every_steps={chunk_steps}"
+            )
+    return _Plan(
+        chunk_steps,
+        sample_every,
+        total_steps // chunk_steps,
+        dense_steps,
+        None if vacf_window is None else int(vacf_window),
+        int(vacf_every),
+        msd_mask,
+        msd_every_steps if msd_mask is not None else None,
+        int(msd_max_lag),
+    )
+
+
+def _initial_eval_state(simulator, params, key, positions, plan: _Plan, accumulate, rescale):
+    """The state before the first chunk, every accumulator allocated (a fixed pytree shape, so
+    that checkpoints restore onto it); zeros add exactly, so results do not change."""
+    positions = jnp.asarray(positions)
+    replicas = simulator.init(params, key, positions, rescale_velocities=rescale)
+    n_rep = int(replicas.alive.shape[0])
+    frames = plan.chunk_steps // plan.sample_every
+    shapes = jax.eval_shape(
+        accumulate,
+        jax.ShapeDtypeStruct((frames, *positions.shape), positions.dtype),
+        jax.ShapeDtypeStruct((n_rep,), bool),
+    )
+    msd_positions = None
+    if plan.msd_mask is not None:
+        n_msd = plan.n_chunks * (plan.chunk_steps // plan.msd_every_steps) + 1
+        msd_positions = np.full((n_rep, n_msd, *positions.shape[1:]), np.nan, np.float32)
+        msd_positions[:, 0] = np.asarray(replicas.positions)
+    return EvalState(
+        replicas=replicas,
+        chunk=np.asarray(0, np.int64),
+        stable_chunks=np.zeros(n_rep, np.int64),
+        unstable=np.zeros(n_rep, bool),
+        initial_momenta=np.asarray(replicas.md.momentum),
+        obs_sum={name: np.zeros(s.shape, np.float64) for name, s in shapes.items()},
+        obs_frames=np.zeros(n_rep, np.int64),
+        vacf_sum=None if plan.vacf_window is None else np.zeros((n_rep, plan.vacf_window)),
+        vacf_count=np.zeros(n_rep, np.int64),
+        msd_positions=msd_positions,
+    )
+
+
+def _make_chunk_fn(simulator, params, plan: _Plan, stable_fn, accumulate) -> Callable:
+    """``chunk(state) -> state``: simulate one check interval and accumulate its stable frames.
+
+    Only frames on the ``sample_every`` grid are checked and accumulated (dense VACF frames are
+    subsampled onto it), so h(r)/RDFs do not depend on whether a VACF is recorded.
+    """
+    dense_idx = _sample_indices(plan.vacf_window or 0, plan.vacf_every, plan.sample_every)
+
+    def chunk(state: EvalState) -> EvalState:
+        replicas = state.replicas
+        alive_before = ~state.unstable
+        dense = traj = None
+        if plan.dense_steps:
+            replicas, dense = simulator.simulate(
+                params, replicas, plan.dense_steps, plan.vacf_every
+            )
+        rest = plan.chunk_steps - plan.dense_steps
+        if rest:
+            replicas, traj = simulator.simulate(params, replicas, rest, plan.sample_every)
+        if dense is not None:
+            sampled = jax.tree_util.tree_map(lambda x: x[dense_idx], dense)
+            traj = sampled if traj is None else _cat_frames(sampled, traj)
+        ok = np.asarray(stable_fn(traj), bool) & np.asarray(jnp.all(traj.alive, axis=0))
+        stable_now = alive_before & ok
+        mask = jnp.asarray(stable_now)
+        sums = jax.device_get(accumulate(traj.positions, mask)) if state.obs_sum else {}
+        obs_sum = {k: state.obs_sum[k] + np.asarray(v, np.float64) for k, v in sums.items()}
+        vacf_sum, vacf_count = state.vacf_sum, state.vacf_count
+        if dense is not None:
+            c = _chunk_vacf(dense.velocities, mask, plan.vacf_window)
+            vacf_sum = vacf_sum + np.asarray(c, np.float64)
+            vacf_count = vacf_count + stable_now
+        msd_positions = state.msd_positions
+        if plan.msd_mask is not None:
+            per_chunk = plan.chunk_steps // plan.msd_every_steps
+            idx = np.arange(1, per_chunk + 1) * (plan.msd_every_steps // plan.sample_every) - 1
+            start = 1 + int(state.chunk) * per_chunk
+            msd_positions = msd_positions.copy()
+            frames = np.asarray(traj.positions)[idx]  # [per_chunk, R, N, 3]
+            msd_positions[:, start : start + per_chunk] = np.swapaxes(frames, 0, 1)
+        unstable = state.unstable | (alive_before & ~ok)
+        return EvalState(
+            replicas=replicas._replace(alive=replicas.alive & jnp.asarray(~unstable)),
+            chunk=np.asarray(int(state.chunk) + 1, np.int64),
+            stable_chunks=state.stable_chunks + stable_now,
+            unstable=unstable,
+            initial_momenta=state.initial_momenta,
+            obs_sum=obs_sum,
+            obs_frames=state.obs_frames + stable_now * (traj.positions.shape[0]),
+            vacf_sum=vacf_sum,
+            vacf_count=vacf_count,
+            msd_positions=msd_positions,
+        )
+
+    return chunk
+
+
 def evaluate_stability(
     simulator: Simulator,
     params,
@@ -319,7 +475,8 @@ def evaluate_stability(
     msd_every_steps: int | None = None,
     msd_max_lag: int = 100,
     rescale_velocities: bool = True,
-    resume: EvalState | None = None,
+    checkpoint_dir=None,
+    checkpoint_every_seconds: float = 60.0,
     on_chunk: Callable[[EvalState], None] | None = None,
     progress: bool = True,
 ) -> StabilityResult:
@@ -351,172 +508,71 @@ def evaluate_stability(
         divides ``check_every_steps``; default ``check_every_steps``).
       msd_max_lag: largest MSD lag in stored frames (authors: 100 lags of 1 ps).
       rescale_velocities: rescale initial momenta to exactly ``dof·kT/2`` (authors).
-      resume: an :class:`EvalState` from ``on_chunk`` to continue an interrupted run (same
-        arguments otherwise); ``key`` is then unused.
-      on_chunk: called with the :class:`EvalState` after every chunk (checkpointing).
+      checkpoint_dir: if set, the run is resumable: the :class:`EvalState` is checkpointed
+        there (at most every ``checkpoint_every_seconds`` and at the end, with one line per
+        chunk in ``metrics.jsonl``), and a call with the same directory and arguments continues
+        from the newest checkpoint, bit-identically (``key`` is then unused). The directory
+        belongs to one model and protocol: use a fresh one when either changes.
+      checkpoint_every_seconds: minimum wall time between two checkpoints.
+      on_chunk: called with the :class:`EvalState` after every chunk (after its checkpoint).
       progress: show a tqdm progress bar.
 
     Returns:
       A :class:`StabilityResult`.
     """
-    total_steps, chunk_steps, sample_every = (
-        int(total_steps),
-        int(check_every_steps),
-        int(sample_every),
+    n_atoms = np.shape(initial_positions)[-2]
+    plan = _plan(
+        n_atoms, total_steps, check_every_steps, sample_every, stop_fraction, vacf_window,
+        vacf_every, msd_atoms, msd_every_steps, msd_max_lag,
+    )  # fmt: skip
+    accumulate = _accumulator(tuple(dict(frame_observables or {}).items()))
+    chunk_fn = _make_chunk_fn(simulator, params, plan, stable_fn, accumulate)
+    state = _initial_eval_state(
+        simulator, params, key, initial_positions, plan, accumulate, rescale_velocities
     )
-    if chunk_steps < 1 or total_steps < chunk_steps or total_steps % chunk_steps:
-        raise ValueError(
-            f"total_steps={total_steps} must be a positive multiple of check_every_steps="
-            f"{chunk_steps}"
+    loop = None
+    if checkpoint_dir is not None:
+        loop = run_loop.ResumableLoop(
+            checkpoint_dir, counter="chunk", total=plan.n_chunks, unit="chunk", progress=progress
         )
-    if sample_every < 1 or chunk_steps % sample_every:
-        raise ValueError(f"sample_every={sample_every} must divide check_every_steps={chunk_steps}")
-    if not 0.0 < stop_fraction <= 1.0:
-        raise ValueError(f"stop_fraction must be in (0, 1], got {stop_fraction}")
-    n_chunks = total_steps // chunk_steps
-    dense_steps = 0
-    if vacf_window is not None:
-        dense_steps = int(vacf_window) * int(vacf_every)
-        if vacf_window < 2 or sample_every % vacf_every or dense_steps % sample_every:
-            raise ValueError(
-                f"VACF window {vacf_window}×{vacf_every} steps must be a multiple of "
-                f"sample_every={sample_every}, and vacf_every must divide sample_every"
-            )
-        if dense_steps > chunk_steps:
-            raise ValueError(
-                f"VACF window ({dense_steps} steps) longer than a chunk ({chunk_steps} steps)"
-            )
-    msd_mask = None
-    if msd_atoms is not None:
-        n_atoms = int(np.asarray(initial_positions).shape[-2])
-        msd_mask = np.zeros(n_atoms, bool)
-        msd_mask[np.asarray(msd_atoms)] = True
-        msd_every_steps = chunk_steps if msd_every_steps is None else int(msd_every_steps)
-        if msd_every_steps % sample_every or chunk_steps % msd_every_steps:
-            raise ValueError(
-                f"msd_every_steps={msd_every_steps} must be a multiple of sample_every and "
-                f"divide check_every_steps={chunk_steps}"
-            )
-    frame_observables = dict(frame_observables or {})
-    frames_per_msd = (msd_every_steps // sample_every) if msd_mask is not None else 0
-
-    if resume is None:
-        positions = jnp.asarray(initial_positions)
-        replicas = simulator.init(params, key, positions, rescale_velocities=rescale_velocities)
-        n_rep = int(replicas.alive.shape[0])
-        state = EvalState(
-            replicas=replicas,
-            chunk=np.asarray(0, np.int64),
-            stable_chunks=np.zeros(n_rep, np.int64),
-            unstable=np.zeros(n_rep, bool),
-            initial_momenta=np.asarray(replicas.md.momentum),
-            obs_sum={name: None for name in frame_observables},
-            obs_frames=np.zeros(n_rep, np.int64),
-            vacf_sum=None,
-            vacf_count=np.zeros(n_rep, np.int64),
-            msd_positions=None,
-        )
-        if msd_mask is not None:
-            n_msd = n_chunks * (chunk_steps // msd_every_steps) + 1
-            buf = np.full((n_rep, n_msd) + tuple(positions.shape[1:]), np.nan, np.float32)
-            buf[:, 0] = np.asarray(replicas.positions)
-            state = state._replace(msd_positions=buf)
-    else:
-        state = _host_state(resume)
-
-    # Only frames on the sample_every grid are checked and accumulated (dense VACF frames are
-    # subsampled onto it), so h(r)/RDFs do not depend on whether a VACF is recorded.
-    dense_idx = _sample_indices(vacf_window or 0, vacf_every, sample_every)
-
-    accumulate = _accumulator(tuple(frame_observables.items()))
+        state = _host_state(loop.resume(state).state)
     bar = tqdm(
-        total=n_chunks, initial=int(state.chunk), disable=not progress, unit="chunk", leave=False
+        total=plan.n_chunks,
+        initial=int(state.chunk),
+        disable=not progress or loop is not None,
+        unit="chunk",
+        leave=False,
     )
     stopped_early = False
-    while int(state.chunk) < n_chunks:
-        if np.mean(state.unstable) >= stop_fraction:
-            stopped_early = True
-            break
-        replicas = state.replicas
-        alive_before = ~state.unstable
-        dense = None
-        if dense_steps:
-            replicas, dense = simulator.simulate(params, replicas, dense_steps, int(vacf_every))
-        rest = chunk_steps - dense_steps
-        traj = None
-        if rest:
-            replicas, traj = simulator.simulate(params, replicas, rest, sample_every)
-        if dense is not None:
-            sampled = jax.tree_util.tree_map(lambda x: x[dense_idx], dense)
-            traj = sampled if traj is None else _cat_frames(sampled, traj)
-        ok = np.asarray(stable_fn(traj), bool) & np.asarray(jnp.all(traj.alive, axis=0))
-        stable_now = alive_before & ok
-        newly = alive_before & ~ok
-        mask = jnp.asarray(stable_now)
-
-        obs_sum = dict(state.obs_sum)
-        if frame_observables:
-            sums = jax.device_get(accumulate(traj.positions, mask))
-            for name, s in sums.items():
-                s = np.asarray(s, np.float64)
-                obs_sum[name] = s if obs_sum[name] is None else obs_sum[name] + s
-        vacf_sum, vacf_count = state.vacf_sum, state.vacf_count
-        if dense is not None:
-            c = np.asarray(_chunk_vacf(dense.velocities, mask, int(vacf_window)), np.float64)
-            vacf_sum = c if vacf_sum is None else vacf_sum + c
-            vacf_count = vacf_count + stable_now
-        msd_positions = state.msd_positions
-        if msd_mask is not None:
-            per_chunk = chunk_steps // msd_every_steps
-            idx = np.arange(1, per_chunk + 1) * frames_per_msd - 1
-            start = 1 + int(state.chunk) * per_chunk
-            msd_positions = msd_positions.copy()
-            frames = np.asarray(traj.positions)[idx]  # [per_chunk, R, N, 3]
-            msd_positions[:, start : start + per_chunk] = np.swapaxes(frames, 0, 1)
-
-        unstable = state.unstable | newly
-        replicas = replicas._replace(alive=replicas.alive & jnp.asarray(~unstable))
-        state = EvalState(
-            replicas=replicas,
-            chunk=np.asarray(int(state.chunk) + 1, np.int64),
-            stable_chunks=state.stable_chunks + stable_now,
-            unstable=unstable,
-            initial_momenta=state.initial_momenta,
-            obs_sum=obs_sum,
-            obs_frames=state.obs_frames + stable_now * (traj.positions.shape[0]),
-            vacf_sum=vacf_sum,
-            vacf_count=vacf_count,
-            msd_positions=msd_positions,
-        )
-        if on_chunk is not None:
-            on_chunk(state)
-        bar.update(1)
-        bar.set_postfix(f_unst=f"{np.mean(unstable):.2f}")
-    bar.close()
-    return _result(
-        state,
-        simulator,
-        chunk_steps,
-        stopped_early,
-        vacf_window,
-        vacf_every,
-        msd_mask,
-        msd_every_steps,
-        msd_max_lag,
-    )
+    saved = time.monotonic()
+    try:
+        while int(state.chunk) < plan.n_chunks:
+            if np.mean(state.unstable) >= stop_fraction:
+                stopped_early = True
+                break
+            state = chunk_fn(state)
+            f_unst = float(np.mean(state.unstable))
+            if loop is not None:
+                loop.log(
+                    {"chunk": int(state.chunk), "unstable_fraction": f_unst}, f_unst=f"{f_unst:.2f}"
+                )
+                done = int(state.chunk) == plan.n_chunks or f_unst >= stop_fraction
+                if done or time.monotonic() - saved >= checkpoint_every_seconds:
+                    loop.save(int(state.chunk), state)
+                    saved = time.monotonic()
+            if on_chunk is not None:
+                on_chunk(state)
+            bar.update(1)
+            bar.set_postfix(f_unst=f"{f_unst:.2f}")
+    finally:
+        bar.close()
+        if loop is not None:
+            loop.close()
+    return _result(state, simulator, plan, stopped_early)
 
 
-def _result(
-    state,
-    simulator,
-    chunk_steps,
-    stopped_early,
-    vacf_window,
-    vacf_every,
-    msd_mask,
-    msd_every_steps,
-    msd_max_lag,
-) -> StabilityResult:
+def _result(state: EvalState, simulator, plan: _Plan, stopped_early: bool) -> StabilityResult:
+    chunk_steps, msd_mask, msd_every_steps = plan.chunk_steps, plan.msd_mask, plan.msd_every_steps
     dt = simulator.dt
     chunk_ps = float(_ps(chunk_steps, dt))
     n_done = int(state.chunk)
@@ -540,7 +596,7 @@ def _result(
     vacf = vacf_rep = lag_fs = None
     if state.vacf_sum is not None:
         vacf, vacf_rep = mean_rows(state.vacf_sum, state.vacf_count)
-        lag_fs = units.internal_to_fs(np.arange(int(vacf_window)) * vacf_every * dt)
+        lag_fs = units.internal_to_fs(np.arange(plan.vacf_window) * plan.vacf_every * dt)
     msd = lag_ps = d_m2s = d_lag = None
     if msd_mask is not None:
         msd, lag_ps, d_m2s, d_lag = _stretch_msd(
@@ -549,7 +605,7 @@ def _result(
             simulator.masses,
             msd_mask,
             float(_ps(msd_every_steps, dt)),
-            msd_max_lag,
+            plan.msd_max_lag,
         )
     return StabilityResult(
         stable_time_ps=stable_time,

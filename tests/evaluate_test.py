@@ -16,7 +16,7 @@ from toy_stabie import (
     stable_steps,
 )
 
-from stabie_jax import evaluate, md, observables, units
+from stabie_jax import checkpoint, evaluate, md, metrics_log, observables, units
 from stabie_jax.md import thermostat
 
 SOFT = {"log_k": jnp.log(jnp.float32(0.5))}
@@ -196,14 +196,52 @@ def test_vacf_and_msd_match_manual_route():
     np.testing.assert_allclose(res.diffusivity_m2_per_s, d, rtol=1e-4)
 
 
-def test_resume_reproduces_uninterrupted_run(soft):
-    saved = []
-    kw = dict(frame_observables={"h_of_r": evaluate.h_of_r_observable(**H_KW)})
-    run(SOFT, n_chunks=20, on_chunk=saved.append, **kw)
-    restored = jax.tree_util.tree_map(jnp.asarray, saved[6])  # as if read from a checkpoint
-    resumed = run(SOFT, n_chunks=20, resume=restored, **kw)
+class _Killed(RuntimeError):
+    pass
+
+
+def _kill_after(n):
+    def on_chunk(state):
+        if int(state.chunk) == n:
+            raise _Killed(n)
+
+    return on_chunk
+
+
+def test_killed_run_resumes_from_its_checkpoint_bit_identically(soft, tmp_path):
+    kw = dict(
+        frame_observables={"h_of_r": evaluate.h_of_r_observable(**H_KW)},
+        checkpoint_dir=tmp_path / "eval",
+        checkpoint_every_seconds=0.0,
+    )
+    with pytest.raises(_Killed):
+        run(SOFT, n_chunks=20, on_chunk=_kill_after(2), **kw)
+    # The kill came after chunk 2's checkpoint, well before the end: the resume has work to do.
+    assert checkpoint.latest_step(tmp_path / "eval" / "checkpoints") == 2
+    n_chunks = round(soft.simulated_ps / soft.chunk_ps)
+    assert n_chunks >= 5 and np.sum(~soft.censored) >= 2
+    chunks_after = []
+    resumed = run(SOFT, n_chunks=20, key=123, on_chunk=chunks_after.append, **kw)
+    assert [int(s.chunk) for s in chunks_after] == list(range(3, n_chunks + 1))  # key unused
     np.testing.assert_array_equal(resumed.stable_time_ps, soft.stable_time_ps)
-    np.testing.assert_allclose(resumed.observables["h_of_r"], soft.observables["h_of_r"], rtol=1e-6)
+    np.testing.assert_array_equal(resumed.initial_momenta, soft.initial_momenta)
+    np.testing.assert_array_equal(resumed.observable_frames, soft.observable_frames)
+    np.testing.assert_array_equal(resumed.observables["h_of_r"], soft.observables["h_of_r"])
+    logged = metrics_log.read_records(tmp_path / "eval" / "metrics.jsonl")
+    assert [r["chunk"] for r in logged] == list(range(1, n_chunks + 1))
+    assert logged[-1]["unstable_fraction"] == pytest.approx(float(np.mean(~soft.censored)))
+
+
+def test_resume_with_vacf_and_msd_accumulators(tmp_path):
+    kw = dict(vacf_window=20, msd_atoms=[0, 1], msd_every_steps=50, msd_max_lag=4)
+    whole = run(STIFF, n_chunks=6, **kw)
+    kw.update(checkpoint_dir=tmp_path / "eval", checkpoint_every_seconds=0.0)
+    with pytest.raises(_Killed):
+        run(STIFF, n_chunks=6, on_chunk=_kill_after(2), **kw)
+    resumed = run(STIFF, n_chunks=6, **kw)
+    np.testing.assert_array_equal(resumed.vacf_per_replica, whole.vacf_per_replica)
+    np.testing.assert_array_equal(resumed.msd, whole.msd)
+    np.testing.assert_array_equal(resumed.stable_time_ps, whole.stable_time_ps)
 
 
 def test_rdf_observables_match_direct_rdf():

@@ -44,7 +44,7 @@ def _tiny_aspirin():
     return c
 
 
-def test_aspirin_pipeline_all_stages(tmp_path):
+def test_aspirin_pipeline_all_stages(tmp_path, monkeypatch):
     config = _tiny_aspirin()
     summary = molecule.run(config, tmp_path)
     assert summary["stages"] == ["pretrain", "stabie", "evaluate"]
@@ -94,6 +94,58 @@ def test_aspirin_pipeline_all_stages(tmp_path):
     config.evaluate.extra_models = "no_directory_given"
     with pytest.raises(ValueError, match="NAME=DIR"):
         molecule.run(config, tmp_path)
+
+    _kill_inside_a_model_then_resume(config, tmp_path, monkeypatch)
+
+
+class _Killed(RuntimeError):
+    pass
+
+
+def _kill_inside_a_model_then_resume(config, tmp_path, monkeypatch):
+    """A run killed inside a model's evaluation resumes from that model's last chunk."""
+    from stabie_jax import evaluate as evaluate_lib
+
+    real = evaluate_lib._make_chunk_fn
+    first_chunk_seen = []
+
+    def killing(*args, **kwargs):
+        chunk = real(*args, **kwargs)
+
+        def wrapped(state):
+            if int(state.chunk) == 1:
+                raise _Killed("after the first chunk's checkpoint")
+            return chunk(state)
+
+        return wrapped
+
+    def counting(*args, **kwargs):
+        chunk = real(*args, **kwargs)
+
+        def wrapped(state):
+            first_chunk_seen.append(int(state.chunk))
+            return chunk(state)
+
+        return wrapped
+
+    stored = tmp_path / "evaluate" / "models"
+    # No replica can fail a 100-Å bond check, so every model runs both chunks and the kill in
+    # the second must come (checked below: the baseline left a checkpoint after chunk 1).
+    config.evaluate.bond_deviation_angstrom = 100.0
+    config.evaluate.checkpoint_every_seconds = 0.0
+    config.evaluate.extra_models = f"baseline_copy={tmp_path / molecule.PRETRAINED_MODEL}"
+    monkeypatch.setattr(evaluate_lib, "_make_chunk_fn", killing)
+    with pytest.raises(_Killed):
+        molecule.run(config, tmp_path)
+    (scratch,) = (stored / "baseline" / "in_progress").iterdir()
+    assert checkpoint.latest_step(scratch / "stability" / "checkpoints") == 1
+    monkeypatch.setattr(evaluate_lib, "_make_chunk_fn", counting)
+    molecule.run(config, tmp_path)
+    assert first_chunk_seen[0] == 1  # the baseline resumed after its first chunk
+    assert not (stored / "baseline" / "in_progress").exists()
+    details = json.loads((tmp_path / "evaluate" / "report.json").read_text())["results"]["details"]
+    assert details["baseline_copy"]["stable_time_ps"] == details["baseline"]["stable_time_ps"]
+    assert details["baseline_copy"]["h_of_r"] == details["baseline"]["h_of_r"]
 
 
 def test_ala3_pipeline_on_the_builtin_set(tmp_path):

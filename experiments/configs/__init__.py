@@ -107,6 +107,7 @@ _NON_NEGATIVE = (
     "stabie.max_reuse_steps",
     "evaluate.transfer_length_ps",
     "evaluate.vacf_window_steps",
+    "evaluate.checkpoint_every_seconds",
 )
 _FRACTIONS = (
     "stabie.f_max",
