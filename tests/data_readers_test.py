@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import pickle
@@ -21,6 +22,7 @@ from stabie_jax.data import (
     Dataset,
     detect_npz_format,
     load_dataset,
+    max_plausible_energy_ev,
     read_ase,
     read_file,
     read_mdsim_water_npy,
@@ -537,9 +539,48 @@ def test_kcal_values_saved_as_ev_are_refused_with_the_likely_mixup(tmp_path):
     forces[1, 2, 0] = 7.0  # a physical maximum (rMD17 aspirin in eV/Å) loads
     fine = Dataset(
         positions=ds.positions,
-        energies=ds.energies,
+        energies=np.full(2, -2079.0),  # water's DFT total energy in eV (-76.4 Hartree)
         forces=forces,
         atomic_numbers=ds.atomic_numbers,
     )
     ok = save_dataset(fine, tmp_path / "fine")
     assert read_file(ok).forces.max() == 7.0
+
+
+def test_thomas_fermi_bound_lies_above_real_atoms_and_below_kcal_read_as_ev():
+    """Free-atom all-electron energies (Hartree) lie under the bound; kcal/mol-as-eV does not."""
+    hartree = {1: -0.5, 6: -37.85, 8: -75.07, 26: -1262.4, 80: -19648.0}  # HF/relativistic
+    for z, e in hartree.items():
+        bound = max_plausible_energy_ev([z])
+        assert abs(e) * units.HARTREE_IN_EV < bound < 23 * abs(e) * units.HARTREE_IN_EV
+    aspirin = [6] * 9 + [1] * 8 + [8] * 4
+    e_ev = -406_000.0 * units.kcal_per_mol_to_ev(1.0)  # rMD17 aspirin, -1.76e4 eV
+    assert abs(e_ev) < max_plausible_energy_ev(aspirin) < 406_000.0
+
+
+def test_kcal_energies_saved_as_ev_are_refused_even_with_small_forces(tmp_path):
+    ds = Dataset(
+        positions=_frames(2),
+        energies=np.array([-2079.0, -2079.0 * 23.06]),  # the second frame in kcal/mol
+        forces=np.zeros((2, 3, 3)),
+        atomic_numbers=np.array([8, 1, 1]),
+    )
+    path = save_dataset(ds, tmp_path / "e_mix")
+    with pytest.raises(
+        ValueError, match=r"e_mix\.npz: total energies up to 47941\.7 eV .* beyond the 4078\.89 eV"
+    ):
+        read_file(path)
+
+
+def test_coordinates_in_nanometres_are_refused(tmp_path):
+    ds = Dataset(
+        positions=_frames(2) / 10.0,  # water in nm: O-H 0.096
+        energies=np.full(2, -2079.0),
+        forces=np.zeros((2, 3, 3)),
+        atomic_numbers=np.array([8, 1, 1]),
+    )
+    path = save_dataset(ds, tmp_path / "nm")
+    with pytest.raises(ValueError, match=r"nm\.npz: two atoms of the first frame are 0\.0\d+ Å"):
+        read_file(path)
+    ok = save_dataset(dataclasses.replace(ds, positions=ds.positions * 10.0), tmp_path / "a")
+    assert read_file(ok).n_frames == 2

@@ -35,6 +35,7 @@ from stabie_jax.data.dataset import (
 from stabie_jax.data.loader import BUILTIN_DIR, list_builtin, load_dataset
 from stabie_jax.data.readers import (
     detect_npz_format,
+    max_plausible_energy_ev,
     read_ase,
     read_file,
     read_mdsim_water_npy,
@@ -82,6 +83,7 @@ __all__ = [
     "list_datasets",
     "load_dataset",
     "md17_split",
+    "max_plausible_energy_ev",
     "md22_split",
     "minimum_image",
     "molecule_labels",

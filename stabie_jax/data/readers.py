@@ -58,8 +58,11 @@ from stabie_jax.data.dataset import (
 __all__ = [
     "ENERGY_UNITS",
     "LENGTH_UNITS",
+    "MAX_PLAUSIBLE_FORCE_EV_PER_ANGSTROM",
+    "MIN_PLAUSIBLE_DISTANCE_ANGSTROM",
     "NPZ_FORMATS",
     "detect_npz_format",
+    "max_plausible_energy_ev",
     "read_ase",
     "read_file",
     "read_mdsim_water_npy",
@@ -549,20 +552,75 @@ _FIXED_ENERGY_UNIT = {"stabie": "eV", "rmd17": "kcal/mol", "openmm_water": "kcal
 MAX_PLAUSIBLE_FORCE_EV_PER_ANGSTROM = 50.0
 
 
+# Free-atom total energies are bounded by the Thomas–Fermi energy 0.7687·Z^(7/3) Hartree, which
+# exceeds the all-electron energy of every neutral atom (H: 0.77 vs 0.50 Ha, O: 99 vs 75, Hg:
+# 2.1e4 vs 1.96e4 relativistic); a molecule or cell lies within 1 % of its atoms' sum. A total
+# energy above 1.5x the sum cannot be in eV: kcal/mol read as eV is 23x the true value.
+_THOMAS_FERMI_HARTREE = 0.7687
+_ENERGY_BOUND_MARGIN = 1.5
+# Closer than this no two atoms of a physical structure come (H2: 0.74 Å); coordinates in nm
+# (C–H 0.109) fall below it.
+MIN_PLAUSIBLE_DISTANCE_ANGSTROM = 0.3
+
+
+def max_plausible_energy_ev(atomic_numbers) -> float:
+    """Largest ``|E|`` (eV) a total energy of these atoms can have: 1.5x their Thomas–Fermi sum.
+
+    Args:
+      atomic_numbers: ``[N]`` ints.
+
+    Returns:
+      ``1.5 · Σ_i 0.7687 · Z_i^(7/3)`` Hartree in eV (aspirin: 3.5e4 eV; its DFT total energy
+      is −1.76e4 eV, read from kcal/mol as eV −4.06e5).
+    """
+    z = np.asarray(atomic_numbers, np.float64)
+    tf = _THOMAS_FERMI_HARTREE * np.sum(z ** (7.0 / 3.0))
+    return float(_ENERGY_BOUND_MARGIN * units.hartree_to_ev(tf))
+
+
 def _check_plausible_magnitudes(dataset: Dataset, src: str) -> None:
-    """Refuse forces too large for any physical dataset in eV/Å (a unit mix-up, usually)."""
-    if dataset.forces is None:
-        return
-    forces = np.asarray(dataset.forces)
-    finite = forces[np.isfinite(forces)]
-    largest = float(np.max(np.abs(finite))) if finite.size else 0.0
-    if largest > MAX_PLAUSIBLE_FORCE_EV_PER_ANGSTROM:
-        raise ValueError(
-            f"{src}: force components up to {largest:.4g} eV/Å after unit conversion, above the "
-            f"{MAX_PLAUSIBLE_FORCE_EV_PER_ANGSTROM:g} eV/Å of any physical dataset; the file's "
-            "energies/forces are probably in another unit (kcal/mol read as eV gives 23x, "
-            "kJ/mol 96x): give the right energy_unit (data.energy_unit) or convert the file"
-        )
+    """Refuse values no physical dataset in eV and Å can hold (a unit mix-up, usually).
+
+    Checks: force components ≤ :data:`MAX_PLAUSIBLE_FORCE_EV_PER_ANGSTROM`; ``|E|`` ≤
+    :func:`max_plausible_energy_ev` of the atoms; the first frame's closest pair of atoms at
+    least :data:`MIN_PLAUSIBLE_DISTANCE_ANGSTROM` apart (distances without periodic images are
+    never shorter than the minimum-image ones, so periodic cells cannot fail it spuriously).
+    """
+    first = np.asarray(dataset.positions[0], np.float64)
+    if first.shape[0] > 1:
+        d = np.linalg.norm(first[:, None] - first[None], axis=-1)
+        closest = float(np.min(d[np.triu_indices(first.shape[0], 1)]))
+        if closest < MIN_PLAUSIBLE_DISTANCE_ANGSTROM:
+            raise ValueError(
+                f"{src}: two atoms of the first frame are {closest:.4g} Å apart, closer than "
+                f"the {MIN_PLAUSIBLE_DISTANCE_ANGSTROM:g} Å of any physical structure; the "
+                "positions are probably in nm (multiply by 10) or two atoms are duplicated"
+            )
+    if dataset.forces is not None:
+        forces = np.asarray(dataset.forces)
+        finite = forces[np.isfinite(forces)]
+        largest = float(np.max(np.abs(finite))) if finite.size else 0.0
+        if largest > MAX_PLAUSIBLE_FORCE_EV_PER_ANGSTROM:
+            raise ValueError(
+                f"{src}: force components up to {largest:.4g} eV/Å after unit conversion, above "
+                f"the {MAX_PLAUSIBLE_FORCE_EV_PER_ANGSTROM:g} eV/Å of any physical dataset; the "
+                "file's "
+                "energies/forces are probably in another unit (kcal/mol read as eV gives 23x, "
+                "kJ/mol 96x): give the right energy_unit (data.energy_unit) or convert the file"
+            )
+    if dataset.energies is not None:
+        energies = np.asarray(dataset.energies)
+        finite_e = energies[np.isfinite(energies)]
+        bound = max_plausible_energy_ev(dataset.atomic_numbers)
+        largest_e = float(np.max(np.abs(finite_e))) if finite_e.size else 0.0
+        if largest_e > bound:
+            raise ValueError(
+                f"{src}: total energies up to {largest_e:.6g} eV after unit conversion, beyond "
+                f"the {bound:.6g} eV that the free atoms of this structure can hold (1.5x their "
+                "Thomas-Fermi energy); the energies are probably in another unit (kcal/mol read "
+                "as eV gives 23x, kJ/mol 96x): give the right energy_unit (data.energy_unit) or "
+                "convert the file"
+            )
 
 
 def read_npz(
