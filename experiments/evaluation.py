@@ -29,6 +29,7 @@ from stabie_jax import (
 )
 from stabie_jax import evaluate as ev
 from stabie_jax import stabie as stabie_lib
+from stabie_jax.models.registry import replica_fault_check
 
 
 def _paired(baseline, other) -> dict:
@@ -47,20 +48,23 @@ def _paired_summary(c: dict | None) -> str:
     return f"{c['longer']}/{c['shorter']}/{c['tied']}, p = {p}"
 
 
-def _simulator(potential, z, temperature_kelvin, config, n_replicas):
+def _simulator(potential, module, z, temperature_kelvin, config, n_replicas):
     dt = units.fs_to_internal(float(config.md.timestep_fs))
-    return md.make_simulator(
+    space = md.free_space()
+    sim = md.make_simulator(
         potential.energy_fn,
         md.masses_from_atomic_numbers(z),
         dt=dt,
         kT=units.kT(temperature_kelvin),
-        space=md.free_space(),
+        space=space,
         history_every=int(config.evaluate.check_every_steps),
         history_length=1,
         mesh=md.replica_mesh(n_replicas),
         replica_batch_size=molecule_lib.replica_batch_size(config),
         **molecule_lib.integrator_kwargs(config, "evaluate"),
     )
+    check = replica_fault_check(module, space.displacement_fn, sim.dt, sim.masses)
+    return md.with_nonfinite_check(sim, check)
 
 
 def _reference_vacf(config, dt_fs: float, window_steps: int):
@@ -156,7 +160,7 @@ def evaluate_molecule(config, workdir, molecule, pretrained_dir, stabie_dir, wal
             loaded.module, loaded.metadata, md.free_space().displacement_fn
         )
         result = ev.evaluate_stability(
-            _simulator(potential, z, T, config, n_rep),
+            _simulator(potential, loaded.module, z, T, config, n_rep),
             loaded.params,
             initial,
             key,
@@ -185,7 +189,7 @@ def evaluate_molecule(config, workdir, molecule, pretrained_dir, stabie_dir, wal
             t2 = float(t2)
             steps2 = check * max(1, int(round(float(e.transfer_length_ps) * 1000 / dt_fs / check)))
             tr = ev.evaluate_temperature_transfer(
-                _simulator(potential, z, t2, config, n_rep),
+                _simulator(potential, loaded.module, z, t2, config, n_rep),
                 loaded.params,
                 initial,
                 key,

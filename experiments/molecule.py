@@ -45,7 +45,7 @@ from stabie_jax import pretrain as pretrain_lib
 from stabie_jax import stabie as stabie_lib
 from stabie_jax import workdir as workdir_lib
 from stabie_jax.models import make_potential, scale_shift
-from stabie_jax.models.registry import build_model, init_params
+from stabie_jax.models.registry import build_model, init_params, replica_fault_check
 
 PRETRAINED_MODEL = "model_pretrained"
 STABIE_MODEL = "model_stabie"
@@ -436,6 +436,10 @@ def build_stabie_problem(loaded: checkpoint.LoadedModel, molecule: MoleculeData,
         integrator=inp.integrator,
         ttime_steps=inp.thermostat_ttime_steps,
         langevin_gamma=units.per_ps_to_internal(inp.langevin_gamma_per_ps),
+    )
+    simulator = md.with_nonfinite_check(
+        simulator,
+        replica_fault_check(loaded.module, space.displacement_fn, simulator.dt, simulator.masses),
     )
     bonds = np.asarray(molecule.bonds.bonds)
     lengths = np.asarray(molecule.bonds.lengths)

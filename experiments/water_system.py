@@ -45,6 +45,7 @@ from stabie_jax.localized_estimator import molecule_neighbourhoods, neighbourhoo
 from stabie_jax.md.neighbors import neighbor_list_fn
 from stabie_jax.models.gemnet_t import GemNetT
 from stabie_jax.models.gemnet_table import max_neighbors_in_frames
+from stabie_jax.models.registry import replica_fault_check
 
 
 class WaterData(NamedTuple):
@@ -184,6 +185,8 @@ def _potential_and_simulator(
         replica_batch_size=molecule.replica_batch_size(config),
         **molecule.integrator_kwargs(config, integrator_section),
     )
+    fault_check = replica_fault_check(loaded.module, space.displacement_fn, sim.dt, sim.masses)
+    sim = md.with_nonfinite_check(sim, fault_check)  # a GemNet-T table overflow raises
     return potential, sim, space, neighbor_fn
 
 

@@ -34,6 +34,7 @@ Examples:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -116,6 +117,7 @@ class StabieCalculator(Calculator):
                 " or potential=+params=+atomic_numbers="
             )
         self.trace_count = 0
+        self._capacity = None  # GemNet-T's neighbour-table size, when the model has one
         self._capacity_multiplier = float(capacity_multiplier)
         if checkpoint is not None:
             module, params, metadata = load_model_checkpoint(checkpoint)
@@ -134,6 +136,8 @@ class StabieCalculator(Calculator):
             self._host_shift = shift_table(metadata.energy_shift)[self.atomic_numbers]
             self.cutoff = float(metadata.cutoff_angstrom)
             self._fixed = None
+            capacity = getattr(module, "neighbor_capacity", None)
+            self._capacity = None if capacity is None else int(capacity)
             n_atoms = len(self.atomic_numbers)
             self.uses_neighbor_list = (
                 n_atoms > dense_max_atoms if neighbor_list is None else bool(neighbor_list)
@@ -147,6 +151,7 @@ class StabieCalculator(Calculator):
                 "periodic": self._space_fns(module, metadata, periodic_displacement, with_box=True),
             }
             self._neighbors = {"free": None, "periodic": None}
+            self._displacements = {"free": free_displacement, "periodic": periodic_displacement}
         self.params = params
 
     def _space_fns(self, module, metadata, displacement_fn, *, with_box: bool) -> _SpaceFns:
@@ -188,6 +193,25 @@ class StabieCalculator(Calculator):
             return energy, per_atom, -grad
 
         return jax.jit(energies_and_forces)
+
+    def _raise_if_table_overflow(self, positions, pbc, box) -> None:
+        """Name the fix when a non-finite result is a GemNet-T neighbour-table overflow."""
+        if self._capacity is None:
+            return
+        from stabie_jax.models.gemnet_table import max_neighbors_in_frames
+
+        kind = "periodic" if pbc.any() else "free"
+        displacement = self._displacements[kind]
+        if box is not None:
+            displacement = functools.partial(displacement, box=box)
+        most = max_neighbors_in_frames(positions[None], displacement, self.cutoff)
+        if most > self._capacity:
+            raise ValueError(
+                f"GemNet-T neighbour table overflow: an atom has {most} neighbours inside the "
+                f"{self.cutoff:g} Å cutoff but neighbor_capacity={self._capacity}; rebuild the "
+                f"module with GemNetT(..., neighbor_capacity={int(np.ceil(1.25 * most))}) and "
+                "pass it with module=, params=, metadata= (the parameters are unchanged)"
+            )
 
     def _check_atoms(self, atoms) -> None:
         numbers = atoms.get_atomic_numbers()
@@ -234,6 +258,7 @@ class StabieCalculator(Calculator):
         positions = jnp.asarray(atoms.get_positions())
         pbc = np.asarray(atoms.pbc, dtype=bool)
         dummy_box = jnp.eye(3, dtype=positions.dtype)
+        box = None
         if self._fixed is not None:
             energy, per_atom, forces = self._fixed(self.params, positions, dummy_box, None)
         elif not pbc.any():
@@ -244,6 +269,7 @@ class StabieCalculator(Calculator):
         else:
             raise ValueError(f"mixed periodic boundary conditions {pbc.tolist()} are not supported")
         if not (np.isfinite(energy) and np.all(np.isfinite(forces))):
+            self._raise_if_table_overflow(positions, pbc, box)
             raise ValueError(
                 "the model returned a non-finite energy or forces for these positions "
                 "(coincident atoms? atoms far outside the training distribution?)"

@@ -251,3 +251,42 @@ def test_schnet_checkpoint_in_calculator(tmp_path):
     np.testing.assert_allclose(
         atoms.get_potential_energies().sum(), atoms.get_potential_energy(), rtol=1e-9
     )
+
+
+def test_gemnet_table_overflow_names_the_capacity_to_set():
+    """A GemNet-T whose neighbour table is too small: the error says which capacity to use."""
+    from stabie_jax.models.gemnet_t import GemNetT
+
+    atoms = periodic_box(n_side=2)
+    z = atoms.get_atomic_numbers()
+    tiny = dict(
+        num_blocks=1,
+        emb_size_atom=8,
+        emb_size_edge=8,
+        emb_size_trip=4,
+        emb_size_rbf=4,
+        emb_size_cbf=4,
+        emb_size_bil_trip=4,
+        num_spherical=3,
+        num_radial=4,
+        cutoff=CUTOFF,
+    )
+    roomy = GemNetT(**tiny, neighbor_capacity=40)
+    params = init_params(roomy, z, jax.random.PRNGKey(0))
+    metadata = ModelMetadata(
+        kind="gemnet_t",
+        hparams=model_hparams(roomy),
+        atomic_numbers=tuple(int(a) for a in z),
+        cutoff_angstrom=CUTOFF,
+        energy_scale=1.0,
+        energy_shift={},
+    )
+    atoms.calc = StabieCalculator(module=roomy, params=params, metadata=metadata)
+    assert np.isfinite(atoms.get_potential_energy())
+    i, _ = neighbor_list("ij", atoms, CUTOFF)
+    most = int(np.bincount(i).max())  # ASE's own count of the neighbours inside the cutoff
+    small = roomy.clone(neighbor_capacity=most - 1)
+    atoms.calc = StabieCalculator(module=small, params=params, metadata=metadata)
+    with jax.debug_nans(False):
+        with pytest.raises(ValueError, match=rf"has {most} neighbours .* neighbor_capacity="):
+            atoms.get_forces()

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from jax_md import partition, space
 
+from stabie_jax import md, units
 from stabie_jax.models import build_graph, dense_edges, edges_from_neighbor_list, make_potential
 from stabie_jax.models.gemnet_t import (
     AUTHORS_PARAMETER_COUNT,
@@ -20,7 +21,12 @@ from stabie_jax.models.gemnet_t import (
     scale_factor_names,
     update_neighbor_list,
 )
-from stabie_jax.models.gemnet_table import build_neighbor_table, check_table_status
+from stabie_jax.models.gemnet_table import (
+    build_neighbor_table,
+    check_table_status,
+    max_neighbors_in_frames,
+)
+from stabie_jax.models.registry import replica_fault_check
 
 CUTOFF = 3.0  # Å, tiny model; boxes below are > 2 * CUTOFF so minimum image is exact
 TINY = dict(
@@ -261,7 +267,10 @@ def test_capacity_overflow_is_reported_never_silent(tiny):
     pot = make_potential(small, z, displacement)
     with jax.debug_nans(False):
         energies = jax.jit(pot.per_atom_energy_fn)(params, jnp.asarray(positions))
+        forces = jax.jit(jax.grad(lambda r: -pot.energy_fn(params, r)))(jnp.asarray(positions))
     assert np.all(np.isnan(np.asarray(energies)))
+    # The forces are NaN too: a NaN energy with zero forces would let MD integrate free flight.
+    assert np.all(np.isnan(np.asarray(forces)))
     # Enough capacity: no flag.
     ok = jax.jit(make_table_status_fn(model, z, displacement))(jnp.asarray(positions))
     check_table_status(ok, model.neighbor_capacity)
@@ -452,3 +461,51 @@ def test_registry_round_trip_and_init_on_a_crowded_graph(tiny):
     crowded = rebuilt.clone(neighbor_capacity=4)
     new_params = init_params(crowded, np.tile([8, 1, 1], 9), jax.random.key(1))
     assert count_parameters(new_params) == count_parameters(params)
+
+
+def _tiny_water_md(model, params, capacity, n_replicas=2):
+    """A 24-atom periodic water box in MD with a GemNet-T of the given table capacity."""
+    positions, z, box = water_lattice(2, 3.25, 5)
+    positions = np.mod(positions, box)
+    sp = md.periodic_space(box)
+    module = model.clone(neighbor_capacity=capacity)
+    pot = make_potential(module, z, sp.displacement_fn)
+    sim = md.make_simulator(
+        pot.energy_fn,
+        md.masses_from_atomic_numbers(z),
+        dt=units.fs_to_internal(0.5),
+        kT=units.kT(300.0),
+        space=sp,
+    )
+    check = replica_fault_check(module, sp.displacement_fn, sim.dt, sim.masses)
+    sim = md.with_nonfinite_check(sim, check)
+    start = jnp.asarray(np.repeat(positions[None], n_replicas, 0))
+    return sim, sim.init(params, jax.random.key(0), start), positions, sp
+
+
+def test_table_overflow_in_md_raises_with_the_capacity_to_set(tiny):
+    model, params = tiny
+    with jax.debug_nans(False):
+        sim, state, positions, sp = _tiny_water_md(model, params, capacity=4)
+        most = max_neighbors_in_frames(positions[None], sp.displacement_fn, model.cutoff)
+        assert most > 4  # the table overflows at the very first positions
+        with pytest.raises(ValueError, match=r"neighbor_capacity=4\. Set .*neighbor_capacity="):
+            sim.simulate(params, state, 10)
+
+
+def test_enough_capacity_runs_and_a_physical_blowup_is_not_called_overflow(tiny):
+    model, params = tiny
+    sim, state, positions, sp = _tiny_water_md(model, params, capacity=model.neighbor_capacity)
+    new, _ = sim.simulate(params, state, 10)
+    assert not np.asarray(new.nonfinite).any() and np.all(np.asarray(new.step) == 10)
+    # A replica frozen as non-finite with few neighbours (a blow-up of the physics, here
+    # simulated by flagging it) passes the check: the table cannot have overflowed.
+    check = replica_fault_check(model, sp.displacement_fn, sim.dt, sim.masses)
+    check(new, np.array([True, False]))
+    # The same state judged against a capacity below its neighbour count raises.
+    most = max_neighbors_in_frames(np.asarray(new.positions[:1]), sp.displacement_fn, CUTOFF)
+    tight = replica_fault_check(
+        model.clone(neighbor_capacity=most - 1), sp.displacement_fn, sim.dt, sim.masses
+    )
+    with pytest.raises(ValueError, match=rf"replica\(s\) \[0\] .* has {most} neighbours"):
+        tight(new, np.array([True, False]))

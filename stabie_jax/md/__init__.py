@@ -11,8 +11,11 @@
   :mod:`~stabie_jax.md.dynamics` (integrator choice), :mod:`~stabie_jax.md.neighbors`,
   :mod:`~stabie_jax.md.history` (the ring), :mod:`~stabie_jax.md.layout` (mesh sharding and
   ``lax.map`` chunks) and :mod:`~stabie_jax.md.stepping` (the step and its scan).
+* :mod:`stabie_jax.md.faults` - :func:`with_nonfinite_check`: a model's host check on replicas
+  that turned non-finite (a GemNet-T table overflow is an error, not an instability).
 """
 
+from stabie_jax.md.faults import with_nonfinite_check
 from stabie_jax.md.integrators import (
     AuthorsNoseHooverState,
     authors_nose_hoover,
@@ -69,4 +72,5 @@ __all__ = [
     "tau_from_ttime",
     "tau_from_wavenumber",
     "thermostat_kinetic_energy_period",
+    "with_nonfinite_check",
 ]

@@ -28,7 +28,7 @@ Static shapes and periodic systems. The triplets are built inside ``jit`` from t
 inside the cutoff). Edges may come from all pairs (molecules) or a JAX-MD ``partition.Sparse``
 neighbour list under ``space.periodic`` (minimum image; the box must exceed twice the cutoff).
 If an atom has more than ``neighbor_capacity`` neighbours inside the cutoff, the per-atom
-energies are **NaN** (never silently wrong) and :func:`make_table_status_fn` +
+energies and the forces are **NaN** (never silently wrong) and :func:`make_table_status_fn` +
 :func:`~stabie_jax.models.gemnet_table.check_table_status` say why on the host. Neighbour-list
 buffer overflow is JAX-MD's ``neighbor.did_buffer_overflow``; :func:`update_neighbor_list`
 re-allocates on the host.
@@ -483,7 +483,10 @@ class GemNetT(nn.Module):
         if self.is_initializing():
             return energy  # parameter shapes only; any example graph will do
         invalid = table.overflow | table.missing_reverse | bad_element
-        return jnp.where(invalid, jnp.nan, energy)
+        # Multiply, not ``where``: a NaN chosen by ``where`` has a zero gradient, so the forces
+        # would be exactly 0 and MD would integrate free flight silently. The product makes the
+        # energies *and* forces NaN, and the replica engine freezes the replica as non-finite.
+        return energy * jnp.where(invalid, jnp.nan, 1.0).astype(energy.dtype)
 
 
 def count_parameters(params) -> int:

@@ -18,7 +18,9 @@ or all pairs) is re-indexed into a dense per-atom table of fixed width ``capacit
 Nothing is dropped silently: if an atom has more than ``capacity`` neighbours inside the
 cutoff, ``overflow`` is set; if an edge's reverse is missing from the graph (an asymmetric
 list, e.g. JAX-MD's ``OrderedSparse``), ``missing_reverse`` is set. GemNet-T returns NaN energies
-when either flag is set and :func:`check_table_status` raises on the host with the fix.
+and forces when either flag is set and :func:`check_table_status` raises on the host with the
+fix; in MD, :func:`make_replica_overflow_check` tells a table overflow from a physical blow-up
+when a replica turns non-finite.
 """
 
 from __future__ import annotations
@@ -27,8 +29,19 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from stabie_jax.models.graph import PADDING_DISTANCE, Graph
+
+__all__ = [
+    "NeighborTable",
+    "TableStatus",
+    "build_neighbor_table",
+    "check_table_status",
+    "make_replica_overflow_check",
+    "max_neighbors_in_frames",
+    "table_status",
+]
 
 
 class NeighborTable(NamedTuple):
@@ -192,3 +205,66 @@ def max_neighbors_in_frames(positions, displacement_fn, cutoff: float, chunk: in
     for start in range(0, positions.shape[0], chunk):
         best = max(best, int(most(positions[start : start + chunk])))
     return best
+
+
+def make_replica_overflow_check(
+    displacement_fn, cutoff: float, capacity: int, dt: float, masses, *, safety: float = 1.5
+):
+    """Host check for replicas frozen as non-finite: was it a neighbour-table overflow?
+
+    A replica whose step gave NaN (GemNet-T returns NaN energies and forces when an atom has
+    more than ``capacity`` neighbours inside the cutoff) is frozen at its last finite state
+    ``x_k`` (:mod:`stabie_jax.md.stepping`). The failing step moved every atom by at most
+    ``s = |v|·dt + |F|/(2m)·dt²`` (velocity Verlet, thermostat scaling within ``safety``), so
+    every pair distance changed by at most ``2s``: if no atom of ``x_k`` has more than
+    ``capacity`` neighbours within ``cutoff + 2·safety·max s``, the table cannot have
+    overflowed and the NaN came from the physics (an unstable replica, kept as such). Otherwise
+    the check raises.
+
+    Args:
+      displacement_fn: JAX-MD displacement of the system (minimum image when periodic).
+      cutoff: model cutoff, Å.
+      capacity: the module's ``neighbor_capacity``.
+      dt: timestep, internal time units.
+      masses: ``[N]`` amu (:attr:`stabie_jax.md.Simulator.masses`).
+      safety: factor on the one-step displacement bound.
+
+    Returns:
+      ``check(state, newly [R] bool) -> None`` for
+      :func:`stabie_jax.md.with_nonfinite_check`; ``state`` is a
+      :class:`~stabie_jax.md.ReplicaState` whose ``md`` has ``position``, ``momentum`` and
+      ``force`` (``[R, N, 3]``).
+
+    Raises:
+      ValueError: (from ``check``) naming ``neighbor_capacity`` and the value to set.
+    """
+
+    mass = np.asarray(masses, np.float64)[:, None]
+
+    def check(state, newly) -> None:
+        rows = np.flatnonzero(np.asarray(newly))
+        if rows.size == 0:
+            return
+        md = state.md
+        positions = np.asarray(md.position)[rows]
+        speed = np.linalg.norm(np.asarray(md.momentum, np.float64)[rows] / mass, axis=-1)
+        accel = np.linalg.norm(np.asarray(md.force, np.float64)[rows] / mass, axis=-1)
+        # NaN forces in the frozen state (a replica that was non-finite from the start): the
+        # table overflowed at these very positions, so no step needs to be allowed for.
+        accel = np.where(np.isfinite(accel), accel, 0.0)
+        step = float(np.max(speed * dt + 0.5 * accel * dt**2))
+        reach = cutoff + 2.0 * safety * step
+        most = max_neighbors_in_frames(positions, displacement_fn, reach)
+        if most > capacity:
+            at_cutoff = max_neighbors_in_frames(positions, displacement_fn, cutoff)
+            suggested = int(np.ceil(1.25 * most))
+            raise ValueError(
+                f"GemNet-T neighbour table overflow in MD: replica(s) {rows.tolist()} turned "
+                f"non-finite, and an atom of their last finite state has {at_cutoff} neighbours "
+                f"inside the {cutoff:g} Å cutoff ({most} within the {reach:.3g} Å one step can "
+                f"reach) while neighbor_capacity={capacity}. Set "
+                f"--config.model.hparams.neighbor_capacity={suggested} (GemNetT(..., "
+                f"neighbor_capacity={suggested}); the parameters are unchanged)."
+            )
+
+    return check

@@ -28,6 +28,18 @@ from jax_md import space
 
 from stabie_jax.models.graph import build_graph, dense_edges
 
+__all__ = [
+    "abstract_params",
+    "available_models",
+    "build_model",
+    "example_graph",
+    "init_params",
+    "model_factory",
+    "model_hparams",
+    "register_model",
+    "replica_fault_check",
+]
+
 _BUILTIN: dict[str, tuple[str, str]] = {
     "schnet": ("stabie_jax.models.schnet", "SchNet"),
     "nequip": ("stabie_jax.models.nequip", "NequIP"),
@@ -129,3 +141,27 @@ def init_params(module, atomic_numbers, key: jax.Array):
 def abstract_params(module, atomic_numbers):
     """``jax.ShapeDtypeStruct`` tree of ``module``'s params (no computation, for restoring)."""
     return jax.eval_shape(lambda k: init_params(module, atomic_numbers, k), jax.random.key(0))
+
+
+def replica_fault_check(module, displacement_fn, dt: float, masses) -> Callable | None:
+    """The model's host check for MD replicas that turned non-finite, or None.
+
+    Models that produce NaN on purpose when a static buffer is exhausted return a check that
+    raises with the fix (GemNet-T: :func:`~stabie_jax.models.gemnet_table.\
+make_replica_overflow_check`); models that cannot overflow return None. Pass the result to
+    :func:`stabie_jax.md.with_nonfinite_check`.
+
+    Args:
+      module: the Flax module.
+      displacement_fn: JAX-MD displacement of the simulated system.
+      dt: timestep, internal time units (:attr:`stabie_jax.md.Simulator.dt`).
+      masses: ``[N]`` amu (:attr:`stabie_jax.md.Simulator.masses`).
+    """
+    capacity = getattr(module, "neighbor_capacity", None)
+    if capacity is None:
+        return None
+    from stabie_jax.models.gemnet_table import make_replica_overflow_check
+
+    return make_replica_overflow_check(
+        displacement_fn, float(module.cutoff), int(capacity), float(dt), masses
+    )
