@@ -9,6 +9,8 @@ used for both models.
 from __future__ import annotations
 
 import pathlib
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -106,24 +108,38 @@ def n_eff_curve(config, reference_energies) -> dict:
     return {"sample_temperature_kelvin": t_ref, "temperature_kelvin": temps, "n_eff": n_eff}
 
 
-def evaluate_molecule(config, workdir, molecule, pretrained_dir, stabie_dir, wall) -> dict:
-    """Run the paper's evaluation for the baseline and (if trained) the StABlE model."""
-    out = pathlib.Path(workdir) / "evaluate"
-    out.mkdir(parents=True, exist_ok=True)
+class _Protocol(NamedTuple):
+    """The evaluation protocol of one molecule run, read from the config once."""
+
+    temperature_kelvin: float
+    dt_fs: float
+    check: int  # steps per stability check
+    total_steps: int
+    n_replicas: int
+    initial: jax.Array  # [R, N, 3] Å, held-out test frames 0..R-1
+    key: jax.Array  # momenta of every model (paired comparison)
+    threshold: float  # bond-length deviation, Å
+    stable_fn: Callable
+    h_kw: dict
+    h_obs: Callable
+    h_ref: np.ndarray
+    reference_temperature_kelvin: float
+    vacf_window: int
+    test_frames: object
+    data_spec: list
+
+
+def _protocol(config, molecule) -> _Protocol:
     e = config.evaluate
-    z = molecule.atomic_numbers
     T = float(config.md.temperature_kelvin)
     dt_fs = float(config.md.timestep_fs)
     check = int(e.check_every_steps)
-    total_steps = check * max(1, int(round(float(e.length_ps) * 1000.0 / dt_fs / check)))
     n_rep = int(e.n_replicas)
     if n_rep > molecule.test.n_frames:
         raise ValueError(
             f"evaluate.n_replicas={n_rep} exceeds the {molecule.test.n_frames} held-out test "
             "frames used as initial structures; lower it or raise data.n_test"
         )
-    initial = jnp.asarray(molecule.test.positions[:n_rep], jnp.float32)
-    key = jax.random.PRNGKey(int(config.seed) + 1000)
     bonds, lengths = np.asarray(molecule.bonds.bonds), np.asarray(molecule.bonds.lengths)
     threshold = float(e.bond_deviation_angstrom)
 
@@ -133,47 +149,74 @@ def evaluate_molecule(config, workdir, molecule, pretrained_dir, stabie_dir, wal
         )[0]
 
     h_kw = dict(r_max=float(config.observable.r_max_angstrom), n_bins=int(config.observable.n_bins))
-    h_obs = ev.h_of_r_observable(sigma=float(config.observable.sigma_angstrom), **h_kw)
     # Reference frames are canonical at data.reference_temperature_kelvin; h(r) references at
     # other temperatures (the run's, the transfer temperatures) are reweighted from there.
     reference_T = molecule_lib.reference_temperature(config) or T
-    h_ref = molecule_lib.reference_h_of_r(molecule, T, reference_T, **h_kw)
-    vacf_window = int(e.vacf_window_steps)
-    test_frames = molecule_lib.labelled_frames(molecule.test)
-
     d = config.data
-    data_spec = [
-        d.source,
-        d.test_source,
-        d.labels,
-        d.n_test,
-        d.n_val,
-        d.n_train,
-        d.split_seed,
-        d.contiguous,
-        d.max_reference_frames,
-    ]
+    return _Protocol(
+        temperature_kelvin=T,
+        dt_fs=dt_fs,
+        check=check,
+        total_steps=_steps(float(e.length_ps), dt_fs, check),
+        n_replicas=n_rep,
+        initial=jnp.asarray(molecule.test.positions[:n_rep], jnp.float32),
+        key=jax.random.PRNGKey(int(config.seed) + 1000),
+        threshold=threshold,
+        stable_fn=stable_fn,
+        h_kw=h_kw,
+        h_obs=ev.h_of_r_observable(sigma=float(config.observable.sigma_angstrom), **h_kw),
+        h_ref=molecule_lib.reference_h_of_r(molecule, T, reference_T, **h_kw),
+        reference_temperature_kelvin=reference_T,
+        vacf_window=int(e.vacf_window_steps),
+        test_frames=molecule_lib.labelled_frames(molecule.test),
+        data_spec=[
+            d.source,
+            d.test_source,
+            d.labels,
+            d.n_test,
+            d.n_val,
+            d.n_train,
+            d.split_seed,
+            d.contiguous,
+            d.max_reference_frames,
+        ],
+    )
+
+
+def _steps(length_ps: float, dt_fs: float, check: int) -> int:
+    """A run of about ``length_ps``, in whole stability-check intervals (at least one)."""
+    return check * max(1, int(round(length_ps * 1000.0 / dt_fs / check)))
+
+
+def _make_evaluate_one(config, molecule, pr: _Protocol) -> Callable:
+    """``(name, loaded, scratch) -> ((result, transfer), entry)`` for
+    :func:`experiments.evaluated_models.evaluate_each`."""
+    e = config.evaluate
+    z = molecule.atomic_numbers
     energies = np.asarray(molecule.reference.energies)
+    run = dict(
+        stable_fn=pr.stable_fn,
+        check_every_steps=pr.check,
+        sample_every=int(e.sample_every),
+        stop_fraction=float(e.stop_fraction),
+        checkpoint_every_seconds=float(e.checkpoint_every_seconds),
+        progress=bool(config.progress),
+    )
 
     def evaluate_one(name, loaded, scratch):
         potential = checkpoint.make_model_potential(
             loaded.module, loaded.metadata, md.free_space().displacement_fn
         )
         result = ev.evaluate_stability(
-            _simulator(potential, loaded.module, z, T, config, n_rep),
+            _simulator(potential, loaded.module, z, pr.temperature_kelvin, config, pr.n_replicas),
             loaded.params,
-            initial,
-            key,
-            stable_fn=stable_fn,
-            total_steps=total_steps,
-            check_every_steps=check,
-            sample_every=int(e.sample_every),
-            stop_fraction=float(e.stop_fraction),
-            frame_observables={"h_of_r": h_obs},
-            vacf_window=vacf_window or None,
+            pr.initial,
+            pr.key,
+            total_steps=pr.total_steps,
+            frame_observables={"h_of_r": pr.h_obs},
+            vacf_window=pr.vacf_window or None,
             checkpoint_dir=scratch / "stability",
-            checkpoint_every_seconds=float(e.checkpoint_every_seconds),
-            progress=bool(config.progress),
+            **run,
         )
         entry = {
             "median_stable_time_ps": result.median_stable_time_ps,
@@ -181,31 +224,25 @@ def evaluate_molecule(config, workdir, molecule, pretrained_dir, stabie_dir, wal
             "stable_time_ps": result.stable_time_ps,
             "censored": result.censored,
             "simulated_ps": result.simulated_ps,
-            "h_of_r": ev.h_of_r_errors(result.observables["h_of_r"], h_ref),
-            "test_errors": ev.qm_test_errors(potential, loaded.params, test_frames),
+            "h_of_r": ev.h_of_r_errors(result.observables["h_of_r"], pr.h_ref),
+            "test_errors": ev.qm_test_errors(potential, loaded.params, pr.test_frames),
         }
         transfer = {}
         for t2 in tuple(e.transfer_temperatures_kelvin):
             t2 = float(t2)
-            steps2 = check * max(1, int(round(float(e.transfer_length_ps) * 1000 / dt_fs / check)))
             tr = ev.evaluate_temperature_transfer(
-                _simulator(potential, loaded.module, z, t2, config, n_rep),
+                _simulator(potential, loaded.module, z, t2, config, pr.n_replicas),
                 loaded.params,
-                initial,
-                key,
+                pr.initial,
+                pr.key,
                 reference_positions=np.asarray(molecule.reference.positions),
                 reference_energies=energies,
-                reference_temperature_kelvin=reference_T,
+                reference_temperature_kelvin=pr.reference_temperature_kelvin,
                 sigma=float(config.observable.sigma_angstrom),
-                stable_fn=stable_fn,
-                total_steps=steps2,
-                check_every_steps=check,
-                sample_every=int(e.sample_every),
-                stop_fraction=float(e.stop_fraction),
+                total_steps=_steps(float(e.transfer_length_ps), pr.dt_fs, pr.check),
                 checkpoint_dir=scratch / f"transfer_{t2:g}K",
-                checkpoint_every_seconds=float(e.checkpoint_every_seconds),
-                progress=bool(config.progress),
-                **h_kw,
+                **run,
+                **pr.h_kw,
             )
             transfer[f"{t2:g}K"] = tr
             entry[f"transfer_{t2:g}K"] = {
@@ -215,60 +252,58 @@ def evaluate_molecule(config, workdir, molecule, pretrained_dir, stabie_dir, wal
             }
         return (result, transfer), entry
 
-    models = evaluated_models.load_models(pretrained_dir, stabie_dir, str(e.extra_models))
-    stored, numbers = evaluated_models.evaluate_each(
-        models,
-        out,
-        lambda name, loaded: evaluated_models.protocol_fingerprint(
-            config, name, loaded.params, data_spec
-        ),
-        evaluate_one,
-    )
-    results = {}
-    for name, (result, transfer) in stored.items():
-        results[name], results[name + "_transfer"] = result, transfer
+    return evaluate_one
 
-    # --- Paired comparison of every other model with the baseline (same ICs and momenta) ------
-    if "baseline" in results:
-        for name in numbers:
-            if name == "baseline":
-                continue
-            numbers[name]["paired_vs_baseline"] = _paired(results["baseline"], results[name])
-            for tag, tr in results[name + "_transfer"].items():
-                base = results["baseline_transfer"][tag].stability
-                numbers[name][f"transfer_{tag}"]["paired_vs_baseline"] = _paired(base, tr.stability)
 
-    # --- VACF against the reference trajectory (monitoring observable) ---------------------------
-    vacf_ref = _reference_vacf(config, dt_fs, vacf_window) if vacf_window else None
-    vacf_curves = {}
+def _add_paired_comparisons(results: dict, numbers: dict) -> None:
+    """Every other model against the baseline, pair by pair (same ICs and momenta)."""
+    if "baseline" not in results:
+        return
+    for name in numbers:
+        if name == "baseline":
+            continue
+        numbers[name]["paired_vs_baseline"] = _paired(results["baseline"], results[name])
+        for tag, tr in results[name + "_transfer"].items():
+            base = results["baseline_transfer"][tag].stability
+            numbers[name][f"transfer_{tag}"]["paired_vs_baseline"] = _paired(base, tr.stability)
+
+
+def _vacf_curves(config, pr: _Protocol, results: dict, numbers: dict):
+    """VACF of each model and, where the data allow one, its MAE against the reference."""
+    vacf_ref = _reference_vacf(config, pr.dt_fs, pr.vacf_window) if pr.vacf_window else None
+    curves = {}
     for name in numbers:
         r = results[name]
         if r.vacf is None:
             continue
-        vacf_curves[name] = (np.asarray(r.vacf_lag_fs), np.asarray(r.vacf))
+        curves[name] = (np.asarray(r.vacf_lag_fs), np.asarray(r.vacf))
         if vacf_ref is not None and np.all(np.isfinite(r.vacf)):
             keep, sim_on_ref = _vacf_on_lags(r.vacf_lag_fs, r.vacf, vacf_ref[0])
             numbers[name]["vacf_mae"] = ev.vacf_mae(sim_on_ref, vacf_ref[1][keep])
+    return curves, vacf_ref
 
-    # --- Plots ----------------------------------------------------------------------------------
+
+def _figures(config, workdir, out, molecule, pr: _Protocol, results, numbers, vacf) -> dict:
+    """Every PNG of the report: fraction unstable, h(r), VACF, N_eff, training curve."""
+    e = config.evaluate
     figures = {}
     figures["fraction_unstable"] = plots.plot_fraction_unstable(
         {n: (results[n].times_ps, results[n].fraction_unstable) for n in numbers},
         out / "fraction_unstable.png",
-        title=f"{config.system}: fraction of unstable replicas at {T:g} K",
+        title=f"{config.system}: fraction of unstable replicas at {pr.temperature_kelvin:g} K",
     )
-    centres = observables.h_of_r_centers(**h_kw)
     figures["h_of_r"] = plots.plot_h_of_r(
-        centres,
-        h_ref,
+        observables.h_of_r_centers(**pr.h_kw),
+        pr.h_ref,
         {n: results[n].observables["h_of_r"] for n in numbers},
         out / "h_of_r.png",
     )
-    if vacf_curves:
-        lag = next(iter(vacf_curves.values()))[0]
+    curves, vacf_ref = vacf
+    if curves:
+        lag = next(iter(curves.values()))[0]
         figures["vacf"] = plots.plot_vacf(
             lag,
-            {n: c[1] for n, c in vacf_curves.items()},
+            {n: c[1] for n, c in curves.items()},
             out / "vacf.png",
             reference=None if vacf_ref is None else np.interp(lag, *vacf_ref),
         )
@@ -296,12 +331,15 @@ def evaluate_molecule(config, workdir, molecule, pretrained_dir, stabie_dir, wal
                 out / f"fraction_unstable_{tag}.png",
                 title=f"{config.system}: fraction of unstable replicas at {tag}",
             )
-    training_log = pathlib.Path(workdir) / "stabie" / stabie_lib.METRICS_FILE
-    records = metrics_log.read_records(training_log)
+    records = metrics_log.read_records(pathlib.Path(workdir) / "stabie" / stabie_lib.METRICS_FILE)
     if records:
         figures["training"] = plots.plot_training_curve(records, out / "training.png")
+    return figures
 
-    table = {
+
+def _comparison_table(results: dict, numbers: dict, n_rep: int) -> dict:
+    """The report's headline table, one row per model."""
+    return {
         name: {
             "median stable time (ps)": r["median_stable_time_ps"],
             "mean stable time (ps)": r["mean_stable_time_ps"],
@@ -316,15 +354,39 @@ def evaluate_molecule(config, workdir, molecule, pretrained_dir, stabie_dir, wal
         for name, r in numbers.items()
         if name != "n_eff_curve"
     }
+
+
+def evaluate_molecule(config, workdir, molecule, pretrained_dir, stabie_dir, wall) -> dict:
+    """Run the paper's evaluation for the baseline and (if trained) the StABlE model."""
+    out = pathlib.Path(workdir) / "evaluate"
+    out.mkdir(parents=True, exist_ok=True)
+    pr = _protocol(config, molecule)
+    models = evaluated_models.load_models(
+        pretrained_dir, stabie_dir, str(config.evaluate.extra_models)
+    )
+    stored, numbers = evaluated_models.evaluate_each(
+        models,
+        out,
+        lambda name, loaded: evaluated_models.protocol_fingerprint(
+            config, name, loaded.params, pr.data_spec
+        ),
+        _make_evaluate_one(config, molecule, pr),
+    )
+    results = {}
+    for name, (result, transfer) in stored.items():
+        results[name], results[name + "_transfer"] = result, transfer
+    _add_paired_comparisons(results, numbers)
+    vacf = _vacf_curves(config, pr, results, numbers)
+    figures = _figures(config, workdir, out, molecule, pr, results, numbers, vacf)
     report.write_report(
         out,
         title=(
-            f"{config.system} ({config.get('variant', '')}): {n_rep} replicas × "
-            f"{total_steps * dt_fs / 1000.0:g} ps at {T:g} K, bond-length deviation > "
-            f"{threshold} Å"
+            f"{config.system} ({config.get('variant', '')}): {pr.n_replicas} replicas × "
+            f"{pr.total_steps * pr.dt_fs / 1000.0:g} ps at {pr.temperature_kelvin:g} K, "
+            f"bond-length deviation > {pr.threshold} Å"
         ),
         results={
-            "comparison": table,
+            "comparison": _comparison_table(results, numbers, pr.n_replicas),
             "details": {n: v for n, v in numbers.items() if n != "n_eff_curve"},
             "n_eff_curve": numbers.get("n_eff_curve"),
         },
