@@ -53,7 +53,12 @@ STAGES = ("pretrain", "stabie", "evaluate")
 STAGE_OUTPUTS = {"pretrain": ("pretrain", PRETRAINED_MODEL), "stabie": ("stabie", STABIE_MODEL)}
 # Settings that change how a stage runs, not what it computes (excluded from its fingerprint).
 _RUN_ONLY = {
-    "pretrain": ("progress_bar", "checkpoint_every_epochs", "max_checkpoints_to_keep"),
+    "pretrain": (
+        "progress_bar",
+        "checkpoint_every_epochs",
+        "max_checkpoints_to_keep",
+        "max_wall_seconds",  # a budget: a resume may be given more time
+    ),
     "stabie": ("checkpoint_every", "max_wall_hours"),
     "md": ("replica_batch_size",),
     "data": ("n_test", "test_source", "download"),
@@ -713,7 +718,6 @@ def run(config, workdir) -> dict:
     for warning in configs.check_config(config):
         logging.warning(warning)
     stages = parse_stages(config.stages)
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
     wall: dict[str, float] = {}
 
     started = time.time()
@@ -794,5 +798,8 @@ def run(config, workdir) -> dict:
         )
         wall["evaluate"] = time.time() - started
     summary["stabie_model"] = str(stabie_dir) if stabie_dir.exists() else None
+    # Written last: a run refused by a stage claim (other settings on this workdir) must not
+    # leave its config beside results it did not produce; stages.json records every stage.
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary

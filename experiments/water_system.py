@@ -429,7 +429,6 @@ def run(config, workdir) -> dict:
     stages = parse_stages(config.stages)
     if "stabie" in stages:
         check_qm_weight(config)  # at setup, not after pretraining
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
     wall: dict[str, float] = {}
     water = load_water_data(config.data)
     check_neighbor_capacity(config, water)
@@ -457,5 +456,8 @@ def run(config, workdir) -> dict:
             config, workdir, water, pretrained_dir, stabie_dir, wall
         )
         wall["evaluate"] = time.time() - started
+    # Written last: a run refused by a stage claim (other settings on this workdir) must not
+    # leave its config beside results it did not produce; stages.json records every stage.
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary

@@ -228,8 +228,20 @@ def _shape(leaf) -> tuple:
     return tuple(shape) if shape is not None else ()
 
 
+def _dtype(leaf) -> str | None:
+    dtype = getattr(leaf, "dtype", None)
+    try:
+        return None if dtype is None else str(np.dtype(dtype))
+    except TypeError:
+        return None
+
+
 def _structure_mismatch(manager: ocp.CheckpointManager, step: int, abstract) -> list[str]:
-    """Differences between the leaves (paths and shapes) saved at ``step`` and ``abstract``.
+    """Differences between the leaves (paths, shapes, dtypes) saved at ``step`` and ``abstract``.
+
+    A dtype difference (e.g. a float64 run resuming a float32 checkpoint) is structural too:
+    restoring would cast the values and fail the checksum, and a valid checkpoint would be
+    quarantined as corrupt.
 
     Empty when they match or when the saved metadata cannot be read (then the restore itself
     decides whether the step is corrupt).
@@ -237,22 +249,29 @@ def _structure_mismatch(manager: ocp.CheckpointManager, step: int, abstract) -> 
     try:
         saved = manager.item_metadata(step)["state"]
         saved = getattr(saved, "tree", saved)
-        saved = {
-            _leaf_name(p): _shape(x) for p, x in jax.tree_util.tree_flatten_with_path(saved)[0]
-        }
+        saved_leaves = jax.tree_util.tree_flatten_with_path(saved)[0]
+        saved = {_leaf_name(p): _shape(x) for p, x in saved_leaves}
+        saved_dtypes = {_leaf_name(p): _dtype(x) for p, x in saved_leaves}
     except Exception:  # noqa: BLE001 - unreadable metadata: leave it to the restore
         return []
     if not saved:  # no leaf metadata (damaged step): leave it to the restore
         return []
-    wanted = {
-        _leaf_name(p): _shape(x) for p, x in jax.tree_util.tree_flatten_with_path(abstract)[0]
-    }
+    wanted_leaves = jax.tree_util.tree_flatten_with_path(abstract)[0]
+    wanted = {_leaf_name(p): _shape(x) for p, x in wanted_leaves}
+    wanted_dtypes = {_leaf_name(p): _dtype(x) for p, x in wanted_leaves}
     diffs = [f"{k}: not in this run's state" for k in sorted(set(saved) - set(wanted))]
     diffs += [f"{k}: missing from the checkpoint" for k in sorted(set(wanted) - set(saved))]
     diffs += [
         f"{k}: saved shape {saved[k]}, this run expects {wanted[k]}"
         for k in sorted(set(saved) & set(wanted))
         if saved[k] != wanted[k]
+    ]
+    diffs += [
+        f"{k}: saved dtype {saved_dtypes[k]}, this run expects {wanted_dtypes[k]}"
+        for k in sorted(set(saved_dtypes) & set(wanted_dtypes))
+        if saved[k] == wanted[k]
+        and None not in (saved_dtypes[k], wanted_dtypes[k])
+        and saved_dtypes[k] != wanted_dtypes[k]
     ]
     return diffs
 

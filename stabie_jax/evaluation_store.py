@@ -98,20 +98,36 @@ def _decode(layout: dict, arrays) -> Any:
     return np.asarray(arrays[layout["array"]])
 
 
+def _file_sha256(path: pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def save_result(directory, result, fingerprint_hex: str, extra: dict | None = None) -> None:
     """Write ``result`` (and JSON-able ``extra``) under ``directory`` atomically.
 
-    The JSON layout is written last, through a temporary file and ``os.replace``: a run killed
-    while saving leaves no readable (and therefore no half-written) result.
+    The previous JSON layout is removed first and the new one written last, through a
+    temporary file and ``os.replace``; it records the sha256 of the arrays file, checked on
+    load. A run killed while saving therefore leaves no readable result, never an old layout
+    paired with new arrays.
     """
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     arrays: dict = {}
     layout = _encode(result, "r", arrays)
+    (directory / _LAYOUT).unlink(missing_ok=True)
     tmp_npz = directory / (_ARRAYS + ".tmp.npz")
     np.savez(tmp_npz, **arrays)
     os.replace(tmp_npz, directory / _ARRAYS)
-    blob = {"fingerprint": fingerprint_hex, "layout": layout, "extra": extra or {}}
+    blob = {
+        "fingerprint": fingerprint_hex,
+        "arrays_sha256": _file_sha256(directory / _ARRAYS),
+        "layout": layout,
+        "extra": extra or {},
+    }
     tmp_json = directory / (_LAYOUT + ".tmp")
     tmp_json.write_text(json.dumps(blob, indent=1, default=_json_default))
     os.replace(tmp_json, directory / _LAYOUT)
@@ -128,6 +144,8 @@ def load_result(directory, fingerprint_hex: str):
         blob = json.loads((directory / _LAYOUT).read_text())
         if blob.get("fingerprint") != fingerprint_hex:
             return None
+        if blob.get("arrays_sha256") != _file_sha256(directory / _ARRAYS):
+            raise ValueError(f"{_ARRAYS} does not match the checksum recorded in {_LAYOUT}")
         with np.load(directory / _ARRAYS, allow_pickle=False) as arrays:
             return _decode(blob["layout"], arrays), blob.get("extra", {})
     except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as err:

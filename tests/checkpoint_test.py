@@ -91,6 +91,13 @@ def test_checkpoint_of_another_configuration_is_refused_not_quarantined(tmp_path
     extra = extra._replace(opt_state=optax.adam(1e-3).init(extra.params))
     with pytest.raises(ValueError, match="params/c: missing from the checkpoint"):
         ckpt.restore_checkpoint(manager, target=extra)
+    # Same shapes in another dtype (a float64 run on a float32 checkpoint): also structural.
+    state = make_state(0.0)
+    params64 = jax.tree.map(lambda x: np.asarray(x, np.float64), state.params)
+    as64 = state._replace(params=params64)
+    expected = r"params/w: saved dtype float32, this run expects float64"
+    with pytest.raises(ValueError, match=expected):
+        ckpt.restore_checkpoint(manager, target=as64)
     assert sorted(p.name for p in directory.iterdir() if p.name.isdigit()) == ["1", "2"]
     assert not any(p.name.startswith("corrupt") for p in directory.iterdir())
     restored = ckpt.restore_checkpoint(manager, target=make_state(0.0))

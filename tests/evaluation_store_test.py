@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from stabie_jax import evaluate as ev
 from stabie_jax import evaluation_store as store
@@ -84,6 +85,34 @@ def test_stale_missing_and_corrupt_stores_are_ignored(tmp_path):
     layout = tmp_path / "j" / "result.json"
     layout.write_text(layout.read_text()[:40])
     assert store.load_result(tmp_path / "j", fp) is None
+
+
+def test_a_kill_between_the_two_files_never_pairs_old_layout_with_new_arrays(tmp_path, monkeypatch):
+    fp = store.fingerprint({"params": "abc"})
+    store.save_result(tmp_path / "m", (_result(), {}), fp)
+    first = store.load_result(tmp_path / "m", fp)[0]
+    # New, valid arrays under the old layout (an older writer killed between the two
+    # replaces): the recorded checksum no longer matches, so the store is recomputed.
+    other = {"r": np.arange(3.0)}
+    np.savez(tmp_path / "m" / "result.npz", **other)
+    assert store.load_result(tmp_path / "m", fp) is None
+    # The writer removes the old layout first: killed before the new one lands, nothing loads.
+    store.save_result(tmp_path / "m", (_result(), {}), fp)
+    real_replace = store.os.replace
+
+    def killed_at_the_layout(src, dst):
+        if str(dst).endswith("result.json"):
+            raise KeyboardInterrupt("killed")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(store.os, "replace", killed_at_the_layout)
+    with pytest.raises(KeyboardInterrupt):
+        store.save_result(tmp_path / "m", (_result(), {}), fp)
+    monkeypatch.undo()
+    assert store.load_result(tmp_path / "m", fp) is None
+    store.save_result(tmp_path / "m", (_result(), {}), fp)
+    again = store.load_result(tmp_path / "m", fp)[0]
+    assert np.array_equal(again[0].stable_time_ps, first[0].stable_time_ps)
 
 
 def test_fingerprint_is_order_independent_and_sensitive():

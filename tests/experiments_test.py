@@ -15,6 +15,7 @@ import pytest
 from experiments import molecule
 from experiments.configs import ala3, aspirin, water
 from stabie_jax import checkpoint, metrics_log
+from stabie_jax import workdir as workdir_lib
 
 
 def _tiny_aspirin():
@@ -94,6 +95,16 @@ def test_aspirin_pipeline_all_stages(tmp_path, monkeypatch):
     config.evaluate.extra_models = "no_directory_given"
     with pytest.raises(ValueError, match="NAME=DIR"):
         molecule.run(config, tmp_path)
+
+    # A run refused for other settings leaves the workdir's record of what produced it alone.
+    recorded = (tmp_path / "config.json").read_text()
+    assert json.loads(recorded)["seed"] == config.seed
+    config.seed, config.stages = config.seed + 1, "pretrain"
+    with pytest.raises(workdir_lib.StageMismatchError, match=r"seed"):
+        molecule.run(config, tmp_path)
+    assert (tmp_path / "config.json").read_text() == recorded
+    config.seed -= 1
+    config.stages = "evaluate"
 
     _kill_inside_a_model_then_resume(config, tmp_path, monkeypatch)
 
@@ -396,3 +407,61 @@ def test_reanchor_model_energy_shifts_energy_and_keeps_forces(tmp_path):
             e + c, abs=1e-4
         )
         np.testing.assert_array_equal(np.asarray(pot2.force_fn(loaded.params, jnp.asarray(p))), f)
+
+
+def _gemnet(hparams, atomic_numbers, capacity):
+    """An untrained GemNet-T of these hyperparameters with another table capacity."""
+    from stabie_jax.models.registry import build_model, init_params, model_hparams
+
+    hparams = {**dict(hparams), "neighbor_capacity": int(capacity)}
+    module = build_model("gemnet_t", **hparams)
+    params = init_params(module, atomic_numbers, jax.random.PRNGKey(0))
+    metadata = checkpoint.ModelMetadata(
+        kind="gemnet_t",
+        hparams=model_hparams(module),
+        atomic_numbers=tuple(int(z) for z in atomic_numbers),
+        cutoff_angstrom=float(module.cutoff),
+    )
+    return checkpoint.LoadedModel(module, params, metadata)
+
+
+def test_water_md_stages_report_a_table_overflow_instead_of_instability():
+    """The simulator that water StABlE and evaluation build checks replicas that turn
+    non-finite: a capacity below the liquid's neighbour count stops with the value to set."""
+    from experiments import water_system
+    from stabie_jax import md
+    from stabie_jax.models.gemnet_table import max_neighbors_in_frames
+
+    config = water.get_config("smoke")
+    data = water_system.load_water_data(config.data)
+    z = np.asarray(data.train.atomic_numbers)
+    most = max_neighbors_in_frames(
+        data.train.positions[:1], md.periodic_space(data.box).displacement_fn, 4.0
+    )
+    loaded = _gemnet(config.model.hparams, z, most - 1)
+    _, sim, _, _ = water_system._potential_and_simulator(loaded, data, config, 300.0, 10, 2)
+    state = sim.init(loaded.params, jax.random.PRNGKey(1), jnp.asarray(data.train.positions[:2]))
+    with jax.debug_nans(False), pytest.raises(ValueError, match=r"neighbor_capacity=\d+\. Set"):
+        sim.simulate(loaded.params, state, 2)
+
+
+def test_molecule_evaluation_simulator_reports_a_table_overflow():
+    from experiments import evaluation
+
+    config = aspirin.get_config("smoke")
+    hparams = dict(
+        cutoff=5.0, emb_size_atom=8, emb_size_edge=8, emb_size_trip=4, emb_size_rbf=4,
+        emb_size_cbf=4, emb_size_bil_trip=4, num_blocks=1, num_spherical=3, num_radial=4,
+    )  # fmt: skip
+    from stabie_jax import data
+
+    frames = data.load_dataset(config.data.source)
+    z = np.asarray(frames.atomic_numbers)
+    loaded = _gemnet(hparams, z, 3)  # aspirin has ~20 atoms within 5 Å of every atom
+    potential = checkpoint.make_model_potential(
+        loaded.module, loaded.metadata, evaluation.md.free_space().displacement_fn
+    )
+    sim = evaluation._simulator(potential, loaded.module, z, 500.0, config, 2)
+    state = sim.init(loaded.params, jax.random.PRNGKey(1), jnp.asarray(frames.positions[:2]))
+    with jax.debug_nans(False), pytest.raises(ValueError, match=r"neighbor_capacity=3\. Set"):
+        sim.simulate(loaded.params, state, 2)

@@ -142,6 +142,11 @@ def test_experiment_stage_claims_follow_the_config(tmp_path):
         molecule.claim_pretrain(config, tmp_path, _frames(2), val)
     config.overwrite_stages = "pretrain"
     molecule.claim_pretrain(config, tmp_path, _frames(2), val)
+    # A wall-clock budget is not a result: a resume may be given more time.
+    cpu = aspirin_config.get_config("cpu")
+    molecule.claim_pretrain(cpu, tmp_path / "cpu", train, val)
+    cpu.pretrain.overrides.max_wall_seconds = 9600.0
+    molecule.claim_pretrain(cpu, tmp_path / "cpu", train, val)
 
 
 def test_stabie_claim_tracks_the_starting_model_and_the_learning_rate(tmp_path, monkeypatch):
@@ -245,6 +250,8 @@ def test_entry_point_prints_the_error_and_the_fix_without_a_traceback(tmp_path):
     assert "Traceback" not in done.stderr
     shown = _entry_point(tmp_path, "--config.md.timestep_fs=0", env={"STABIE_TRACEBACK": "1"})
     assert shown.returncode != 0 and "Traceback" in shown.stderr
+    verbose = _entry_point(tmp_path, "--config.md.timestep_fs=0", "--verbosity=1")
+    assert verbose.returncode != 0 and "Traceback" in verbose.stderr
 
 
 def test_entry_point_refuses_a_workdir_held_by_another_run(tmp_path):
