@@ -49,6 +49,11 @@ from stabie_jax.md.neighbors import neighbor_list_fn
 from stabie_jax.models.potential import Potential
 from stabie_jax.models.scale_shift import shift_table
 
+__all__ = [
+    "DENSE_MAX_ATOMS",
+    "StabieCalculator",
+]
+
 DENSE_MAX_ATOMS = 64
 
 

@@ -48,6 +48,25 @@ from stabie_jax.models.potential import Potential, make_potential
 from stabie_jax.models.registry import abstract_params, build_model
 from stabie_jax.models.scale_shift import scale_shift_potential
 
+__all__ = [
+    "LoadedModel",
+    "MODEL_FORMAT_VERSION",
+    "MODEL_JSON",
+    "MODEL_PARAMS",
+    "ModelMetadata",
+    "RestoredCheckpoint",
+    "latest_step",
+    "load_model_checkpoint",
+    "make_model_potential",
+    "model_params_checksum",
+    "open_manager",
+    "read_model_metadata",
+    "restore_checkpoint",
+    "save_checkpoint",
+    "save_model_checkpoint",
+    "state_checksum",
+]
+
 _CHECKSUM_KEY = "_state_sha256"
 MODEL_JSON = "model.json"
 MODEL_PARAMS = "params"

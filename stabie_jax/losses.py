@@ -36,6 +36,22 @@ import jax.numpy as jnp
 
 from stabie_jax.models.potential import Potential
 
+__all__ = [
+    "ENERGY_LOSSES",
+    "FORCE_LOSSES",
+    "LabelledFrames",
+    "NeighborIndices",
+    "OBSERVABLE_REDUCTIONS",
+    "QMErrors",
+    "check_loss_names",
+    "make_qm_loss_fn",
+    "observable_loss",
+    "predict_energy_forces",
+    "qm_errors",
+    "qm_loss",
+    "qm_loss_from_errors",
+]
+
 ENERGY_LOSSES = ("mse", "mae")
 FORCE_LOSSES = ("mse", "l2mae")
 

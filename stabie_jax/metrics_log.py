@@ -23,6 +23,12 @@ from collections.abc import Mapping
 
 import numpy as np
 
+__all__ = [
+    "append_record",
+    "read_records",
+    "truncate_after",
+]
+
 
 def _plain(value):
     """JSON-compatible copy: numpy scalars/arrays to Python, non-finite floats to None."""

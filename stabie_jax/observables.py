@@ -32,6 +32,30 @@ import numpy as np
 
 from stabie_jax import units
 
+__all__ = [
+    "FRAME_BATCH",
+    "H_OF_R_MIN",
+    "H_OF_R_SIGMA",
+    "bond_angles",
+    "bond_lengths",
+    "diffusivity",
+    "diffusivity_to_angstrom2_per_ps",
+    "diffusivity_to_m2_per_s",
+    "distribution",
+    "gaussian_smearing",
+    "h_of_r",
+    "h_of_r_centers",
+    "h_of_r_reference",
+    "mean_squared_displacement",
+    "minimum_image_displacement",
+    "pair_displacements",
+    "pair_distances",
+    "rdf",
+    "rdf_bins",
+    "vacf",
+    "water_bonds_and_angles",
+]
+
 H_OF_R_SIGMA = 0.01
 """Gaussian width of h(r) smearing, Å (authors' value)."""
 

@@ -20,6 +20,12 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+__all__ = [
+    "PlateauState",
+    "plateau_init",
+    "plateau_update",
+]
+
 
 class PlateauState(NamedTuple):
     """Host-side plateau state (Python scalars, checkpointable).

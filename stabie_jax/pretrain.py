@@ -64,6 +64,26 @@ from stabie_jax.models.scale_shift import (
 from stabie_jax.plateau import PlateauState, plateau_init, plateau_update
 from stabie_jax.run_loop import ResumableLoop
 
+__all__ = [
+    "PretrainData",
+    "PretrainSettings",
+    "PretrainState",
+    "RECIPES",
+    "REPORT_FILE",
+    "SCHEDULES",
+    "cosine_multiplier",
+    "initial_state",
+    "make_epoch_fn",
+    "make_evaluate_fn",
+    "make_optimizer",
+    "precompute_neighbor_indices",
+    "prepare_data",
+    "pretrain",
+    "pretrained_model_metadata",
+    "recipe",
+    "warmup_multiplier",
+]
+
 REPORT_FILE = "report.json"
 
 

@@ -77,6 +77,31 @@ from stabie_jax.md import ReplicaState, Simulator, Trajectory
 from stabie_jax.plateau import PlateauState, plateau_update
 from stabie_jax.trajectory_losses import trajectory_samples
 
+__all__ = [
+    "CHECKPOINT_DIR",
+    "LEARNING",
+    "LearningStep",
+    "LoopCounters",
+    "METRICS_FILE",
+    "PHASE_NAMES",
+    "ReuseResult",
+    "SIMULATION",
+    "StabieProblem",
+    "StabieSettings",
+    "StabieState",
+    "TrainState",
+    "init_state",
+    "make_frame_energies",
+    "make_gradient_fn",
+    "make_learning_epoch",
+    "make_learning_step",
+    "make_optimizer",
+    "make_simulation_epoch",
+    "reuse_samples",
+    "run_stabie",
+    "shard_replicas",
+]
+
 SIMULATION = 0
 LEARNING = 1
 PHASE_NAMES = {SIMULATION: "simulation", LEARNING: "learning"}

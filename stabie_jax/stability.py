@@ -28,6 +28,19 @@ import numpy as np
 
 from stabie_jax import observables
 
+__all__ = [
+    "BOND_DEVIATION_EVAL",
+    "BOND_DEVIATION_TRAIN",
+    "MIN_INTERMOLECULAR_DISTANCE",
+    "RDF_MAE_THRESHOLD",
+    "bond_length_deviation",
+    "infer_bonds",
+    "min_intermolecular_distance",
+    "molecule_ids_from_bonds",
+    "rdf_mae",
+    "rdf_mae_criterion",
+]
+
 BOND_DEVIATION_TRAIN = 0.25
 """Å, training threshold (molecules)."""
 BOND_DEVIATION_EVAL = 0.5

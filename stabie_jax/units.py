@@ -25,6 +25,34 @@ from __future__ import annotations
 
 import math
 
+__all__ = [
+    "ANGSTROM2_PER_PS_IN_M2_PER_S",
+    "ATOMIC_MASS_UNIT_KG",
+    "AVOGADRO_PER_MOL",
+    "BOHR_IN_ANGSTROM",
+    "BOLTZMANN_EV_PER_K",
+    "BOLTZMANN_J_PER_K",
+    "ELEMENTARY_CHARGE_C",
+    "EV_IN_KCAL_PER_MOL",
+    "FEMTOSECOND_IN_INTERNAL",
+    "HARTREE_IN_EV",
+    "KCAL_PER_MOL_IN_EV",
+    "MDSIM_KCAL_PER_MOL_PER_EV",
+    "PICOSECOND_IN_INTERNAL",
+    "SPEED_OF_LIGHT_CM_PER_S",
+    "THERMOCHEMICAL_CALORIE_J",
+    "ev_to_kcal_per_mol",
+    "fs_to_internal",
+    "hartree_to_ev",
+    "internal_to_fs",
+    "kT",
+    "kcal_per_mol_to_ev",
+    "per_ps_to_internal",
+    "temperature_from_kT",
+    "wavenumber_to_angular_frequency",
+    "wavenumber_to_ev",
+]
+
 # --- CODATA 2018 exact / recommended SI values ------------------------------------------------
 ELEMENTARY_CHARGE_C = 1.602176634e-19  # exact
 AVOGADRO_PER_MOL = 6.02214076e23  # exact

@@ -47,6 +47,14 @@ import re
 
 import numpy as np
 
+__all__ = [
+    "E3NN_TORCH_SILU_NORMALIZATION",
+    "E3NN_TORCH_TANH_NORMALIZATION",
+    "import_nequip_checkpoint",
+    "nequip_hparams",
+    "state_dict_to_nequip_params",
+]
+
 E3NN_TORCH_SILU_NORMALIZATION = 1.6791767923989418
 """``e3nn.math.normalize2mom(silu).cst`` of e3nn (torch) 0.4 (10^6 seeded N(0,1) samples)."""
 

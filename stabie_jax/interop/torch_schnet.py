@@ -57,6 +57,20 @@ from typing import NamedTuple
 
 import numpy as np
 
+__all__ = [
+    "MD17_ATOMIC_NUMBERS",
+    "SchNetConfig",
+    "TorchCheckpoint",
+    "config_from_metadata",
+    "export_torch_checkpoint",
+    "import_torch_checkpoint",
+    "params_to_state_dict",
+    "read_torch_checkpoint",
+    "schnet_hparams",
+    "state_dict_to_params",
+    "torch_geometric_reference",
+]
+
 MD17_ATOMIC_NUMBERS: dict[str, tuple[int, ...]] = {
     # Atom order of the MD17 / rMD17 aspirin files (C9H8O4), which MDsim's datasets keep.
     "aspirin": (6, 6, 6, 6, 6, 6, 6, 8, 8, 8, 6, 6, 8, 1, 1, 1, 1, 1, 1, 1, 1),

@@ -41,6 +41,13 @@ import jax
 import jax.numpy as jnp
 from jax_md import dataclasses, quantity
 
+__all__ = [
+    "AuthorsNoseHooverState",
+    "authors_nose_hoover",
+    "authors_nose_hoover_invariant",
+    "authors_thermostat_constants",
+]
+
 
 @dataclasses.dataclass
 class AuthorsNoseHooverState:

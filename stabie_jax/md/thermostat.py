@@ -48,6 +48,20 @@ import numpy as np
 
 from stabie_jax import units
 
+__all__ = [
+    "authors_kinetic_energy_period",
+    "authors_thermostat_mass",
+    "chain_tau_from_ttime",
+    "degrees_of_freedom",
+    "kinetic_energy",
+    "kinetic_temperature",
+    "masses_from_atomic_numbers",
+    "maxwell_boltzmann_momenta",
+    "tau_from_ttime",
+    "tau_from_wavenumber",
+    "thermostat_kinetic_energy_period",
+]
+
 
 def tau_from_ttime(ttime_steps: float, dt):
     """JAX-MD ``tau = ttime · dt``: the chain's first-link mass equals the authors' ``Q``.

@@ -35,6 +35,16 @@ import math
 import jax
 import jax.numpy as jnp
 
+__all__ = [
+    "SILU_SCALE",
+    "circular_basis",
+    "gaussian_radial_basis",
+    "he_orthogonal_init",
+    "legendre_polynomials",
+    "polynomial_envelope",
+    "scaled_silu",
+]
+
 SILU_SCALE = 1.0 / 0.6
 """Output scale of GemNet's activation: ``silu(x) * SILU_SCALE`` (keeps unit variance)."""
 

@@ -92,6 +92,26 @@ from stabie_jax.models.gemnet_table import (
 )
 from stabie_jax.models.graph import Graph, build_graph, dense_edges, edges_from_neighbor_list
 
+__all__ = [
+    "AUTHORS_PARAMETER_COUNT",
+    "AtomUpdate",
+    "EdgeEmbedding",
+    "GemNetT",
+    "INV_SQRT_2",
+    "InteractionBlock",
+    "MDSIM_WATER_SCALE_FACTORS",
+    "OutputBlock",
+    "ResidualLayer",
+    "SCALE_COLLECTION",
+    "ScaleFactor",
+    "TripletInteraction",
+    "count_parameters",
+    "fit_scale_factors",
+    "make_table_status_fn",
+    "scale_factor_names",
+    "update_neighbor_list",
+]
+
 INV_SQRT_2 = 1.0 / math.sqrt(2.0)
 
 AUTHORS_PARAMETER_COUNT = 1_891_025

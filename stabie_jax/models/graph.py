@@ -34,6 +34,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+__all__ = [
+    "Graph",
+    "PADDING_DISTANCE",
+    "build_graph",
+    "dense_edges",
+    "dense_pairs",
+    "edges_from_neighbor_list",
+]
+
 PADDING_DISTANCE = 1.0e3
 """Length (Å) of the dummy vector given to padded edges; far beyond any cutoff."""
 

@@ -86,6 +86,16 @@ from stabie_jax.models.graph import Graph
 from stabie_jax.models.potential import atomwise_scale_shift, nan_unless, species_index
 from stabie_jax.models.radial import bessel_basis, bessel_frequencies, polynomial_cutoff
 
+__all__ = [
+    "InteractionBlock",
+    "NequIP",
+    "RadialMLP",
+    "gate",
+    "layer_irreps",
+    "second_moment_normalization",
+    "tp_path_exists",
+]
+
 _QUADRATURE_POINTS = 150
 
 

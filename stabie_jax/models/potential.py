@@ -21,6 +21,15 @@ from jax_md import partition
 
 from stabie_jax.models.graph import build_graph, dense_edges, dense_pairs, edges_from_neighbor_list
 
+__all__ = [
+    "Potential",
+    "atomwise_scale_shift",
+    "make_potential",
+    "nan_unless",
+    "parameter_count",
+    "species_index",
+]
+
 
 class Potential(NamedTuple):
     """Pure functions of a model.

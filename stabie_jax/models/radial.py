@@ -34,6 +34,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+__all__ = [
+    "bessel_basis",
+    "bessel_frequencies",
+    "cosine_cutoff",
+    "gaussian_coefficient",
+    "gaussian_offsets",
+    "gaussian_smearing",
+    "polynomial_cutoff",
+]
+
 
 def gaussian_offsets(start: float, stop: float, num: int) -> np.ndarray:
     """Centres of a uniform Gaussian grid, as ``torch.linspace(start, stop, num)`` in float32.

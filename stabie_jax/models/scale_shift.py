@@ -26,6 +26,16 @@ import numpy as np
 
 from stabie_jax.models.potential import Potential
 
+__all__ = [
+    "MAX_ATOMIC_NUMBER",
+    "affine_potential",
+    "fit_energy_shift",
+    "force_rms",
+    "reanchor_energy_shift",
+    "scale_shift_potential",
+    "shift_table",
+]
+
 MAX_ATOMIC_NUMBER = 118
 
 

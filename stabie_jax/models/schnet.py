@@ -78,6 +78,13 @@ from stabie_jax.models.radial import (
     gaussian_smearing,
 )
 
+__all__ = [
+    "LOG2_FLOAT32",
+    "SchNet",
+    "SchNetInteraction",
+    "shifted_softplus",
+]
+
 LOG2_FLOAT32 = float(np.log(np.float32(2.0)))
 """``log 2`` rounded to float32, the shift torch_geometric's ``ShiftedSoftplus`` subtracts."""
 

@@ -21,6 +21,18 @@ import numpy as np
 
 from stabie_jax import units
 
+__all__ = [
+    "YEH_HUMMER_XI",
+    "covalent_bonds",
+    "intermolecular_rdf",
+    "kinetic_energy_ev",
+    "kinetic_temperature",
+    "molecular_class_temperatures",
+    "msd_diffusion",
+    "water_geometry",
+    "yeh_hummer_correction",
+]
+
 YEH_HUMMER_XI = 2.837297
 """Madelung-like constant ξ of the cubic-lattice hydrodynamic self-interaction (Yeh & Hummer,
 J. Phys. Chem. B 108, 15873 (2004)); dimensionless."""

@@ -16,6 +16,14 @@ import shlex
 import sys
 from typing import Any
 
+__all__ = [
+    "MissingExtraError",
+    "command_line",
+    "package_versions",
+    "require",
+    "utc_now",
+]
+
 # Distribution names on PyPI for the importable modules the generators use.
 _DISTRIBUTIONS = {"tblite": "tblite", "openmm": "openmm", "rdkit": "rdkit"}
 

@@ -40,6 +40,15 @@ from stabie_jax import units
 from stabie_jax.data.generate.extras import package_versions, require, utc_now
 from stabie_jax.data.generate.resumable import run_resumable, stabie_npz_units
 
+__all__ = [
+    "AseEngine",
+    "THERMOSTATS",
+    "embed_smiles",
+    "generate_molecule",
+    "load_geometry",
+    "make_xtb_calculator",
+]
+
 THERMOSTATS = ("langevin", "nose-hoover")
 
 # Keys under which known npz layouts store the atomic numbers and coordinates (Å).

@@ -36,6 +36,18 @@ from typing import Any, Protocol
 
 import numpy as np
 
+__all__ = [
+    "Engine",
+    "FRAME_KEYS",
+    "MANIFEST",
+    "StopRequested",
+    "WORKDIR_FORMAT",
+    "run_resumable",
+    "sha256_of",
+    "stabie_npz_units",
+    "work_dir_for",
+]
+
 MANIFEST = "manifest.json"
 WORKDIR_FORMAT = "stabie-generate-workdir/1"
 FRAME_KEYS = ("positions", "velocities", "energies", "forces")

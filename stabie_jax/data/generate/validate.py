@@ -40,6 +40,16 @@ import numpy as np
 from stabie_jax import units
 from stabie_jax.data.generate import analysis
 
+__all__ = [
+    "ASSUMED_VISCOSITY_PA_S",
+    "LITERATURE_D_SPCFW",
+    "main",
+    "render_markdown",
+    "thermostat_study",
+    "validate_aspirin",
+    "validate_water",
+]
+
 LITERATURE_D_SPCFW = 2.32e-9  # m²/s, Wu, Tepper & Voth (2006), large box
 ASSUMED_VISCOSITY_PA_S = 0.75e-3
 

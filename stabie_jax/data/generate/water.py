@@ -54,6 +54,20 @@ from stabie_jax import units
 from stabie_jax.data.generate.extras import package_versions, require, utc_now
 from stabie_jax.data.generate.resumable import run_resumable, stabie_npz_units
 
+__all__ = [
+    "OpenMMEngine",
+    "THERMOSTATS",
+    "WATER_ATOMIC_NUMBERS",
+    "WATER_MODELS",
+    "WaterModel",
+    "box_length_angstrom",
+    "build_water_system",
+    "generate_water",
+    "initial_water_positions",
+    "make_energy_force_fn",
+    "water_masses",
+]
+
 WATER_ATOMIC_NUMBERS = (8, 1, 1)
 THERMOSTATS = ("langevin", "nose-hoover")
 
