@@ -45,3 +45,15 @@ def test_every_listed_name_exists_once(path):
         pytest.skip(f"{_module_name(path)} needs an optional dependency: {err}")
     absent = [n for n in names if not hasattr(module, n)]
     assert not absent, f"{_module_name(path)}.__all__ lists undefined names {absent}"
+
+
+def test_top_level_names_are_the_modules_own_objects():
+    import stabie_jax
+
+    for name in stabie_jax.__all__:
+        value = getattr(stabie_jax, name)
+        if name in stabie_jax._API:
+            assert value is getattr(importlib.import_module(stabie_jax._API[name]), name), name
+    assert set(stabie_jax._API) <= set(dir(stabie_jax))
+    with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
+        stabie_jax.no_such_name  # noqa: B018
