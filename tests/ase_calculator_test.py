@@ -255,23 +255,13 @@ def test_schnet_checkpoint_in_calculator(tmp_path):
 
 def test_gemnet_table_overflow_names_the_capacity_to_set():
     """A GemNet-T whose neighbour table is too small: the error says which capacity to use."""
+    from models_gemnet_t_test import TINY
+
     from stabie_jax.models.gemnet_t import GemNetT
 
     atoms = periodic_box(n_side=2)
     z = atoms.get_atomic_numbers()
-    tiny = dict(
-        num_blocks=1,
-        emb_size_atom=8,
-        emb_size_edge=8,
-        emb_size_trip=4,
-        emb_size_rbf=4,
-        emb_size_cbf=4,
-        emb_size_bil_trip=4,
-        num_spherical=3,
-        num_radial=4,
-        cutoff=CUTOFF,
-    )
-    roomy = GemNetT(**tiny, neighbor_capacity=40)
+    roomy = GemNetT(**{**TINY, "neighbor_capacity": 40})  # the GemNet-T tests' tiny model
     params = init_params(roomy, z, jax.random.PRNGKey(0))
     metadata = ModelMetadata(
         kind="gemnet_t",
