@@ -203,6 +203,8 @@ def test_shipped_configs_pass_the_setup_checks(system, variant):
         ("stabie.f_min", 0.9, r"f_min = 0\.9 must not exceed"),
         ("stabie.qm_weight", -1.0, r"qm_weight = -1\.0 must be >= 0"),
         ("evaluate.transfer_temperatures_kelvin", (700.0, 0.0), "each must be > 0"),
+        ("evaluate.n_replicas", 10_000, r"n_replicas = 10000 exceeds config\.data\.n_test"),
+        ("md.replica_batch_size", -2, r"replica_batch_size = -2 must be >= 0"),
     ],
 )
 def test_invalid_settings_are_refused_before_any_compute(key, value, message):

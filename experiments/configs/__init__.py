@@ -108,6 +108,7 @@ _NON_NEGATIVE = (
     "evaluate.transfer_length_ps",
     "evaluate.vacf_window_steps",
     "evaluate.checkpoint_every_seconds",
+    "md.replica_batch_size",
 )
 _FRACTIONS = (
     "stabie.f_max",
@@ -174,6 +175,14 @@ def check_config(config) -> list[str]:
     if transfer is not _MISSING and any(not float(t) > 0 for t in transfer or ()):
         problems.append(
             f"config.evaluate.transfer_temperatures_kelvin = {tuple(transfer)!r}: each must be > 0"
+        )
+    n_eval, n_test = number("evaluate.n_replicas"), number("data.n_test")
+    stages = str(_lookup(config, "stages")) if _lookup(config, "stages") is not _MISSING else ""
+    if n_eval is not None and n_test is not None and "evaluate" in stages and n_eval > n_test:
+        problems.append(
+            f"config.evaluate.n_replicas = {n_eval} exceeds config.data.n_test = {n_test}: "
+            "the evaluation starts one replica from each held-out test frame; lower "
+            "evaluate.n_replicas or raise data.n_test"
         )
     if problems:
         raise ValueError("invalid settings: " + "; ".join(problems))
