@@ -56,6 +56,10 @@ def test_rdf_errors_analytic():
     assert err["max_rdf_mae"] == pytest.approx(3.0)
     with pytest.raises(ValueError, match="missing"):
         metrics.rdf_errors({}, ref)
+    # A model with no stable frame has NaN RDFs: NaN errors, no exception (jax_debug_nans is on
+    # in the tests; this used to raise inside the water evaluation).
+    none = metrics.rdf_errors({k: np.full(10, np.nan) for k in ref}, ref, r_max=6.0)
+    assert np.isnan(none["rdf_8_8"]["rdf_mae"]) and np.isnan(none["max_rdf_mae"])
 
 
 def test_diffusivity_curve_and_unwrap():

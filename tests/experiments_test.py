@@ -468,3 +468,28 @@ def test_molecule_evaluation_simulator_reports_a_table_overflow():
         state = sim.init(loaded.params, jax.random.PRNGKey(1), jnp.asarray(frames.positions[:2]))
         with pytest.raises(ValueError, match=r"neighbor_capacity=3\. Set"):
             sim.simulate(loaded.params, state, 2)
+
+
+def test_water_pipeline_on_the_builtin_set(tmp_path):
+    """64 SPC/Fw waters (GemNet-T, periodic, localized O–H estimator) through all three stages."""
+    from experiments import water_system
+
+    c = water.get_config("smoke")
+    c.progress = False
+    c.data.n_train, c.data.n_val, c.data.n_test = 8, 2, 2
+    c.pretrain.overrides.max_epochs = 1
+    c.stabie.steps_per_epoch = 20
+    c.stabie.sample_every = 10
+    c.stabie.max_epochs = 2
+    c.stabie.max_learning_epochs = 1
+    c.evaluate.length_ps = 0.04
+    c.evaluate.check_every_steps = 20
+    summary = water_system.run(c, tmp_path)
+    assert summary["stages"] == ["pretrain", "stabie", "evaluate"]
+    meta = checkpoint.read_model_metadata(tmp_path / molecule.STABIE_MODEL)
+    assert meta.kind == "gemnet_t" and len(meta.atomic_numbers) == 192
+    records = metrics_log.read_records(tmp_path / "stabie" / "metrics.jsonl")
+    assert [r["epoch"] for r in records] == [1, 2]
+    report = json.loads((tmp_path / "evaluate" / "report.json").read_text())
+    assert set(report["results"]["comparison"]) >= {"baseline", "StABlE"}
+    assert json.loads((tmp_path / "config.json").read_text())["system"] == c.system
