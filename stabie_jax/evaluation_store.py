@@ -37,6 +37,7 @@ import numpy as np
 from absl import logging
 
 from stabie_jax import evaluate as ev
+from stabie_jax.data.registry import sha256_of_file
 
 __all__ = ["fingerprint", "load_result", "save_result"]
 
@@ -98,14 +99,6 @@ def _decode(layout: dict, arrays) -> Any:
     return np.asarray(arrays[layout["array"]])
 
 
-def _file_sha256(path: pathlib.Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def save_result(directory, result, fingerprint_hex: str, extra: dict | None = None) -> None:
     """Write ``result`` (and JSON-able ``extra``) under ``directory`` atomically.
 
@@ -124,7 +117,7 @@ def save_result(directory, result, fingerprint_hex: str, extra: dict | None = No
     os.replace(tmp_npz, directory / _ARRAYS)
     blob = {
         "fingerprint": fingerprint_hex,
-        "arrays_sha256": _file_sha256(directory / _ARRAYS),
+        "arrays_sha256": sha256_of_file(directory / _ARRAYS),
         "layout": layout,
         "extra": extra or {},
     }
@@ -144,7 +137,7 @@ def load_result(directory, fingerprint_hex: str):
         blob = json.loads((directory / _LAYOUT).read_text())
         if blob.get("fingerprint") != fingerprint_hex:
             return None
-        if blob.get("arrays_sha256") != _file_sha256(directory / _ARRAYS):
+        if blob.get("arrays_sha256") != sha256_of_file(directory / _ARRAYS):
             raise ValueError(f"{_ARRAYS} does not match the checksum recorded in {_LAYOUT}")
         with np.load(directory / _ARRAYS, allow_pickle=False) as arrays:
             return _decode(blob["layout"], arrays), blob.get("extra", {})
