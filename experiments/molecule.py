@@ -59,7 +59,7 @@ _RUN_ONLY = {
         "max_checkpoints_to_keep",
         "max_wall_seconds",  # a budget: a resume may be given more time
     ),
-    "stabie": ("checkpoint_every", "max_wall_hours"),
+    "stabie": ("checkpoint_every", "max_wall_hours", "split_cosine_every"),  # diagnostics
     "md": ("replica_batch_size",),
     "data": ("n_test", "test_source", "download"),
 }
@@ -696,6 +696,7 @@ def stabie_inputs_from_config(config) -> StabieInputs:
             checkpoint_every=int(s.checkpoint_every),
             reuse_min_neff=float(s.get("reuse_min_neff", 0.0)),
             max_reuse_steps=int(s.get("max_reuse_steps", 10)),
+            split_cosine_every=int(s.get("split_cosine_every", 0)),
         ),
         reference_temperature_kelvin=reference_temperature(config),
         integrator=md_integrator(config),

@@ -284,6 +284,7 @@ def run_stabie_stage(pretrained_dir, water: WaterData, config, workdir) -> pathl
         gradient_scale=hp.gradient_scale,
         reuse_min_neff=float(s.get("reuse_min_neff", 0.0)),
         max_reuse_steps=int(s.get("max_reuse_steps", 10)),
+            split_cosine_every=int(s.get("split_cosine_every", 0)),
     )
     n_dev = jax.device_count()
     meta = {

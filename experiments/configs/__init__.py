@@ -67,6 +67,10 @@ def schedule_fields(stabie: ml_collections.ConfigDict, *, reset_probability: flo
     # max_reuse_steps per simulation (docs/method.md, Sample reuse).
     stabie.reuse_min_neff = 0.0
     stabie.max_reuse_steps = 10
+    # Every this many learning epochs (0 = never) also log obs_split_cosine: the cosine between
+    # the observable gradients of two random halves of the replicas (the estimator's
+    # signal-to-noise; costs two more observable gradients in those epochs).
+    stabie.split_cosine_every = 0
 
 
 # --- validation at setup, before any compute ---------------------------------------------------
@@ -105,6 +109,7 @@ _NON_NEGATIVE = (
     "stabie.max_wall_hours",
     "stabie.max_learning_epochs",
     "stabie.max_reuse_steps",
+    "stabie.split_cosine_every",
     "evaluate.transfer_length_ps",
     "evaluate.vacf_window_steps",
     "evaluate.checkpoint_every_seconds",
