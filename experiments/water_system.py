@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import pathlib
 import time
 from typing import NamedTuple
@@ -44,7 +43,7 @@ from stabie_jax import stabie as stabie_lib
 from stabie_jax.localized_estimator import molecule_neighbourhoods, neighbourhood_bond_lengths
 from stabie_jax.md.neighbors import neighbor_list_fn
 from stabie_jax.models.gemnet_t import GemNetT
-from stabie_jax.models.gemnet_table import max_neighbors_in_frames
+from stabie_jax.models.gemnet_table import max_neighbors_in_frames, suggested_capacity
 from stabie_jax.models.registry import replica_fault_check
 
 
@@ -118,7 +117,7 @@ def check_neighbor_capacity(config, water: WaterData) -> None:
     frames = np.concatenate([water.train.positions, water.val.positions, water.test.positions])
     space = md.periodic_space(water.box)
     most = max_neighbors_in_frames(frames, space.displacement_fn, cutoff)
-    suggested = int(math.ceil(1.25 * most))
+    suggested = suggested_capacity(most)
     if most > capacity:
         raise ValueError(
             f"config.model.hparams.neighbor_capacity = {capacity}, but an atom of the data has "
@@ -284,7 +283,7 @@ def run_stabie_stage(pretrained_dir, water: WaterData, config, workdir) -> pathl
         gradient_scale=hp.gradient_scale,
         reuse_min_neff=float(s.get("reuse_min_neff", 0.0)),
         max_reuse_steps=int(s.get("max_reuse_steps", 10)),
-            split_cosine_every=int(s.get("split_cosine_every", 0)),
+        split_cosine_every=int(s.get("split_cosine_every", 0)),
     )
     n_dev = jax.device_count()
     meta = {

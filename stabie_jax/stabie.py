@@ -743,7 +743,10 @@ def make_learning_epoch(problem: StabieProblem, settings: StabieSettings) -> Cal
         if skipped:
             record["skipped"] = skipped
         record.update(_energy_spread(traj, sim.kT))
-        if split_cosine is not None and int(counters.phase_epoch) % settings.split_cosine_every == 0:
+        if (
+            split_cosine is not None
+            and int(counters.phase_epoch) % settings.split_cosine_every == 0
+        ):
             # measured at the parameters the step was computed at, on the same frames
             k_half, k_est = jax.random.split(jax.random.fold_in(key, 2))
             half = random_half(k_half, traj.alive.shape[1])

@@ -84,7 +84,7 @@ def test_learning_epochs_log_the_diagnostics(tmp_path):
     _, records = stabie.run_stabie(problem, settings, state, tmp_path, progress=False)
     learning = [r for r in records if r["phase"] == "learning"]
     assert len(learning) >= 3, "too few learning epochs to see the every-2 pattern"
-    for i, r in enumerate(learning):
+    for r in learning:
         assert r["sample_energy_above_median_kT"] >= 0
         assert r["sample_energy_below_median_kT"] >= 0
         # phase_epoch counts from 0 in each learning phase; the first one is measured

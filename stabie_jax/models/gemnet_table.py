@@ -25,6 +25,7 @@ when a replica turns non-finite.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -40,6 +41,8 @@ __all__ = [
     "check_table_status",
     "make_replica_overflow_check",
     "max_neighbors_in_frames",
+    "overflow_message",
+    "suggested_capacity",
     "table_status",
 ]
 
@@ -154,6 +157,41 @@ def table_status(graph: Graph, n_atoms: int, cutoff: float, capacity: int) -> Ta
     return TableStatus(table.overflow, table.missing_reverse, table.max_neighbors)
 
 
+def suggested_capacity(neighbors: int) -> int:
+    """A ``neighbor_capacity`` with 25 % headroom over ``neighbors`` per atom."""
+    return int(math.ceil(1.25 * int(neighbors)))
+
+
+def overflow_message(
+    neighbors: int,
+    capacity: int,
+    cutoff: float | None = None,
+    *,
+    where: str = "",
+    detail: str = "",
+    fix: str = "GemNetT(..., neighbor_capacity={n})",
+    size_for: int | None = None,
+) -> str:
+    """The one wording of a GemNet-T table overflow: what was seen and the value to set.
+
+    Args:
+      neighbors: most neighbours of one atom inside the cutoff.
+      capacity: the module's ``neighbor_capacity``.
+      cutoff: Å, named in the message when given.
+      where: appended to "overflow" (e.g. ``" in MD"``).
+      detail: appended after the cutoff (e.g. how far one MD step can reach).
+      fix: how to set the capacity; ``{n}`` becomes :func:`suggested_capacity` of
+        ``size_for`` (default: ``neighbors``).
+    """
+    inside = "the cutoff" if cutoff is None else f"the {cutoff:g} Å cutoff"
+    n = suggested_capacity(neighbors if size_for is None else size_for)
+    return (
+        f"GemNet-T neighbour table overflow{where}: an atom has {int(neighbors)} neighbours "
+        f"inside {inside}{detail} but neighbor_capacity={int(capacity)}. Set "
+        f"{fix.format(n=n)}; the parameters are unchanged."
+    )
+
+
 def check_table_status(status: TableStatus, capacity: int) -> None:
     """Raise on the host if a neighbour table was invalid (energies were NaN).
 
@@ -164,11 +202,7 @@ def check_table_status(status: TableStatus, capacity: int) -> None:
     """
     max_neighbors = int(jnp.max(status.max_neighbors))
     if bool(jnp.any(status.overflow)):
-        raise ValueError(
-            f"GemNet-T neighbour table overflow: an atom has {max_neighbors} neighbours inside "
-            f"the cutoff but neighbor_capacity={capacity}. Rebuild the module with "
-            f"GemNetT(..., neighbor_capacity>={max_neighbors}) (parameters are unchanged)."
-        )
+        raise ValueError(overflow_message(max_neighbors, capacity))
     if bool(jnp.any(status.missing_reverse)):
         raise ValueError(
             "GemNet-T needs every edge in both directions: use partition.Sparse (not "
@@ -257,14 +291,22 @@ def make_replica_overflow_check(
         most = max_neighbors_in_frames(positions, displacement_fn, reach)
         if most > capacity:
             at_cutoff = max_neighbors_in_frames(positions, displacement_fn, cutoff)
-            suggested = int(np.ceil(1.25 * most))
-            raise ValueError(
-                f"GemNet-T neighbour table overflow in MD: replica(s) {rows.tolist()} turned "
-                f"non-finite, and an atom of their last finite state has {at_cutoff} neighbours "
-                f"inside the {cutoff:g} Å cutoff ({most} within the {reach:.3g} Å one step can "
-                f"reach) while neighbor_capacity={capacity}. Set "
-                f"--config.model.hparams.neighbor_capacity={suggested} (GemNetT(..., "
-                f"neighbor_capacity={suggested}); the parameters are unchanged)."
+            # sized for what one step can reach, not only for the last finite state
+            message = overflow_message(
+                at_cutoff,
+                capacity,
+                cutoff,
+                where=f" in MD (replica(s) {rows.tolist()} turned non-finite)",
+                detail=(
+                    f" in their last finite state ({most} within the {reach:.3g} Å one step "
+                    "can reach)"
+                ),
+                size_for=most,
+                fix=(
+                    "--config.model.hparams.neighbor_capacity={n} "
+                    "(GemNetT(..., neighbor_capacity={n}))"
+                ),
             )
+            raise ValueError(message)
 
     return check
