@@ -165,7 +165,7 @@ def test_errors():
     calc = StabieCalculator(module=module, params=params, metadata=metadata)
     wrong = ase.Atoms("OHF", positions=atoms.get_positions())
     wrong.calc = calc
-    with pytest.raises(ValueError, match=r"\[8, 1, 9\] do not match the model's \[8, 1, 1\]"):
+    with pytest.raises(ValueError, match=r"element\(s\) \[9\] the model was not trained on"):
         wrong.get_potential_energy()
     mixed = atoms.copy()
     mixed.set_cell(np.eye(3) * 10.0)
@@ -188,7 +188,7 @@ def test_errors():
         broken.get_potential_energy()
     n = len(atoms)
     nan_model = StabieCalculator(module=module, params=params, metadata=metadata)
-    nan_model._evaluate = lambda *args: (np.nan, np.zeros(n), np.zeros((n, 3)))
+    nan_model._evaluate = lambda *args: (np.nan, np.zeros(n), np.zeros((n, 3)), np.zeros((3, 3)))
     fine = atoms.copy()
     fine.calc = nan_model
     with pytest.raises(ValueError, match="non-finite energy or forces"):
@@ -218,6 +218,11 @@ def test_ready_potential_source_and_velocity_verlet():
     assert np.sum(f0 * (atoms.get_positions() - water_molecule().get_positions())) > 0
     assert atoms.get_total_energy() == pytest.approx(e0, abs=1e-3)
     assert atoms.calc.trace_count == 1
+    # A ready potential is built for one atom list: another order is refused, naming both.
+    swapped = atoms[[1, 0, 2]]
+    swapped.calc = atoms.calc
+    with pytest.raises(ValueError, match=r"\[1, 8, 1\] do not match the potential's \[8, 1, 1\]"):
+        swapped.get_potential_energy()
 
 
 def test_schnet_checkpoint_in_calculator(tmp_path):
@@ -280,3 +285,82 @@ def test_gemnet_table_overflow_names_the_capacity_to_set():
     with jax.debug_nans(False):
         with pytest.raises(ValueError, match=rf"has {most} neighbours .* neighbor_capacity="):
             atoms.get_forces()
+
+
+def test_any_order_and_size_of_the_trained_species():
+    """Models are local: a shuffled molecule and a supercell need no retraining."""
+    atoms = periodic_box(n_side=2)
+    module, params, metadata = toy_model(atoms.get_atomic_numbers())
+    calc = StabieCalculator(module=module, params=params, metadata=metadata, neighbor_list=False)
+    atoms.calc = calc
+    energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+    # Shuffled atom order: same energy, forces permuted with the atoms.
+    perm = np.random.default_rng(3).permutation(len(atoms))
+    shuffled = atoms[perm]
+    shuffled.calc = calc
+    assert shuffled.get_potential_energy() == pytest.approx(energy, rel=1e-5)
+    np.testing.assert_allclose(shuffled.get_forces(), forces[perm], atol=2e-5)
+    # A 2x2x1 supercell (96 atoms, neighbour-list path) is four copies: 4x the energy, same
+    # forces on each copy, and a per-atom energy that repeats.
+    auto = StabieCalculator(module=module, params=params, metadata=metadata)
+    big = atoms.repeat((2, 2, 1))
+    big.calc = auto
+    assert big.get_potential_energy() == pytest.approx(4 * energy, rel=1e-5)
+    assert auto.uses_neighbor_list  # 96 atoms > 64
+    np.testing.assert_allclose(big.get_forces(), np.tile(forces, (4, 1)), atol=2e-5)
+    # A fragment (fewer atoms than trained on) in free space: equals the pure functions on it.
+    frag = ase.Atoms("OH", positions=[[0.0, 0.0, 0.0], [0.97, 0.1, 0.0]])
+    frag.calc = calc
+    pot = make_model_potential(module, metadata._replace(atomic_numbers=(8, 1)), space.free()[0])
+    r = jnp.asarray(frag.get_positions(), jnp.float32)
+    assert frag.get_potential_energy() == pytest.approx(float(pot.energy_fn(params, r)), rel=1e-6)
+    # One compilation per (space kind, atom list): the shuffled box, the fragment, the box.
+    assert calc.trace_count == 3
+    frag.positions[1, 0] += 0.05
+    frag.get_potential_energy()
+    assert calc.trace_count == 3
+
+
+@pytest.mark.parametrize(
+    "cell",
+    [np.diag([6.5, 6.2, 6.8]), np.array([[6.6, 0.0, 0.0], [1.2, 6.3, 0.0], [0.8, -0.7, 6.5]])],
+    ids=["orthorhombic", "triclinic"],
+)
+def test_stress_matches_finite_strain_differences(cell):
+    from ase.calculators.fd import calculate_numerical_stress
+
+    jax.config.update("jax_enable_x64", True)  # finite differences of float32 are too coarse
+    try:
+        atoms = periodic_box(cell=cell)
+        module, params, metadata = toy_model(atoms.get_atomic_numbers())
+        params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), params)
+        calc = StabieCalculator(module=module, params=params, metadata=metadata)
+        atoms.calc = calc
+        stress = atoms.get_stress()
+        assert stress.shape == (6,)
+        numeric = calculate_numerical_stress(atoms, 1e-5, voigt=True)
+        assert np.abs(numeric).max() > 1e-3  # the cell is under real stress
+        np.testing.assert_allclose(stress, numeric, rtol=1e-5, atol=1e-8)
+        # Stress is not a property of free molecules.
+        free = water_molecule()
+        free.calc = calc
+        free.get_potential_energy()
+        assert "stress" not in calc.results
+    finally:
+        jax.config.update("jax_enable_x64", False)
+
+
+def test_cell_filter_relaxation_lowers_the_enthalpy():
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import FIRE
+
+    atoms = periodic_box(cell=np.diag([6.5, 6.2, 6.8]))
+    module, params, metadata = toy_model(atoms.get_atomic_numbers())
+    atoms.calc = StabieCalculator(module=module, params=params, metadata=metadata)
+    e0, cell0 = atoms.get_potential_energy(), atoms.cell.array.copy()
+    opt = FIRE(FrechetCellFilter(atoms), logfile=None)
+    opt.run(fmax=1e-3, steps=15)
+    assert opt.nsteps == 15 or opt.converged()
+    assert atoms.get_potential_energy() < e0  # zero pressure: the energy is the enthalpy
+    assert np.abs(atoms.cell.array - cell0).max() > 1e-4  # the cell moved
+    assert atoms.calc.trace_count == 1  # one compilation for all cells
