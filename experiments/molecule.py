@@ -45,7 +45,12 @@ from stabie_jax import pretrain as pretrain_lib
 from stabie_jax import stabie as stabie_lib
 from stabie_jax import workdir as workdir_lib
 from stabie_jax.models import make_potential, scale_shift
-from stabie_jax.models.registry import build_model, init_params, replica_fault_check
+from stabie_jax.models.registry import (
+    build_model,
+    frames_fault_check,
+    init_params,
+    replica_fault_check,
+)
 
 PRETRAINED_MODEL = "model_pretrained"
 STABIE_MODEL = "model_stabie"
@@ -262,6 +267,7 @@ def run_pretrain(
         workdir=workdir / "pretrain",
         test=test,
         neighbor_fn=neighbor_fn,
+        fault_check=frames_fault_check(module, displacement_fn),
     )
     metadata = pretrain_lib.pretrained_model_metadata(
         kind, module, z, float(hparams.get("cutoff", 5.0)), report, **(extra or {})

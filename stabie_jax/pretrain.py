@@ -691,6 +691,7 @@ def pretrain(
     workdir,
     test=None,
     neighbor_fn=None,
+    fault_check=None,
 ) -> tuple[Any, dict]:
     """Train ``params`` of a bare potential on energies and forces; resume if ``workdir`` has
     checkpoints.
@@ -708,6 +709,9 @@ def pretrain(
       neighbor_fn: for a potential built with ``use_neighbor_list=True`` (bulk systems): the
         JAX-MD sparse ``neighbor_list`` of its space. Per-frame neighbour indices are then
         precomputed once (:func:`precompute_neighbor_indices`) and batched with the frames.
+      fault_check: ``check(positions [F, N, 3]) -> None`` run on the training and validation
+        frames before any compute, raising for frames the model cannot evaluate (a GemNet-T
+        table overflow: :func:`stabie_jax.models.registry.frames_fault_check`).
 
     Returns:
       ``(params, report)``: the parameters with the best validation force MAE (bare model),
@@ -715,6 +719,8 @@ def pretrain(
       ``energy_scale`` and ``energy_shift`` (``{Z: eV}``) to store with the model.
     """
     workdir = pathlib.Path(workdir).expanduser().resolve()
+    if fault_check is not None:
+        fault_check(np.concatenate([np.asarray(train.positions), np.asarray(val.positions)]))
     data = prepare_data(train, val, test, atomic_numbers, settings, neighbor_fn)
     check_loss_names(settings.energy_loss, settings.force_loss)
     if settings.schedule not in SCHEDULES:

@@ -470,6 +470,36 @@ def test_molecule_evaluation_simulator_reports_a_table_overflow():
             sim.simulate(loaded.params, state, 2)
 
 
+def test_pretraining_refuses_frames_that_overflow_the_table_before_any_compute(tmp_path):
+    """Pretraining a GemNet-T whose table is smaller than the data's neighbour count stops with
+    the value to set (it would otherwise report a non-finite loss and suggest the learning
+    rate)."""
+    from stabie_jax import data, md
+    from stabie_jax.models.gemnet_table import max_neighbors_in_frames
+
+    config = aspirin.get_config("smoke")
+    frames = data.load_dataset(config.data.source)
+    train, val = frames.subset(np.arange(8)), frames.subset(np.arange(8, 12))
+    most = max_neighbors_in_frames(
+        np.concatenate([train.positions, val.positions]), md.free_space().displacement_fn, 5.0
+    )
+    hparams = dict(
+        cutoff=5.0, emb_size_atom=8, emb_size_edge=8, emb_size_trip=4, emb_size_rbf=4,
+        emb_size_cbf=4, emb_size_bil_trip=4, num_blocks=1, num_spherical=3, num_radial=4,
+        neighbor_capacity=most - 1,
+    )  # fmt: skip
+    config.pretrain.overrides.max_epochs = 1
+    settings = molecule.pretrain_settings_from_config(config)
+    suggested = int(np.ceil(1.25 * most))
+    message = rf"training frames: an atom has {most} neighbours .*\.neighbor_capacity={suggested} "
+    with pytest.raises(ValueError, match=message):
+        molecule.run_pretrain(
+            train, val, None, kind="gemnet_t", hparams=hparams, settings=settings,
+            workdir=tmp_path, seed=0,
+        )  # fmt: skip
+    assert not (tmp_path / "pretrain").exists()  # refused before the loop started
+
+
 def test_water_pipeline_on_the_builtin_set(tmp_path):
     """64 SPC/Fw waters (GemNet-T, periodic, localized O–H estimator) through all three stages."""
     from experiments import water_system

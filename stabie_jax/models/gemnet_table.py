@@ -39,6 +39,7 @@ __all__ = [
     "TableStatus",
     "build_neighbor_table",
     "check_table_status",
+    "make_frames_overflow_check",
     "make_replica_overflow_check",
     "max_neighbors_in_frames",
     "overflow_message",
@@ -239,6 +240,33 @@ def max_neighbors_in_frames(positions, displacement_fn, cutoff: float, chunk: in
     for start in range(0, positions.shape[0], chunk):
         best = max(best, int(most(positions[start : start + chunk])))
     return best
+
+
+def make_frames_overflow_check(displacement_fn, cutoff: float, capacity: int, *, fix: str = ""):
+    """Host check of fixed frames (training data) against the table size, before any compute.
+
+    Pretraining evaluates the model only at the data's positions, so counting their neighbours
+    decides exactly whether the table overflows (it would give NaN losses otherwise).
+
+    Args:
+      displacement_fn: JAX-MD displacement of the system (minimum image when periodic).
+      cutoff: model cutoff, Å.
+      capacity: the module's ``neighbor_capacity``.
+      fix: how to set the capacity (``{n}`` is the value); default ``GemNetT(...)``.
+
+    Returns:
+      ``check(positions [F, N, 3] Å) -> None``, raising ``ValueError`` on an overflow.
+    """
+
+    def check(positions) -> None:
+        most = max_neighbors_in_frames(np.asarray(positions), displacement_fn, cutoff)
+        if most > capacity:
+            kwargs = {"fix": fix} if fix else {}
+            raise ValueError(
+                overflow_message(most, capacity, cutoff, where=" in the training frames", **kwargs)
+            )
+
+    return check
 
 
 def make_replica_overflow_check(

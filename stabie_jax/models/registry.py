@@ -33,6 +33,7 @@ __all__ = [
     "available_models",
     "build_model",
     "example_graph",
+    "frames_fault_check",
     "init_params",
     "model_factory",
     "model_hparams",
@@ -164,4 +165,25 @@ make_replica_overflow_check`); models that cannot overflow return None. Pass the
 
     return make_replica_overflow_check(
         displacement_fn, float(module.cutoff), int(capacity), float(dt), masses
+    )
+
+
+def frames_fault_check(module, displacement_fn) -> Callable | None:
+    """The model's host check of fixed frames before training on them, or None.
+
+    Models with a static neighbour buffer (GemNet-T) return
+    :func:`~stabie_jax.models.gemnet_table.make_frames_overflow_check` for their capacity,
+    raising with the value to set; models that cannot overflow return None. Pass the result
+    to :func:`stabie_jax.pretrain.pretrain` as ``fault_check``.
+    """
+    capacity = getattr(module, "neighbor_capacity", None)
+    if capacity is None:
+        return None
+    from stabie_jax.models.gemnet_table import make_frames_overflow_check
+
+    return make_frames_overflow_check(
+        displacement_fn,
+        float(module.cutoff),
+        int(capacity),
+        fix="--config.model.hparams.neighbor_capacity={n} (GemNetT(..., neighbor_capacity={n}))",
     )
