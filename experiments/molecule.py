@@ -170,6 +170,15 @@ def claim_stabie(config, workdir, train, pretrained_dir, extra_arrays=()) -> Non
     _claim(config, workdir, "stabie", spec)
 
 
+def stabie_run_config(config) -> dict:
+    """The config recorded with a StABlE run and its model: all but the evaluation and the run
+    mechanics, so a rerun that only adds models to evaluate leaves the model's record alone."""
+    recorded = json.loads(config.to_json_best_effort())
+    for key in ("evaluate", "stages", "overwrite_stages", "progress"):
+        recorded.pop(key, None)
+    return recorded
+
+
 def reader_options(data_config) -> dict:
     """Reader keyword arguments set in ``config.data`` (the same for every stage)."""
     keys = ("labels", "energy_unit")
@@ -784,7 +793,7 @@ def run(config, workdir) -> dict:
             stabie_inputs_from_config(config),
             workdir=workdir,
             seed=int(config.seed),
-            metadata={"config": json.loads(config.to_json_best_effort())},
+            metadata={"config": stabie_run_config(config)},
             progress=bool(config.progress),
             shard=shard,
         )

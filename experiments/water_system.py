@@ -287,7 +287,7 @@ def run_stabie_stage(pretrained_dir, water: WaterData, config, workdir) -> pathl
     )
     n_dev = jax.device_count()
     meta = {
-        "config": json.loads(config.to_json_best_effort()),
+        "config": molecule.stabie_run_config(config),
         "exact_learning_rate": lr,
         "exact_grad_clip_norm": clip,
         "gradient_scale": hp.gradient_scale,

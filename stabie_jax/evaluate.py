@@ -476,7 +476,7 @@ def evaluate_stability(
     msd_max_lag: int = 100,
     rescale_velocities: bool = True,
     checkpoint_dir=None,
-    checkpoint_every_seconds: float = 60.0,
+    checkpoint_every_seconds: float = 0.0,
     on_chunk: Callable[[EvalState], None] | None = None,
     progress: bool = True,
 ) -> StabilityResult:
@@ -509,11 +509,13 @@ def evaluate_stability(
       msd_max_lag: largest MSD lag in stored frames (authors: 100 lags of 1 ps).
       rescale_velocities: rescale initial momenta to exactly ``dof·kT/2`` (authors).
       checkpoint_dir: if set, the run is resumable: the :class:`EvalState` is checkpointed
-        there (at most every ``checkpoint_every_seconds`` and at the end, with one line per
-        chunk in ``metrics.jsonl``), and a call with the same directory and arguments continues
-        from the newest checkpoint, bit-identically (``key`` is then unused). The directory
-        belongs to one model and protocol: use a fresh one when either changes.
-      checkpoint_every_seconds: minimum wall time between two checkpoints.
+        there (after every chunk, or at most every ``checkpoint_every_seconds``, and at the
+        end, with one line per chunk in ``metrics.jsonl``), and a call with the same directory
+        and arguments continues from the newest checkpoint, bit-identically (``key`` is then
+        unused). The directory belongs to one model and protocol: use a fresh one when either
+        changes.
+      checkpoint_every_seconds: minimum wall time between two checkpoints; 0 (default): after
+        every chunk, so a kill loses at most the chunk in progress.
       on_chunk: called with the :class:`EvalState` after every chunk (after its checkpoint).
       progress: show a tqdm progress bar.
 

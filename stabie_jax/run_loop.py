@@ -34,6 +34,7 @@ import pathlib
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+from absl import logging
 from tqdm.auto import tqdm
 
 from stabie_jax import checkpoint, metrics_log
@@ -105,6 +106,7 @@ class ResumableLoop:
             restored = checkpoint.restore_checkpoint(self._manager, target=template)
             result = Resumed(restored.state, restored.metadata, int(restored.step))
             metrics_log.truncate_after(self.metrics_path, self.counter, result.step)
+            logging.info("resuming %s after %s %d", self.directory, self.counter, result.step)
         else:
             result = Resumed(template, None, 0)
             metrics_log.truncate_after(self.metrics_path, self.counter, -math.inf)

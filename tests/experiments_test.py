@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tiny_configs
 
 from experiments import molecule
 from experiments.configs import ala3, aspirin, water
@@ -18,35 +19,8 @@ from stabie_jax import checkpoint, metrics_log
 from stabie_jax import workdir as workdir_lib
 
 
-def _tiny_aspirin():
-    c = aspirin.get_config("smoke")
-    c.progress = False
-    c.data.n_train, c.data.n_val, c.data.n_test = 40, 10, 10
-    c.model.hparams.hidden = 16
-    c.model.hparams.num_filters = 16
-    c.model.hparams.num_interactions = 1
-    c.pretrain.overrides.max_epochs = 2
-    c.pretrain.overrides.batch_size = 10
-    c.stabie.n_replicas = 4
-    c.stabie.steps_per_epoch = 40
-    c.stabie.sample_every = 10
-    c.stabie.minibatch_size = 8
-    c.stabie.max_epochs = 3
-    c.stabie.qm_batch_size = 10
-    c.stabie.qm_batches_per_step = 1
-    c.stabie.f_max = 0.25
-    c.evaluate.n_replicas = 4
-    c.evaluate.length_ps = 0.04
-    c.evaluate.check_every_steps = 40
-    c.evaluate.sample_every = 10
-    c.evaluate.vacf_window_steps = 20
-    c.evaluate.transfer_temperatures_kelvin = (700.0,)
-    c.evaluate.transfer_length_ps = 0.02
-    return c
-
-
 def test_aspirin_pipeline_all_stages(tmp_path, monkeypatch):
-    config = _tiny_aspirin()
+    config = tiny_configs.get_config()
     summary = molecule.run(config, tmp_path)
     assert summary["stages"] == ["pretrain", "stabie", "evaluate"]
     for name in (molecule.PRETRAINED_MODEL, molecule.STABIE_MODEL):
@@ -243,7 +217,7 @@ def test_paper_configs_hold_the_paper_settings():
 def test_sweep_writes_pareto_front(tmp_path):
     from experiments import sweep
 
-    config = _tiny_aspirin()
+    config = tiny_configs.get_config()
     result = sweep.run_sweep(config, tmp_path, ["1e-4", "1e-3"], ["10"])
     assert [(p["alpha"], p["lambda"]) for p in result["points"]] == [(1e-4, 10.0), (1e-3, 10.0)]
     assert any(p["pareto_optimal"] for p in result["points"])

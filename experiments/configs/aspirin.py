@@ -119,8 +119,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.evaluate.vacf_window_steps = 100  # VACF over 100 consecutive steps (0 = off)
     c.evaluate.bond_deviation_angstrom = 0.5
     c.evaluate.stop_fraction = 0.99
-    # An unfinished model evaluation is checkpointed at most this often (s) and resumes there.
-    c.evaluate.checkpoint_every_seconds = 60.0
+    # An unfinished model evaluation is checkpointed after every chunk (0) or at most this often
+    # (s), and a rerun resumes there.
+    c.evaluate.checkpoint_every_seconds = 0.0
     c.evaluate.transfer_temperatures_kelvin = (350.0, 700.0)
     c.evaluate.transfer_length_ps = 300.0
     c.evaluate.integrator = "langevin"  # the authors evaluated aspirin with Langevin

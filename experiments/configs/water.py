@@ -79,8 +79,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.evaluate.sample_every = 100
     c.evaluate.rdf_mae_threshold = 3.0
     c.evaluate.stop_fraction = 0.95
-    # An unfinished model evaluation is checkpointed at most this often (s) and resumes there.
-    c.evaluate.checkpoint_every_seconds = 60.0
+    # An unfinished model evaluation is checkpointed after every chunk (0) or at most this often
+    # (s), and a rerun resumes there.
+    c.evaluate.checkpoint_every_seconds = 0.0
     c.evaluate.integrator = "authors_nose_hoover"
     c.evaluate.extra_models = ""  # "name=DIR,..." more models under the same protocol
     return c
