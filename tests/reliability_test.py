@@ -20,7 +20,7 @@ import sys
 import time
 
 from experiments import molecule
-from stabie_jax import checkpoint
+from stabie_jax import checkpoint, metrics_log
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 N_CHUNKS = 5
@@ -106,6 +106,10 @@ def test_sigkill_inside_an_evaluation_resumes_the_model_bit_identically(tmp_path
         pretrained_stamp
     )
     assert not (stored / "baseline" / "in_progress").exists()
+    # Each stage's metrics log holds each epoch once, across the kill and the rerun.
+    for stage, epochs in (("pretrain", [0, 1, 2]), ("stabie", [1, 2, 3])):
+        records = metrics_log.read_records(work / stage / "metrics.jsonl")
+        assert [r["epoch"] for r in records] == epochs, stage
     # The same model evaluated without a kill gives the same numbers, bit for bit.
     details = json.loads((work / "evaluate" / "report.json").read_text())["results"]["details"]
     resumed, fresh = details["baseline"], details["fresh_baseline"]
