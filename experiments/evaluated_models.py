@@ -13,7 +13,7 @@ import shutil
 import time
 from collections.abc import Callable
 
-from stabie_jax import checkpoint, evaluation_store, report
+from stabie_jax import checkpoint, evaluation_store, report, run_loop
 
 MODELS_DIR = "models"  # under WORKDIR/evaluate/
 _NOT_IN_FINGERPRINT = ("extra_models", "checkpoint_every_seconds")
@@ -110,5 +110,16 @@ def evaluate_each(
         evaluation_store.save_result(
             directory, result, fingerprint, extra=report.to_jsonable(entry)
         )
+        _keep_tensorboard_events(scratch, directory)
         shutil.rmtree(scratch_root, ignore_errors=True)
     return results, numbers
+
+
+def _keep_tensorboard_events(scratch: pathlib.Path, directory: pathlib.Path) -> None:
+    """Move the TensorBoard event folders of a finished model out of its scratch directory
+    (``in_progress/<fp>/stability/tensorboard`` -> ``tensorboard/stability``)."""
+    for events in sorted(scratch.rglob(run_loop.TENSORBOARD_DIR)) if scratch.is_dir() else ():
+        target = directory / run_loop.TENSORBOARD_DIR / events.parent.relative_to(scratch)
+        shutil.rmtree(target, ignore_errors=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(events), str(target))

@@ -201,6 +201,7 @@ def _make_evaluate_one(config, molecule, pr: _Protocol) -> Callable:
         stop_fraction=float(e.stop_fraction),
         checkpoint_every_seconds=float(e.checkpoint_every_seconds),
         progress=bool(config.progress),
+        tensorboard=bool(config.get("tensorboard", False)),
     )
 
     def evaluate_one(name, loaded, scratch):

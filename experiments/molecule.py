@@ -36,7 +36,10 @@ from stabie_jax import (
     hyperparameters,
     losses,
     md,
+    metrics_log,
     observables,
+    plots,
+    run_loop,
     stability,
     trajectory_losses,
     units,
@@ -60,6 +63,7 @@ STAGE_OUTPUTS = {"pretrain": ("pretrain", PRETRAINED_MODEL), "stabie": ("stabie"
 _RUN_ONLY = {
     "pretrain": (
         "progress_bar",
+        "tensorboard",
         "checkpoint_every_epochs",
         "max_checkpoints_to_keep",
         "max_wall_seconds",  # a budget: a resume may be given more time
@@ -155,7 +159,9 @@ def claim_pretrain(config, workdir, train, val, extra_arrays=()) -> None:
 def claim_stabie(config, workdir, train, pretrained_dir, extra_arrays=()) -> None:
     """Record/check the settings of the StABlE stage: everything in the config but the other
     stages and run mechanics, the training frames and the starting model's parameters."""
-    excluded = {"pretrain", "evaluate", "stages", "overwrite_stages", "progress", "variant"}
+    excluded = {
+        "pretrain", "evaluate", "stages", "overwrite_stages", "progress", "tensorboard", "variant",
+    }  # fmt: skip
     sections = {
         key: _without(value.to_dict(), key) if hasattr(value, "to_dict") else value
         for key, value in config.items()
@@ -174,7 +180,7 @@ def stabie_run_config(config) -> dict:
     """The config recorded with a StABlE run and its model: all but the evaluation and the run
     mechanics, so a rerun that only adds models to evaluate leaves the model's record alone."""
     recorded = json.loads(config.to_json_best_effort())
-    for key in ("evaluate", "stages", "overwrite_stages", "progress"):
+    for key in ("evaluate", "stages", "overwrite_stages", "progress", "tensorboard"):
         recorded.pop(key, None)
     return recorded
 
@@ -282,6 +288,8 @@ def run_pretrain(
         kind, module, z, float(hparams.get("cutoff", 5.0)), report, **(extra or {})
     )
     checkpoint.save_model_checkpoint(model_dir, params, metadata, overwrite=True)
+    records = metrics_log.read_records(workdir / "pretrain" / run_loop.METRICS_FILE)
+    plots.plot_pretraining_curve(records, workdir / "pretrain" / "learning_curve.png")
     return model_dir
 
 
@@ -291,6 +299,7 @@ def pretrain_settings_from_config(config) -> pretrain_lib.PretrainSettings:
         config.pretrain.recipe,
         seed=int(config.seed),
         progress_bar=bool(config.progress),
+        tensorboard=bool(config.get("tensorboard", False)),
         **dict(config.pretrain.overrides),
     )
 
@@ -501,6 +510,7 @@ def run_stabie_stage(
     metadata: dict,
     progress: bool,
     shard: bool,
+    tensorboard: bool = False,
 ) -> pathlib.Path:
     """StABlE-train the pretrained model; returns the trained model's checkpoint directory."""
     loaded = checkpoint.load_model_checkpoint(pretrained_dir)
@@ -542,6 +552,7 @@ def run_stabie_stage(
         progress=progress,
         rescale_velocities=inputs.rescale_velocities,
         shard=shard,
+        tensorboard=tensorboard,
     )
     if inputs.reanchor_energy:
         reanchor_model_energy(model_dir, molecule.train)
@@ -592,6 +603,7 @@ def train_from_frames(
     progress: bool,
     rescale_velocities: bool,
     shard: bool,
+    tensorboard: bool = False,
 ) -> pathlib.Path:
     """Start R replicas from random training frames (no replacement, authors), run StABlE,
     save the trained model next to the run; returns the model checkpoint directory."""
@@ -620,6 +632,7 @@ def train_from_frames(
         metadata=run_metadata,
         progress=progress,
         shard_fn=stabie_lib.shard_replicas if shard else None,
+        tensorboard=tensorboard,
     )
     model_dir = workdir / STABIE_MODEL
     extra = {**loaded.metadata.extra, "stabie": run_metadata}
@@ -796,6 +809,7 @@ def run(config, workdir) -> dict:
             metadata={"config": stabie_run_config(config)},
             progress=bool(config.progress),
             shard=shard,
+            tensorboard=bool(config.get("tensorboard", False)),
         )
         wall["stabie"] = time.time() - started
 

@@ -304,6 +304,7 @@ def run_stabie_stage(pretrained_dir, water: WaterData, config, workdir) -> pathl
         progress=bool(config.progress),
         rescale_velocities=bool(config.md.rescale_velocities),
         shard=n_dev > 1 and int(s.n_replicas) % n_dev == 0,
+        tensorboard=bool(config.get("tensorboard", False)),
     )
 
 
@@ -355,6 +356,7 @@ def evaluate_water(config, workdir, water: WaterData, pretrained_dir, stabie_dir
             checkpoint_dir=scratch / "stability",
             checkpoint_every_seconds=float(e.checkpoint_every_seconds),
             progress=bool(config.progress),
+            tensorboard=bool(config.get("tensorboard", False)),
         )
         rdfs = {ev.rdf_name(p): result.observables[ev.rdf_name(p)] for p in pairs}
         entry = {

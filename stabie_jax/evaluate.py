@@ -479,6 +479,7 @@ def evaluate_stability(
     checkpoint_every_seconds: float = 0.0,
     on_chunk: Callable[[EvalState], None] | None = None,
     progress: bool = True,
+    tensorboard: bool = False,
 ) -> StabilityResult:
     """Simulate replicas until they become unstable; stable times and stable-frame observables.
 
@@ -518,6 +519,8 @@ def evaluate_stability(
         every chunk, so a kill loses at most the chunk in progress.
       on_chunk: called with the :class:`EvalState` after every chunk (after its checkpoint).
       progress: show a tqdm progress bar.
+      tensorboard: with ``checkpoint_dir``, also write the unstable fraction per chunk as a
+        TensorBoard scalar (``checkpoint_dir/tensorboard``).
 
     Returns:
       A :class:`StabilityResult`.
@@ -535,7 +538,12 @@ def evaluate_stability(
     loop = None
     if checkpoint_dir is not None:
         loop = run_loop.ResumableLoop(
-            checkpoint_dir, counter="chunk", total=plan.n_chunks, unit="chunk", progress=progress
+            checkpoint_dir,
+            counter="chunk",
+            total=plan.n_chunks,
+            unit="chunk",
+            progress=progress,
+            tensorboard=tensorboard,
         )
         state = _host_state(loop.resume(state).state)
     bar = tqdm(

@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
+from stabie_jax import units
 from stabie_jax.evaluation_metrics import pareto_front_mask
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "plot_log_log_panels",
     "plot_neff",
     "plot_pareto_front",
+    "plot_pretraining_curve",
     "plot_training_curve",
     "plot_vacf",
 ]
@@ -393,6 +395,66 @@ def plot_neff(
     return _save(fig, path)
 
 
+def plot_pretraining_curve(
+    records: Sequence[Mapping],
+    path,
+    *,
+    target_force_mae: float | None = None,
+    title: str = "Pretraining",
+) -> pathlib.Path:
+    """Validation (and training) force MAE against wall clock, learning rate on a twin axis.
+
+    Args:
+      records: pretraining ``metrics.jsonl`` records (keys ``epoch``,
+        ``val_force_mae_kcal_per_mol_per_angstrom``; optional ``wall_seconds``,
+        ``train_force_mae_ev_per_angstrom``, ``lr``), e.g.
+        ``stabie_jax.metrics_log.read_records(...)``.
+      path: output PNG.
+      target_force_mae: kcal/mol/Å, drawn as a horizontal line when given.
+      title: axes title (the best validation MAE and its epoch are appended).
+    """
+    key = "val_force_mae_kcal_per_mol_per_angstrom"
+    rows = [r for r in records if r.get(key) is not None]
+    if not rows:
+        raise ValueError(f"plot_pretraining_curve: no records with {key!r}")
+    wall = all("wall_seconds" in r for r in rows[1:])
+    x = np.array([r.get("wall_seconds", 0.0) / 60.0 if wall else r["epoch"] for r in rows])
+    val = np.array([r[key] for r in rows], np.float64)
+    fig, (ax,) = _figure(figsize=(6.5, 4))
+    ax.plot(x, val, color="tab:blue", lw=1.4, label="validation (EMA weights)")
+    train = [
+        (xi, r["train_force_mae_ev_per_angstrom"] * units.EV_IN_KCAL_PER_MOL)
+        for xi, r in zip(x, rows, strict=True)
+        if r.get("train_force_mae_ev_per_angstrom") is not None
+    ]
+    if train:
+        tx, ty = np.array(train).T
+        ax.plot(tx, ty, color="tab:blue", lw=0.8, alpha=0.5, ls=":", label="training")
+    if target_force_mae is not None:
+        ax.axhline(target_force_mae, color="tab:red", ls="--", lw=1.0, label="target")
+    ax.set_xlabel("wall clock (min)" if wall else "epoch")
+    ax.set_ylabel("force MAE (kcal/mol/Å)")
+    if np.all(val > 0) and val.max() / val.min() > 10:
+        ax.set_yscale("log")
+    lr = [(xi, r["lr"]) for xi, r in zip(x, rows, strict=True) if r.get("lr") is not None]
+    handles, labels = ax.get_legend_handles_labels()
+    if lr:
+        ax2 = ax.twinx()
+        lx, ly = np.array(lr).T
+        ax2.plot(lx, ly, color="tab:green", lw=0.8, ls="--", label="learning rate")
+        ax2.set_ylabel("learning rate")
+        h2, l2 = ax2.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    ax.legend(handles, labels, loc="best", fontsize=8)
+    best = int(np.argmin(val))
+    ax.set_title(
+        f"{title}: best validation force MAE {val[best]:.3g} kcal/mol/Å "
+        f"(epoch {rows[best]['epoch']})",
+        fontsize=9,
+    )
+    return _save(fig, path)
+
+
 GRADIENT_KEYS = ("obs_grad_norm", "qm_grad_norm", "update_norm", "obs_share")
 """Learning-epoch metrics drawn in the training plot's lower panel when the records have them."""
 
@@ -463,9 +525,9 @@ def plot_training_curve(
     ax2.set_ylabel("learning rate")
     handles = ax.get_legend_handles_labels()
     handles2 = ax2.get_legend_handles_labels()
-    ax.legend(handles[0] + handles2[0], handles[1] + handles2[1], loc="upper right", fontsize=8)
+    ax.legend(handles[0] + handles2[0], handles[1] + handles2[1], loc="best", fontsize=8)
     if "simulated_ps" in records[-1]:
-        title = f"{title} ({records[-1]['simulated_ps']:.0f} ps simulated per replica)"
+        title = f"{title} ({records[-1]['simulated_ps']:.3g} ps simulated per replica)"
     ax.set_title(title, fontsize=10)
     if steps:
         _plot_gradient_panel(ax_g, steps)

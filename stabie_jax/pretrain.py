@@ -128,6 +128,8 @@ class PretrainSettings:
       checkpoint_every_epochs: save a checkpoint every this many epochs (and at the end).
       max_checkpoints_to_keep: orbax ``max_to_keep``.
       progress_bar: show a tqdm bar over epochs.
+      tensorboard: also write each epoch's metrics as TensorBoard scalars
+        (``workdir/tensorboard``).
     """
 
     learning_rate: float = 1e-3
@@ -162,12 +164,14 @@ class PretrainSettings:
     checkpoint_every_epochs: int = 1
     max_checkpoints_to_keep: int = 3
     progress_bar: bool = True
+    tensorboard: bool = False
 
 
 # Settings that may change between a run and its resumption without breaking exactness.
 _RESUMABLE_CHANGES = (
     "max_epochs",
     "progress_bar",
+    "tensorboard",
     "max_checkpoints_to_keep",
     "checkpoint_every_epochs",
     "eval_batch_size",
@@ -345,6 +349,7 @@ def _static_settings(settings: PretrainSettings) -> PretrainSettings:
         settings,
         max_epochs=0,
         progress_bar=False,
+        tensorboard=False,
         checkpoint_every_epochs=1,
         max_checkpoints_to_keep=0,
         eval_batch_size=None,
@@ -740,6 +745,7 @@ def pretrain(
         desc="pretrain",
         progress=settings.progress_bar,
         max_to_keep=settings.max_checkpoints_to_keep,
+        tensorboard=settings.tensorboard,
     ) as loop:
         state, metadata, _ = loop.resume(initial_state(params, settings))
         if metadata is None:

@@ -7,7 +7,10 @@ until a budget is spent. :class:`ResumableLoop` owns those files, so each loop o
 one of its steps does.
 
 Layout under ``directory``: ``metrics.jsonl`` (one JSON object per step, each carrying the
-loop's ``counter`` key) and ``checkpoints/`` (orbax, see :mod:`stabie_jax.checkpoint`).
+loop's ``counter`` key), ``checkpoints/`` (orbax, see :mod:`stabie_jax.checkpoint`) and, with
+``tensorboard=True``, ``tensorboard/``: TensorBoard event files with every numeric field of every
+record as a scalar at step ``record[counter]`` (``tensorboard --logdir WORKDIR``). A resumed loop
+purges the events past its checkpoint, as it truncates the metrics log.
 
 Examples:
   >>> import tempfile
@@ -34,15 +37,17 @@ import pathlib
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+import numpy as np
 from absl import logging
 from tqdm.auto import tqdm
 
 from stabie_jax import checkpoint, metrics_log
 
-__all__ = ["CHECKPOINT_DIR", "METRICS_FILE", "ResumableLoop", "Resumed"]
+__all__ = ["CHECKPOINT_DIR", "METRICS_FILE", "TENSORBOARD_DIR", "ResumableLoop", "Resumed"]
 
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
+TENSORBOARD_DIR = "tensorboard"
 
 
 class Resumed(NamedTuple):
@@ -71,6 +76,7 @@ class ResumableLoop:
       unit: progress-bar unit.
       progress: show the bar.
       max_to_keep: checkpoints kept (``None``: all).
+      tensorboard: also write the records as TensorBoard scalars under ``tensorboard/``.
     """
 
     def __init__(
@@ -83,6 +89,7 @@ class ResumableLoop:
         unit: str = "epoch",
         progress: bool = True,
         max_to_keep: int | None = 3,
+        tensorboard: bool = False,
     ):
         self.directory = pathlib.Path(directory).expanduser().resolve()
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -93,6 +100,8 @@ class ResumableLoop:
             self.directory / CHECKPOINT_DIR, max_to_keep=max_to_keep
         )
         self._bar = None
+        self._tensorboard = bool(tensorboard)
+        self._writer = None
 
     def resume(self, template, *, restore: bool = True) -> Resumed:
         """Restore the newest readable checkpoint onto ``template``'s structure, or start afresh.
@@ -113,7 +122,20 @@ class ResumableLoop:
         if self._bar is not None:
             self._bar.close()
         self._bar = tqdm(initial=result.step, **self._bar_args)
+        if self._tensorboard:
+            self._open_writer(purge_step=result.step + 1 if result.metadata is not None else 0)
         return result
+
+    def _open_writer(self, purge_step: int) -> None:
+        from tensorboardX import SummaryWriter  # imported only when asked for
+
+        if self._writer is not None:
+            self._writer.close()
+        # Events at steps >= purge_step in earlier files are hidden by TensorBoard: they came
+        # from a run killed after its last checkpoint.
+        self._writer = SummaryWriter(
+            str(self.directory / TENSORBOARD_DIR), purge_step=purge_step, flush_secs=30
+        )
 
     @property
     def latest_step(self) -> int | None:
@@ -124,6 +146,11 @@ class ResumableLoop:
         """Append ``record`` to the metrics log; ``advance`` the bar by one step, showing
         ``postfix`` on it (``advance=False`` for a record that is not a step, e.g. step 0)."""
         metrics_log.append_record(self.metrics_path, record)
+        if self._writer is not None and self.counter in record:
+            step = int(record[self.counter])
+            for name, value in record.items():
+                if name != self.counter and _is_scalar(value):
+                    self._writer.add_scalar(name, float(value), global_step=step)
         if self._bar is not None and advance:
             self._bar.update(1)
             if postfix:
@@ -137,6 +164,9 @@ class ResumableLoop:
         """Finish pending writes and release the checkpoint manager."""
         if self._bar is not None:
             self._bar.close()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
         self._manager.wait_until_finished()
         self._manager.close()
 
@@ -145,3 +175,10 @@ class ResumableLoop:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _is_scalar(value) -> bool:
+    """A real number for TensorBoard (booleans, strings and lists are left to the JSON log)."""
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(
+        value, bool | np.bool_
+    )

@@ -826,6 +826,7 @@ def run_stabie(
     resume: bool = True,
     progress: bool = True,
     shard_fn: Callable | None = None,
+    tensorboard: bool = False,
 ) -> tuple[StabieState, list[dict]]:
     """Run StABlE training until the budget is spent; resume from ``workdir`` if possible.
 
@@ -839,6 +840,8 @@ def run_stabie(
       progress: show a tqdm progress bar.
       shard_fn: optional ``ReplicaState -> ReplicaState`` placing replicas on devices
         (:func:`shard_replicas`); applied after init and restore.
+      tensorboard: also write each epoch's record as TensorBoard scalars
+        (``workdir/tensorboard``).
 
     Returns:
       ``(final_state, records)``: the metrics records of this call's epochs.
@@ -851,7 +854,12 @@ def run_stabie(
     started = time.time()
     records: list[dict] = []
     with run_loop.ResumableLoop(
-        workdir, counter="epoch", total=settings.max_epochs, desc="StABlE", progress=progress
+        workdir,
+        counter="epoch",
+        total=settings.max_epochs,
+        desc="StABlE",
+        progress=progress,
+        tensorboard=tensorboard,
     ) as loop:
 
         def save(st: StabieState):

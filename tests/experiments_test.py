@@ -21,8 +21,15 @@ from stabie_jax import workdir as workdir_lib
 
 def test_aspirin_pipeline_all_stages(tmp_path, monkeypatch):
     config = tiny_configs.get_config()
+    config.tensorboard = True
     summary = molecule.run(config, tmp_path)
     assert summary["stages"] == ["pretrain", "stabie", "evaluate"]
+    # TensorBoard events for every stage (kept after the evaluation's scratch is removed) and
+    # the pretraining learning curve.
+    for events in ("pretrain", "stabie", "evaluate/models/baseline/tensorboard/stability"):
+        folder = tmp_path / events / ("" if "evaluate" in events else "tensorboard")
+        assert list(folder.glob("events.out.tfevents.*")), folder
+    assert (tmp_path / "pretrain" / "learning_curve.png").stat().st_size > 1000
     for name in (molecule.PRETRAINED_MODEL, molecule.STABIE_MODEL):
         meta = checkpoint.read_model_metadata(tmp_path / name)
         assert meta.kind == "schnet" and len(meta.atomic_numbers) == 21

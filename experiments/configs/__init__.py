@@ -38,6 +38,8 @@ def run_fields(system: str) -> ml_collections.ConfigDict:
     c.init_checkpoint = ""
     c.float64 = False
     c.progress = True
+    # TensorBoard event files beside each stage's metrics.jsonl (tensorboard --logdir WORKDIR).
+    c.tensorboard = False
     return c
 
 
