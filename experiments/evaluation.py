@@ -288,10 +288,15 @@ def _figures(config, workdir, out, molecule, pr: _Protocol, results, numbers, va
     """Every PNG of the report: fraction unstable, h(r), VACF, N_eff, training curve."""
     e = config.evaluate
     figures = {}
+    stability_kw = dict(
+        n_replicas=int(e.n_replicas),
+        criterion=f"a bond length deviates by > {float(e.bond_deviation_angstrom):g} Å",
+    )
     figures["fraction_unstable"] = plots.plot_fraction_unstable(
         {n: (results[n].times_ps, results[n].fraction_unstable) for n in numbers},
         out / "fraction_unstable.png",
         title=f"{config.system}: fraction of unstable replicas at {pr.temperature_kelvin:g} K",
+        **stability_kw,
     )
     figures["h_of_r"] = plots.plot_h_of_r(
         observables.h_of_r_centers(**pr.h_kw),
@@ -331,6 +336,7 @@ def _figures(config, workdir, out, molecule, pr: _Protocol, results, numbers, va
                 },
                 out / f"fraction_unstable_{tag}.png",
                 title=f"{config.system}: fraction of unstable replicas at {tag}",
+                **stability_kw,
             )
     records = metrics_log.read_records(pathlib.Path(workdir) / "stabie" / stabie_lib.METRICS_FILE)
     if records:

@@ -384,6 +384,8 @@ def evaluate_water(config, workdir, water: WaterData, pretrained_dir, stabie_dir
             {n: (results[n].times_ps, results[n].fraction_unstable) for n in results},
             out / "fraction_unstable.png",
             title=f"water: fraction of unstable replicas at {T:g} K",
+            n_replicas=n_rep,
+            criterion=f"RDF MAE > {float(e.rdf_mae_threshold):g}",
         ),
         "rdfs": plots.plot_element_rdfs(
             observables.rdf_bins(6.0, 500)[0],

@@ -41,6 +41,7 @@ __all__ = [
     "plot_pretraining_curve",
     "plot_training_curve",
     "plot_vacf",
+    "wilson_interval",
 ]
 
 REFERENCE_STYLE = dict(color="black", lw=1.6, label="reference")
@@ -88,33 +89,64 @@ def plot_fraction_unstable(
     path,
     *,
     title: str = "Stability of MD replicas",
+    n_replicas: int | None = None,
+    criterion: str | None = None,
 ) -> pathlib.Path:
-    """Fraction of unstable replicas against simulation time.
+    """Fraction of unstable replicas against simulation time, with 95 % bands.
+
+    The y-axis fits the data (0 to a little above the largest fraction), so that 2 % against
+    8 % is visible; with ``n_replicas`` each curve gets its 95 % Wilson score band (binomial
+    uncertainty of a fraction of ``n_replicas`` replicas).
 
     Args:
       curves: ``{label: (times_ps [C], fraction_unstable [C])}`` (e.g. from
         ``StabilityResult.times_ps`` / ``.fraction_unstable``); several models or temperatures.
       path: output PNG.
       title: axes title.
+      n_replicas: replicas per curve (subtitle and bands).
+      criterion: the instability criterion in words (subtitle), e.g. "bond deviation > 0.5 Å".
     """
     fig, (ax,) = _figure(figsize=(5.5, 4))
+    top = 0.0
     for i, (label, (t, f)) in enumerate(curves.items()):
-        ax.step(
-            np.asarray(t),
-            np.asarray(f),
-            where="post",
-            color=_color(label, i),
-            lw=2,
-            label=label,
-        )
+        t, f = np.asarray(t, np.float64), np.asarray(f, np.float64)
+        color = _color(label, i)
+        ax.step(t, f, where="post", color=color, lw=2, label=label)
+        if n_replicas:
+            lo, hi = wilson_interval(f, n_replicas)
+            ax.fill_between(t, lo, hi, step="post", color=color, alpha=0.15, lw=0)
+            top = max(top, float(np.nanmax(hi, initial=0.0)))
+        top = max(top, float(np.nanmax(f, initial=0.0)))
     ax.set_xlabel("simulation time (ps)")
     ax.set_ylabel("fraction of unstable replicas")
-    ax.set_ylim(-0.02, 1.02)
+    ax.set_ylim(-0.02 * max(top, 0.05), min(1.02, 1.1 * max(top, 0.05)))
     ax.set_xlim(left=0)
     ax.grid(alpha=0.3)
-    ax.legend()
-    ax.set_title(title)
+    ax.legend(loc="best")
+    details = [
+        text
+        for text in (
+            None if n_replicas is None else f"{n_replicas} replicas (95 % bands)",
+            None if criterion is None else f"unstable: {criterion}",
+        )
+        if text
+    ]
+    ax.set_title(title + ("\n" + "; ".join(details) if details else ""), fontsize=9)
     return _save(fig, path)
+
+
+def wilson_interval(fraction, n: int, z: float = 1.959964) -> tuple[np.ndarray, np.ndarray]:
+    """95 % Wilson score interval of binomial fractions ``fraction`` of ``n`` trials.
+
+    >>> lo, hi = wilson_interval(np.array([0.0, 0.5]), 64)
+    >>> [round(float(x), 3) for x in lo], [round(float(x), 3) for x in hi]
+    ([0.0, 0.381], [0.057, 0.619])
+    """
+    p = np.asarray(fraction, np.float64)
+    denom = 1.0 + z**2 / n
+    centre = (p + z**2 / (2 * n)) / denom
+    half = z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / denom
+    return np.clip(centre - half, 0.0, 1.0), np.clip(centre + half, 0.0, 1.0)
 
 
 def plot_h_of_r(

@@ -36,6 +36,39 @@ def test_fraction_unstable(tmp_path):
     check_png(out)
 
 
+def test_fraction_unstable_axis_fits_small_fractions_and_shows_bands(tmp_path, monkeypatch):
+    """8 % vs 2 % is not squashed into a 0-1 axis; the subtitle names replicas and criterion."""
+    figures = []
+    real_save = plots._save
+    monkeypatch.setattr(
+        plots, "_save", lambda fig, path: figures.append(fig) or real_save(fig, path)
+    )
+    t = np.linspace(0, 10, 11)
+    f0, f1 = np.minimum(0.01 * t, 0.08), np.minimum(0.002 * t, 0.02)
+    plots.plot_fraction_unstable(
+        {"baseline": (t, f0), "StABlE": (t, f1)},
+        tmp_path / "u.png",
+        n_replicas=64,
+        criterion="a bond length deviates by > 0.5 Å",
+    )
+    (ax,) = figures[0].axes
+    lo, hi = plots.wilson_interval(f0, 64)
+    assert ax.get_ylim()[1] == pytest.approx(1.1 * hi.max())  # the band's top, not 1
+    assert ax.get_ylim()[1] < 0.3
+    assert "64 replicas" in ax.get_title() and "0.5 Å" in ax.get_title()
+    assert len(ax.collections) == 2  # one band per curve
+    check_png(tmp_path / "u.png")
+
+
+def test_wilson_interval_matches_scipy():
+    from scipy.stats import binomtest
+
+    for k, n in ((0, 64), (5, 64), (32, 64), (64, 64), (3, 8)):
+        lo, hi = plots.wilson_interval(np.array([k / n]), n)
+        ci = binomtest(k, n).proportion_ci(0.95, method="wilson")
+        assert (lo[0], hi[0]) == pytest.approx((ci.low, ci.high), abs=1e-6)
+
+
 def test_h_of_r_with_inset_and_nan_curve(tmp_path):
     r = np.linspace(1e-6, 10, 500)
     ref = np.exp(-((r - 1.4) ** 2) / 0.01) + 0.5 * np.exp(-((r - 2.5) ** 2) / 0.05)
