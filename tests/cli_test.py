@@ -1,0 +1,88 @@
+"""The ``stabie`` console script, run as a user would: from a directory outside the repository."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from experiments import cli
+
+STABIE = pathlib.Path(sys.executable).parent / "stabie"
+
+
+def _stabie(cwd, *args):
+    assert STABIE.exists(), f"{STABIE} missing: `pip install -e .` installs the stabie command"
+    return subprocess.run(
+        [str(STABIE), *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_config_by_name_prints_values_and_comments_from_any_directory(tmp_path):
+    done = _stabie(tmp_path, "config", "aspirin:smoke")
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert (
+        "data.source = 'builtin:aspirin_xtb_500K'  # registry name, path, glob or builtin:<name>"
+        in lines
+    )
+    assert any(line.startswith("stabie.n_replicas = ") for line in lines)
+    assert any(line.startswith("model.hparams = {") for line in lines)
+
+
+def test_train_resolves_the_shipped_config_and_reports_errors_without_a_traceback(tmp_path):
+    done = _stabie(
+        tmp_path, "train", "--config=water:smoke", "--config.md.timestep_fs=0", "--workdir=w"
+    )
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "config.md.timestep_fs = 0.0 must be > 0" in done.stderr
+    assert "Traceback" not in done.stderr
+    shown = _stabie(tmp_path, "train", "--help")
+    text = shown.stdout + shown.stderr
+    for flag in ("--config:", "--workdir:"):
+        assert flag in text, text[-2000:]
+    unknown = _stabie(tmp_path, "train", "--config=benzene:smoke")
+    assert unknown.returncode != 0 and "neither a shipped config" in unknown.stderr
+
+
+def test_a_config_file_of_ones_own_runs_with_its_systems_runner(tmp_path):
+    own = tmp_path / "mine.py"
+    own.write_text(
+        "from experiments.configs import aspirin\n\n\n"
+        "def get_config():\n"
+        "    c = aspirin.get_config('smoke')\n"
+        "    c.stabie.n_replicas = 6  # six replicas\n"
+        "    return c\n"
+    )
+    spec, runner = cli.resolve_config(str(own))
+    assert runner == "experiments.molecule:run" and spec == str(own.resolve())
+    assert cli.resolve_config("water:cpu")[1] == "experiments.water_system:run"
+    done = _stabie(tmp_path, "config", "mine.py")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "stabie.n_replicas = 6  # six replicas" in done.stdout.splitlines()
+
+
+def test_config_comments_take_the_block_above_and_the_end_of_line(tmp_path):
+    source = tmp_path / "c.py"
+    source.write_text(
+        "    # --- section ---\n"
+        "    # first line\n"
+        "    # second line\n"
+        "    c.a.b = 1  # trailing\n"
+        "    c.a.c = 2\n"
+        "\n"
+        "    c.a.d = 3  # only this\n"
+    )
+    assert cli.config_comments(source) == {
+        "a.b": "first line second line trailing",
+        "a.d": "only this",
+    }
+
+
+@pytest.mark.parametrize("command", ["import-schnet", "generate"])
+def test_tool_subcommands_are_delegated(tmp_path, command):
+    done = _stabie(tmp_path, command, "--help")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "usage:" in done.stdout
