@@ -129,9 +129,41 @@ def main_for(run_fn, default_config: str):
         print(f"done: {workdir}")
         for key, value in summary.get("wall_seconds", {}).items():
             print(f"  {key}: {value:.1f} s")
+        if "evaluate" in summary.get("stages", ()):
+            print(summary_table(workdir))
         return 0
 
     return main
+
+
+def summary_table(workdir) -> str:
+    """The evaluation's headline table (one row per model) and where the report is."""
+    import json
+    import pathlib
+
+    out = pathlib.Path(workdir) / "evaluate"
+    path = out / "report.json"
+    if not path.exists():
+        return f"no evaluation report in {out}"
+    table = json.loads(path.read_text())["results"].get("comparison", {})
+    if not table:
+        return f"report: {out / 'report.md'}"
+    columns = list(next(iter(table.values())))
+    rows = [["model", *columns]]
+    for name, row in table.items():
+        rows.append([name, *(_cell(row.get(c)) for c in columns)])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(["", *lines, "", f"report: {out / 'report.md'} (figures beside it)"])
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "–" if value is None else str(value)
 
 
 _ENTRY_FLAGS = (

@@ -100,6 +100,9 @@ def test_sigkill_inside_an_evaluation_resumes_the_model_bit_identically(tmp_path
     text = (tmp_path / "resumed.log").read_text()
     assert done.returncode == 0, text[-3000:]
     assert f"after chunk {killed_at}" in text, text[-3000:]
+    # The run ends with the headline table and the report's path.
+    assert "median stable time (ps)" in text and "fresh_baseline" in text
+    assert f"report: {work / 'evaluate' / 'report.md'}" in text
     for name, text_before in models.items():
         assert (work / name / checkpoint.MODEL_JSON).read_text() == text_before
     assert (work / molecule.PRETRAINED_MODEL / checkpoint.MODEL_JSON).stat().st_mtime_ns == (
