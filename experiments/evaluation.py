@@ -32,6 +32,7 @@ from stabie_jax import (
 from stabie_jax import evaluate as ev
 from stabie_jax import stabie as stabie_lib
 from stabie_jax.models.registry import replica_fault_check
+from stabie_jax.trajectories import export_kept_frames, trajectory_links
 
 
 def _paired(baseline, other) -> dict:
@@ -202,9 +203,11 @@ def _make_evaluate_one(config, molecule, pr: _Protocol) -> Callable:
         checkpoint_every_seconds=float(e.checkpoint_every_seconds),
         progress=bool(config.progress),
         tensorboard=bool(config.get("tensorboard", False)),
+        keep_last_chunks=bool(e.get("save_trajectories", False)),
     )
 
     def evaluate_one(name, loaded, scratch):
+        kept = {}  # trajectory files of this model, under evaluate/models/NAME/trajectories
         potential = checkpoint.make_model_potential(
             loaded.module, loaded.metadata, md.free_space().displacement_fn
         )
@@ -219,6 +222,10 @@ def _make_evaluate_one(config, molecule, pr: _Protocol) -> Callable:
             checkpoint_dir=scratch / "stability",
             **run,
         )
+        result, files = export_kept_frames(
+            result, z, _trajectory_dir(scratch), tag=f"{pr.temperature_kelvin:g}K"
+        )
+        kept.update(files)
         entry = {
             "median_stable_time_ps": result.median_stable_time_ps,
             "mean_stable_time_ps": result.mean_stable_time_ps,
@@ -245,15 +252,28 @@ def _make_evaluate_one(config, molecule, pr: _Protocol) -> Callable:
                 **run,
                 **pr.h_kw,
             )
+            stability, files = export_kept_frames(
+                tr.stability, z, _trajectory_dir(scratch), tag=f"{t2:g}K"
+            )
+            kept.update(files)
+            tr = tr._replace(stability=stability)
             transfer[f"{t2:g}K"] = tr
             entry[f"transfer_{t2:g}K"] = {
                 "median_stable_time_ps": tr.stability.median_stable_time_ps,
                 "n_eff": tr.n_eff,
                 "h_of_r": tr.h_of_r_errors,
             }
+        if kept:
+            entry["trajectories"] = {k: str(v) for k, v in kept.items()}
         return (result, transfer), entry
 
     return evaluate_one
+
+
+def _trajectory_dir(scratch) -> pathlib.Path:
+    """``models/NAME/trajectories`` for the scratch ``models/NAME/in_progress/<fingerprint>``
+    (kept when the scratch is removed)."""
+    return pathlib.Path(scratch).parent.parent / "trajectories"
 
 
 def _add_paired_comparisons(results: dict, numbers: dict) -> None:
@@ -400,6 +420,7 @@ def evaluate_molecule(config, workdir, molecule, pretrained_dir, stabie_dir, wal
         config=config.to_dict(),
         wall_clock_seconds=wall,
         plots=figures,
+        trajectories=trajectory_links(numbers),
         notes=[
             "Same held-out initial structures and momenta for both models.",
             f"Integrator: {molecule_lib.md_integrator(config, 'evaluate')} (the authors "

@@ -45,6 +45,7 @@ from stabie_jax.md.neighbors import neighbor_list_fn
 from stabie_jax.models.gemnet_t import GemNetT
 from stabie_jax.models.gemnet_table import max_neighbors_in_frames, suggested_capacity
 from stabie_jax.models.registry import replica_fault_check
+from stabie_jax.trajectories import export_kept_frames, trajectory_links
 
 
 class WaterData(NamedTuple):
@@ -308,6 +309,15 @@ def run_stabie_stage(pretrained_dir, water: WaterData, config, workdir) -> pathl
     )
 
 
+def _ase_cell(box) -> np.ndarray:
+    """ASE cell (lattice vectors as rows) of a JAX-MD box (scalar, side lengths, or vectors as
+    columns)."""
+    box = np.asarray(box, np.float64)
+    if box.ndim == 0:
+        return np.eye(3) * box
+    return np.diag(box) if box.ndim == 1 else box.T
+
+
 def evaluate_water(config, workdir, water: WaterData, pretrained_dir, stabie_dir, wall) -> dict:
     out = pathlib.Path(workdir) / "evaluate"
     out.mkdir(parents=True, exist_ok=True)
@@ -357,6 +367,14 @@ def evaluate_water(config, workdir, water: WaterData, pretrained_dir, stabie_dir
             checkpoint_every_seconds=float(e.checkpoint_every_seconds),
             progress=bool(config.progress),
             tensorboard=bool(config.get("tensorboard", False)),
+            keep_last_chunks=bool(e.get("save_trajectories", False)),
+        )
+        result, kept = export_kept_frames(
+            result,
+            z,
+            pathlib.Path(scratch).parent.parent / "trajectories",
+            tag=f"{T:g}K",
+            cell=_ase_cell(water.box),
         )
         rdfs = {ev.rdf_name(p): result.observables[ev.rdf_name(p)] for p in pairs}
         entry = {
@@ -368,6 +386,8 @@ def evaluate_water(config, workdir, water: WaterData, pretrained_dir, stabie_dir
             if result.diffusivity_m2_per_s is None
             else np.asarray(result.diffusivity_m2_per_s)[-1],
         }
+        if kept:
+            entry["trajectories"] = {k: str(v) for k, v in kept.items()}
         return result, entry
 
     models = evaluated_models.load_models(pretrained_dir, stabie_dir, str(e.extra_models))
@@ -421,6 +441,7 @@ def evaluate_water(config, workdir, water: WaterData, pretrained_dir, stabie_dir
         config=config.to_dict(),
         wall_clock_seconds=wall,
         plots=figures,
+        trajectories=trajectory_links(numbers),
     )
     return {n: {k: v for k, v in r.items() if k != "stable_time_ps"} for n, r in numbers.items()}
 

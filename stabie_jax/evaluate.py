@@ -166,6 +166,11 @@ class EvalState(NamedTuple):
       vacf_count: ``[R]`` int, VACF windows accumulated.
       msd_positions: ``[R, M, N, 3]`` Å unwrapped positions every ``msd_every_steps`` (frame 0
         = initial), or None.
+      window: ``[R, 2F, N, 3]`` Å, each replica's frames (``sample_every`` grid) of its last two
+        simulated chunks, frozen at the chunk it failed in (NaN before its first chunks), or
+        None (``keep_last_chunks=False``).
+      window_chunk: ``[R]`` int, chunks simulated by the replica when its window was last
+        updated (its window ends there).
     """
 
     replicas: ReplicaState
@@ -178,6 +183,8 @@ class EvalState(NamedTuple):
     vacf_sum: np.ndarray | None
     vacf_count: np.ndarray
     msd_positions: np.ndarray | None
+    window: np.ndarray | None
+    window_chunk: np.ndarray
 
 
 class StabilityResult(NamedTuple):
@@ -204,6 +211,11 @@ class StabilityResult(NamedTuple):
       diffusivity_m2_per_s: ``[R]`` ``MSD/(6 t)`` at each replica's largest available lag
         (≤ ``msd_max_lag``; NaN if the stretch is shorter than one lag), or None.
       diffusivity_lag_ps: ``[R]`` the lag used, ps, or None.
+      last_frames: ``[R, 2F, N, 3]`` Å, each replica's last two chunks of frames: for a failed
+        replica the chunk before its failure and the chunk it failed in, for a censored one the
+        run's last two chunks (NaN frames where fewer chunks ran), or None
+        (``keep_last_chunks=False``; :mod:`stabie_jax.trajectories` writes them as extxyz).
+      last_frames_time_ps: ``[R, 2F]`` the simulation time of those frames (NaN where none).
     """
 
     stable_time_ps: np.ndarray
@@ -227,6 +239,8 @@ class StabilityResult(NamedTuple):
     msd: np.ndarray | None
     diffusivity_m2_per_s: np.ndarray | None
     diffusivity_lag_ps: np.ndarray | None
+    last_frames: np.ndarray | None = None
+    last_frames_time_ps: np.ndarray | None = None
 
     def summary(self) -> dict:
         """JSON-friendly scalars: median/mean stable time, fractions, diffusivity."""
@@ -277,6 +291,8 @@ def _host_state(state: EvalState) -> EvalState:
         vacf_sum=host(state.vacf_sum, np.float64),
         vacf_count=host(state.vacf_count, np.int64),
         msd_positions=host(state.msd_positions),
+        window=host(state.window),
+        window_chunk=host(state.window_chunk, np.int64),
     )
 
 
@@ -314,6 +330,7 @@ class _Plan(NamedTuple):
     msd_mask: np.ndarray | None  # [N] bool
     msd_every_steps: int | None
     msd_max_lag: int
+    keep_last_chunks: bool = False
 
 
 def _plan(
@@ -397,6 +414,12 @@ def _initial_eval_state(simulator, params, key, positions, plan: _Plan, accumula
         vacf_sum=None if plan.vacf_window is None else np.zeros((n_rep, plan.vacf_window)),
         vacf_count=np.zeros(n_rep, np.int64),
         msd_positions=msd_positions,
+        window=(
+            np.full((n_rep, 2 * frames, *positions.shape[1:]), np.nan, np.float32)
+            if plan.keep_last_chunks
+            else None
+        ),
+        window_chunk=np.zeros(n_rep, np.int64),
     )
 
 
@@ -441,6 +464,15 @@ def _make_chunk_fn(simulator, params, plan: _Plan, stable_fn, accumulate) -> Cal
             frames = np.asarray(traj.positions)[idx]  # [per_chunk, R, N, 3]
             msd_positions[:, start : start + per_chunk] = np.swapaxes(frames, 0, 1)
         unstable = state.unstable | (alive_before & ~ok)
+        window, window_chunk = state.window, state.window_chunk
+        if window is not None:  # slide the replicas that were alive during this chunk
+            new = np.swapaxes(np.asarray(traj.positions, np.float32), 0, 1)  # [R, F, N, 3]
+            frames = new.shape[1]
+            window = window.copy()
+            window[alive_before] = np.concatenate(
+                [window[alive_before, frames:], new[alive_before]], axis=1
+            )
+            window_chunk = np.where(alive_before, int(state.chunk) + 1, window_chunk)
         return EvalState(
             replicas=replicas._replace(alive=replicas.alive & jnp.asarray(~unstable)),
             chunk=np.asarray(int(state.chunk) + 1, np.int64),
@@ -452,6 +484,8 @@ def _make_chunk_fn(simulator, params, plan: _Plan, stable_fn, accumulate) -> Cal
             vacf_sum=vacf_sum,
             vacf_count=vacf_count,
             msd_positions=msd_positions,
+            window=window,
+            window_chunk=window_chunk,
         )
 
     return chunk
@@ -480,6 +514,7 @@ def evaluate_stability(
     on_chunk: Callable[[EvalState], None] | None = None,
     progress: bool = True,
     tensorboard: bool = False,
+    keep_last_chunks: bool = False,
 ) -> StabilityResult:
     """Simulate replicas until they become unstable; stable times and stable-frame observables.
 
@@ -521,6 +556,9 @@ def evaluate_stability(
       progress: show a tqdm progress bar.
       tensorboard: with ``checkpoint_dir``, also write the unstable fraction per chunk as a
         TensorBoard scalar (``checkpoint_dir/tensorboard``).
+      keep_last_chunks: keep each replica's frames of its last two chunks (up to and including
+        the one it failed in) for :attr:`StabilityResult.last_frames`; memory
+        ``R·2F·N·3`` floats, ``F = check_every_steps / sample_every``.
 
     Returns:
       A :class:`StabilityResult`.
@@ -529,7 +567,7 @@ def evaluate_stability(
     plan = _plan(
         n_atoms, total_steps, check_every_steps, sample_every, stop_fraction, vacf_window,
         vacf_every, msd_atoms, msd_every_steps, msd_max_lag,
-    )  # fmt: skip
+    )._replace(keep_last_chunks=bool(keep_last_chunks))  # fmt: skip
     accumulate = _accumulator(tuple(dict(frame_observables or {}).items()))
     chunk_fn = _make_chunk_fn(simulator, params, plan, stable_fn, accumulate)
     state = _initial_eval_state(
@@ -639,7 +677,21 @@ def _result(state: EvalState, simulator, plan: _Plan, stopped_early: bool) -> St
         msd=msd,
         diffusivity_m2_per_s=d_m2s,
         diffusivity_lag_ps=d_lag,
+        last_frames=state.window,
+        last_frames_time_ps=_window_times(state, plan, dt),
     )
+
+
+def _window_times(state: EvalState, plan: _Plan, dt) -> np.ndarray | None:
+    """``[R, 2F]`` ps of the window frames: frame ``j`` of a window ending after chunk ``c``
+    is at step ``(c − 2)·chunk_steps + (j + 1)·sample_every`` (NaN before the run started)."""
+    if state.window is None:
+        return None
+    frames = state.window.shape[1]
+    steps = (state.window_chunk[:, None] - 2) * plan.chunk_steps + (
+        np.arange(frames)[None, :] + 1
+    ) * plan.sample_every
+    return np.where(steps > 0, float(_ps(1, dt)) * steps, np.nan)
 
 
 def _stretch_msd(positions, lengths, masses, atom_mask, frame_ps, max_lag):

@@ -231,6 +231,16 @@ def markdown_report(report: Mapping) -> str:
         lines += ["## Plots", ""]
         for caption, rel in report["plots"].items():
             lines += [f"**{caption}**", "", f"![{caption}]({rel})", ""]
+    if report.get("trajectories"):
+        lines += [
+            "## Trajectories",
+            "",
+            "Frames of the chunk before and the chunk of the failure (extended XYZ, `time_ps` "
+            "per frame): `ase gui FILE`, OVITO or VMD.",
+            "",
+        ]
+        lines += [f"- [{caption}]({rel})" for caption, rel in report["trajectories"].items()]
+        lines.append("")
     if report.get("wall_clock_seconds"):
         rows = [
             [k, f"{v:.1f}" if isinstance(v, float | int) else _fmt(v)]
@@ -284,6 +294,7 @@ def write_report(
     plots: Mapping[str, Any] | None = None,
     notes: Sequence[str] = (),
     command: str | None = None,
+    trajectories: Mapping[str, Any] | None = None,
 ) -> tuple[pathlib.Path, pathlib.Path]:
     """Write ``report.json`` and ``report.md`` into ``workdir``.
 
@@ -297,6 +308,8 @@ def write_report(
       plots: ``{caption: path}``; paths are stored relative to ``workdir``.
       notes: free-text lines (deviations from the paper, warnings).
       command: the command line that produced the run (default ``sys.argv``).
+      trajectories: ``{caption: path}`` of trajectory files (extxyz), linked relative to
+        ``workdir``.
 
     Returns:
       ``(json_path, md_path)``.
@@ -311,6 +324,7 @@ def write_report(
         "config": to_jsonable(config) if config is not None else None,
         "wall_clock_seconds": to_jsonable(dict(wall_clock_seconds or {})),
         "plots": {str(k): _relative(v, workdir) for k, v in (plots or {}).items()},
+        "trajectories": {str(k): _relative(v, workdir) for k, v in (trajectories or {}).items()},
         "notes": list(notes),
         "versions": software_versions(),
         "hardware": hardware_info(),

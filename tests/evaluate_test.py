@@ -334,3 +334,54 @@ def test_temperature_transfer_helper():
     h500, _ = evaluate.reweighted_h_of_r_reference(ref_pos, ref_e, 500.0, 500.0, **grid)
     raw = evaluate.h_of_r_errors(out.stability.observables["h_of_r"], h500)
     assert out.h_of_r_errors["l1"] < raw["l1"]
+
+
+def test_last_chunks_are_the_frames_before_and_at_the_failure(tmp_path):
+    """The kept window ends at each replica's failing chunk (or the run's end) and its frames
+    are the simulated ones: the last frame of every chunk equals the replica's positions
+    after that chunk (recorded by a second route, the on_chunk hook)."""
+    import ase.io
+
+    from stabie_jax import trajectories
+
+    after_chunk = []
+    medium = {"log_k": jnp.log(jnp.float32(1.0))}  # some replicas fail, some survive
+    res = run(
+        medium,
+        n_chunks=20,
+        keep_last_chunks=True,
+        on_chunk=lambda s: after_chunk.append(np.asarray(s.replicas.positions)),
+    )
+    frames = CHUNK // SAMPLE
+    assert res.last_frames.shape == (N_REP, 2 * frames, *initial_positions(N_REP).shape[1:])
+    failed = np.flatnonzero(~res.censored)
+    assert failed.size >= 2 and res.censored.any()
+    for r in range(N_REP):
+        # chunks the replica simulated: up to and including its failing chunk
+        end = int(round(res.stable_time_ps[r] / res.chunk_ps)) + (0 if res.censored[r] else 1)
+        np.testing.assert_array_equal(res.last_frames[r, -1], after_chunk[end - 1][r])
+        if end >= 2:
+            np.testing.assert_array_equal(res.last_frames[r, frames - 1], after_chunk[end - 2][r])
+        assert res.last_frames_time_ps[r, -1] == pytest.approx(end * res.chunk_ps)
+        assert np.diff(res.last_frames_time_ps[r][np.isfinite(res.last_frames_time_ps[r])]) == (
+            pytest.approx(SAMPLE * 1e-3)
+        )
+    # Same results as without the window.
+    plain = run(medium, n_chunks=20)
+    np.testing.assert_array_equal(plain.stable_time_ps, res.stable_time_ps)
+    assert plain.last_frames is None
+
+    chosen = trajectories.chosen_replicas(res.stable_time_ps, res.censored)
+    assert res.stable_time_ps[chosen["first_failure"]] == res.stable_time_ps[failed].min()
+    assert res.stable_time_ps[chosen["median"]] == np.sort(res.stable_time_ps)[(N_REP - 1) // 2]
+    paths = trajectories.write_replica_trajectories(
+        res, np.full(res.last_frames.shape[2], 18), tmp_path, tag="300K"
+    )
+    r = chosen["first_failure"]
+    assert paths["first_failure"].name == f"300K_first_failure_replica{r}.extxyz"
+    images = ase.io.read(paths["first_failure"], index=":")
+    finite = np.isfinite(res.last_frames_time_ps[r])
+    assert len(images) == finite.sum()
+    np.testing.assert_allclose(images[-1].positions, res.last_frames[r, -1], atol=1e-6)
+    assert images[-1].info["time_ps"] == pytest.approx(res.last_frames_time_ps[r, -1])
+    assert images[0].info["failed"] is True or images[0].info["failed"] == "True"

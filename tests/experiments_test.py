@@ -30,6 +30,20 @@ def test_aspirin_pipeline_all_stages(tmp_path, monkeypatch):
         folder = tmp_path / events / ("" if "evaluate" in events else "tensorboard")
         assert list(folder.glob("events.out.tfevents.*")), folder
     assert (tmp_path / "pretrain" / "learning_curve.png").stat().st_size > 1000
+    # Trajectories of the median (and first failed) replica per model and temperature, linked
+    # from the report.
+    import ase.io
+
+    traj = sorted((tmp_path / "evaluate" / "models" / "baseline" / "trajectories").iterdir())
+    names = [p.name for p in traj]
+    assert any(n.startswith("500K_median_replica") for n in names), names
+    assert any(n.startswith("700K_median_replica") for n in names), names
+    images = ase.io.read(traj[-1], index=":")
+    assert len(images) >= 2 and len(images[0]) == 21 and "time_ps" in images[0].info
+    report_md = (tmp_path / "evaluate" / "report.md").read_text()
+    assert (
+        "## Trajectories" in report_md and "models/baseline/trajectories/500K_median" in report_md
+    )
     for name in (molecule.PRETRAINED_MODEL, molecule.STABIE_MODEL):
         meta = checkpoint.read_model_metadata(tmp_path / name)
         assert meta.kind == "schnet" and len(meta.atomic_numbers) == 21
@@ -481,6 +495,12 @@ def test_pretraining_refuses_frames_that_overflow_the_table_before_any_compute(t
     assert not (tmp_path / "pretrain").exists()  # refused before the loop started
 
 
+def data_box(config):
+    from experiments import water_system
+
+    return water_system.load_water_data(config.data).box
+
+
 def test_water_pipeline_on_the_builtin_set(tmp_path):
     """64 SPC/Fw waters (GemNet-T, periodic, localized O–H estimator) through all three stages."""
     from experiments import water_system
@@ -504,3 +524,10 @@ def test_water_pipeline_on_the_builtin_set(tmp_path):
     report = json.loads((tmp_path / "evaluate" / "report.json").read_text())
     assert set(report["results"]["comparison"]) >= {"baseline", "StABlE"}
     assert json.loads((tmp_path / "config.json").read_text())["system"] == c.system
+    # The trajectories carry the periodic cell.
+    import ase.io
+
+    (median,) = (tmp_path / "evaluate" / "models" / "StABlE" / "trajectories").glob("*median*")
+    frame = ase.io.read(median, index=-1)
+    assert frame.pbc.all() and len(frame) == 192
+    np.testing.assert_allclose(frame.cell.lengths(), np.broadcast_to(np.asarray(data_box(c)), 3))

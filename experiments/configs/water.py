@@ -82,6 +82,9 @@ def base_config() -> ml_collections.ConfigDict:
     # An unfinished model evaluation is checkpointed after every chunk (0) or at most this often
     # (s), and a rerun resumes there.
     c.evaluate.checkpoint_every_seconds = 0.0
+    # extxyz of the first replica to fail and the median one (their last two chunks before and
+    # at the failure) under evaluate/models/NAME/trajectories, linked from the report.
+    c.evaluate.save_trajectories = True
     c.evaluate.integrator = "authors_nose_hoover"
     c.evaluate.extra_models = ""  # "name=DIR,..." more models under the same protocol
     return c
