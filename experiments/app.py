@@ -107,6 +107,8 @@ def main_for(run_fn, default_config: str):
             # needs. -v 0 (or --verbosity=0) brings the INFO lines back.
             logging.set_verbosity(logging.WARNING)
             pylogging.getLogger().setLevel(pylogging.WARNING)
+        if not config.progress:
+            _show_progress_lines()
         _configure_jax(config)
         run = _resolve(run_fn)
         workdir = FLAGS.workdir or os.path.join(
@@ -134,6 +136,17 @@ def main_for(run_fn, default_config: str):
         return 0
 
     return main
+
+
+def _show_progress_lines() -> None:
+    """With the progress bars off, print the loops' one-line-per-step reports on stderr."""
+    progress = pylogging.getLogger("stabie_jax.progress")
+    if not progress.handlers:
+        handler = pylogging.StreamHandler(sys.stderr)
+        handler.setFormatter(pylogging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        progress.addHandler(handler)
+    progress.setLevel(pylogging.INFO)
+    progress.propagate = False
 
 
 def summary_table(workdir) -> str:

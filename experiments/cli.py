@@ -121,7 +121,8 @@ def _train(argv: list[str], *, evaluate_only: bool) -> int:
         flags.append("--config.stages=evaluate")
     from experiments import app
 
-    sys.argv = [sys.argv[0], *flags]
+    # "stabie train" as the program: absl's help and the reports' command line show it.
+    sys.argv = [f"{sys.argv[0]} {'evaluate' if evaluate_only else 'train'}", *flags]
     app.launch(runner, file_spec)  # absl parses the flags and exits with run's status
     return 0
 

@@ -220,6 +220,7 @@ def _make_evaluate_one(config, molecule, pr: _Protocol) -> Callable:
             frame_observables={"h_of_r": pr.h_obs},
             vacf_window=pr.vacf_window or None,
             checkpoint_dir=scratch / "stability",
+            desc=f"{name} {pr.temperature_kelvin:g} K",
             **run,
         )
         result, files = export_kept_frames(
@@ -249,6 +250,7 @@ def _make_evaluate_one(config, molecule, pr: _Protocol) -> Callable:
                 sigma=float(config.observable.sigma_angstrom),
                 total_steps=_steps(float(e.transfer_length_ps), pr.dt_fs, pr.check),
                 checkpoint_dir=scratch / f"transfer_{t2:g}K",
+                desc=f"{name} {t2:g} K",
                 **run,
                 **pr.h_kw,
             )
@@ -408,7 +410,8 @@ def evaluate_molecule(config, workdir, molecule, pretrained_dir, stabie_dir, wal
     report.write_report(
         out,
         title=(
-            f"{config.system} ({config.get('variant', '')}): {pr.n_replicas} replicas × "
+            f"{config.system} ({config.get('variant', '')}, data {config.data.source}): "
+            f"{pr.n_replicas} replicas × "
             f"{pr.total_steps * pr.dt_fs / 1000.0:g} ps at {pr.temperature_kelvin:g} K, "
             f"bond-length deviation > {pr.threshold} Å"
         ),

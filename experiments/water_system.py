@@ -368,6 +368,7 @@ def evaluate_water(config, workdir, water: WaterData, pretrained_dir, stabie_dir
             progress=bool(config.progress),
             tensorboard=bool(config.get("tensorboard", False)),
             keep_last_chunks=bool(e.get("save_trajectories", False)),
+            desc=f"{name} {T:g} K",
         )
         result, kept = export_kept_frames(
             result,
@@ -433,7 +434,8 @@ def evaluate_water(config, workdir, water: WaterData, pretrained_dir, stabie_dir
     report.write_report(
         out,
         title=(
-            f"water ({config.get('variant', '')}): {n_rep} replicas × {total * dt_fs / 1000.0:g} "
+            f"water ({config.get('variant', '')}, data {config.data.source}): {n_rep} replicas × "
+            f"{total * dt_fs / 1000.0:g} "
             f"ps at {T:g} K, RDF MAE > {float(e.rdf_mae_threshold)} over "
             f"{check * dt_fs / 1000:g} ps"
         ),

@@ -515,6 +515,7 @@ def evaluate_stability(
     progress: bool = True,
     tensorboard: bool = False,
     keep_last_chunks: bool = False,
+    desc: str | None = None,
 ) -> StabilityResult:
     """Simulate replicas until they become unstable; stable times and stable-frame observables.
 
@@ -556,6 +557,8 @@ def evaluate_stability(
       progress: show a tqdm progress bar.
       tensorboard: with ``checkpoint_dir``, also write the unstable fraction per chunk as a
         TensorBoard scalar (``checkpoint_dir/tensorboard``).
+      desc: label of the progress bar and of the per-chunk log lines (e.g. model and
+        temperature).
       keep_last_chunks: keep each replica's frames of its last two chunks (up to and including
         the one it failed in) for :attr:`StabilityResult.last_frames`; memory
         ``R·2F·N·3`` floats, ``F = check_every_steps / sample_every``.
@@ -580,6 +583,7 @@ def evaluate_stability(
             counter="chunk",
             total=plan.n_chunks,
             unit="chunk",
+            desc=desc,
             progress=progress,
             tensorboard=tensorboard,
         )
@@ -589,7 +593,7 @@ def evaluate_stability(
         initial=int(state.chunk),
         disable=not progress or loop is not None,
         unit="chunk",
-        leave=False,
+        desc=desc,
     )
     stopped_early = False
     saved = time.monotonic()

@@ -31,6 +31,7 @@ import math
 import os
 import pathlib
 import platform
+import shlex
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -41,6 +42,7 @@ import numpy as np
 __all__ = [
     "REPORT_JSON",
     "REPORT_MD",
+    "command_line",
     "cpu_model",
     "hardware_info",
     "markdown_report",
@@ -274,6 +276,27 @@ def markdown_report(report: Mapping) -> str:
 # Writing and reading
 
 
+def command_line(argv: Sequence[str] | None = None) -> str:
+    """The running command as one can paste it into a shell.
+
+    ``python -m package.module ARGS`` for a module run with ``-m``, ``stabie SUBCOMMAND ARGS``
+    for the console script, else ``argv`` itself; every argument shell-quoted.
+
+    >>> command_line(["/env/bin/stabie train", "--config=aspirin:smoke", "--workdir=a b"])
+    "stabie train --config=aspirin:smoke '--workdir=a b'"
+    """
+    argv = list(sys.argv if argv is None else argv)
+    if not argv:
+        return ""
+    head = argv[0].split(" ")
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if os.path.basename(head[0]) == "stabie":
+        head[0] = "stabie"
+    elif argv == sys.argv and spec is not None and spec.name and head[0].endswith(".py"):
+        head = ["python", "-m", spec.name.removesuffix(".__main__")]
+    return " ".join([*head, *(shlex.quote(a) for a in argv[1:])])
+
+
 def _relative(path, root: pathlib.Path) -> str:
     path = pathlib.Path(path)
     if not path.is_absolute():
@@ -307,7 +330,7 @@ def write_report(
       wall_clock_seconds: ``{stage: seconds}`` (see :func:`timed`).
       plots: ``{caption: path}``; paths are stored relative to ``workdir``.
       notes: free-text lines (deviations from the paper, warnings).
-      command: the command line that produced the run (default ``sys.argv``).
+      command: the command line that produced the run (default :func:`command_line`).
       trajectories: ``{caption: path}`` of trajectory files (extxyz), linked relative to
         ``workdir``.
 
@@ -319,7 +342,7 @@ def write_report(
     report = {
         "title": title,
         "created_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S"),
-        "command": command if command is not None else " ".join(sys.argv),
+        "command": command if command is not None else command_line(),
         "results": to_jsonable(results),
         "config": to_jsonable(config) if config is not None else None,
         "wall_clock_seconds": to_jsonable(dict(wall_clock_seconds or {})),

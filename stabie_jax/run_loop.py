@@ -32,6 +32,7 @@ Examples:
 
 from __future__ import annotations
 
+import logging as pylogging
 import math
 import pathlib
 from collections.abc import Mapping
@@ -43,8 +44,17 @@ from tqdm.auto import tqdm
 
 from stabie_jax import checkpoint, metrics_log
 
-__all__ = ["CHECKPOINT_DIR", "METRICS_FILE", "TENSORBOARD_DIR", "ResumableLoop", "Resumed"]
+__all__ = [
+    "CHECKPOINT_DIR",
+    "METRICS_FILE",
+    "PROGRESS_LOGGER",
+    "TENSORBOARD_DIR",
+    "ResumableLoop",
+    "Resumed",
+]
 
+PROGRESS_LOGGER = pylogging.getLogger("stabie_jax.progress")
+"""One line per step of a loop whose progress bar is off (INFO)."""
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
 TENSORBOARD_DIR = "tensorboard"
@@ -74,7 +84,8 @@ class ResumableLoop:
       total: number of steps of the whole run (progress bar).
       desc: progress-bar label.
       unit: progress-bar unit.
-      progress: show the bar.
+      progress: show the bar; without it, each logged step is also reported as one line on
+        the ``stabie_jax.progress`` logger (INFO), which entry points show on stderr.
       max_to_keep: checkpoints kept (``None``: all).
       tensorboard: also write the records as TensorBoard scalars under ``tensorboard/``.
     """
@@ -96,6 +107,7 @@ class ResumableLoop:
         self.metrics_path = self.directory / METRICS_FILE
         self.counter = counter
         self._bar_args = dict(total=total, desc=desc, unit=unit, disable=not progress)
+        self._progress, self._desc, self._total = bool(progress), desc, int(total)
         self._manager = checkpoint.open_manager(
             self.directory / CHECKPOINT_DIR, max_to_keep=max_to_keep
         )
@@ -155,6 +167,16 @@ class ResumableLoop:
             self._bar.update(1)
             if postfix:
                 self._bar.set_postfix(**postfix)
+        if not self._progress and advance:
+            details = " ".join(f"{k}={v}" for k, v in postfix.items())
+            PROGRESS_LOGGER.info(
+                "%s %s %s/%d %s",
+                self._desc or self.directory.name,
+                self.counter,
+                record.get(self.counter, "?"),
+                self._total,
+                details,
+            )
 
     def save(self, step: int, state, metadata: Mapping | None = None, *, wait: bool = False):
         """Checkpoint ``state`` as ``step`` (asynchronous unless ``wait``)."""

@@ -100,6 +100,11 @@ def test_sigkill_inside_an_evaluation_resumes_the_model_bit_identically(tmp_path
     text = (tmp_path / "resumed.log").read_text()
     assert done.returncode == 0, text[-3000:]
     assert f"after chunk {killed_at}" in text, text[-3000:]
+    # Without progress bars, each chunk is one labelled line; the report's command is the one
+    # that was run, pasteable.
+    assert f"fresh_baseline 500 K chunk {N_CHUNKS}/{N_CHUNKS}" in text, text[-3000:]
+    command = json.loads((work / "evaluate" / "report.json").read_text())["command"]
+    assert command.startswith("python -m experiments.aspirin --config=tests/tiny_configs.py ")
     # The run ends with the headline table and the report's path.
     assert "median stable time (ps)" in text and "fresh_baseline" in text
     assert f"report: {work / 'evaluate' / 'report.md'}" in text
