@@ -187,7 +187,7 @@ def stabie_run_config(config) -> dict:
 
 def reader_options(data_config) -> dict:
     """Reader keyword arguments set in ``config.data`` (the same for every stage)."""
-    keys = ("labels", "energy_unit")
+    keys = ("labels", "energy_unit", "energy_key", "forces_key")
     return {k: data_config[k] for k in keys if k in data_config and data_config[k]}
 
 

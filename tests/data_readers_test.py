@@ -636,3 +636,42 @@ def test_coordinates_in_nanometres_are_refused(tmp_path):
         read_file(path)
     ok = save_dataset(dataclasses.replace(ds, positions=ds.positions * 10.0), tmp_path / "a")
     assert read_file(ok).n_frames == 2
+
+
+def test_ase_reader_takes_configured_energy_and_forces_keys(tmp_path):
+    """MACE-style files: energies in the REF_energy comment key, forces in a REF_forces array."""
+    rng = np.random.default_rng(0)
+    frames, energies, forces = [], [], []
+    for i in range(3):
+        atoms = ase.Atoms("OH2", positions=[[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]])
+        atoms.positions += 0.02 * rng.standard_normal((3, 3))
+        f = rng.standard_normal((3, 3))
+        atoms.info["REF_energy"] = -470.0 - 0.1 * i
+        atoms.arrays["REF_forces"] = f
+        frames.append(atoms)
+        energies.append(-470.0 - 0.1 * i)
+        forces.append(f)
+    path = tmp_path / "mace.extxyz"
+    ase.io.write(path, frames, format="extxyz")
+    with pytest.raises(ValueError, match=r"mace\.extxyz \(frame 0\): missing key 'energy'"):
+        read_file(path, energy_unit="eV")
+    d = read_file(path, energy_unit="kcal/mol", energy_key="REF_energy", forces_key="REF_forces")
+    kcal = units.KCAL_PER_MOL_IN_EV
+    np.testing.assert_allclose(d.energies, np.array(energies) * kcal, rtol=1e-12)
+    np.testing.assert_allclose(d.forces, np.array(forces) * kcal, rtol=1e-6)  # 8-digit text
+    with pytest.raises(ValueError, match=r"missing key 'DFT_forces' \(forces_key\).*REF_forces"):
+        read_file(path, energy_unit="eV", energy_key="REF_energy", forces_key="DFT_forces")
+    with pytest.raises(ValueError, match=r"missing key 'E' \(energy_key\).*REF_energy"):
+        read_file(path, energy_unit="eV", energy_key="E")
+    # The experiments pass the config's keys to every stage's reader.
+    from experiments import molecule
+    from experiments.configs import aspirin, water
+
+    for config in (aspirin.get_config("smoke"), water.get_config("smoke")):
+        config.data.energy_key, config.data.forces_key = "REF_energy", "REF_forces"
+        config.data.energy_unit = "eV"
+        assert molecule.reader_options(config.data) == {
+            "energy_unit": "eV",
+            "energy_key": "REF_energy",
+            "forces_key": "REF_forces",
+        }

@@ -30,6 +30,10 @@ def base_config() -> ml_collections.ConfigDict:
     # recomputed ones are "rmd17". energy_unit is needed only for formats without units.
     c.data.labels = ""  # "" = the reader's default
     c.data.energy_unit = ""
+    # ASE-readable files (extxyz, ...): per-frame energy info key and per-atom forces array to
+    # read, e.g. MACE's "REF_energy" / "REF_forces" ("" = the calculator's, else energy/forces).
+    c.data.energy_key = ""
+    c.data.forces_key = ""
     c.data.download = False  # allow downloading registry datasets into the cache
     c.data.n_train = 1000  # the paper trains on 1,000 frames
     c.data.n_val = 50

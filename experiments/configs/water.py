@@ -20,6 +20,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict()
     c.data.source = "water_mdsim_1k"
     c.data.download = False
+    # Reader options for your own files (as for aspirin): energy unit of unit-less formats, and
+    # the energy/forces keys of ASE-readable ones ("" = the reader's default).
+    c.data.energy_unit = ""
+    c.data.energy_key = ""
+    c.data.forces_key = ""
     c.data.n_train = 1000
     c.data.n_val = 100
     c.data.n_test = 1000

@@ -725,6 +725,8 @@ def read_ase(
     energy_unit: str | None = None,
     format: str | None = None,
     index: str = ":",
+    energy_key: str | None = None,
+    forces_key: str | None = None,
 ) -> Dataset:
     """Reads any file ASE parses (extxyz, ASE trajectory, ...) with energies and forces.
 
@@ -739,6 +741,10 @@ def read_ase(
         is detected as kcal/mol. Positions are taken as Å (ASE's convention).
       format: ASE format name; default: from the file name.
       index: ASE frame selection string.
+      energy_key: take each frame's energy from this comment (info) key, e.g. MACE's
+        ``REF_energy`` (default: the calculator's energy, else ``energy``/``Energy``).
+      forces_key: take the forces from this per-atom array, e.g. ``REF_forces`` (default: the
+        calculator's forces, else ``forces``).
     """
     import ase.io  # deferred: ASE's io registry is slow to import
 
@@ -762,7 +768,7 @@ def read_ase(
     numbers = first.numbers
     cell = np.asarray(first.cell[:], dtype=np.float64)
     pbc = np.asarray(first.pbc, dtype=bool)
-    energy_key = None
+    found_key = None  # the energy key of the frames, for the unit rules below
     for i, atoms in enumerate(frames):
         where = f"{src} (frame {i})"
         if len(atoms) != len(first) or not np.array_equal(atoms.numbers, numbers):
@@ -775,7 +781,17 @@ def read_ase(
                 f"{where}: key 'cell'/'pbc' differs from frame 0; expected a fixed cell."
             )
         results = atoms.calc.results if atoms.calc is not None else {}
-        if "energy" in results:
+        if energy_key:
+            if energy_key in atoms.info:
+                energy, key = atoms.info[energy_key], energy_key
+            elif energy_key in results:
+                energy, key = results[energy_key], energy_key
+            else:
+                raise ValueError(
+                    f"{where}: missing key '{energy_key}' (energy_key); the frame has info keys "
+                    f"{sorted(atoms.info)} and calculator results {sorted(results)}."
+                )
+        elif "energy" in results:
             energy, key = results["energy"], "energy"
         elif "energy" in atoms.info:
             energy, key = atoms.info["energy"], "energy"
@@ -786,7 +802,17 @@ def read_ase(
                 f"{where}: missing key 'energy' (calculator result or comment 'energy='/'Energy=');"
                 " expected a per-frame energy."
             )
-        if "forces" in results:
+        if forces_key:
+            if forces_key in atoms.arrays:
+                frame_forces = atoms.arrays[forces_key]
+            elif forces_key in results:
+                frame_forces = results[forces_key]
+            else:
+                raise ValueError(
+                    f"{where}: missing key '{forces_key}' (forces_key); the frame has per-atom "
+                    f"arrays {sorted(atoms.arrays)} and calculator results {sorted(results)}."
+                )
+        elif "forces" in results:
             frame_forces = results["forces"]
         elif "forces" in atoms.arrays:
             frame_forces = atoms.arrays["forces"]
@@ -798,18 +824,18 @@ def read_ase(
             energies.append(float(np.asarray(energy, dtype=np.float64).reshape(())))
         except (TypeError, ValueError) as e:
             raise ValueError(f"{where}: key '{key}' is not a number ({energy!r}).") from e
-        energy_key = energy_key or key
+        found_key = found_key or key
         forces.append(np.asarray(frame_forces, dtype=np.float64))
         positions.append(atoms.positions)
         momenta.append(atoms.arrays.get("momenta"))
 
     if energy_unit is not None:
         unit, how = _energy_unit(energy_unit, src, "energy_unit (argument)"), "argument"
-    elif _SGDML_XYZ_NAME.match(path.name) and energy_key == "Energy":
+    elif _SGDML_XYZ_NAME.match(path.name) and found_key == "Energy":
         unit, how = "kcal/mol", "sGDML xyz export convention (md17_/md22_ file with 'Energy=')"
     else:
         raise ValueError(
-            f"{src}: energy unit unknown: key '{energy_key}' carries no unit and the file is not a "
+            f"{src}: energy unit unknown: key '{found_key}' carries no unit and the file is not a "
             "known format; pass energy_unit='eV' or 'kcal/mol' (forces are read as that unit per "
             "Å)."
         )
@@ -842,7 +868,8 @@ def read_file(path: PathLike, **options) -> Dataset:
 
     ``.npz`` → :func:`read_npz` (format from the keys); ``.npy`` → :func:`read_mdsim_water_npy`;
     anything else → :func:`read_ase`. ``options`` are passed to the chosen reader (``labels``,
-    ``energy_unit``, ``require_labels``, ``allow_pickle``, ``format``, ``index``); an option the
+    ``energy_unit``, ``require_labels``, ``allow_pickle``, ``format``, ``index``, ``energy_key``,
+    ``forces_key``); an option the
     chosen reader does not take raises ``ValueError``.
     """
     path = pathlib.Path(path)
@@ -852,7 +879,7 @@ def read_file(path: PathLike, **options) -> Dataset:
     elif suffix == ".npy":
         reader, allowed = read_mdsim_water_npy, {"allow_pickle"}
     else:
-        reader, allowed = read_ase, {"energy_unit", "format", "index"}
+        reader, allowed = read_ase, {"energy_unit", "format", "index", "energy_key", "forces_key"}
     unknown = set(options) - allowed
     if unknown:
         raise ValueError(
