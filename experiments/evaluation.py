@@ -15,6 +15,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from experiments import evaluated_models
 from experiments import molecule as molecule_lib
@@ -96,6 +97,30 @@ def _vacf_on_lags(lag_fs, vacf, target_lag_fs):
     """Simulated VACF interpolated at the reference lags inside its window."""
     keep = target_lag_fs <= lag_fs[-1] + 1e-9
     return keep, np.interp(target_lag_fs[keep], lag_fs, vacf)
+
+
+MIN_N_EFF = 1000.0
+"""Effective sample size below which a reweighted h(r) reference is flagged (the paper's bar)."""
+
+
+def small_n_eff_notes(numbers: dict, reference_temperature_kelvin: float) -> list[str]:
+    """A warning (logged, and returned for the report) per transfer temperature whose h(r)
+    reference rests on fewer than :data:`MIN_N_EFF` effective frames."""
+    notes = {}
+    for entry in numbers.values():
+        for key, transfer in entry.items() if isinstance(entry, dict) else ():
+            n_eff = transfer.get("n_eff") if key.startswith("transfer_") else None
+            if n_eff is not None and n_eff < MIN_N_EFF:
+                temperature = key.removeprefix("transfer_")
+                notes[temperature] = (
+                    f"The {temperature} h(r) reference is reweighted from the "
+                    f"{reference_temperature_kelvin:g} K frames with N_eff = {n_eff:.3g} "
+                    f"(< {MIN_N_EFF:g}): its h(r) errors are unreliable; use reference frames "
+                    "sampled nearer that temperature, or more of them."
+                )
+    for note in notes.values():
+        logging.warning(note)
+    return list(notes.values())
 
 
 def n_eff_curve(config, reference_energies) -> dict:
@@ -428,6 +453,7 @@ def evaluate_molecule(config, workdir, molecule, pretrained_dir, stabie_dir, wal
             "Same held-out initial structures and momenta for both models.",
             f"Integrator: {molecule_lib.md_integrator(config, 'evaluate')} (the authors "
             "evaluated aspirin with Langevin, Ac-Ala3 and water with their Nosé–Hoover).",
+            *small_n_eff_notes(numbers, pr.reference_temperature_kelvin),
         ],
     )
     return {

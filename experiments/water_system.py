@@ -60,9 +60,7 @@ class WaterData(NamedTuple):
 
 
 def load_water_data(d) -> WaterData:
-    full = data.load_dataset(
-        d.source, download=bool(d.download), **molecule.reader_options(d)
-    )
+    full = data.load_dataset(d.source, download=bool(d.download), **molecule.reader_options(d))
     if full.cell is None:
         raise ValueError(f"{d.source}: water data needs a periodic cell")
     cell = np.asarray(full.cell)

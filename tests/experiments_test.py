@@ -531,3 +531,15 @@ def test_water_pipeline_on_the_builtin_set(tmp_path):
     frame = ase.io.read(median, index=-1)
     assert frame.pbc.all() and len(frame) == 192
     np.testing.assert_allclose(frame.cell.lengths(), np.broadcast_to(np.asarray(data_box(c)), 3))
+
+
+def test_a_reweighted_reference_with_few_effective_frames_is_flagged():
+    from experiments import evaluation
+
+    numbers = {
+        "baseline": {"transfer_700K": {"n_eff": 13.7}, "transfer_350K": {"n_eff": 4200.0}},
+        "StABlE": {"transfer_700K": {"n_eff": 13.7}},
+        "n_eff_curve": {"n_eff": [1.0]},
+    }
+    (note,) = evaluation.small_n_eff_notes(numbers, 500.0)
+    assert "700K h(r) reference" in note and "N_eff = 13.7" in note and "500 K" in note
