@@ -387,8 +387,25 @@ def _figures(config, workdir, out, molecule, pr: _Protocol, results, numbers, va
             )
     records = metrics_log.read_records(pathlib.Path(workdir) / "stabie" / stabie_lib.METRICS_FILE)
     if records:
-        figures["training"] = plots.plot_training_curve(records, out / "training.png")
+        figures["training"] = plots.plot_training_curve(
+            records, out / "training.png", **_configured_rate(config, workdir)
+        )
     return figures
+
+
+def _configured_rate(config, workdir) -> dict:
+    """Plot the learning rate as the α the user configured: the driver runs the exact
+    estimator's rate (converted from the authors' convention), recorded with the model."""
+    try:
+        meta = checkpoint.read_model_metadata(pathlib.Path(workdir) / molecule_lib.STABIE_MODEL)
+        exact = float(meta.extra["stabie"]["exact_learning_rate"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    convention = config.stabie.get("hyperparameter_convention", "authors")
+    return {
+        "lr_scale": float(config.stabie.learning_rate) / exact,
+        "lr_label": f"learning rate α ({convention} convention, as configured)",
+    }
 
 
 def _comparison_table(results: dict, numbers: dict, n_rep: int) -> dict:

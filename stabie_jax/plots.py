@@ -496,6 +496,8 @@ def plot_training_curve(
     path,
     *,
     title: str = "StABlE training",
+    lr_scale: float = 1.0,
+    lr_label: str = "learning rate",
 ) -> pathlib.Path:
     """Unstable fraction against epoch with learning phases shaded, learning rate on a twin axis;
     below it, when the records carry them, what each learning step was made of.
@@ -512,6 +514,9 @@ def plot_training_curve(
         ``stabie_jax.metrics_log.read_records(...)``.
       path: output PNG.
       title: axes title.
+      lr_scale: factor drawn on the learning rate (e.g. back to the α the user configured when
+        the driver ran a converted rate).
+      lr_label: label of the learning-rate axis.
     """
     if not records:
         raise ValueError("plot_training_curve: no records (is metrics.jsonl empty?)")
@@ -524,7 +529,7 @@ def plot_training_curve(
         np.float64,
     )
     learning = np.array([r["phase"] == "learning" for r in records])
-    lr = np.array([r.get("learning_rate") or 0.0 for r in records], np.float64)
+    lr = lr_scale * np.array([r.get("learning_rate") or 0.0 for r in records], np.float64)
     steps = [r for r in records if r["phase"] == "learning" and r.get("obs_grad_norm") is not None]
     if steps:
         fig = Figure(figsize=(6.5, 6.5))
@@ -551,10 +556,8 @@ def plot_training_curve(
     ax.set_ylabel("fraction of unstable replicas")
     ax.set_ylim(-0.02, 1.02)
     ax2 = ax.twinx()
-    ax2.plot(
-        epoch, lr, color="tab:green", lw=1.0, ls="--", drawstyle="steps-mid", label="learning rate"
-    )
-    ax2.set_ylabel("learning rate")
+    ax2.plot(epoch, lr, color="tab:green", lw=1.0, ls="--", drawstyle="steps-mid", label=lr_label)
+    ax2.set_ylabel(lr_label)
     handles = ax.get_legend_handles_labels()
     handles2 = ax2.get_legend_handles_labels()
     ax.legend(handles[0] + handles2[0], handles[1] + handles2[1], loc="best", fontsize=8)

@@ -166,6 +166,28 @@ def test_training_curve_from_metrics_records(tmp_path):
         plots.plot_training_curve([{"epoch": 1}], tmp_path / "x.png")
 
 
+def test_training_curve_shows_the_configured_rate_and_the_simulated_time(tmp_path, monkeypatch):
+    figures = []
+    real_save = plots._save
+
+    def keep(fig, path):
+        figures.append(fig)
+        return real_save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    records = [
+        {"epoch": e, "phase": "learning", "unstable_fraction": 0.5, "learning_rate": 4e-5,
+         "simulated_ps": 0.3 * e}
+        for e in (1, 2)
+    ]  # fmt: skip
+    plots.plot_training_curve(records, tmp_path / "t.png", lr_scale=25.0, lr_label="α (authors)")
+    ax, ax2 = figures[0].axes
+    (line,) = ax2.get_lines()
+    np.testing.assert_allclose(line.get_ydata(), 1e-3)  # 25 × 4e-5: the α the user set
+    assert ax2.get_ylabel() == "α (authors)"
+    assert "0.6 ps simulated" in ax.get_title()  # not "1 ps" (was rounded to integers)
+
+
 def test_training_curve_draws_the_learning_steps_gradient_panel(tmp_path):
     records = []
     for epoch in range(1, 31):
