@@ -232,3 +232,24 @@ def test_log_log_panels_draw_positive_curves_and_reject_non_positive(tmp_path):
     bad = {**panel, "series": {"a": ([1, 8], [5e3, 0.0])}}  # zero cannot go on a log axis
     with pytest.raises(ValueError, match="curve 'a'"):
         plots.plot_log_log_panels([bad], tmp_path / "bad.png")
+
+
+def test_log_log_panels_leave_out_empty_panels_and_label_ticks_plainly(tmp_path, monkeypatch):
+    figures = []
+    real_save = plots._save
+
+    def keep(fig, path):
+        figures.append(fig)
+        return real_save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    full = dict(title="t", xlabel="N", ylabel="s", series={"a": ([40, 160, 640], [0.2, 0.9, 5])})
+    empty = dict(title="by size", xlabel="atoms", ylabel="s", series={})
+    plots.plot_log_log_panels([full, empty], tmp_path / "p.png")
+    (ax,) = figures[0].axes  # the empty panel is not drawn
+    figures[0].canvas.draw()
+    labels = [t.get_text() for t in ax.get_xticklabels() if t.get_visible() and t.get_text()]
+    assert "100" in labels and "200" in labels and "500" in labels, labels
+    assert not any("times" in s or "^" in s for s in labels)  # no 3×10² style minor labels
+    with pytest.raises(ValueError, match="no panel has a curve"):
+        plots.plot_log_log_panels([empty], tmp_path / "e.png")
