@@ -543,3 +543,33 @@ def test_a_reweighted_reference_with_few_effective_frames_is_flagged():
     }
     (note,) = evaluation.small_n_eff_notes(numbers, 500.0)
     assert "700K h(r) reference" in note and "N_eff = 13.7" in note and "500 K" in note
+
+
+def test_own_extxyz_molecule_through_every_stage(tmp_path):
+    """A user's file: 80 aspirin frames as MACE-style extxyz (REF_energy / REF_forces, eV),
+    pretrained, StABlE-trained and evaluated with the same reader options in every stage."""
+    import ase
+    import ase.io
+
+    from stabie_jax import data
+
+    frames = data.load_dataset(aspirin.get_config("smoke").data.source).subset(np.arange(80))
+    images = []
+    for r, e, f in zip(frames.positions, frames.energies, frames.forces, strict=True):
+        atoms = ase.Atoms(numbers=frames.atomic_numbers, positions=r)
+        atoms.info["REF_energy"] = float(e)
+        atoms.arrays["REF_forces"] = np.asarray(f)
+        images.append(atoms)
+    path = tmp_path / "my_aspirin.extxyz"
+    ase.io.write(path, images, format="extxyz")
+    config = tiny_configs.get_config()
+    config.data.source = str(path)
+    config.data.energy_unit = "eV"
+    config.data.energy_key, config.data.forces_key = "REF_energy", "REF_forces"
+    config.evaluate.transfer_temperatures_kelvin = (700.0,)
+    summary = molecule.run(config, tmp_path / "run")
+    assert summary["stages"] == ["pretrain", "stabie", "evaluate"]
+    report = json.loads((tmp_path / "run" / "evaluate" / "report.json").read_text())
+    assert str(path) in report["title"]
+    errors = report["results"]["details"]["baseline"]["test_errors"]
+    assert 0 < errors["energy_mae_kcal_per_mol"] < 50  # eV labels read as eV, not kcal/mol
