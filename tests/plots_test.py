@@ -26,6 +26,20 @@ def check_png(path, min_bytes=5_000):
     return img
 
 
+@pytest.fixture
+def figures(monkeypatch):
+    """The matplotlib figures the plot functions save, for checks on their axes."""
+    figures = []
+    real_save = plots._save
+
+    def keep(fig, path):
+        figures.append(fig)
+        return real_save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    return figures
+
+
 def test_fraction_unstable(tmp_path):
     t = np.linspace(0, 300, 301)
     out = plots.plot_fraction_unstable(
@@ -36,13 +50,8 @@ def test_fraction_unstable(tmp_path):
     check_png(out)
 
 
-def test_fraction_unstable_axis_fits_small_fractions_and_shows_bands(tmp_path, monkeypatch):
+def test_fraction_unstable_axis_fits_small_fractions_and_shows_bands(tmp_path, figures):
     """8 % vs 2 % is not squashed into a 0-1 axis; the subtitle names replicas and criterion."""
-    figures = []
-    real_save = plots._save
-    monkeypatch.setattr(
-        plots, "_save", lambda fig, path: figures.append(fig) or real_save(fig, path)
-    )
     t = np.linspace(0, 10, 11)
     f0, f1 = np.minimum(0.01 * t, 0.08), np.minimum(0.002 * t, 0.02)
     plots.plot_fraction_unstable(
@@ -166,15 +175,7 @@ def test_training_curve_from_metrics_records(tmp_path):
         plots.plot_training_curve([{"epoch": 1}], tmp_path / "x.png")
 
 
-def test_training_curve_shows_the_configured_rate_and_the_simulated_time(tmp_path, monkeypatch):
-    figures = []
-    real_save = plots._save
-
-    def keep(fig, path):
-        figures.append(fig)
-        return real_save(fig, path)
-
-    monkeypatch.setattr(plots, "_save", keep)
+def test_training_curve_shows_the_configured_rate_and_the_simulated_time(tmp_path, figures):
     records = [
         {"epoch": e, "phase": "learning", "unstable_fraction": 0.5, "learning_rate": 4e-5,
          "simulated_ps": 0.3 * e}
@@ -234,15 +235,7 @@ def test_log_log_panels_draw_positive_curves_and_reject_non_positive(tmp_path):
         plots.plot_log_log_panels([bad], tmp_path / "bad.png")
 
 
-def test_log_log_panels_leave_out_empty_panels_and_label_ticks_plainly(tmp_path, monkeypatch):
-    figures = []
-    real_save = plots._save
-
-    def keep(fig, path):
-        figures.append(fig)
-        return real_save(fig, path)
-
-    monkeypatch.setattr(plots, "_save", keep)
+def test_log_log_panels_leave_out_empty_panels_and_label_ticks_plainly(tmp_path, figures):
     full = dict(title="t", xlabel="N", ylabel="s", series={"a": ([40, 160, 640], [0.2, 0.9, 5])})
     empty = dict(title="by size", xlabel="atoms", ylabel="s", series={})
     plots.plot_log_log_panels([full, empty], tmp_path / "p.png")
