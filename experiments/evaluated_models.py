@@ -115,6 +115,12 @@ def evaluate_each(
     return results, numbers
 
 
+def trajectory_dir(scratch) -> pathlib.Path:
+    """``models/NAME/trajectories`` for the scratch ``models/NAME/in_progress/<fingerprint>``
+    that :func:`evaluate_each` hands to ``evaluate_one`` (kept when the scratch is removed)."""
+    return pathlib.Path(scratch).parent.parent / "trajectories"
+
+
 def _keep_tensorboard_events(scratch: pathlib.Path, directory: pathlib.Path) -> None:
     """Move the TensorBoard event folders of a finished model out of its scratch directory
     (``in_progress/<fp>/stability/tensorboard`` -> ``tensorboard/stability``)."""

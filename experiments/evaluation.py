@@ -249,7 +249,7 @@ def _make_evaluate_one(config, molecule, pr: _Protocol) -> Callable:
             **run,
         )
         result, files = export_kept_frames(
-            result, z, _trajectory_dir(scratch), tag=f"{pr.temperature_kelvin:g}K"
+            result, z, evaluated_models.trajectory_dir(scratch), tag=f"{pr.temperature_kelvin:g}K"
         )
         kept.update(files)
         entry = {
@@ -280,7 +280,7 @@ def _make_evaluate_one(config, molecule, pr: _Protocol) -> Callable:
                 **pr.h_kw,
             )
             stability, files = export_kept_frames(
-                tr.stability, z, _trajectory_dir(scratch), tag=f"{t2:g}K"
+                tr.stability, z, evaluated_models.trajectory_dir(scratch), tag=f"{t2:g}K"
             )
             kept.update(files)
             tr = tr._replace(stability=stability)
@@ -295,12 +295,6 @@ def _make_evaluate_one(config, molecule, pr: _Protocol) -> Callable:
         return (result, transfer), entry
 
     return evaluate_one
-
-
-def _trajectory_dir(scratch) -> pathlib.Path:
-    """``models/NAME/trajectories`` for the scratch ``models/NAME/in_progress/<fingerprint>``
-    (kept when the scratch is removed)."""
-    return pathlib.Path(scratch).parent.parent / "trajectories"
 
 
 def _add_paired_comparisons(results: dict, numbers: dict) -> None:

@@ -373,7 +373,7 @@ def evaluate_water(config, workdir, water: WaterData, pretrained_dir, stabie_dir
         result, kept = export_kept_frames(
             result,
             z,
-            pathlib.Path(scratch).parent.parent / "trajectories",
+            evaluated_models.trajectory_dir(scratch),
             tag=f"{T:g}K",
             cell=_ase_cell(water.box),
         )

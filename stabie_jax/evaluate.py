@@ -169,8 +169,6 @@ class EvalState(NamedTuple):
       window: ``[R, 2F, N, 3]`` Å, each replica's frames (``sample_every`` grid) of its last two
         simulated chunks, frozen at the chunk it failed in (NaN before its first chunks), or
         None (``keep_last_chunks=False``).
-      window_chunk: ``[R]`` int, chunks simulated by the replica when its window was last
-        updated (its window ends there).
     """
 
     replicas: ReplicaState
@@ -184,7 +182,6 @@ class EvalState(NamedTuple):
     vacf_count: np.ndarray
     msd_positions: np.ndarray | None
     window: np.ndarray | None
-    window_chunk: np.ndarray
 
 
 class StabilityResult(NamedTuple):
@@ -292,7 +289,6 @@ def _host_state(state: EvalState) -> EvalState:
         vacf_count=host(state.vacf_count, np.int64),
         msd_positions=host(state.msd_positions),
         window=host(state.window),
-        window_chunk=host(state.window_chunk, np.int64),
     )
 
 
@@ -419,7 +415,6 @@ def _initial_eval_state(simulator, params, key, positions, plan: _Plan, accumula
             if plan.keep_last_chunks
             else None
         ),
-        window_chunk=np.zeros(n_rep, np.int64),
     )
 
 
@@ -464,7 +459,7 @@ def _make_chunk_fn(simulator, params, plan: _Plan, stable_fn, accumulate) -> Cal
             frames = np.asarray(traj.positions)[idx]  # [per_chunk, R, N, 3]
             msd_positions[:, start : start + per_chunk] = np.swapaxes(frames, 0, 1)
         unstable = state.unstable | (alive_before & ~ok)
-        window, window_chunk = state.window, state.window_chunk
+        window = state.window
         if window is not None:  # slide the replicas that were alive during this chunk
             new = np.swapaxes(np.asarray(traj.positions, np.float32), 0, 1)  # [R, F, N, 3]
             frames = new.shape[1]
@@ -472,7 +467,6 @@ def _make_chunk_fn(simulator, params, plan: _Plan, stable_fn, accumulate) -> Cal
             window[alive_before] = np.concatenate(
                 [window[alive_before, frames:], new[alive_before]], axis=1
             )
-            window_chunk = np.where(alive_before, int(state.chunk) + 1, window_chunk)
         return EvalState(
             replicas=replicas._replace(alive=replicas.alive & jnp.asarray(~unstable)),
             chunk=np.asarray(int(state.chunk) + 1, np.int64),
@@ -485,7 +479,6 @@ def _make_chunk_fn(simulator, params, plan: _Plan, stable_fn, accumulate) -> Cal
             vacf_count=vacf_count,
             msd_positions=msd_positions,
             window=window,
-            window_chunk=window_chunk,
         )
 
     return chunk
@@ -688,11 +681,14 @@ def _result(state: EvalState, simulator, plan: _Plan, stopped_early: bool) -> St
 
 def _window_times(state: EvalState, plan: _Plan, dt) -> np.ndarray | None:
     """``[R, 2F]`` ps of the window frames: frame ``j`` of a window ending after chunk ``c``
-    is at step ``(c − 2)·chunk_steps + (j + 1)·sample_every`` (NaN before the run started)."""
+    is at step ``(c − 2)·chunk_steps + (j + 1)·sample_every`` (NaN before the run started).
+    A window ends at the chunk its replica failed in, ``stable_chunks + 1``, or, for a replica
+    still stable, at the last chunk run."""
     if state.window is None:
         return None
     frames = state.window.shape[1]
-    steps = (state.window_chunk[:, None] - 2) * plan.chunk_steps + (
+    last_chunk = np.where(state.unstable, state.stable_chunks + 1, int(state.chunk))
+    steps = (last_chunk[:, None] - 2) * plan.chunk_steps + (
         np.arange(frames)[None, :] + 1
     ) * plan.sample_every
     return np.where(steps > 0, float(_ps(1, dt)) * steps, np.nan)

@@ -128,14 +128,16 @@ class ResumableLoop:
             result = Resumed(restored.state, restored.metadata, int(restored.step))
             metrics_log.truncate_after(self.metrics_path, self.counter, result.step)
             logging.info("resuming %s after %s %d", self.directory, self.counter, result.step)
+            first_new_step = result.step + 1
         else:
             result = Resumed(template, None, 0)
             metrics_log.truncate_after(self.metrics_path, self.counter, -math.inf)
+            first_new_step = 0  # a fresh start hides every earlier event, as it empties the log
         if self._bar is not None:
             self._bar.close()
         self._bar = tqdm(initial=result.step, **self._bar_args)
         if self._tensorboard:
-            self._open_writer(purge_step=result.step + 1 if result.metadata is not None else 0)
+            self._open_writer(purge_step=first_new_step)
         return result
 
     def _open_writer(self, purge_step: int) -> None:
