@@ -38,6 +38,8 @@ __all__ = [
     "H_OF_R_SIGMA",
     "bond_angles",
     "bond_lengths",
+    "cell_heights",
+    "cell_volume",
     "diffusivity",
     "diffusivity_to_angstrom2_per_ps",
     "diffusivity_to_m2_per_s",
@@ -88,18 +90,53 @@ def _free_displacement(ra, rb):
 
 
 def minimum_image_displacement(box) -> Callable:
-    """Displacement ``Ra − Rb`` wrapped to the nearest periodic image of an orthorhombic box.
+    """Displacement ``Ra − Rb`` wrapped to the nearest periodic image.
 
     Args:
-      box: ``[3]`` or scalar side lengths, Å.
+      box: scalar or ``[3]`` side lengths of an orthorhombic box, or a ``[3, 3]`` box matrix with
+        the lattice vectors as columns (JAX-MD's convention; ``md.periodic_space(cell).box``),
+        Å. For a triclinic box the fractional displacement is rounded, exact for distances below
+        half the smallest cell height (:func:`cell_heights`).
     """
     box = jnp.asarray(box)
+    if box.ndim < 2:
+
+        def displacement(ra, rb):
+            d = ra - rb
+            return d - box * jnp.round(d / box)
+
+        return displacement
+    inverse = jnp.linalg.inv(box)
 
     def displacement(ra, rb):
-        d = ra - rb
-        return d - box * jnp.round(d / box)
+        fractional = (ra - rb) @ inverse.T
+        return (fractional - jnp.round(fractional)) @ box.T
 
     return displacement
+
+
+def cell_heights(box) -> np.ndarray:
+    """``[3]`` Å, the distances between opposite faces of a periodic box (its side lengths if it
+    is orthorhombic); half the smallest is the longest range minimum image is exact to.
+
+    Args:
+      box: scalar, ``[3]`` side lengths, or a ``[3, 3]`` box matrix (lattice vectors as columns).
+    """
+    box = np.asarray(box, np.float64)
+    if box.ndim < 2:
+        return np.broadcast_to(box, (3,)).copy()
+    a = box.T  # rows = lattice vectors
+    volume = abs(np.linalg.det(a))
+    faces = [np.linalg.norm(np.cross(a[(k + 1) % 3], a[(k + 2) % 3])) for k in range(3)]
+    return volume / np.array(faces)
+
+
+def cell_volume(box) -> float:
+    """Å³ of a scalar, ``[3]`` or ``[3, 3]`` (columns) periodic box."""
+    box = np.asarray(box, np.float64)
+    if box.ndim < 2:
+        return float(np.prod(np.broadcast_to(box, (3,))))
+    return float(abs(np.linalg.det(box)))
 
 
 def pair_displacements(positions, displacement_fn: Callable | None = None):
@@ -209,8 +246,9 @@ def rdf(
       positions: ``[..., N, 3]`` Å.
       species: ``[N]`` ints (e.g. atomic numbers), static (numpy).
       pair: ``(a, b)`` species values; ordered pairs ``i∈a, j∈b, i≠j`` are counted.
-      box: ``[3]`` or scalar orthorhombic side lengths, Å (static); requires
-        ``r_max <= min(box)/2``.
+      box: ``[3]`` or scalar orthorhombic side lengths, or a ``[3, 3]`` box matrix (lattice
+        vectors as columns), Å (static); requires ``r_max`` at most half the smallest cell
+        height (:func:`cell_heights`).
       r_max: range, Å (water: 6).
       n_bins: bins (water: 25 for training, 500 = 0.012 Å for evaluation).
       sigma: if given, Gaussian smearing width (Å) instead of hard binning.
@@ -219,9 +257,12 @@ def rdf(
       ``[..., n_bins]`` g(r), 1 for an ideal gas.
     """
     species = np.asarray(species)
-    box_np = np.broadcast_to(np.asarray(box, dtype=np.float64), (3,))
-    if r_max > 0.5 * box_np.min() + 1e-9:
-        raise ValueError(f"rdf: r_max={r_max} Å exceeds half the box {box_np.min() / 2} Å")
+    box_np = np.asarray(box, dtype=np.float64)
+    half = 0.5 * cell_heights(box_np).min()
+    if r_max > half + 1e-9:
+        raise ValueError(
+            f"rdf: r_max={r_max} Å exceeds half the smallest cell height ({half:.4g} Å)"
+        )
     idx_a = np.nonzero(species == pair[0])[0]
     idx_b = np.nonzero(species == pair[1])[0]
     if len(idx_a) == 0 or len(idx_b) == 0:
@@ -239,7 +280,7 @@ def rdf(
         return gaussian_smearing(d, c, sigma) * (dr / (sigma * math.sqrt(2.0 * math.pi)))
 
     counts = _per_frame(one, positions, 2)
-    volume = float(np.prod(box_np))
+    volume = cell_volume(box_np)
     n_pairs = int(not_self.sum())
     shell = 4.0 / 3.0 * math.pi * (edges[1:] ** 3 - edges[:-1] ** 3)
     ideal = n_pairs / volume * shell

@@ -135,7 +135,8 @@ def min_intermolecular_distance(
       positions: ``[..., N, 3]`` Å.
       molecule_ids: ``[N]`` ints (static), e.g. :func:`molecule_ids_from_bonds`.
       threshold: Å (1.2 for water).
-      box: orthorhombic side lengths (Å) for minimum image, or None (free space).
+      box: periodic box for minimum image (``[3]`` side lengths or a ``[3, 3]`` matrix with the
+        lattice vectors as columns, Å; ``md.periodic_space(cell).box``), or None (free space).
       frame_axis: axis to reduce (min over frames).
 
     Returns:
@@ -173,7 +174,7 @@ def rdf_mae_criterion(
     Args:
       positions: ``[F, ..., N, 3]`` Å, the τ window of frames (averaged over ``frame_axis``).
       species: ``[N]`` (e.g. atomic numbers 8, 1).
-      box: orthorhombic side lengths, Å.
+      box: ``[3]`` side lengths or ``[3, 3]`` box matrix (lattice vectors as columns), Å.
       reference_rdfs: ``{(a, b): g_ref [n_bins]}``, e.g. O–O, O–H, H–H on the 0.012-Å grid
         (500 bins to 6 Å), from :func:`stabie_jax.observables.rdf` of reference frames.
       threshold: 3.0 in the authors' water evaluation.

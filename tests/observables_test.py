@@ -148,3 +148,40 @@ def test_observables_jit_and_batch():
     h = jax.jit(lambda r: obs.h_of_r(r, 6.0, 50))(pos)
     assert h.shape == (4, 3, 50)
     np.testing.assert_allclose(h[2, 1], obs.h_of_r(pos[2, 1], 6.0, 50), rtol=1e-5)
+
+
+def test_triclinic_cell_equals_the_same_lattice_described_by_a_cubic_box():
+    """A cubic lattice of side L is also spanned by the sheared cell a, b, c + a: minimum-image
+    distances, the RDF, JAX-MD's displacement and the intermolecular criterion must not see the
+    difference. A second route: brute force over the 27 neighbouring images."""
+    from stabie_jax import md, stability
+
+    L = 12.0
+    sheared = np.array([[L, 0, 0], [0, L, 0], [L, 0, L]])  # rows = lattice vectors
+    space = md.periodic_space(sheared)
+    assert space.box.shape == (3, 3)
+    np.testing.assert_allclose(obs.cell_heights(space.box), [L / np.sqrt(2), L, L])
+    assert obs.cell_volume(space.box) == pytest.approx(L**3)
+    rng = np.random.default_rng(0)
+    r = rng.uniform(-5.0, 20.0, (40, 3))  # unwrapped, some outside the cell
+    d_cubic = obs.minimum_image_displacement(np.full(3, L))(r[:, None], r[None])
+    d_sheared = obs.minimum_image_displacement(space.box)(r[:, None], r[None])
+    d_jax_md = jax.vmap(jax.vmap(space.displacement_fn, (None, 0)), (0, None))(r, r)
+    images = np.array(np.meshgrid(*[[-1, 0, 1]] * 3, indexing="ij")).reshape(3, -1).T @ sheared
+    raw = r[:, None] - r[None]
+    wrapped = raw - L * np.round(raw / L)
+    brute = np.min(np.linalg.norm(wrapped[:, :, None] + images[None, None], axis=-1), axis=-1)
+    short = brute < 0.5 * obs.cell_heights(space.box).min()
+    for d in (d_cubic, d_sheared, d_jax_md):
+        np.testing.assert_allclose(np.linalg.norm(d, axis=-1)[short], brute[short], atol=1e-4)
+    z = np.where(np.arange(40) % 2, 1, 8)
+    g_cubic = obs.rdf(jnp.asarray(r), z, (8, 1), np.full(3, L), r_max=4.0, n_bins=40)
+    g_sheared = obs.rdf(jnp.asarray(r), z, (8, 1), space.box, r_max=4.0, n_bins=40)
+    assert float(jnp.sum(g_cubic)) > 0
+    np.testing.assert_allclose(g_sheared, g_cubic, rtol=1e-5)
+    with pytest.raises(ValueError, match="half the smallest cell height"):
+        obs.rdf(jnp.asarray(r), z, (8, 1), space.box, r_max=5.0, n_bins=40)
+    ids = np.arange(40) // 2
+    _, dmin_cubic = stability.min_intermolecular_distance(jnp.asarray(r), ids, box=np.full(3, L))
+    _, dmin_sheared = stability.min_intermolecular_distance(jnp.asarray(r), ids, box=space.box)
+    assert float(dmin_sheared) == pytest.approx(float(dmin_cubic), rel=1e-5)

@@ -31,15 +31,31 @@ def free_space() -> Space:
 
 
 def periodic_space(box) -> Space:
-    """Orthorhombic periodic space with minimum-image displacements and unwrapped positions.
+    """Periodic space with minimum-image displacements and unwrapped positions.
 
     Args:
-      box: scalar or ``[3]`` side lengths, Å.
+      box: scalar or ``[3]`` side lengths of an orthorhombic box, or a ``[3, 3]`` cell with the
+        lattice vectors as rows (ASE's and extxyz's convention), Å. A diagonal cell is stored
+        as its ``[3]`` side lengths; any other (triclinic) cell as JAX-MD's box matrix, the
+        lattice vectors as *columns* (``space.periodic_general`` in real coordinates).
+
+    Returns:
+      :class:`Space` whose ``box`` is ``[3]`` (orthorhombic) or ``[3, 3]`` (triclinic, columns
+      are lattice vectors); the other modules (``observables.rdf``,
+      ``observables.minimum_image_displacement``, ``stability``) take that ``box`` as it is.
     """
     box = np.asarray(box, dtype=np.float64)
     if box.ndim == 2:
+        if box.shape != (3, 3):
+            raise ValueError(f"a cell must be [3, 3] Å (rows are lattice vectors), got {box.shape}")
         if not np.allclose(box, np.diag(np.diag(box))):
-            raise ValueError(f"only orthorhombic cells are supported, got cell {box.tolist()}")
+            if abs(np.linalg.det(box)) < 1e-6:
+                raise ValueError(f"the cell {box.tolist()} is singular")
+            matrix = box.T  # JAX-MD: lattice vectors as columns
+            displacement_fn, shift_fn = space.periodic_general(
+                jnp.asarray(matrix, jnp.float32), fractional_coordinates=False, wrapped=False
+            )
+            return Space(displacement_fn, shift_fn, matrix)
         box = np.diag(box)
     if np.any(box <= 0):
         raise ValueError(f"box side lengths must be positive, got {box}")
