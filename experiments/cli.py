@@ -25,7 +25,7 @@ __all__ = ["SYSTEMS", "config_comments", "main", "resolve_config"]
 SYSTEMS = {
     "aspirin": "experiments.molecule:run",
     "ala3": "experiments.molecule:run",
-    "water": "experiments.water_system:run",
+    "water": "experiments.periodic:run",
 }
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent / "configs"
 USAGE = __doc__.split("\n\n")[0] + "\n" + __doc__.split("\n\n")[1]

@@ -6,4 +6,4 @@ python -m experiments.water --config=experiments/configs/water.py:smoke
 from experiments import app  # the model code is imported after the device flags
 
 if __name__ == "__main__":
-    app.launch("experiments.water_system:run", "experiments/configs/water.py")
+    app.launch("experiments.periodic:run", "experiments/configs/water.py")

@@ -48,6 +48,7 @@ from stabie_jax._estimator_core import (
     _sample_weights,
     _weighted_energy_grad,
 )
+from stabie_jax.data import bonds as bond_graph
 
 __all__ = [
     "LocalSample",
@@ -57,6 +58,7 @@ __all__ = [
     "localized_batch_means",
     "localized_expectation",
     "molecule_neighbourhoods",
+    "neighbourhoods_from_bonds",
     "neighbourhood_bond_lengths",
     "neighbourhood_max_deviation",
     "select_neighbourhoods",
@@ -133,6 +135,52 @@ def molecule_neighbourhoods(atomic_numbers, pattern=(8, 1, 1)) -> np.ndarray:
             "explicit [n_molecules, atoms_per_molecule] index array built from the topology"
         )
     return np.arange(z.size).reshape(-1, k)
+
+
+def neighbourhoods_from_bonds(atomic_numbers, bonds) -> np.ndarray:
+    """Molecules of a covalent bond graph as neighbourhoods, centre atom first, in any storage
+    order (e.g. water stored H, O, H or all oxygens first).
+
+    Within a molecule the centre is the atom with the most bonds (ties: the heavier, then the
+    lower index); the other atoms follow by decreasing atomic number, then index. The
+    neighbourhood's observable (:func:`neighbourhood_bond_lengths`) is then the distances from
+    the centre to each other atom: the bond lengths of a molecule with one central atom (H2O,
+    NH3, CH4, CO2), and for other molecules the centre's bonds plus fixed intramolecular
+    distances.
+
+    Args:
+      atomic_numbers: ``[N]`` int.
+      bonds: ``[B, 2]`` int atom pairs (e.g. ``stabie_jax.data.find_bonds(...).bonds``).
+
+    Returns:
+      ``[n_molecules, k]`` int atom indices (host numpy), molecules by their lowest atom index;
+      for water stored O, H, H, ... the same array as :func:`molecule_neighbourhoods`.
+
+    Raises:
+      ValueError: if the molecules differ in size or composition (the observable's components
+        must mean the same in every molecule), or have a single atom.
+    """
+    z = np.asarray(atomic_numbers).reshape(-1)
+    bonds = np.asarray(bonds, np.int64).reshape(-1, 2)
+    degree = np.bincount(bonds.reshape(-1), minlength=z.size)
+    members = bond_graph.molecule_members(bond_graph.molecule_labels(z.size, bonds))
+    rows, patterns = [], set()
+    for atoms in members:
+        atoms = atoms[atoms >= 0]
+        centre = min(atoms, key=lambda a: (-degree[a], -z[a], a))
+        others = sorted((a for a in atoms if a != centre), key=lambda a: (-z[a], a))
+        row = [centre, *others]
+        rows.append(row)
+        patterns.add(tuple(int(z[a]) for a in row))
+    if len(patterns) != 1 or len(rows[0]) < 2:
+        found = sorted(patterns, key=len)[:4]
+        raise ValueError(
+            "a localized bond-length observable needs identical molecules of at least two atoms; "
+            f"the bond graph gives {len(rows)} molecules with atomic-number patterns {found}"
+            f"{' ...' if len(patterns) > 4 else ''} (use a global observable such as the RDF "
+            "instead, e.g. --config.observable.kind=rdf)"
+        )
+    return np.asarray(rows, np.int64)
 
 
 def neighbourhood_bond_lengths(positions, atoms, displacement_fn: Callable | None = None):

@@ -150,7 +150,7 @@ def local_observable_loss(
     observable_ref,
     kT: float,
     *,
-    bond_equilibrium: float,
+    bond_equilibrium,
     displacement_fn: Callable | None = None,
     batch_size: int | None = None,
     n_bins: int = 100,
@@ -172,7 +172,8 @@ def local_observable_loss(
       neighbourhoods: ``[M, 3]`` atom indices (O, H, H) of each molecule.
       observable_ref: ``[2]`` Å, reference mean O–H lengths.
       kT: eV.
-      bond_equilibrium: Å, reference O–H length used for the deviation binning.
+      bond_equilibrium: Å, reference length(s) used for the deviation binning: a scalar or one
+        per component ``[k - 1]`` (water: the two mean O–H lengths).
       displacement_fn: minimum-image displacement (periodic) or None.
       batch_size: estimator minibatch size (paper: 4).
       n_bins, per_bin: balancing (paper: 100 bins, 5 per bin; authors: 5·R).

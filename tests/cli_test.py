@@ -58,7 +58,7 @@ def test_a_config_file_of_ones_own_runs_with_its_systems_runner(tmp_path):
     )
     spec, runner = cli.resolve_config(str(own))
     assert runner == "experiments.molecule:run" and spec == str(own.resolve())
-    assert cli.resolve_config("water:cpu")[1] == "experiments.water_system:run"
+    assert cli.resolve_config("water:cpu")[1] == "experiments.periodic:run"
     done = _stabie(tmp_path, "config", "mine.py")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "stabie.n_replicas = 6  # six replicas" in done.stdout.splitlines()

@@ -277,12 +277,12 @@ def test_device_flags_take_effect_before_model_code_is_imported(system, tmp_path
 
 
 def test_water_refuses_a_qm_weight_it_cannot_use(tmp_path):
-    from experiments import water_system
+    from experiments import periodic
 
     config = water.get_config("smoke")
     config.stabie.qm_weight = 1.0
     with pytest.raises(ValueError, match="stabie.qm_weight"):
-        water_system.run_stabie_stage(tmp_path / "no_model", None, config, tmp_path)
+        periodic.run_stabie_stage(tmp_path / "no_model", None, config, tmp_path)
 
 
 def test_chain_thermostat_time_from_config_matches_the_authors_period():
@@ -330,12 +330,12 @@ def test_evaluation_reloads_the_data_with_the_configured_reader_options(monkeypa
 
 
 def test_water_refuses_a_neighbour_capacity_the_data_exceeds():
-    from experiments import water_system
+    from experiments import periodic
     from stabie_jax import md
     from stabie_jax.models.gemnet_table import max_neighbors_in_frames
 
     config = water.get_config("smoke")
-    data = water_system.load_water_data(config.data)
+    data = periodic.load_periodic_data(config.data)
     frames = data.train.positions[:3]
     most = max_neighbors_in_frames(frames, md.periodic_space(data.box).displacement_fn, 4.0)
     # Independent count: minimum image in the cubic box, numpy.
@@ -344,10 +344,10 @@ def test_water_refuses_a_neighbour_capacity_the_data_exceeds():
     r = np.linalg.norm(d, axis=-1)
     n = ((r < 4.0) & (r > 0)).sum(-1).max()
     assert most == n and 10 < most < 80
-    water_system.check_neighbor_capacity(config, data)  # the shipped capacity fits
+    periodic.check_neighbor_capacity(config, data)  # the shipped capacity fits
     config.model.hparams.neighbor_capacity = most - 1
     with pytest.raises(ValueError, match=r"hparams\.neighbor_capacity = \d+, but an atom"):
-        water_system.check_neighbor_capacity(config, data)
+        periodic.check_neighbor_capacity(config, data)
 
 
 def test_n_eff_curve_is_taken_from_the_reference_frames_temperature():
@@ -423,18 +423,18 @@ def _gemnet(hparams, atomic_numbers, capacity):
 def test_water_md_stages_report_a_table_overflow_instead_of_instability():
     """The simulator that water StABlE and evaluation build checks replicas that turn
     non-finite: a capacity below the liquid's neighbour count stops with the value to set."""
-    from experiments import water_system
+    from experiments import periodic
     from stabie_jax import md
     from stabie_jax.models.gemnet_table import max_neighbors_in_frames
 
     config = water.get_config("smoke")
-    data = water_system.load_water_data(config.data)
+    data = periodic.load_periodic_data(config.data)
     z = np.asarray(data.train.atomic_numbers)
     most = max_neighbors_in_frames(
         data.train.positions[:1], md.periodic_space(data.box).displacement_fn, 4.0
     )
     loaded = _gemnet(config.model.hparams, z, most - 1)
-    _, sim, _, _ = water_system._potential_and_simulator(loaded, data, config, 300.0, 10, 2)
+    _, sim, _, _ = periodic._potential_and_simulator(loaded, data, config, 300.0, 10, 2)
     with jax.debug_nans(False):  # the overflowing table gives NaN forces from the start
         start = jnp.asarray(data.train.positions[:2])
         state = sim.init(loaded.params, jax.random.PRNGKey(1), start)
@@ -496,14 +496,14 @@ def test_pretraining_refuses_frames_that_overflow_the_table_before_any_compute(t
 
 
 def data_box(config):
-    from experiments import water_system
+    from experiments import periodic
 
-    return water_system.load_water_data(config.data).box
+    return periodic.load_periodic_data(config.data).box
 
 
 def test_water_pipeline_on_the_builtin_set(tmp_path):
     """64 SPC/Fw waters (GemNet-T, periodic, localized O–H estimator) through all three stages."""
-    from experiments import water_system
+    from experiments import periodic
 
     c = water.get_config("smoke")
     c.progress = False
@@ -515,7 +515,7 @@ def test_water_pipeline_on_the_builtin_set(tmp_path):
     c.stabie.max_learning_epochs = 1
     c.evaluate.length_ps = 0.04
     c.evaluate.check_every_steps = 20
-    summary = water_system.run(c, tmp_path)
+    summary = periodic.run(c, tmp_path)
     assert summary["stages"] == ["pretrain", "stabie", "evaluate"]
     meta = checkpoint.read_model_metadata(tmp_path / molecule.STABIE_MODEL)
     assert meta.kind == "gemnet_t" and len(meta.atomic_numbers) == 192

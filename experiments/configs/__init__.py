@@ -88,6 +88,8 @@ _POSITIVE = (
     "observable.r_max_angstrom",
     "observable.n_bins",
     "observable.sigma_angstrom",
+    "observable.rdf_r_max_angstrom",
+    "observable.rdf_n_bins",
     "stabie.n_replicas",
     "stabie.steps_per_epoch",
     "stabie.sample_every",
@@ -103,6 +105,8 @@ _POSITIVE = (
     "evaluate.sample_every",
     "evaluate.bond_deviation_angstrom",
     "evaluate.rdf_mae_threshold",
+    "evaluate.rdf_r_max_angstrom",
+    "evaluate.min_intermolecular_angstrom",
 )
 _NON_NEGATIVE = (
     "stabie.qm_weight",

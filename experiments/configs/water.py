@@ -57,6 +57,14 @@ def base_config() -> ml_collections.ConfigDict:
     # throughput at R = 128 on 2 cores (benchmarks/RESULTS.md). Same dynamics up to round-off.
     c.md.replica_batch_size = 0
 
+    # Training observable (experiments/periodic.py): "bond_lengths" = each molecule's distances
+    # from its centre atom (water: the two O–H lengths) with the localized estimator; "rdf" =
+    # the element-pair RDFs (rdf_n_bins bins to rdf_r_max_angstrom) with the global estimator.
+    c.observable = ml_collections.ConfigDict()
+    c.observable.kind = "bond_lengths"
+    c.observable.rdf_r_max_angstrom = 6.0
+    c.observable.rdf_n_bins = 100
+
     c.stabie = ml_collections.ConfigDict()
     c.stabie.n_replicas = 8
     c.stabie.steps_per_epoch = 1000
@@ -72,7 +80,12 @@ def base_config() -> ml_collections.ConfigDict:
     # all samples (unbiased). The paper configs reproduce the authors' update.
     c.stabie.observable_vjp = "per_batch"
     c.stabie.qm_weight = 0.0
+    # Training stability criterion: "min_intermolecular" (atoms of different molecules closer
+    # than min_intermolecular_angstrom) or "bond_deviation" (a bond off its mean length by more
+    # than bond_deviation_angstrom).
+    c.stabie.criterion = "min_intermolecular"
     c.stabie.min_intermolecular_angstrom = 1.2
+    c.stabie.bond_deviation_angstrom = 0.25
     c.stabie.n_bins = 100
     c.stabie.per_bin = 40  # authors: 5·R (paper text: 5)
     schedule_fields(c.stabie, reset_probability=0.0)
@@ -82,7 +95,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.evaluate.length_ps = 200.0
     c.evaluate.check_every_steps = 1000  # tau = 1 ps RDF window
     c.evaluate.sample_every = 100
+    # Evaluation criterion: "rdf_mae" (the element-pair RDFs of each check_every_steps window,
+    # r_max·mean|g - g_ref| above rdf_mae_threshold), "min_intermolecular" or "bond_deviation".
+    c.evaluate.criterion = "rdf_mae"
+    c.evaluate.rdf_r_max_angstrom = 6.0
     c.evaluate.rdf_mae_threshold = 3.0
+    c.evaluate.min_intermolecular_angstrom = 1.2
+    c.evaluate.bond_deviation_angstrom = 0.5
     c.evaluate.stop_fraction = 0.95
     # An unfinished model evaluation is checkpointed after every chunk (0) or at most this often
     # (s), and a rerun resumes there.

@@ -6,7 +6,7 @@ and re-runs are exact. Overflow is carried in each list and handled on the host:
 repeated from its input state with a larger capacity (:func:`retry_on_overflow`).
 
 * :func:`neighbor_list_fn` - the JAX-MD ``partition.neighbor_list`` with those flags (used by the
-  replica engine, :class:`stabie_jax.ase_calculator` and ``experiments/water_system.py``);
+  replica engine, :class:`stabie_jax.ase_calculator` and ``experiments/periodic.py``);
 * :func:`replica_neighbors` - allocate/rebuild batched lists ``[R, ...]`` of a common capacity.
 """
 

@@ -26,6 +26,7 @@ __all__ = [
     "atomwise_scale_shift",
     "make_potential",
     "nan_unless",
+    "neighbor_format",
     "parameter_count",
     "species_index",
 ]
@@ -43,6 +44,15 @@ class Potential(NamedTuple):
     energy_fn: Callable
     per_atom_energy_fn: Callable
     force_fn: Callable
+
+
+def neighbor_format(module) -> partition.NeighborListFormat:
+    """The JAX-MD neighbour-list format ``module``'s potential needs (``use_neighbor_list=True``):
+    ``OrderedSparse`` (each pair once) for a module with ``undirected_edges = True``, else
+    ``Sparse`` (both directions)."""
+    if getattr(module, "undirected_edges", False):
+        return partition.NeighborListFormat.OrderedSparse
+    return partition.NeighborListFormat.Sparse
 
 
 def make_potential(

@@ -1,0 +1,669 @@
+"""Pretrain → StABlE → evaluate for a periodic system (64-water, or any bulk system of yours).
+
+The config layer for ``experiments/water.py`` and the periodic side of ``experiments/custom.py``;
+library code receives explicit arguments. Any species in any order, any cell from the data
+(orthorhombic or triclinic, periodic in all three directions), unwrapped positions with JAX-MD
+sparse neighbour lists. Molecules are the connected components of the covalent bond graph of the
+reference frames (``stabie_jax.data.find_bonds``); an atomic system (no bonds) has one molecule
+per atom.
+
+Chosen by config:
+
+* training observable ``observable.kind``: ``"bond_lengths"`` (water: per-molecule distances
+  from the centre atom, localized estimator with the molecule's per-atom energies, molecules
+  balanced over ``stabie.n_bins`` deviation bins) or ``"rdf"`` (the element-pair RDFs on
+  ``observable.rdf_n_bins`` bins to ``observable.rdf_r_max_angstrom``, global estimator);
+* training criterion ``stabie.criterion``: ``"min_intermolecular"`` (distance between atoms of
+  different molecules below ``stabie.min_intermolecular_angstrom``; water: 1.2 Å) or
+  ``"bond_deviation"`` (a bond of the graph off its mean length by more than
+  ``stabie.bond_deviation_angstrom``);
+* evaluation criterion ``evaluate.criterion``: ``"rdf_mae"`` (water: the element-pair RDFs over
+  each ``check_every_steps`` window, ``r_max·mean|Δg|`` above ``evaluate.rdf_mae_threshold``),
+  ``"min_intermolecular"`` or ``"bond_deviation"``; the evaluation also reports the element-pair
+  RDF errors and the diffusivity of the heaviest element.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import pathlib
+import time
+from typing import NamedTuple
+
+import ase.data
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments import configs, evaluated_models, molecule
+from experiments.molecule import PRETRAINED_MODEL, STABIE_MODEL, exact_hyperparameters, parse_stages
+from stabie_jax import (
+    checkpoint,
+    data,
+    md,
+    metrics_log,
+    observables,
+    plots,
+    report,
+    stability,
+    trajectory_losses,
+    units,
+)
+from stabie_jax import evaluate as ev
+from stabie_jax import stabie as stabie_lib
+from stabie_jax.localized_estimator import neighbourhood_bond_lengths, neighbourhoods_from_bonds
+from stabie_jax.md.neighbors import neighbor_list_fn
+from stabie_jax.models.gemnet_t import GemNetT
+from stabie_jax.models.gemnet_table import max_neighbors_in_frames, suggested_capacity
+from stabie_jax.models.potential import neighbor_format
+from stabie_jax.models.registry import build_model, replica_fault_check
+from stabie_jax.trajectories import export_kept_frames, trajectory_links
+
+OBSERVABLES = ("bond_lengths", "rdf")
+TRAINING_CRITERIA = ("min_intermolecular", "bond_deviation")
+EVALUATION_CRITERIA = ("rdf_mae", "min_intermolecular", "bond_deviation")
+
+
+class PeriodicData(NamedTuple):
+    """Splits of a periodic dataset and what is derived from its reference frames.
+
+    Attributes:
+      train, val, test: :class:`stabie_jax.data.Dataset` splits (test is held out).
+      reference: non-test frames (reference RDFs, bond graph).
+      box: ``[3]`` side lengths or ``[3, 3]`` box matrix (lattice vectors as columns), Å.
+      bonds: :class:`stabie_jax.data.BondGraph` of the reference frames (minimum image).
+      molecule_ids: ``[N]`` molecule of each atom (components of the bond graph).
+      neighbourhoods: ``[M, k]`` atoms of each molecule, centre first, or None when the
+        molecules are not identical (:func:`neighbourhoods_from_bonds`).
+      distance_reference: ``[k - 1]`` Å, mean centre-to-atom distances over the training frames
+        (water: the two O–H lengths), or None.
+    """
+
+    train: data.Dataset
+    val: data.Dataset
+    test: data.Dataset
+    reference: data.Dataset
+    box: np.ndarray
+    bonds: data.BondGraph
+    molecule_ids: np.ndarray
+    neighbourhoods: np.ndarray | None
+    distance_reference: np.ndarray | None
+
+    @property
+    def atomic_numbers(self) -> np.ndarray:
+        return np.asarray(self.train.atomic_numbers)
+
+
+def load_periodic_data(d) -> PeriodicData:
+    """Load and split ``config.data``; the cell and species come from the file."""
+    full = data.load_dataset(d.source, download=bool(d.download), **molecule.reader_options(d))
+    if full.cell is None or not np.all(full.pbc):
+        raise ValueError(
+            f"config.data.source = {d.source!r}: a periodic system needs a cell and periodic "
+            f"boundaries in all three directions (pbc = "
+            f"{None if full.pbc is None else np.asarray(full.pbc).tolist()}); a molecule in "
+            "free space runs with the molecule pipeline (experiments/configs/custom.py decides "
+            "from the data)"
+        )
+    box = md.periodic_space(np.asarray(full.cell)).box
+    split = data.split_by_counts(
+        full.n_frames,
+        n_train=int(d.n_train),
+        n_val=int(d.n_val),
+        n_test=int(d.n_test),
+        seed=int(d.split_seed),
+        contiguous=bool(d.contiguous),
+    )
+    not_test = np.setdiff1d(np.arange(full.n_frames), split.test)[: int(d.max_reference_frames)]
+    reference = full.subset(not_test)
+    z = np.asarray(full.atomic_numbers)
+    bonds = data.bonds_from_dataset(reference)
+    molecule_ids = data.molecule_labels(len(z), bonds.bonds)
+    train = full.subset(split.train)
+    try:
+        neighbourhoods = neighbourhoods_from_bonds(z, bonds.bonds)
+    except ValueError:
+        neighbourhoods, distances = None, None
+    else:
+        disp = md.periodic_space(np.asarray(full.cell)).displacement_fn
+        per_frame = lambda r: jax.vmap(lambda a: neighbourhood_bond_lengths(r, a, disp))(
+            jnp.asarray(neighbourhoods)
+        )
+        lengths = np.asarray(jax.jit(jax.vmap(per_frame))(jnp.asarray(train.positions)))
+        distances = lengths.reshape(-1, neighbourhoods.shape[1] - 1).mean(axis=0)
+    return PeriodicData(
+        train,
+        full.subset(split.val),
+        full.subset(split.test),
+        reference,
+        box,
+        bonds,
+        molecule_ids,
+        neighbourhoods,
+        distances,
+    )
+
+
+def element_pairs(atomic_numbers) -> tuple[tuple[int, int], ...]:
+    """Every unordered pair of the elements present, heaviest first (water: O–O, O–H, H–H)."""
+    species = sorted({int(a) for a in np.asarray(atomic_numbers)}, reverse=True)
+    return tuple(itertools.combinations_with_replacement(species, 2))
+
+
+def pair_label(pair) -> str:
+    return "–".join(ase.data.chemical_symbols[int(a)] for a in pair)
+
+
+def check_choices(config, periodic: PeriodicData) -> None:
+    """Refuse observable/criterion choices the data cannot support, naming the key and the fix."""
+    kind = str(config.observable.kind)
+    if kind not in OBSERVABLES:
+        raise ValueError(
+            f"config.observable.kind = {kind!r}: a periodic system trains on one of {OBSERVABLES}"
+        )
+    if kind == "bond_lengths" and periodic.neighbourhoods is None:
+        neighbourhoods_from_bonds(periodic.atomic_numbers, periodic.bonds.bonds)  # raises, says why
+    for key, allowed in (
+        ("stabie.criterion", TRAINING_CRITERIA),
+        ("evaluate.criterion", EVALUATION_CRITERIA),
+    ):
+        section, name = key.split(".")
+        value = str(config[section][name])
+        if value not in allowed:
+            raise ValueError(f"config.{key} = {value!r}: choose one of {allowed}")
+        if value == "bond_deviation" and not len(periodic.bonds.bonds):
+            raise ValueError(
+                f"config.{key} = 'bond_deviation', but the data has no covalent bonds; use "
+                f"--config.{key}=min_intermolecular"
+            )
+        if value == "min_intermolecular" and len(np.unique(periodic.molecule_ids)) < 2:
+            raise ValueError(
+                f"config.{key} = 'min_intermolecular', but the bond graph joins all atoms into "
+                f"one molecule; use --config.{key}=bond_deviation"
+            )
+    half = 0.5 * observables.cell_heights(periodic.box).min()
+    for key in ("observable.rdf_r_max_angstrom", "evaluate.rdf_r_max_angstrom"):
+        section, name = key.split(".")
+        if float(config[section][name]) > half + 1e-9:
+            fits = np.floor(half * 10) / 10
+            raise ValueError(
+                f"config.{key} = {float(config[section][name]):g} Å exceeds half the smallest "
+                f"cell height of the data ({half:.3f} Å); set --config.{key}={fits:g}"
+            )
+
+
+def _neighbor_fn(box, cutoff: float, skin: float, fmt):
+    space = md.periodic_space(_cell(box))
+    return space, neighbor_list_fn(
+        space.displacement_fn,
+        jnp.asarray(box, jnp.float32),
+        cutoff + skin,
+        capacity_multiplier=1.5,
+        format=fmt,
+    )
+
+
+def _cell(box) -> np.ndarray:
+    """ASE cell (lattice vectors as rows) of a JAX-MD box (scalar, side lengths, or vectors as
+    columns)."""
+    box = np.asarray(box, np.float64)
+    if box.ndim == 0:
+        return np.eye(3) * box
+    return np.diag(box) if box.ndim == 1 else box.T
+
+
+def check_neighbor_capacity(config, periodic: PeriodicData) -> None:
+    """Refuse a GemNet-T neighbour table too small for the data (its energies would be NaN)."""
+    if config.model.kind != "gemnet_t":
+        return
+    hparams = config.model.hparams
+    capacity = int(hparams.get("neighbor_capacity", GemNetT.neighbor_capacity))
+    cutoff = float(hparams.get("cutoff", 5.0))
+    frames = np.concatenate(
+        [periodic.train.positions, periodic.val.positions, periodic.test.positions]
+    )
+    space = md.periodic_space(_cell(periodic.box))
+    most = max_neighbors_in_frames(frames, space.displacement_fn, cutoff)
+    suggested = suggested_capacity(most)
+    if most > capacity:
+        raise ValueError(
+            f"config.model.hparams.neighbor_capacity = {capacity}, but an atom of the data has "
+            f"{most} neighbours within the {cutoff:g}-A cutoff (GemNet-T's energies would be NaN); "
+            f"set --config.model.hparams.neighbor_capacity={suggested}"
+        )
+    if most > 0.9 * capacity:
+        logging.warning(
+            "config.model.hparams.neighbor_capacity = %d is close to the data's %d neighbours "
+            "per atom; compressed MD configurations may overflow it (their energies are NaN and "
+            "the replica counts as unstable); consider %d",
+            capacity,
+            most,
+            suggested,
+        )
+
+
+def run_pretrain(periodic: PeriodicData, config, workdir: pathlib.Path) -> pathlib.Path:
+    hparams = dict(config.model.hparams)
+    fmt = neighbor_format(build_model(config.model.kind, **hparams))
+    space, neighbor_fn = _neighbor_fn(periodic.box, float(hparams.get("cutoff", 5.0)), 0.0, fmt)
+    return molecule.run_pretrain(
+        periodic.train,
+        periodic.val,
+        periodic.test,
+        kind=config.model.kind,
+        hparams=hparams,
+        settings=molecule.pretrain_settings_from_config(config),
+        workdir=workdir,
+        seed=int(config.seed),
+        displacement_fn=space.displacement_fn,
+        neighbor_fn=neighbor_fn,
+        extra={"box_angstrom": np.asarray(periodic.box).tolist()},
+    )
+
+
+def _potential_and_simulator(
+    loaded,
+    periodic: PeriodicData,
+    config,
+    temperature_kelvin,
+    history_every,
+    n_replicas,
+    integrator_section="md",
+):
+    z = periodic.atomic_numbers
+    cutoff = float(loaded.metadata.cutoff_angstrom)
+    skin = float(config.model.neighbor_skin_angstrom)
+    fmt = neighbor_format(loaded.module)
+    space, neighbor_fn = _neighbor_fn(periodic.box, cutoff, skin, fmt)
+    potential = checkpoint.make_model_potential(
+        loaded.module, loaded.metadata, space.displacement_fn, use_neighbor_list=True
+    )
+    sim = md.make_simulator(
+        potential.energy_fn,
+        md.masses_from_atomic_numbers(z),
+        dt=units.fs_to_internal(float(config.md.timestep_fs)),
+        kT=units.kT(temperature_kelvin),
+        space=space,
+        cutoff=cutoff,
+        skin=skin,
+        neighbor_format=fmt,
+        history_every=history_every,
+        history_length=int(config.stabie.history_length),
+        mesh=md.replica_mesh(n_replicas),
+        replica_batch_size=molecule.replica_batch_size(config),
+        **molecule.integrator_kwargs(config, integrator_section),
+    )
+    fault_check = replica_fault_check(loaded.module, space.displacement_fn, sim.dt, sim.masses)
+    sim = md.with_nonfinite_check(sim, fault_check)  # a GemNet-T table overflow raises
+    return potential, sim, space, neighbor_fn
+
+
+def check_qm_weight(config) -> None:
+    """The periodic pipeline has no QM loss: refuse a λ it would silently ignore."""
+    if float(config.stabie.qm_weight) != 0.0:
+        raise ValueError(
+            f"config key stabie.qm_weight = {float(config.stabie.qm_weight)}: the periodic "
+            "pipeline has no QM loss term (the authors train water with lambda = 0); set "
+            "--config.stabie.qm_weight=0"
+        )
+
+
+def _stable_fn(kind: str, threshold: float, periodic: PeriodicData, reference_rdfs=None):
+    """``trajectory [F, R, N, 3] -> [R]`` bool for the criterion ``kind``."""
+    box = periodic.box
+    if kind == "min_intermolecular":
+        return lambda traj: stability.min_intermolecular_distance(
+            traj.positions, periodic.molecule_ids, threshold, box=box, frame_axis=0
+        )[0]
+    if kind == "bond_deviation":
+        disp = observables.minimum_image_displacement(box)
+        bonds, lengths = np.asarray(periodic.bonds.bonds), np.asarray(periodic.bonds.lengths)
+        return lambda traj: stability.bond_length_deviation(
+            traj.positions, bonds, lengths, threshold, displacement_fn=disp, frame_axis=0
+        )[0]
+    z, r_max = periodic.atomic_numbers, reference_rdfs["r_max"]
+    rdfs = reference_rdfs["rdfs"]
+    return lambda traj: stability.rdf_mae_criterion(
+        traj.positions, z, box, rdfs, threshold, r_max=r_max, frame_axis=0
+    )[0]
+
+
+def _rdf_observable(periodic: PeriodicData, r_max: float, n_bins: int):
+    """``positions [N, 3] -> [P·n_bins]``: the element-pair RDFs, concatenated."""
+    z, box, pairs = periodic.atomic_numbers, periodic.box, element_pairs(periodic.atomic_numbers)
+    return lambda r: jnp.concatenate(
+        [observables.rdf(r, z, p, box, r_max, n_bins) for p in pairs], axis=-1
+    )
+
+
+def _observable_loss(config, periodic, potential, template, space, kT, reduction):
+    """The configured observable loss and the size of its observable."""
+    s, o = config.stabie, config.observable
+
+    def per_atom_energy_fn(params, positions):
+        return potential.per_atom_energy_fn(params, positions, template.update(positions))
+
+    def overflow_fn(frames):
+        return jnp.any(jax.vmap(lambda r: template.update(r).did_buffer_overflow)(frames))
+
+    vjp = str(s.get("observable_vjp", "global"))
+    if str(o.kind) == "bond_lengths":
+        loss = trajectory_losses.local_observable_loss(
+            per_atom_energy_fn,
+            periodic.neighbourhoods,
+            periodic.distance_reference,
+            kT,
+            bond_equilibrium=jnp.asarray(periodic.distance_reference),
+            displacement_fn=space.displacement_fn,
+            batch_size=int(s.minibatch_size),
+            n_bins=int(s.n_bins),
+            per_bin=int(s.per_bin),
+            overflow_fn=overflow_fn,
+            reduction=reduction,
+            vjp=vjp,
+        )
+        return loss, int(np.size(periodic.distance_reference)), per_atom_energy_fn
+    r_max, n_bins = float(o.rdf_r_max_angstrom), int(o.rdf_n_bins)
+    observable_fn = _rdf_observable(periodic, r_max, n_bins)
+    reference = jnp.mean(jax.lax.map(observable_fn, jnp.asarray(periodic.reference.positions)), 0)
+    global_loss = trajectory_losses.global_observable_loss(
+        lambda params, r: jnp.sum(per_atom_energy_fn(params, r)),
+        observable_fn,
+        reference,
+        kT,
+        batch_size=int(s.minibatch_size),
+        reduction=reduction,
+        vjp=vjp,
+    )
+
+    def loss(params, trajectory, key, log_weights=None):
+        value, aux = global_loss(params, trajectory, key, log_weights)
+        frames, ok = trajectory_losses.trajectory_samples(trajectory)
+        safe = jnp.where(ok[:, None, None], frames, frames[jnp.argmax(ok)])
+        return value, {**aux, "overflow": overflow_fn(safe)}
+
+    return loss, int(reference.size), per_atom_energy_fn
+
+
+def run_stabie_stage(pretrained_dir, periodic: PeriodicData, config, workdir) -> pathlib.Path:
+    s = config.stabie
+    check_qm_weight(config)
+    loaded = checkpoint.load_model_checkpoint(pretrained_dir)
+    T = float(config.md.temperature_kelvin)
+    t = int(s.steps_per_epoch)
+    potential, sim, space, neighbor_fn = _potential_and_simulator(
+        loaded, periodic, config, T, t, int(config.stabie.n_replicas)
+    )
+    # Neighbour list for the estimator's per-atom energies: allocated with headroom from the
+    # training frames, updated inside jit; overflow is reported in the metrics, and the driver
+    # skips such a step instead of using a gradient with dropped neighbours.
+    template = neighbor_fn.allocate(jnp.asarray(periodic.train.positions[0]), extra_capacity=0)
+    kT = units.kT(T)
+    reduction = str(s.get("observable_reduction", "sum"))
+    obs_loss, n_observable, per_atom_energy_fn = _observable_loss(
+        config, periodic, potential, template, space, kT, reduction
+    )
+    hp = exact_hyperparameters(
+        str(s.hyperparameter_convention),
+        float(s.learning_rate),
+        float(s.qm_weight),
+        float(s.grad_clip_norm) if s.grad_clip_norm else None,
+        kT,
+        int(s.minibatch_size),
+        reduction=reduction,
+        n_observable=n_observable,
+    )
+    criterion = str(s.criterion)
+    threshold = float(
+        s.min_intermolecular_angstrom
+        if criterion == "min_intermolecular"
+        else s.bond_deviation_angstrom
+    )
+    problem = stabie_lib.StabieProblem(
+        sim,
+        _stable_fn(criterion, threshold, periodic),
+        obs_loss,
+        None,
+        energy_fn=lambda params, positions: jnp.sum(per_atom_energy_fn(params, positions)),
+    )
+    settings = stabie_lib.StabieSettings(
+        steps_per_epoch=t,
+        sample_every=int(s.sample_every),
+        learning_rate=hp.learning_rate,
+        qm_weight=hp.qm_weight,
+        grad_clip_norm=hp.grad_clip_norm,
+        f_max=float(s.f_max),
+        f_min=float(s.f_min),
+        plateau_factor=float(s.plateau_factor),
+        plateau_patience=int(s.plateau_patience),
+        min_lr_fraction=float(s.min_lr_fraction),
+        reset_probability=float(s.reset_probability),
+        max_learning_epochs=int(s.max_learning_epochs),
+        max_epochs=int(s.max_epochs),
+        max_wall_seconds=float(s.max_wall_hours) * 3600 if s.max_wall_hours else None,
+        checkpoint_every=int(s.checkpoint_every),
+        gradient_scale=hp.gradient_scale,
+        reuse_min_neff=float(s.get("reuse_min_neff", 0.0)),
+        max_reuse_steps=int(s.get("max_reuse_steps", 10)),
+        split_cosine_every=int(s.get("split_cosine_every", 0)),
+    )
+    n_dev = jax.device_count()
+    meta = {
+        "config": molecule.stabie_run_config(config),
+        "exact_learning_rate": hp.learning_rate,
+        "exact_grad_clip_norm": hp.grad_clip_norm,
+        "gradient_scale": hp.gradient_scale,
+    }
+    return molecule.train_from_frames(
+        problem,
+        settings,
+        loaded,
+        periodic.train.positions,
+        n_replicas=int(s.n_replicas),
+        seed=int(config.seed),
+        workdir=workdir,
+        metadata=meta,
+        progress=bool(config.progress),
+        rescale_velocities=bool(config.md.rescale_velocities),
+        shard=n_dev > 1 and int(s.n_replicas) % n_dev == 0,
+        tensorboard=bool(config.get("tensorboard", False)),
+    )
+
+
+def _criterion_text(e) -> str:
+    kind = str(e.criterion)
+    if kind == "rdf_mae":
+        return f"RDF MAE > {float(e.rdf_mae_threshold):g}"
+    if kind == "min_intermolecular":
+        return f"intermolecular distance < {float(e.min_intermolecular_angstrom):g} Å"
+    return f"bond deviation > {float(e.bond_deviation_angstrom):g} Å"
+
+
+def evaluate_periodic(
+    config, workdir, periodic: PeriodicData, pretrained_dir, stabie_dir, wall
+) -> dict:
+    out = pathlib.Path(workdir) / "evaluate"
+    out.mkdir(parents=True, exist_ok=True)
+    e = config.evaluate
+    T = float(config.md.temperature_kelvin)
+    dt_fs = float(config.md.timestep_fs)
+    check = int(e.check_every_steps)
+    total = check * max(1, int(round(float(e.length_ps) * 1000.0 / dt_fs / check)))
+    z = periodic.atomic_numbers
+    pairs = element_pairs(z)
+    r_max = float(e.rdf_r_max_angstrom)
+    positions = jnp.asarray(periodic.reference.positions)
+    reference_rdfs = {
+        p: np.asarray(jnp.mean(observables.rdf(positions, z, p, periodic.box, r_max, 500), axis=0))
+        for p in pairs
+    }
+    kind = str(e.criterion)
+    threshold = {
+        "rdf_mae": e.rdf_mae_threshold,
+        "min_intermolecular": e.min_intermolecular_angstrom,
+        "bond_deviation": e.bond_deviation_angstrom,
+    }[kind]
+    stable_fn = _stable_fn(
+        kind, float(threshold), periodic, {"rdfs": reference_rdfs, "r_max": r_max}
+    )
+    n_rep = int(e.n_replicas)
+    initial = jnp.asarray(periodic.test.positions[:n_rep], jnp.float32)
+    key = jax.random.PRNGKey(int(config.seed) + 1000)
+    diffusing = z == z.max()  # the heaviest element (water: oxygen)
+
+    def evaluate_one(name, loaded, scratch):
+        _, sim, _, _ = _potential_and_simulator(
+            loaded, periodic, config, T, check, n_rep, integrator_section="evaluate"
+        )
+        result = ev.evaluate_stability(
+            sim,
+            loaded.params,
+            initial,
+            key,
+            stable_fn=stable_fn,
+            total_steps=total,
+            check_every_steps=check,
+            sample_every=int(e.sample_every),
+            stop_fraction=float(e.stop_fraction),
+            frame_observables=ev.rdf_observables(z, periodic.box, pairs, r_max),
+            msd_atoms=diffusing,
+            checkpoint_dir=scratch / "stability",
+            checkpoint_every_seconds=float(e.checkpoint_every_seconds),
+            progress=bool(config.progress),
+            tensorboard=bool(config.get("tensorboard", False)),
+            keep_last_chunks=bool(e.get("save_trajectories", False)),
+            desc=f"{name} {T:g} K",
+        )
+        result, kept = export_kept_frames(
+            result,
+            z,
+            evaluated_models.trajectory_dir(scratch),
+            tag=f"{T:g}K",
+            cell=_cell(periodic.box),
+        )
+        rdfs = {ev.rdf_name(p): result.observables[ev.rdf_name(p)] for p in pairs}
+        reference = {ev.rdf_name(p): reference_rdfs[p] for p in pairs}
+        entry = {
+            "median_stable_time_ps": result.median_stable_time_ps,
+            "mean_stable_time_ps": result.mean_stable_time_ps,
+            "stable_time_ps": result.stable_time_ps,
+            "rdf_errors": ev.rdf_errors(rdfs, reference, r_max),
+            "diffusivity_m2_per_s": None
+            if result.diffusivity_m2_per_s is None
+            else np.asarray(result.diffusivity_m2_per_s)[-1],
+        }
+        if kept:
+            entry["trajectories"] = {k: str(v) for k, v in kept.items()}
+        return result, entry
+
+    models = evaluated_models.load_models(pretrained_dir, stabie_dir, str(e.extra_models))
+    results, numbers = evaluated_models.evaluate_each(
+        models,
+        out,
+        lambda name, loaded: evaluated_models.protocol_fingerprint(
+            config, name, loaded.params, config.data.to_dict()
+        ),
+        evaluate_one,
+    )
+    system = str(config.system)
+    figures = {
+        "fraction_unstable": plots.plot_fraction_unstable(
+            {n: (results[n].times_ps, results[n].fraction_unstable) for n in results},
+            out / "fraction_unstable.png",
+            title=f"{system}: fraction of unstable replicas at {T:g} K",
+            n_replicas=n_rep,
+            criterion=_criterion_text(e),
+        ),
+        "rdfs": plots.plot_element_rdfs(
+            observables.rdf_bins(r_max, 500)[0],
+            {ev.rdf_name(p): reference_rdfs[p] for p in pairs},
+            {
+                n: {ev.rdf_name(p): results[n].observables[ev.rdf_name(p)] for p in pairs}
+                for n in results
+            },
+            out / "rdfs.png",
+        ),
+    }
+    records = metrics_log.read_records(pathlib.Path(workdir) / "stabie" / stabie_lib.METRICS_FILE)
+    if records:
+        figures["training"] = plots.plot_training_curve(records, out / "training.png")
+    heaviest = ase.data.chemical_symbols[int(z.max())]
+    table = {
+        name: {
+            "median stable time (ps)": r["median_stable_time_ps"],
+            **{
+                f"{pair_label(p)} RDF MAE": r["rdf_errors"][ev.rdf_name(p)]["rdf_mae"]
+                for p in pairs
+            },
+            f"D {heaviest} (m²/s)": r["diffusivity_m2_per_s"],
+        }
+        for name, r in numbers.items()
+    }
+    report.write_report(
+        out,
+        title=(
+            f"{system} ({config.get('variant', '')}, data {config.data.source}): {n_rep} "
+            f"replicas × {total * dt_fs / 1000.0:g} ps at {T:g} K, {_criterion_text(e)} "
+            f"(checked every {check * dt_fs / 1000:g} ps)"
+        ),
+        results={"comparison": table, "details": numbers},
+        config=config.to_dict(),
+        wall_clock_seconds=wall,
+        plots=figures,
+        trajectories=trajectory_links(numbers),
+    )
+    return {n: {k: v for k, v in r.items() if k != "stable_time_ps"} for n, r in numbers.items()}
+
+
+def run(config, workdir) -> dict:
+    workdir = pathlib.Path(workdir).expanduser().resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    for warning in configs.check_config(config):
+        logging.warning(warning)
+    stages = parse_stages(config.stages)
+    if "stabie" in stages:
+        check_qm_weight(config)  # at setup, not after pretraining
+    wall: dict[str, float] = {}
+    periodic = load_periodic_data(config.data)
+    check_choices(config, periodic)
+    check_neighbor_capacity(config, periodic)
+    logging.info(
+        "data: %d train / %d val / %d test frames, %d atoms, %d molecules",
+        periodic.train.n_frames,
+        periodic.val.n_frames,
+        periodic.test.n_frames,
+        len(periodic.atomic_numbers),
+        len(np.unique(periodic.molecule_ids)),
+    )
+    box = (np.asarray(periodic.box),)
+    if config.init_checkpoint:
+        pretrained_dir = pathlib.Path(config.init_checkpoint).expanduser().resolve()
+        checkpoint.read_model_metadata(pretrained_dir)
+    elif "pretrain" in stages:
+        started = time.time()
+        molecule.claim_pretrain(config, workdir, periodic.train, periodic.val, box)
+        pretrained_dir = run_pretrain(periodic, config, workdir)
+        wall["pretrain"] = time.time() - started
+    else:
+        pretrained_dir = workdir / PRETRAINED_MODEL
+        checkpoint.read_model_metadata(pretrained_dir)
+    stabie_dir = workdir / STABIE_MODEL
+    if "stabie" in stages:
+        started = time.time()
+        molecule.claim_stabie(config, workdir, periodic.train, pretrained_dir, box)
+        stabie_dir = run_stabie_stage(pretrained_dir, periodic, config, workdir)
+        wall["stabie"] = time.time() - started
+    summary = {"workdir": str(workdir), "stages": list(stages), "wall_seconds": wall}
+    if "evaluate" in stages:
+        started = time.time()
+        summary["evaluation"] = evaluate_periodic(
+            config, workdir, periodic, pretrained_dir, stabie_dir, wall
+        )
+        wall["evaluate"] = time.time() - started
+    # Written last: a run refused by a stage claim (other settings on this workdir) must not
+    # leave its config beside results it did not produce; stages.json records every stage.
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
