@@ -5,6 +5,9 @@
   stabie config   aspirin:smoke                            (every field, its value and comment)
   stabie import-schnet | import-nequip | export-schnet ... (python -m stabie_jax.interop)
   stabie generate molecule | water ...                     (python -m stabie_jax.data.generate)
+  stabie convert  SOURCE OUT.extxyz [--frames=N] [--energy_unit=U] [--labels=L] [--energy_key=K]
+                  [--forces_key=K]   (any readable data, e.g. builtin:water_spcfw_64_300K, to
+                                      extxyz or the stabie npz, eV and Å; N frames evenly spaced)
 
 ``--config`` takes a shipped config by name (``aspirin``, ``ala3``, ``water``, with an optional
 ``:variant``: ``paper``, ``cpu``, ``smoke``), resolved inside the installed package so the
@@ -19,13 +22,14 @@ import pathlib
 import re
 import sys
 
-__all__ = ["SYSTEMS", "config_comments", "main", "resolve_config"]
+__all__ = ["SYSTEMS", "config_comments", "convert", "main", "resolve_config"]
 
 # System name -> the stage runner its entry point calls.
 SYSTEMS = {
     "aspirin": "experiments.molecule:run",
     "ala3": "experiments.molecule:run",
     "water": "experiments.periodic:run",
+    "custom": "experiments.custom:run",
 }
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent / "configs"
 USAGE = __doc__.split("\n\n")[0] + "\n" + __doc__.split("\n\n")[1]
@@ -127,6 +131,49 @@ def _train(argv: list[str], *, evaluate_only: bool) -> int:
     return 0
 
 
+_CONVERT_OPTIONS = ("frames", "energy_unit", "labels", "energy_key", "forces_key")
+
+
+def convert(argv: list[str]) -> int:
+    """``stabie convert SOURCE OUT [--frames=N] [reader options]``: any data source the
+    experiments read (a file, a glob, a registry name, ``builtin:<name>``) written as extxyz
+    (``.extxyz``/``.xyz``) or the stabie npz (``.npz``), in eV and Å."""
+    positional = [a for a in argv if not a.startswith("--")]
+    options = {}
+    for arg in (a for a in argv if a.startswith("--")):
+        key, sep, value = arg[2:].partition("=")
+        if not sep or key not in _CONVERT_OPTIONS:
+            raise SystemExit(
+                f"stabie convert: unknown option {arg!r}; options: "
+                + ", ".join(f"--{k}=..." for k in _CONVERT_OPTIONS)
+            )
+        options[key] = value
+    if len(positional) != 2:
+        raise SystemExit("stabie convert SOURCE OUT.extxyz [--frames=N] (see stabie --help)")
+    source, out = positional
+    import numpy as np
+
+    from stabie_jax import data
+
+    n_frames = int(options.pop("frames", 0) or 0)
+    try:
+        dataset = data.load_dataset(source, **{k: v for k, v in options.items() if v})
+    except (ValueError, OSError) as err:
+        raise SystemExit(f"stabie convert: {err}") from None
+    if 0 < n_frames < dataset.n_frames:
+        dataset = dataset.subset(np.linspace(0, dataset.n_frames - 1, n_frames).round().astype(int))
+    suffix = pathlib.Path(out).suffix
+    if suffix == ".npz":
+        path = data.save_dataset(dataset, out)
+    elif suffix in (".extxyz", ".xyz"):
+        path = data.write_extxyz(dataset, out)
+    else:
+        raise SystemExit(f"stabie convert: {out}: give a .extxyz, .xyz or .npz file name")
+    cell = "no cell" if dataset.cell is None else f"cell {np.round(dataset.cell, 3).tolist()} Å"
+    print(f"{path}: {dataset.n_frames} frames of {len(dataset.atomic_numbers)} atoms, {cell}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``stabie`` console script."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -144,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         from stabie_jax.interop.__main__ import main as interop_main
 
         return interop_main([command, *rest])
+    if command == "convert":
+        return convert(rest)
     if command == "generate":
         from stabie_jax.data.generate.__main__ import main as generate_main
 

@@ -183,7 +183,26 @@ def check_choices(config, periodic: PeriodicData) -> None:
                 f"config.{key} = 'min_intermolecular', but the bond graph joins all atoms into "
                 f"one molecule; use --config.{key}=bond_deviation"
             )
+    sampled = float(config.data.get("reference_temperature_kelvin", 0.0) or 0.0)
+    if sampled and not np.isclose(sampled, float(config.md.temperature_kelvin)):
+        raise ValueError(
+            f"config.data.reference_temperature_kelvin = {sampled:g} K differs from "
+            f"config.md.temperature_kelvin = {float(config.md.temperature_kelvin):g} K: the "
+            "periodic pipeline takes its reference observables from the frames as they are "
+            "(reweighting a bulk system's energies to another temperature leaves almost no "
+            "effective samples); simulate at the data's temperature"
+        )
     half = 0.5 * observables.cell_heights(periodic.box).min()
+    reach = float(config.model.hparams.get("cutoff", 5.0)) + float(
+        config.model.neighbor_skin_angstrom
+    )
+    if reach > half + 1e-9:
+        raise ValueError(
+            f"config.model.hparams.cutoff + config.model.neighbor_skin_angstrom = {reach:g} Å "
+            f"exceeds half the smallest cell height of the data ({half:.3f} Å): minimum-image "
+            "neighbour lists would miss periodic images; lower them or use a supercell of your "
+            "frames (ase.build.make_supercell)"
+        )
     for key in ("observable.rdf_r_max_angstrom", "evaluate.rdf_r_max_angstrom"):
         section, name = key.split(".")
         if float(config[section][name]) > half + 1e-9:
@@ -617,7 +636,9 @@ def evaluate_periodic(
     return {n: {k: v for k, v in r.items() if k != "stable_time_ps"} for n, r in numbers.items()}
 
 
-def run(config, workdir) -> dict:
+def run(config, workdir, frames: PeriodicData | None = None) -> dict:
+    """Run the configured stages; ``frames`` is ``load_periodic_data(config.data)`` when the
+    caller has it already. Returns a summary dict (also in workdir)."""
     workdir = pathlib.Path(workdir).expanduser().resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     for warning in configs.check_config(config):
@@ -626,7 +647,7 @@ def run(config, workdir) -> dict:
     if "stabie" in stages:
         check_qm_weight(config)  # at setup, not after pretraining
     wall: dict[str, float] = {}
-    periodic = load_periodic_data(config.data)
+    periodic = load_periodic_data(config.data) if frames is None else frames
     check_choices(config, periodic)
     check_neighbor_capacity(config, periodic)
     logging.info(

@@ -547,10 +547,13 @@ def test_a_reweighted_reference_with_few_effective_frames_is_flagged():
 
 def test_own_extxyz_molecule_through_every_stage(tmp_path):
     """A user's file: 80 aspirin frames as MACE-style extxyz (REF_energy / REF_forces, eV),
-    pretrained, StABlE-trained and evaluated with the same reader options in every stage."""
+    pretrained, StABlE-trained and evaluated with the generic config and the same reader options
+    in every stage."""
     import ase
     import ase.io
 
+    from experiments import custom
+    from experiments.configs import custom as custom_config
     from stabie_jax import data
 
     frames = data.load_dataset(aspirin.get_config("smoke").data.source).subset(np.arange(80))
@@ -562,12 +565,21 @@ def test_own_extxyz_molecule_through_every_stage(tmp_path):
         images.append(atoms)
     path = tmp_path / "my_aspirin.extxyz"
     ase.io.write(path, images, format="extxyz")
-    config = tiny_configs.get_config()
+    # The generic config (experiments/configs/custom.py) at the tiny test size.
+    config = custom_config.get_config("smoke")
+    config.progress = False
     config.data.source = str(path)
     config.data.energy_unit = "eV"
     config.data.energy_key, config.data.forces_key = "REF_energy", "REF_forces"
+    config.data.n_train, config.data.n_val, config.data.n_test = 40, 10, 10
+    config.data.reference_temperature_kelvin = 500.0
+    config.md.temperature_kelvin = 500.0
+    config.pretrain.overrides.max_epochs = 2
+    config.stabie.f_max = 0.25
+    config.evaluate.check_every_steps = 40
     config.evaluate.transfer_temperatures_kelvin = (700.0,)
-    summary = molecule.run(config, tmp_path / "run")
+    summary = custom.run(config, tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["observable"]["kind"] == "h_r"
     assert summary["stages"] == ["pretrain", "stabie", "evaluate"]
     report = json.loads((tmp_path / "run" / "evaluate" / "report.json").read_text())
     assert str(path) in report["title"]

@@ -200,7 +200,7 @@ def test_shipped_configs_pass_the_setup_checks(system, variant):
         ("evaluate.n_replicas", 0, r"evaluate\.n_replicas = 0 must be > 0"),
         ("stabie.minibatch_size", 1, r"minibatch_size = 1 must be >= 2"),
         ("stabie.f_max", 1.5, r"f_max = 1\.5 must lie in \[0, 1\]"),
-        ("stabie.f_min", 0.9, r"f_min = 0\.9 must not exceed"),
+        ("stabie.f_min", 0.9, r"f_min = 0\.9 must be below"),
         ("stabie.qm_weight", -1.0, r"qm_weight = -1\.0 must be >= 0"),
         ("evaluate.transfer_temperatures_kelvin", (700.0, 0.0), "each must be > 0"),
         ("evaluate.n_replicas", 10_000, r"n_replicas = 10000 exceeds config\.data\.n_test"),

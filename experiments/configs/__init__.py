@@ -84,7 +84,6 @@ _POSITIVE = (
     "data.n_train",
     "data.n_val",
     "data.n_test",
-    "data.reference_temperature_kelvin",
     "observable.r_max_angstrom",
     "observable.n_bins",
     "observable.sigma_angstrom",
@@ -109,6 +108,7 @@ _POSITIVE = (
     "evaluate.min_intermolecular_angstrom",
 )
 _NON_NEGATIVE = (
+    "data.reference_temperature_kelvin",  # 0 = the simulation temperature
     "stabie.qm_weight",
     "stabie.qm_batches_per_step",
     "stabie.grad_clip_norm",
@@ -174,13 +174,22 @@ def check_config(config) -> list[str]:
         if value is not None and not 0.0 <= value <= 1.0:
             problems.append(f"config.{path} = {value!r} must lie in [0, 1]")
     f_min, f_max = number("stabie.f_min"), number("stabie.f_max")
-    if f_min is not None and f_max is not None and f_min > f_max:
-        problems.append(f"config.stabie.f_min = {f_min} must not exceed config.stabie.f_max")
+    if f_min is not None and f_max is not None and f_min >= f_max:
+        problems.append(
+            f"config.stabie.f_min = {f_min} must be below config.stabie.f_max = {f_max} (the "
+            "learning phase ends at f_min, the simulation phase at f_max)"
+        )
     batch = number("stabie.minibatch_size")
     if batch is not None and batch < 2:
         problems.append(
             f"config.stabie.minibatch_size = {batch!r} must be >= 2 "
             "(a covariance needs two samples)"
+        )
+    vacf, check = number("evaluate.vacf_window_steps"), number("evaluate.check_every_steps")
+    if vacf and check and vacf > check:
+        problems.append(
+            f"config.evaluate.vacf_window_steps = {vacf} exceeds config.evaluate.check_every_steps"
+            f" = {check} (the VACF is computed within each checked chunk); lower it or set 0 (off)"
         )
     transfer = _lookup(config, "evaluate.transfer_temperatures_kelvin")
     if transfer is not _MISSING and any(not float(t) > 0 for t in transfer or ()):

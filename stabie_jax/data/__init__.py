@@ -45,6 +45,7 @@ from stabie_jax.data.readers import (
     read_sgdml_npz,
     read_stabie_npz,
     save_dataset,
+    write_extxyz,
 )
 from stabie_jax.data.registry import (
     DATA_DIR_ENV,
@@ -98,6 +99,7 @@ __all__ = [
     "read_sgdml_npz",
     "read_stabie_npz",
     "save_dataset",
+    "write_extxyz",
     "sha256_of_file",
     "split_by_counts",
     "velocities_from_angstrom_per_fs",

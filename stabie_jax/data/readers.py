@@ -72,6 +72,7 @@ __all__ = [
     "read_sgdml_npz",
     "read_stabie_npz",
     "save_dataset",
+    "write_extxyz",
 ]
 
 PathLike = str | os.PathLike
@@ -943,6 +944,54 @@ def save_dataset(dataset: Dataset, path: PathLike) -> pathlib.Path:
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez_compressed(f, **arrays)
+        _readable_by_all(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _readable_by_all(path) -> None:
+    """The permissions a plain ``open`` would give (mkstemp's temporary file is owner-only)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def write_extxyz(dataset: Dataset, path: PathLike) -> pathlib.Path:
+    """Writes ``dataset`` as extended XYZ (ASE), atomically: per frame the positions (Å), the
+    cell and pbc, and, when labelled, the energy (eV) and forces (eV/Å) as ASE single-point
+    results, which :func:`read_ase` (and every ASE-based tool: MACE, NequIP, ASE's GUI) reads
+    back.
+
+    Returns:
+      The path written.
+    """
+    import ase
+    import ase.io
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    path = pathlib.Path(path)
+    frames = []
+    for i in range(dataset.n_frames):
+        atoms = ase.Atoms(
+            numbers=dataset.atomic_numbers,
+            positions=dataset.positions[i],
+            cell=dataset.cell,
+            pbc=dataset.pbc,
+        )
+        if dataset.has_labels:
+            atoms.calc = SinglePointCalculator(
+                atoms, energy=float(dataset.energies[i]), forces=dataset.forces[i]
+            )
+        frames.append(atoms)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        ase.io.write(tmp, frames, format="extxyz")
+        _readable_by_all(tmp)
         os.replace(tmp, path)
     except BaseException:
         pathlib.Path(tmp).unlink(missing_ok=True)
