@@ -108,3 +108,43 @@ def test_convert_writes_any_source_as_extxyz_that_reads_back_the_same(tmp_path):
     np.testing.assert_allclose(back.forces, picked.forces, atol=1e-6)
     bad = _stabie(tmp_path, "convert", "builtin:water_spcfw_64_300K", "w.extxyz", "--frame=5")
     assert bad.returncode != 0 and "unknown option '--frame=5'" in bad.stderr
+
+
+def _readme_block(heading: str) -> list[str]:
+    """The commands of the first bash block under ``heading`` in README.md."""
+    text = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split(heading, 1)[1]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    return [line for line in block.splitlines() if line.strip()]
+
+
+def test_readme_own_system_commands_name_real_configs_fields_and_sources():
+    """The README's "Your own system" block (run verbatim in a fresh clone before release, see
+    the issue notes) stays in step with the code: every --config.KEY it sets exists in the
+    config it names, and every source it converts can be read."""
+    import shlex
+
+    from stabie_jax import data
+
+    lines = _readme_block("## Your own system")
+    trains = [shlex.split(line) for line in lines if line.startswith("stabie train")]
+    converts = [shlex.split(line) for line in lines if line.startswith("stabie convert")]
+    assert len(trains) == 2 and len(converts) == 2
+    for argv in converts:
+        assert data.load_dataset(argv[2]).n_frames >= int(argv[4].split("=")[1])
+    written = {argv[3] for argv in converts}
+    for argv in trains:
+        spec = next(a.split("=", 1)[1] for a in argv if a.startswith("--config="))
+        file_spec, runner = cli.resolve_config(spec)
+        assert runner == "experiments.custom:run"
+        path, _, variant = file_spec.partition(":")
+        config = cli._load(pathlib.Path(path), variant)
+        for arg in argv:
+            if arg.startswith("--config."):
+                key, value = arg[len("--config.") :].split("=", 1)
+                section, name = key.split(".")
+                assert name in config[section], key
+                if key == "data.source":
+                    assert value in written
+        n_needed = config.data.n_train + config.data.n_val + config.data.n_test
+        assert n_needed <= min(int(a[4].split("=")[1]) for a in converts)
