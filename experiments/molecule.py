@@ -682,10 +682,33 @@ def integrator_kwargs(config, section: str = "md") -> dict:
     )
 
 
+def stabie_settings_kwargs(config) -> dict:
+    """The :class:`stabie_jax.stabie.StabieSettings` fields read from ``config.stabie`` as they
+    are (phases, schedule, budget, checkpoints, reuse); the learning rate, λ, clip and gradient
+    scale come from :func:`exact_hyperparameters`."""
+    s = config.stabie
+    return dict(
+        steps_per_epoch=int(s.steps_per_epoch),
+        sample_every=int(s.sample_every),
+        f_max=float(s.f_max),
+        f_min=float(s.f_min),
+        plateau_factor=float(s.plateau_factor),
+        plateau_patience=int(s.plateau_patience),
+        min_lr_fraction=float(s.min_lr_fraction),
+        reset_probability=float(s.reset_probability),
+        max_learning_epochs=int(s.max_learning_epochs),
+        max_epochs=int(s.max_epochs),
+        max_wall_seconds=float(s.max_wall_hours) * 3600.0 if s.max_wall_hours else None,
+        checkpoint_every=int(s.checkpoint_every),
+        reuse_min_neff=float(s.get("reuse_min_neff", 0.0)),
+        max_reuse_steps=int(s.get("max_reuse_steps", 10)),
+        split_cosine_every=int(s.get("split_cosine_every", 0)),
+    )
+
+
 def stabie_inputs_from_config(config) -> StabieInputs:
     s, m, o = config.stabie, config.md, config.observable
     recipe = pretrain_lib.recipe(config.pretrain.recipe)
-    max_wall = float(s.max_wall_hours) * 3600.0 if s.max_wall_hours else None
     return StabieInputs(
         temperature_kelvin=float(m.temperature_kelvin),
         timestep_fs=float(m.timestep_fs),
@@ -709,23 +732,7 @@ def stabie_inputs_from_config(config) -> StabieInputs:
         h_r_max_angstrom=float(o.r_max_angstrom),
         h_n_bins=int(o.n_bins),
         h_sigma_angstrom=float(o.sigma_angstrom),
-        settings_kwargs=dict(
-            steps_per_epoch=int(s.steps_per_epoch),
-            sample_every=int(s.sample_every),
-            f_max=float(s.f_max),
-            f_min=float(s.f_min),
-            plateau_factor=float(s.plateau_factor),
-            plateau_patience=int(s.plateau_patience),
-            min_lr_fraction=float(s.min_lr_fraction),
-            reset_probability=float(s.reset_probability),
-            max_learning_epochs=int(s.max_learning_epochs),
-            max_epochs=int(s.max_epochs),
-            max_wall_seconds=max_wall,
-            checkpoint_every=int(s.checkpoint_every),
-            reuse_min_neff=float(s.get("reuse_min_neff", 0.0)),
-            max_reuse_steps=int(s.get("max_reuse_steps", 10)),
-            split_cosine_every=int(s.get("split_cosine_every", 0)),
-        ),
+        settings_kwargs=stabie_settings_kwargs(config),
         reference_temperature_kelvin=reference_temperature(config),
         integrator=md_integrator(config),
         chain_tau_factor=chain_tau_factor(config),

@@ -448,25 +448,11 @@ def run_stabie_stage(pretrained_dir, periodic: PeriodicData, config, workdir) ->
         energy_fn=lambda params, positions: jnp.sum(per_atom_energy_fn(params, positions)),
     )
     settings = stabie_lib.StabieSettings(
-        steps_per_epoch=t,
-        sample_every=int(s.sample_every),
         learning_rate=hp.learning_rate,
         qm_weight=hp.qm_weight,
         grad_clip_norm=hp.grad_clip_norm,
-        f_max=float(s.f_max),
-        f_min=float(s.f_min),
-        plateau_factor=float(s.plateau_factor),
-        plateau_patience=int(s.plateau_patience),
-        min_lr_fraction=float(s.min_lr_fraction),
-        reset_probability=float(s.reset_probability),
-        max_learning_epochs=int(s.max_learning_epochs),
-        max_epochs=int(s.max_epochs),
-        max_wall_seconds=float(s.max_wall_hours) * 3600 if s.max_wall_hours else None,
-        checkpoint_every=int(s.checkpoint_every),
         gradient_scale=hp.gradient_scale,
-        reuse_min_neff=float(s.get("reuse_min_neff", 0.0)),
-        max_reuse_steps=int(s.get("max_reuse_steps", 10)),
-        split_cosine_every=int(s.get("split_cosine_every", 0)),
+        **molecule.stabie_settings_kwargs(config),
     )
     n_dev = jax.device_count()
     meta = {

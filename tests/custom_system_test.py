@@ -142,29 +142,26 @@ def test_own_triclinic_argon_crystal_through_every_stage(tmp_path, capsys):
 
     path = tmp_path / "argon.extxyz"
     cell = _argon_extxyz(path)
-    config = custom_config.get_config("smoke")
-    config.progress = False
-    config.data.source = str(path)
-    config.data.energy_unit = "eV"
-    config.data.n_train, config.data.n_val, config.data.n_test = 40, 10, 10
-    config.md.temperature_kelvin = 40.0
-    config.md.timestep_fs = 2.0
-    config.pretrain.overrides.max_epochs = 2
-    # Nearest neighbours sit at 3.72 Å: a 3.6-Å minimum distance fails at once (the data's
-    # frames have pairs near 3.3 Å), so StABlE learns from its first simulation on.
-    config.stabie.min_intermolecular_angstrom = 3.6
+
+    def argon_config():
+        config = custom_config.get_config("smoke")
+        config.progress = False
+        config.data.source = str(path)
+        config.data.energy_unit = "eV"
+        config.data.n_train, config.data.n_val, config.data.n_test = 40, 10, 10
+        config.md.temperature_kelvin = 40.0
+        config.md.timestep_fs = 2.0
+        config.pretrain.overrides.max_epochs = 2
+        # Nearest neighbours sit at 3.72 Å: a 3.6-Å minimum distance fails at once (the data's
+        # frames have pairs near 3.3 Å), so StABlE learns from its first simulation on.
+        config.stabie.min_intermolecular_angstrom = 3.6
+        return config
+
     # The default RDF range (6 Å) exceeds half the cell's smallest height: refused, with the fix.
     with pytest.raises(ValueError, match=r"config.observable.rdf_r_max_angstrom = 6 .*--config"):
-        custom.run(config, tmp_path / "refused")
-    config = custom_config.get_config("smoke")
-    config.progress = False
-    config.data.source = str(path)
-    config.data.energy_unit = "eV"
-    config.data.n_train, config.data.n_val, config.data.n_test = 40, 10, 10
-    config.md.temperature_kelvin = 40.0
-    config.md.timestep_fs = 2.0
-    config.pretrain.overrides.max_epochs = 2
-    config.stabie.min_intermolecular_angstrom = 3.6
+        custom.run(argon_config(), tmp_path / "refused")
+    assert not (tmp_path / "refused" / "pretrain").exists()  # before any compute
+    config = argon_config()
     config.observable.rdf_r_max_angstrom = 5.0
     config.evaluate.rdf_r_max_angstrom = 5.0
     summary = custom.run(config, tmp_path / "run")

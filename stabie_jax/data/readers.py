@@ -939,24 +939,31 @@ def save_dataset(dataset: Dataset, path: PathLike) -> pathlib.Path:
         arrays["time_fs"] = dataset.time_fs
     if dataset.frame_ids is not None:
         arrays["frame_ids"] = dataset.frame_ids
+
+    def write(tmp):
+        with open(tmp, "wb") as f:  # a file object: given a name, numpy would append ".npz"
+            np.savez_compressed(f, **arrays)
+
+    return _write_atomically(path, write)
+
+
+def _write_atomically(path: pathlib.Path, write) -> pathlib.Path:
+    """``write(temporary_path)`` beside ``path``, then rename: readers never see a half-written
+    file, and a failed write leaves nothing. The file gets the permissions a plain ``open``
+    would give (``mkstemp``'s are owner-only)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **arrays)
-        _readable_by_all(tmp)
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         pathlib.Path(tmp).unlink(missing_ok=True)
         raise
     return path
-
-
-def _readable_by_all(path) -> None:
-    """The permissions a plain ``open`` would give (mkstemp's temporary file is owner-only)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 def write_extxyz(dataset: Dataset, path: PathLike) -> pathlib.Path:
@@ -986,17 +993,7 @@ def write_extxyz(dataset: Dataset, path: PathLike) -> pathlib.Path:
                 atoms, energy=float(dataset.energies[i]), forces=dataset.forces[i]
             )
         frames.append(atoms)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        ase.io.write(tmp, frames, format="extxyz")
-        _readable_by_all(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return _write_atomically(path, lambda tmp: ase.io.write(tmp, frames, format="extxyz"))
 
 
 def _json_default(value):
