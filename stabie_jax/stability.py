@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import ase.data
 import jax.numpy as jnp
 import numpy as np
 
@@ -34,9 +33,7 @@ __all__ = [
     "MIN_INTERMOLECULAR_DISTANCE",
     "RDF_MAE_THRESHOLD",
     "bond_length_deviation",
-    "infer_bonds",
     "min_intermolecular_distance",
-    "molecule_ids_from_bonds",
     "rdf_mae",
     "rdf_mae_criterion",
 ]
@@ -58,43 +55,6 @@ def _reduce_frames(value, frame_axis, worst):
     return worst(value, axis=frame_axis)
 
 
-def infer_bonds(positions, atomic_numbers, tolerance: float = 1.25) -> np.ndarray:
-    """Covalent bonds of one reference structure: ``d_ij < tolerance·(r_i + r_j)``.
-
-    Args:
-      positions: ``[N, 3]`` Å (numpy, free space).
-      atomic_numbers: ``[N]`` ints; radii from ``ase.data.covalent_radii``.
-      tolerance: factor on the sum of covalent radii.
-
-    Returns:
-      ``[B, 2]`` int array with ``i < j``.
-    """
-    r = np.asarray(positions, np.float64)
-    radii = ase.data.covalent_radii[np.asarray(atomic_numbers)]
-    d = np.linalg.norm(r[:, None] - r[None], axis=-1)
-    i, j = np.nonzero(np.triu(d < tolerance * (radii[:, None] + radii[None]), k=1))
-    return np.stack([i, j], axis=1)
-
-
-def molecule_ids_from_bonds(bonds, n_atoms: int) -> np.ndarray:
-    """Connected components of the bond graph: ``[N]`` molecule id per atom (host, numpy)."""
-    parent = np.arange(n_atoms)
-
-    def find(a):
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
-    for a, b in np.asarray(bonds).reshape(-1, 2):
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    roots = np.array([find(a) for a in range(n_atoms)])
-    _, ids = np.unique(roots, return_inverse=True)
-    return ids
-
-
 def bond_length_deviation(
     positions,
     bonds,
@@ -107,7 +67,8 @@ def bond_length_deviation(
 
     Args:
       positions: ``[..., N, 3]`` Å.
-      bonds: ``[B, 2]`` indices (static), e.g. :func:`infer_bonds` of a reference frame.
+      bonds: ``[B, 2]`` indices (static), e.g. ``stabie_jax.data.find_bonds(...).bonds`` of
+        reference frames.
       equilibrium_lengths: ``[B]`` Å (e.g. mean lengths over the training set).
       threshold: Å (0.25 training, 0.5 evaluation).
       displacement_fn: broadcasting displacement (periodic systems).
@@ -133,7 +94,7 @@ def min_intermolecular_distance(
 
     Args:
       positions: ``[..., N, 3]`` Å.
-      molecule_ids: ``[N]`` ints (static), e.g. :func:`molecule_ids_from_bonds`.
+      molecule_ids: ``[N]`` ints (static), e.g. ``stabie_jax.data.molecule_labels``.
       threshold: Å (1.2 for water).
       box: periodic box for minimum image (``[3]`` side lengths or a ``[3, 3]`` matrix with the
         lattice vectors as columns, Å; ``md.periodic_space(cell).box``), or None (free space).

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from conftest import shared_file
 
+from stabie_jax import data, stability
 from stabie_jax import observables as obs
-from stabie_jax import stability
 
 # A synthetic "molecule": water-like O-H-H plus a C-O fragment, with small thermal noise.
 SYNTH_Z = np.array([8, 1, 1, 6, 8])
@@ -22,15 +22,19 @@ def _synthetic_frames(n_frames, key):
     return jnp.asarray(SYNTH_POS) + 0.03 * jax.random.normal(key, (n_frames, 5, 3))
 
 
-def test_infer_bonds_and_molecule_ids():
-    bonds = stability.infer_bonds(SYNTH_POS, SYNTH_Z)
+def _bonds(positions, z):
+    """Covalent bonds of one structure (the bond finder the pipelines use)."""
+    return data.find_bonds(np.asarray(positions)[None], z).bonds
+
+
+def test_bonds_and_molecules_of_the_synthetic_structure():
+    bonds = _bonds(SYNTH_POS, SYNTH_Z)
     assert bonds.tolist() == [[0, 1], [0, 2], [3, 4]]
-    ids = stability.molecule_ids_from_bonds(bonds, 5)
-    assert ids.tolist() == [0, 0, 0, 1, 1]
+    assert data.molecule_labels(5, bonds).tolist() == [0, 0, 0, 1, 1]
 
 
 def test_bond_criterion_flags_broken_bond_and_nan():
-    bonds = stability.infer_bonds(SYNTH_POS, SYNTH_Z)
+    bonds = _bonds(SYNTH_POS, SYNTH_Z)
     eq = obs.bond_lengths(jnp.asarray(SYNTH_POS), bonds)
     frames = _synthetic_frames(10, jax.random.PRNGKey(0))  # [F, N, 3]
     broken = frames.at[4, 2].add(jnp.array([0.0, 0.6, 0.0]))  # H pulled 0.6 Å away
@@ -87,7 +91,7 @@ def test_rmd17_aspirin_reference_frames_pass_and_broken_bond_fails():
     data = np.load(shared_file("rmd17_aspirin", "rmd17_aspirin_train_01.npz"))
     pos = jnp.asarray(data["coords"][:200], jnp.float32)
     z = data["nuclear_charges"]
-    bonds = stability.infer_bonds(np.asarray(pos[0]), z)
+    bonds = _bonds(pos[0], z)
     assert len(bonds) == 21  # aspirin C9H8O4: 21 covalent bonds
     eq = jnp.mean(obs.bond_lengths(pos, bonds), axis=0)
     stable, dev = stability.bond_length_deviation(pos, bonds, eq, stability.BOND_DEVIATION_TRAIN)
