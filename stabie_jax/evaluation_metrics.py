@@ -362,16 +362,10 @@ def _log_weights(energies, t_from, t_to) -> np.ndarray:
 
 
 def _effective_sample_size(log_weights: np.ndarray) -> float:
-    """Kish–entropy ``N_eff = exp(-Σ w ln w)`` of ``[N]`` normalised log weights, float64 host.
-
-    The host copy of :func:`stabie_jax.reweighting.effective_sample_size` (same definition;
-    ``-inf`` entries are excluded), kept in numpy float64 because these evaluation numbers are
-    computed in float64 on the host: the jitted version sums in another order and differs from
-    this one by ~1e-15 relative.
-    """
-    lw = np.asarray(log_weights, np.float64)
-    with np.errstate(invalid="ignore"):
-        return float(np.exp(-np.sum(np.where(np.isfinite(lw), np.exp(lw) * lw, 0.0))))
+    """:func:`stabie_jax.reweighting.effective_sample_size` of host float64 log weights, computed
+    in float64 (the evaluation's numbers are float64)."""
+    with jax.enable_x64(True):
+        return float(reweighting.effective_sample_size(jnp.asarray(log_weights, jnp.float64)))
 
 
 def effective_sample_size_vs_temperature(
