@@ -297,17 +297,32 @@ def _make_evaluate_one(config, molecule, pr: _Protocol) -> Callable:
     return evaluate_one
 
 
-def _add_paired_comparisons(results: dict, numbers: dict) -> None:
-    """Every other model against the baseline, pair by pair (same ICs and momenta)."""
+def _add_paired_comparisons(results: dict, numbers: dict, h_ref) -> None:
+    """Every other model against the baseline, pair by pair (same ICs and momenta), and the
+    paper's observable protocol: h(r) of the replica with the median stability gain."""
     if "baseline" not in results:
         return
+    baseline = results["baseline"]
     for name in numbers:
         if name == "baseline":
             continue
-        numbers[name]["paired_vs_baseline"] = _paired(results["baseline"], results[name])
+        numbers[name]["paired_vs_baseline"] = _paired(baseline, results[name])
+        replica = ev.median_improvement_replica(baseline, results[name])
+        per_replica = {
+            model: results[model].observables_per_replica["h_of_r"][replica]
+            for model in ("baseline", name)
+        }
+        numbers[name]["median_gain_replica"] = {
+            "replica": replica,
+            "stable_time_gain_ps": float(
+                results[name].stable_time_ps[replica] - baseline.stable_time_ps[replica]
+            ),
+            "h_of_r_mae": ev.h_of_r_errors(per_replica[name], h_ref)["mae"],
+            "baseline_h_of_r_mae": ev.h_of_r_errors(per_replica["baseline"], h_ref)["mae"],
+        }
         for tag, tr in results[name + "_transfer"].items():
-            base = results["baseline_transfer"][tag].stability
-            numbers[name][f"transfer_{tag}"]["paired_vs_baseline"] = _paired(base, tr.stability)
+            at_tag = results["baseline_transfer"][tag].stability
+            numbers[name][f"transfer_{tag}"]["paired_vs_baseline"] = _paired(at_tag, tr.stability)
 
 
 def _vacf_curves(config, pr: _Protocol, results: dict, numbers: dict):
@@ -440,7 +455,7 @@ def evaluate_molecule(config, workdir, molecule, pretrained_dir, stabie_dir, wal
     results = {}
     for name, (result, transfer) in stored.items():
         results[name], results[name + "_transfer"] = result, transfer
-    _add_paired_comparisons(results, numbers)
+    _add_paired_comparisons(results, numbers, pr.h_ref)
     vacf = _vacf_curves(config, pr, results, numbers)
     figures = _figures(config, workdir, out, molecule, pr, results, numbers, vacf)
     report.write_report(
