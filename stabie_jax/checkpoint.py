@@ -44,6 +44,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from stabie_jax.jsonable import to_jsonable
 from stabie_jax.models.potential import Potential, make_potential
 from stabie_jax.models.registry import abstract_params, build_model
 from stabie_jax.models.scale_shift import scale_shift_potential
@@ -159,15 +160,9 @@ def state_checksum(state) -> str | None:
     return digest.hexdigest()
 
 
-def _jsonable(value):
-    """Convert numpy scalars/arrays and tuples so that ``json.dumps`` accepts them."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic | np.ndarray) or isinstance(value, jax.Array):
-        return _jsonable(np.asarray(value).tolist())
-    return value
+def _keep_nonfinite(value):
+    """:func:`stabie_jax.jsonable.to_jsonable` keeping NaN/inf (metadata round-trips as floats)."""
+    return to_jsonable(value, nonfinite="keep")
 
 
 def save_checkpoint(
@@ -187,7 +182,7 @@ def save_checkpoint(
       metadata: e.g. ``{"config": ..., "metrics": ...}``; numpy values are converted.
       wait: block until the files are written.
     """
-    blob = _jsonable(dict(metadata or {}))
+    blob = _keep_nonfinite(dict(metadata or {}))
     if _CHECKSUM_KEY in blob:
         raise ValueError(f"metadata key {_CHECKSUM_KEY!r} is reserved")
     blob[_CHECKSUM_KEY] = state_checksum(state)
@@ -409,7 +404,7 @@ class ModelMetadata(NamedTuple):
 
     def to_json(self) -> dict:
         """JSON-ready dict (the content of ``model.json`` minus the format version)."""
-        return _jsonable(
+        return _keep_nonfinite(
             {
                 "kind": self.kind,
                 "hparams": self.hparams,

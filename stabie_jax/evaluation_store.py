@@ -38,6 +38,7 @@ from absl import logging
 
 from stabie_jax import evaluate as ev
 from stabie_jax.data.registry import sha256_of_file
+from stabie_jax.jsonable import to_jsonable
 
 __all__ = ["fingerprint", "load_result", "save_result"]
 
@@ -51,18 +52,8 @@ _TYPES = {
 
 def fingerprint(spec: Any) -> str:
     """sha256 of the canonical JSON of ``spec`` (a JSON-able description of the protocol)."""
-    text = json.dumps(spec, sort_keys=True, default=_json_default)
+    text = json.dumps(to_jsonable(spec, nonfinite="keep"), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, tuple | list):
-        return list(value)
-    raise TypeError(f"cannot fingerprint {type(value).__name__}")
 
 
 def _encode(value, key: str, arrays: dict) -> Any:
@@ -122,7 +113,7 @@ def save_result(directory, result, fingerprint_hex: str, extra: dict | None = No
         "extra": extra or {},
     }
     tmp_json = directory / (_LAYOUT + ".tmp")
-    tmp_json.write_text(json.dumps(blob, indent=1, default=_json_default))
+    tmp_json.write_text(json.dumps(to_jsonable(blob, nonfinite="keep"), indent=1))
     os.replace(tmp_json, directory / _LAYOUT)
 
 

@@ -23,11 +23,9 @@ Examples:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime
 import importlib.metadata
 import json
-import math
 import os
 import pathlib
 import platform
@@ -37,7 +35,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-import numpy as np
+from stabie_jax.jsonable import to_jsonable
 
 __all__ = [
     "REPORT_JSON",
@@ -74,44 +72,6 @@ PACKAGES = (
 
 MAX_INLINE = 8
 """Arrays longer than this are only in report.json, not in the Markdown tables."""
-
-
-def to_jsonable(value: Any) -> Any:
-    """JSON-compatible copy of ``value`` (see the module docstring); raises on unknown types.
-
-    Args:
-      value: numbers, strings, numpy/JAX arrays, mappings, sequences, NamedTuples,
-        dataclasses, ``ml_collections.ConfigDict``, paths, None.
-
-    Returns:
-      Nested dicts/lists of ``str``, ``int``, ``float`` (finite), ``bool``, ``None``.
-    """
-    if value is None or isinstance(value, str | bool):
-        return value
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, pathlib.PurePath):
-        return str(value)
-    if hasattr(value, "to_dict") and callable(value.to_dict):  # ml_collections.ConfigDict
-        return to_jsonable(value.to_dict())
-    if isinstance(value, tuple) and hasattr(value, "_asdict"):  # NamedTuple
-        return to_jsonable(value._asdict())
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return to_jsonable({f.name: getattr(value, f.name) for f in dataclasses.fields(value)})
-    if isinstance(value, Mapping):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, np.generic | np.ndarray) or hasattr(value, "__array__"):
-        arr = np.asarray(value)
-        if arr.dtype.kind in "biuf":
-            return to_jsonable(arr.tolist()) if arr.ndim else to_jsonable(arr.item())
-        if arr.dtype.kind in "US":
-            return arr.tolist()
-        raise TypeError(f"to_jsonable: unsupported array dtype {arr.dtype}")
-    if isinstance(value, list | tuple | set | frozenset):
-        return [to_jsonable(v) for v in value]
-    raise TypeError(f"to_jsonable: cannot convert {type(value).__name__} to JSON")
 
 
 def software_versions(packages: Sequence[str] = PACKAGES) -> dict:

@@ -54,6 +54,7 @@ from stabie_jax.data.dataset import (
     velocities_from_angstrom_per_fs,
     velocities_to_angstrom_per_fs,
 )
+from stabie_jax.jsonable import to_jsonable
 
 __all__ = [
     "ENERGY_UNITS",
@@ -926,7 +927,7 @@ def save_dataset(dataset: Dataset, path: PathLike) -> pathlib.Path:
         "atomic_numbers": dataset.atomic_numbers,
         "masses": dataset.masses,
         "pbc": dataset.pbc,
-        "metadata": np.array(json.dumps(metadata, default=_json_default)),
+        "metadata": np.array(json.dumps(to_jsonable(metadata, nonfinite="keep"))),
     }
     if dataset.has_labels:
         arrays["energies"] = dataset.energies
@@ -994,11 +995,3 @@ def write_extxyz(dataset: Dataset, path: PathLike) -> pathlib.Path:
             )
         frames.append(atoms)
     return _write_atomically(path, lambda tmp: ase.io.write(tmp, frames, format="extxyz"))
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"metadata value {value!r} of type {type(value)} is not JSON-serialisable")
