@@ -54,7 +54,6 @@ __all__ = [
     "log_reweighting_weights",
     "parameter_log_weights",
     "reweighted_average",
-    "reweighting_weights",
     "temperature_range",
 ]
 
@@ -107,23 +106,13 @@ def log_reweighting_weights(energies, kT_from, kT_to, *, kinetic_energies=None, 
 
 
 @jax.jit
-def reweighting_weights(energies, kT_from, kT_to, *, kinetic_energies=None, mask=None):
-    """``[N]`` normalised weights ``w_i`` (sum 1); see :func:`log_reweighting_weights`."""
-    return jnp.exp(
-        log_reweighting_weights(
-            energies, kT_from, kT_to, kinetic_energies=kinetic_energies, mask=mask
-        )
-    )
-
-
-@jax.jit
 def reweighted_average(observables, weights):
     """``Σ_i w_i g_i``: the reweighted estimate of ⟨g⟩ at the target temperature.
 
     Args:
       observables: ``[N, *obs_shape]`` values g_i (any units); rows with zero weight may hold
         NaN (they are excluded with a ``where``, not multiplied).
-      weights: ``[N]`` normalised weights from :func:`reweighting_weights`.
+      weights: ``[N]`` normalised weights, ``exp`` of :func:`log_reweighting_weights`.
 
     Returns:
       ``[*obs_shape]``.
