@@ -136,6 +136,7 @@ from stabie_jax.localized_estimator import (
     molecule_neighbourhoods,
     neighbourhood_bond_lengths,
     neighbourhood_max_deviation,
+    neighbourhoods_from_bonds,
     select_neighbourhoods,
 )
 
@@ -159,6 +160,7 @@ __all__ = [
     "molecule_neighbourhoods",
     "neighbourhood_bond_lengths",
     "neighbourhood_max_deviation",
+    "neighbourhoods_from_bonds",
     "select_neighbourhoods",
 ]
 

@@ -57,7 +57,7 @@ def test_ideal_gas_rdf_is_one():
         gs = jnp.mean(obs.rdf(pos, species, pair, box, r_max=5.0, n_bins=100, sigma=0.05), 0)
         # Beyond the smearing width the smeared RDF is 1 as well.
         assert float(jnp.mean(gs[20:-5])) == pytest.approx(1.0, abs=0.02)
-    with pytest.raises(ValueError, match="half the box"):
+    with pytest.raises(ValueError, match="half the smallest cell height"):
         obs.rdf(pos, species, (8, 8), box, r_max=6.0)
 
 
