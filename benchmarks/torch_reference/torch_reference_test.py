@@ -1,4 +1,4 @@
-"""The PyTorch benchmark baseline (benchmarks/torch_reference) computes what stabie_jax computes.
+"""The PyTorch benchmark baseline (this folder) computes what stabie_jax computes.
 
 * the batched Nosé–Hoover-chain step equals JAX-MD's ``nvt_nose_hoover`` step for step;
 * the compact PyTorch SchNet, loaded from stabie_jax parameters, gives the JAX SchNet's energies
@@ -9,16 +9,17 @@ Skipped (with the reason) where torch is not installed: CI installs only the ``t
 
 from __future__ import annotations
 
+import pathlib
 import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import REPO_ROOT
 
 torch = pytest.importorskip("torch", reason="the PyTorch baseline needs the 'torch' extra")
 
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
