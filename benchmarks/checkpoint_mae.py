@@ -35,7 +35,7 @@ import numpy as np
 from jax_md import space
 
 from stabie_jax import checkpoint, interop
-from stabie_jax.report import cpu_model
+from stabie_jax.evaluation.report import cpu_model
 from stabie_jax.units import EV_IN_KCAL_PER_MOL, MDSIM_KCAL_PER_MOL_PER_EV, ev_to_kcal_per_mol
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]

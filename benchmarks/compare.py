@@ -37,10 +37,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from stabie_jax import md, units
+from stabie_jax.evaluation.report import cpu_model
 from stabie_jax.interop.torch_schnet import SchNetConfig
 from stabie_jax.models import make_potential
 from stabie_jax.models.registry import build_model, init_params
-from stabie_jax.report import cpu_model
 
 ASPIRIN_Z = np.array([6, 6, 6, 6, 6, 6, 6, 8, 8, 8, 6, 6, 8, 1, 1, 1, 1, 1, 1, 1, 1])
 

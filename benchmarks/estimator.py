@@ -239,7 +239,7 @@ def main(argv=None):
 
 def plot_cost(rows, path):
     """Wall time and XLA peak memory vs number of samples N, one line per route."""
-    from stabie_jax.plots import plot_log_log_panels
+    from stabie_jax.evaluation.plots import plot_log_log_panels
 
     routes = list(dict.fromkeys(r[1] for r in rows))
     ran = {route: [r for r in rows if r[1] == route and r[2] is not None] for route in routes}

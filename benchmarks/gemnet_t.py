@@ -33,10 +33,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax_md import partition, space
 
+from stabie_jax.evaluation.report import cpu_model
 from stabie_jax.models import build_graph, edges_from_neighbor_list, make_potential
 from stabie_jax.models.gemnet_t import GemNetT, count_parameters, make_table_status_fn
 from stabie_jax.models.gemnet_table import check_table_status
-from stabie_jax.report import cpu_model
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 WATER = REPO.parent / "shared" / "data" / "spcfw_water_64" / "spcfw_water_64_300K.npz"

@@ -309,7 +309,7 @@ def main(argv=None):
 
 def plot_scaling(rows, path):
     """Two panels: atom-steps/s vs R (per system and edge mode) and vs atoms at each R."""
-    from stabie_jax.plots import plot_log_log_panels
+    from stabie_jax.evaluation.plots import plot_log_log_panels
 
     def curve(keep, x_key):
         points = sorted((r[x_key], r["atom_steps_per_s"]) for r in rows if keep(r))

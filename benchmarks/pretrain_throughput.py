@@ -43,10 +43,10 @@ import numpy as np
 
 from stabie_jax import md, pretrain
 from stabie_jax.data.readers import read_rmd17_npz
+from stabie_jax.evaluation.report import cpu_model
 from stabie_jax.losses import LabelledFrames
 from stabie_jax.models import make_potential
 from stabie_jax.models.registry import build_model, init_params
-from stabie_jax.report import cpu_model
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from compare import ASPIRIN_Z, matmul_flop_rate  # noqa: E402

@@ -32,7 +32,7 @@ _MOLECULE_CHOICES = {
 
 def is_periodic(data_config) -> bool:
     """True when the configured frames have a cell and are periodic in all three directions."""
-    from experiments import molecule
+    from experiments import config_reader
     from stabie_jax import data
 
     source = str(data_config.source)
@@ -42,7 +42,7 @@ def is_periodic(data_config) -> bool:
             "--config.data.source=frames.extxyz (extxyz/ASE-readable, npz, or a glob of files)"
         )
     full = data.load_dataset(
-        source, download=bool(data_config.download), **molecule.reader_options(data_config)
+        source, download=bool(data_config.download), **config_reader.reader_options(data_config)
     )
     return full.cell is not None and bool(np.all(full.pbc))
 

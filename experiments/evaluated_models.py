@@ -13,7 +13,9 @@ import shutil
 import time
 from collections.abc import Callable
 
-from stabie_jax import checkpoint, evaluation_store, report, run_loop
+from stabie_jax import checkpoint, run_loop
+from stabie_jax.evaluation import report
+from stabie_jax.evaluation import store as evaluation_store
 
 MODELS_DIR = "models"  # under WORKDIR/evaluate/
 _NOT_IN_FINGERPRINT = ("extra_models", "checkpoint_every_seconds")
@@ -77,9 +79,9 @@ def evaluate_each(
       out: the evaluation directory.
       fingerprint_fn: ``(name, loaded) -> str``, :func:`protocol_fingerprint` of the model.
       evaluate_one: ``(name, loaded, scratch) -> (result, entry)``: ``result`` a nest of the
-        results (:mod:`stabie_jax.evaluation_store` stores it), ``entry`` a dict of JSON-able
+        results (:mod:`stabie_jax.evaluation.store` stores it), ``entry`` a dict of JSON-able
         numbers; ``scratch`` a directory for the model's in-progress checkpoints
-        (``checkpoint_dir`` of :func:`stabie_jax.evaluate.evaluate_stability`), so that a run
+        (``checkpoint_dir`` of :func:`stabie_jax.evaluation.evaluate_stability`), so that a run
         killed inside a model resumes there. It is named after the fingerprint, so a changed
         protocol or model never resumes from it, and removed once the model is stored.
 

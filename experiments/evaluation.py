@@ -1,7 +1,7 @@
 """Evaluation stage of the molecule experiments: baseline vs StABlE model, paired.
 
 Reads the config (this is the config layer), builds the evaluation simulator and criterion, and
-calls :mod:`stabie_jax.evaluate`; writes ``workdir/evaluate/report.json``, ``report.md`` and PNG
+calls :mod:`stabie_jax.evaluation`; writes ``workdir/evaluate/report.json``, ``report.md`` and PNG
 plots. The same initial structures (held-out test frames ``0..R−1``) and the same PRNG key are
 used for both models.
 """
@@ -17,27 +17,18 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from experiments import evaluated_models
-from experiments import molecule as molecule_lib
-from stabie_jax import (
-    checkpoint,
-    data,
-    md,
-    metrics_log,
-    observables,
-    plots,
-    report,
-    stability,
-    units,
-)
-from stabie_jax import evaluate as ev
+from experiments import config_reader, evaluated_models, stages
+from stabie_jax import checkpoint, data, losses, md, metrics_log, observables, stability, units
+from stabie_jax import evaluation as ev
 from stabie_jax import stabie as stabie_lib
+from stabie_jax.evaluation import metrics as evaluation_metrics
+from stabie_jax.evaluation import plots, report
 from stabie_jax.models.registry import replica_fault_check
 from stabie_jax.trajectories import export_kept_frames, trajectory_links
 
 
 def _paired(baseline, other) -> dict:
-    """:func:`stabie_jax.evaluate.paired_stability_comparison` of two stability results."""
+    """:func:`stabie_jax.evaluation.paired_stability_comparison` of two stability results."""
     if not np.array_equal(baseline.initial_momenta, other.initial_momenta):
         raise ValueError("evaluation results are not paired: initial momenta differ")
     return ev.paired_stability_comparison(
@@ -64,8 +55,8 @@ def _simulator(potential, module, z, temperature_kelvin, config, n_replicas):
         history_every=int(config.evaluate.check_every_steps),
         history_length=1,
         mesh=md.replica_mesh(n_replicas),
-        replica_batch_size=molecule_lib.replica_batch_size(config),
-        **molecule_lib.integrator_kwargs(config, "evaluate"),
+        replica_batch_size=config_reader.replica_batch_size(config),
+        **config_reader.integrator_kwargs(config, "evaluate"),
     )
     check = replica_fault_check(module, space.displacement_fn, sim.dt, sim.masses)
     return md.with_nonfinite_check(sim, check)
@@ -79,7 +70,7 @@ def _reference_vacf(config, dt_fs: float, window_steps: int):
     full = data.load_dataset(
         config.data.source,
         download=bool(config.data.download),
-        **molecule_lib.reader_options(config.data),
+        **config_reader.reader_options(config.data),
     )
     if full.velocities is None or full.time_fs is None:
         return None
@@ -127,7 +118,7 @@ def n_eff_curve(config, reference_energies) -> dict:
     """N_eff of reweighting the reference frames to 0.5–2× the temperature they were sampled
     at (``data.reference_temperature_kelvin``, else the simulation temperature; the two differ
     e.g. for 500 K data and 700 K runs)."""
-    t_ref = molecule_lib.reference_temperature(config) or float(config.md.temperature_kelvin)
+    t_ref = config_reader.reference_temperature(config) or float(config.md.temperature_kelvin)
     temps, n_eff = ev.effective_sample_size_vs_temperature(
         np.asarray(reference_energies), t_ref, np.linspace(0.5 * t_ref, 2.0 * t_ref, 31)
     )
@@ -177,7 +168,7 @@ def _protocol(config, molecule) -> _Protocol:
     h_kw = dict(r_max=float(config.observable.r_max_angstrom), n_bins=int(config.observable.n_bins))
     # Reference frames are canonical at data.reference_temperature_kelvin; h(r) references at
     # other temperatures (the run's, the transfer temperatures) are reweighted from there.
-    reference_T = molecule_lib.reference_temperature(config) or T
+    reference_T = config_reader.reference_temperature(config) or T
     d = config.data
     return _Protocol(
         temperature_kelvin=T,
@@ -191,10 +182,12 @@ def _protocol(config, molecule) -> _Protocol:
         stable_fn=stable_fn,
         h_kw=h_kw,
         h_obs=ev.h_of_r_observable(sigma=float(config.observable.sigma_angstrom), **h_kw),
-        h_ref=molecule_lib.reference_h_of_r(molecule, T, reference_T, **h_kw),
+        h_ref=evaluation_metrics.h_of_r_reference_at(
+            molecule.reference.positions, molecule.reference.energies, T, reference_T, **h_kw
+        ),
         reference_temperature_kelvin=reference_T,
         vacf_window=int(e.vacf_window_steps),
-        test_frames=molecule_lib.labelled_frames(molecule.test),
+        test_frames=losses.LabelledFrames.from_dataset(molecule.test),
         data_spec=[
             d.source,
             d.test_source,
@@ -406,7 +399,7 @@ def _configured_rate(config, workdir) -> dict:
     """Plot the learning rate as the α the user configured: the driver runs the exact
     estimator's rate (converted from the authors' convention), recorded with the model."""
     try:
-        meta = checkpoint.read_model_metadata(pathlib.Path(workdir) / molecule_lib.STABIE_MODEL)
+        meta = checkpoint.read_model_metadata(pathlib.Path(workdir) / stages.STABIE_MODEL)
         exact = float(meta.extra["stabie"]["exact_learning_rate"])
     except (OSError, ValueError, KeyError, TypeError):
         return {}
@@ -477,7 +470,7 @@ def evaluate_molecule(config, workdir, molecule, pretrained_dir, stabie_dir, wal
         trajectories=trajectory_links(numbers),
         notes=[
             "Same held-out initial structures and momenta for both models.",
-            f"Integrator: {molecule_lib.md_integrator(config, 'evaluate')} (the authors "
+            f"Integrator: {config_reader.md_integrator(config, 'evaluate')} (the authors "
             "evaluated aspirin with Langevin, Ac-Ala3 and water with their Nosé–Hoover).",
             *small_n_eff_notes(numbers, pr.reference_temperature_kelvin),
         ],

@@ -37,22 +37,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import configs, evaluated_models, molecule
-from experiments.molecule import PRETRAINED_MODEL, STABIE_MODEL, exact_hyperparameters, parse_stages
+from experiments import config_reader, configs, evaluated_models, stages
 from stabie_jax import (
     checkpoint,
     data,
     md,
     metrics_log,
     observables,
-    plots,
-    report,
     stability,
     trajectory_losses,
     units,
 )
-from stabie_jax import evaluate as ev
+from stabie_jax import evaluation as ev
 from stabie_jax import stabie as stabie_lib
+from stabie_jax.evaluation import plots, report
 from stabie_jax.localized_estimator import neighbourhood_bond_lengths, neighbourhoods_from_bonds
 from stabie_jax.md.neighbors import neighbor_list_fn
 from stabie_jax.models.gemnet_t import GemNetT
@@ -98,7 +96,7 @@ class PeriodicData(NamedTuple):
 
 def load_periodic_data(d) -> PeriodicData:
     """Load and split ``config.data``; the cell and species come from the file."""
-    full = data.load_dataset(d.source, download=bool(d.download), **molecule.reader_options(d))
+    full = data.load_dataset(d.source, download=bool(d.download), **config_reader.reader_options(d))
     if full.cell is None or not np.all(full.pbc):
         raise ValueError(
             f"config.data.source = {d.source!r}: a periodic system needs a cell and periodic "
@@ -263,17 +261,17 @@ def check_neighbor_capacity(config, periodic: PeriodicData) -> None:
         )
 
 
-def run_pretrain(periodic: PeriodicData, config, workdir: pathlib.Path) -> pathlib.Path:
+def run_pretrain_stage(periodic: PeriodicData, config, workdir: pathlib.Path) -> pathlib.Path:
     hparams = dict(config.model.hparams)
     fmt = neighbor_format(build_model(config.model.kind, **hparams))
     space, neighbor_fn = _neighbor_fn(periodic.box, float(hparams.get("cutoff", 5.0)), 0.0, fmt)
-    return molecule.run_pretrain(
+    return stages.run_pretrain(
         periodic.train,
         periodic.val,
         periodic.test,
         kind=config.model.kind,
         hparams=hparams,
-        settings=molecule.pretrain_settings_from_config(config),
+        settings=config_reader.pretrain_settings_from_config(config),
         workdir=workdir,
         seed=int(config.seed),
         displacement_fn=space.displacement_fn,
@@ -311,8 +309,8 @@ def _potential_and_simulator(
         history_every=history_every,
         history_length=int(config.stabie.history_length),
         mesh=md.replica_mesh(n_replicas),
-        replica_batch_size=molecule.replica_batch_size(config),
-        **molecule.integrator_kwargs(config, integrator_section),
+        replica_batch_size=config_reader.replica_batch_size(config),
+        **config_reader.integrator_kwargs(config, integrator_section),
     )
     fault_check = replica_fault_check(loaded.module, space.displacement_fn, sim.dt, sim.masses)
     sim = md.with_nonfinite_check(sim, fault_check)  # a GemNet-T table overflow raises
@@ -424,7 +422,7 @@ def run_stabie_stage(pretrained_dir, periodic: PeriodicData, config, workdir) ->
     obs_loss, n_observable, per_atom_energy_fn = _observable_loss(
         config, periodic, potential, template, space, kT, reduction
     )
-    hp = exact_hyperparameters(
+    hp = config_reader.exact_hyperparameters(
         str(s.hyperparameter_convention),
         float(s.learning_rate),
         float(s.qm_weight),
@@ -452,16 +450,16 @@ def run_stabie_stage(pretrained_dir, periodic: PeriodicData, config, workdir) ->
         qm_weight=hp.qm_weight,
         grad_clip_norm=hp.grad_clip_norm,
         gradient_scale=hp.gradient_scale,
-        **molecule.stabie_settings_kwargs(config),
+        **config_reader.stabie_settings_kwargs(config),
     )
     n_dev = jax.device_count()
     meta = {
-        "config": molecule.stabie_run_config(config),
+        "config": config_reader.stabie_run_config(config),
         "exact_learning_rate": hp.learning_rate,
         "exact_grad_clip_norm": hp.grad_clip_norm,
         "gradient_scale": hp.gradient_scale,
     }
-    return molecule.train_from_frames(
+    return stages.train_from_frames(
         problem,
         settings,
         loaded,
@@ -629,8 +627,8 @@ def run(config, workdir, frames: PeriodicData | None = None) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     for warning in configs.check_config(config):
         logging.warning(warning)
-    stages = parse_stages(config.stages)
-    if "stabie" in stages:
+    requested = config_reader.parse_stages(config.stages)
+    if "stabie" in requested:
         check_qm_weight(config)  # at setup, not after pretraining
     wall: dict[str, float] = {}
     periodic = load_periodic_data(config.data) if frames is None else frames
@@ -648,22 +646,22 @@ def run(config, workdir, frames: PeriodicData | None = None) -> dict:
     if config.init_checkpoint:
         pretrained_dir = pathlib.Path(config.init_checkpoint).expanduser().resolve()
         checkpoint.read_model_metadata(pretrained_dir)
-    elif "pretrain" in stages:
+    elif "pretrain" in requested:
         started = time.time()
-        molecule.claim_pretrain(config, workdir, periodic.train, periodic.val, box)
-        pretrained_dir = run_pretrain(periodic, config, workdir)
+        stages.claim_pretrain(config, workdir, periodic.train, periodic.val, box)
+        pretrained_dir = run_pretrain_stage(periodic, config, workdir)
         wall["pretrain"] = time.time() - started
     else:
-        pretrained_dir = workdir / PRETRAINED_MODEL
+        pretrained_dir = workdir / stages.PRETRAINED_MODEL
         checkpoint.read_model_metadata(pretrained_dir)
-    stabie_dir = workdir / STABIE_MODEL
-    if "stabie" in stages:
+    stabie_dir = workdir / stages.STABIE_MODEL
+    if "stabie" in requested:
         started = time.time()
-        molecule.claim_stabie(config, workdir, periodic.train, pretrained_dir, box)
+        stages.claim_stabie(config, workdir, periodic.train, pretrained_dir, box)
         stabie_dir = run_stabie_stage(pretrained_dir, periodic, config, workdir)
         wall["stabie"] = time.time() - started
-    summary = {"workdir": str(workdir), "stages": list(stages), "wall_seconds": wall}
-    if "evaluate" in stages:
+    summary = {"workdir": str(workdir), "stages": list(requested), "wall_seconds": wall}
+    if "evaluate" in requested:
         started = time.time()
         summary["evaluation"] = evaluate_periodic(
             config, workdir, periodic, pretrained_dir, stabie_dir, wall

@@ -29,15 +29,16 @@ flags.DEFINE_list("lambdas", ["1", "10", "100"], "QM-loss weights λ to sweep.")
 
 def run_sweep(config, workdir, alphas, lambdas) -> dict:
     # Imported here, after app_lib has applied the device flags (see app._resolve).
-    from experiments import molecule
-    from stabie_jax import evaluate, plots
+    from experiments import molecule, stages
+    from stabie_jax import evaluation
+    from stabie_jax.evaluation import plots
 
     workdir = pathlib.Path(workdir).expanduser().resolve()
     base = copy.deepcopy(config)
     base.stages = "pretrain"
     if not config.init_checkpoint:
         molecule.run(base, workdir / "pretrained")
-        pretrained = str(workdir / "pretrained" / molecule.PRETRAINED_MODEL)
+        pretrained = str(workdir / "pretrained" / stages.PRETRAINED_MODEL)
     else:
         pretrained = config.init_checkpoint
     points = []
@@ -70,7 +71,7 @@ def run_sweep(config, workdir, alphas, lambdas) -> dict:
             )
     force = np.array([p["force_mae_ev_per_angstrom"] for p in points])
     stable = np.array([p["median_stable_time_ps"] for p in points])
-    front = evaluate.pareto_front_mask(force, stable)
+    front = evaluation.pareto_front_mask(force, stable)
     for p, on_front in zip(points, front, strict=True):
         p["pareto_optimal"] = bool(on_front)
     plots.plot_pareto_front(

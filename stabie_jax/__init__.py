@@ -13,7 +13,7 @@ The modules:
   :mod:`stabie_jax.hyperparameters`, :mod:`stabie_jax.reweighting` - Boltzmann estimators;
 * :mod:`stabie_jax.pretrain`, :mod:`stabie_jax.losses`, :mod:`stabie_jax.stabie` - training
   (``stabie_jax.pretrain.pretrain`` runs pretraining; the module keeps the name);
-* :mod:`stabie_jax.evaluate`, :mod:`stabie_jax.plots`, :mod:`stabie_jax.report` - evaluation;
+* :mod:`stabie_jax.evaluation` - stable times, metrics, reports and plots;
 * :mod:`stabie_jax.checkpoint`, :mod:`stabie_jax.ase_calculator`, :mod:`stabie_jax.interop`.
 
 Example:
@@ -56,8 +56,8 @@ _API = {
     "StabieSettings": "stabie_jax.stabie",
     "run_stabie": "stabie_jax.stabie",
     # evaluation
-    "StabilityResult": "stabie_jax.evaluate",
-    "evaluate_stability": "stabie_jax.evaluate",
+    "StabilityResult": "stabie_jax.evaluation",
+    "evaluate_stability": "stabie_jax.evaluation",
     # data
     "Dataset": "stabie_jax.data.dataset",
     "load_dataset": "stabie_jax.data.loader",

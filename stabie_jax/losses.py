@@ -87,6 +87,16 @@ class LabelledFrames(NamedTuple):
     forces: jax.Array
     neighbor_idx: jax.Array | None = None
 
+    @classmethod
+    def from_dataset(cls, dataset) -> LabelledFrames:
+        """float32 device copies of a dataset's ``positions``, ``energies`` and ``forces``
+        (a :class:`stabie_jax.data.Dataset` or anything with those arrays; eV, Å)."""
+        return cls(
+            jnp.asarray(dataset.positions, jnp.float32),
+            jnp.asarray(dataset.energies, jnp.float32),
+            jnp.asarray(dataset.forces, jnp.float32),
+        )
+
 
 class QMErrors(NamedTuple):
     """Per-frame prediction errors, ``prediction − reference``.

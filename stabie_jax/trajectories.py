@@ -1,6 +1,6 @@
 """Trajectories of chosen evaluation replicas as extended XYZ: see how a replica failed.
 
-:func:`stabie_jax.evaluate.evaluate_stability` with ``keep_last_chunks=True`` keeps each
+:func:`stabie_jax.evaluation.evaluate_stability` with ``keep_last_chunks=True`` keeps each
 replica's frames of its last two stability-check chunks (for a failed replica: the chunk before
 the failure and the chunk it failed in). :func:`write_replica_trajectories` writes those of two
 replicas per evaluation: the first to fail and the median one (by stable time), one frame per
@@ -49,7 +49,7 @@ def write_replica_trajectories(
     """Write the kept frames of :func:`chosen_replicas` as ``.extxyz`` files.
 
     Args:
-      result: a :class:`~stabie_jax.evaluate.StabilityResult` with ``last_frames``.
+      result: a :class:`~stabie_jax.evaluation.StabilityResult` with ``last_frames``.
       atomic_numbers: ``[N]``.
       directory: output folder (created).
       tag: file-name prefix, e.g. the temperature ``"500K"``.

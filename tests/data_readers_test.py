@@ -17,6 +17,7 @@ from conftest import shared_file
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from experiments import config_reader
 from stabie_jax import units
 from stabie_jax.data import (
     Dataset,
@@ -664,13 +665,12 @@ def test_ase_reader_takes_configured_energy_and_forces_keys(tmp_path):
     with pytest.raises(ValueError, match=r"missing key 'E' \(energy_key\).*REF_energy"):
         read_file(path, energy_unit="eV", energy_key="E")
     # The experiments pass the config's keys to every stage's reader.
-    from experiments import molecule
     from experiments.configs import aspirin, water
 
     for config in (aspirin.get_config("smoke"), water.get_config("smoke")):
         config.data.energy_key, config.data.forces_key = "REF_energy", "REF_forces"
         config.data.energy_unit = "eV"
-        assert molecule.reader_options(config.data) == {
+        assert config_reader.reader_options(config.data) == {
             "energy_unit": "eV",
             "energy_key": "REF_energy",
             "forces_key": "REF_forces",

@@ -1,4 +1,4 @@
-"""Tests of stabie_jax.evaluate on the diatomic toy (tests/toy_stabie.py) and analytic inputs."""
+"""Tests of stabie_jax.evaluation on the diatomic toy (tests/toy_stabie.py) and analytic inputs."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from toy_stabie import (
     stable_steps,
 )
 
-from stabie_jax import checkpoint, evaluate, md, metrics_log, observables, units
+from stabie_jax import checkpoint, evaluation, md, metrics_log, observables, units
 from stabie_jax.md import thermostat
 
 SOFT = {"log_k": jnp.log(jnp.float32(0.5))}
@@ -42,7 +42,7 @@ SIM = make_sim()
 
 def run(params, n_chunks=20, key=0, **kw):
     kw.setdefault("stop_fraction", 1.0)
-    return evaluate.evaluate_stability(
+    return evaluation.evaluate_stability(
         SIM,
         params,
         initial_positions(N_REP),
@@ -58,12 +58,12 @@ def run(params, n_chunks=20, key=0, **kw):
 
 @pytest.fixture(scope="module")
 def soft():
-    return run(SOFT, frame_observables={"h_of_r": evaluate.h_of_r_observable(**H_KW)})
+    return run(SOFT, frame_observables={"h_of_r": evaluation.h_of_r_observable(**H_KW)})
 
 
 @pytest.fixture(scope="module")
 def stiff():
-    return run(STIFF, frame_observables={"h_of_r": evaluate.h_of_r_observable(**H_KW)})
+    return run(STIFF, frame_observables={"h_of_r": evaluation.h_of_r_observable(**H_KW)})
 
 
 def test_soft_bond_fails_and_stiff_bond_survives(soft, stiff):
@@ -172,7 +172,7 @@ def test_vacf_and_msd_match_manual_route():
     res = run(
         STIFF,
         n_chunks=6,
-        frame_observables={"h_of_r": evaluate.h_of_r_observable(**H_KW)},
+        frame_observables={"h_of_r": evaluation.h_of_r_observable(**H_KW)},
         vacf_window=20,
         msd_atoms=np.array([0, 1]),
         msd_max_lag=4,
@@ -210,7 +210,7 @@ def _kill_after(n):
 
 def test_killed_run_resumes_from_its_checkpoint_bit_identically(soft, tmp_path):
     kw = dict(
-        frame_observables={"h_of_r": evaluate.h_of_r_observable(**H_KW)},
+        frame_observables={"h_of_r": evaluation.h_of_r_observable(**H_KW)},
         checkpoint_dir=tmp_path / "eval",
         checkpoint_every_seconds=0.0,
     )
@@ -249,20 +249,20 @@ def test_rdf_observables_match_direct_rdf():
     box = np.array([8.0, 8.0, 8.0])
     species = np.array([8, 1, 1] * 4)
     pos = jnp.asarray(rng.uniform(0, 8, size=(2, 3, 12, 3)), jnp.float32)
-    fns = evaluate.rdf_observables(species, box, r_max=4.0, n_bins=40)
+    fns = evaluation.rdf_observables(species, box, r_max=4.0, n_bins=40)
     assert list(fns) == ["rdf_8_8", "rdf_8_1", "rdf_1_1"]
     for (a, b), name in zip(((8, 8), (8, 1), (1, 1)), fns, strict=True):
         direct = observables.rdf(pos, species, (a, b), box, r_max=4.0, n_bins=40)
         np.testing.assert_allclose(fns[name](pos), direct, rtol=1e-6)
-    assert evaluate.rdf_name((8, 1)) == "rdf_8_1"
+    assert evaluation.rdf_name((8, 1)) == "rdf_8_1"
 
 
 def test_h_of_r_observable_is_shared_and_matches_h_of_r():
-    fn = evaluate.h_of_r_observable(3.0, 150, 0.05)
-    assert fn is evaluate.h_of_r_observable(r_max=3, n_bins=150, sigma=0.05)  # one compilation
+    fn = evaluation.h_of_r_observable(3.0, 150, 0.05)
+    assert fn is evaluation.h_of_r_observable(r_max=3, n_bins=150, sigma=0.05)  # one compilation
     pos = jnp.asarray(initial_positions(3), jnp.float32)
     np.testing.assert_allclose(fn(pos), observables.h_of_r(pos, 3.0, 150, 0.05), rtol=1e-6)
-    default = evaluate.h_of_r_observable()
+    default = evaluation.h_of_r_observable()
     assert default.keywords == {"r_max": 10.0, "n_bins": 500, "sigma": observables.H_OF_R_SIGMA}
 
 
@@ -270,7 +270,7 @@ def test_bad_settings_raise():
     def call(**kw):
         args = dict(total_steps=200, check_every_steps=100, sample_every=5, progress=False)
         args.update(kw)
-        return evaluate.evaluate_stability(
+        return evaluation.evaluate_stability(
             SIM,
             STIFF,
             initial_positions(2),
@@ -290,12 +290,12 @@ def test_bad_settings_raise():
 
 
 def test_median_improvement_replica(soft, stiff):
-    idx = evaluate.median_improvement_replica(soft, stiff)
+    idx = evaluation.median_improvement_replica(soft, stiff)
     gain = stiff.stable_time_ps - soft.stable_time_ps
     assert gain[idx] == np.sort(gain)[(N_REP - 1) // 2]
     other = run(STIFF, n_chunks=1, key=1)
     with pytest.raises(ValueError, match="not paired"):
-        evaluate.median_improvement_replica(soft, other)
+        evaluation.median_improvement_replica(soft, other)
 
 
 def test_temperature_transfer_helper():
@@ -312,7 +312,7 @@ def test_temperature_transfer_helper():
     ref_pos = np.concatenate(frames).reshape(-1, 2, 3)
     ref_e = np.asarray(jax.vmap(lambda r: energy_fn(STIFF, r))(jnp.asarray(ref_pos)))
     grid = dict(r_max=H_KW["r_max"], n_bins=H_KW["n_bins"])
-    out = evaluate.evaluate_temperature_transfer(
+    out = evaluation.evaluate_temperature_transfer(
         make_sim(700.0),
         STIFF,
         initial_positions(16),
@@ -331,8 +331,8 @@ def test_temperature_transfer_helper():
     assert out.temperature_kelvin == pytest.approx(700.0)
     assert out.stability.censored.all()
     assert 100 < out.n_eff < ref_pos.shape[0]
-    h500, _ = evaluate.reweighted_h_of_r_reference(ref_pos, ref_e, 500.0, 500.0, **grid)
-    raw = evaluate.h_of_r_errors(out.stability.observables["h_of_r"], h500)
+    h500, _ = evaluation.reweighted_h_of_r_reference(ref_pos, ref_e, 500.0, 500.0, **grid)
+    raw = evaluation.h_of_r_errors(out.stability.observables["h_of_r"], h500)
     assert out.h_of_r_errors["l1"] < raw["l1"]
 
 

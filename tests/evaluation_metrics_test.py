@@ -1,4 +1,4 @@
-"""Tests of stabie_jax.evaluation_metrics on analytic inputs and exact distributions."""
+"""Tests of stabie_jax.evaluation.metrics on analytic inputs and exact distributions."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from toy_stabie import energy_fn, initial_positions
 
-from stabie_jax import evaluation_metrics as metrics
 from stabie_jax import observables, units
+from stabie_jax.evaluation import metrics
 from stabie_jax.losses import LabelledFrames
 from stabie_jax.models.potential import Potential
 
@@ -167,11 +167,11 @@ def test_effective_sample_size_decreases_away_from_t1():
     assert np.all(np.diff(n_eff[: i + 1]) > 0) and np.all(np.diff(n_eff[i:]) < 0)
 
 
-def test_reexported_by_evaluate():
-    from stabie_jax import evaluate
+def test_exported_by_the_evaluation_package():
+    from stabie_jax import evaluation
 
     for name in metrics.__all__:
-        assert getattr(evaluate, name) is getattr(metrics, name)
+        assert getattr(evaluation, name) is getattr(metrics, name)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stabie_jax import evaluate as ev
-from stabie_jax import evaluation_store as store
+from stabie_jax import evaluation as ev
+from stabie_jax.evaluation import store
 
 
 def _result(seed: int = 0) -> ev.StabilityResult:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tiny_configs
 
-from experiments import molecule
+from experiments import config_reader, molecule, stages
 from experiments.configs import ala3, aspirin, water
 from stabie_jax import checkpoint, metrics_log
 from stabie_jax import workdir as workdir_lib
@@ -44,7 +44,7 @@ def test_aspirin_pipeline_all_stages(tmp_path, monkeypatch):
     assert (
         "## Trajectories" in report_md and "models/baseline/trajectories/500K_median" in report_md
     )
-    for name in (molecule.PRETRAINED_MODEL, molecule.STABIE_MODEL):
+    for name in (stages.PRETRAINED_MODEL, stages.STABIE_MODEL):
         meta = checkpoint.read_model_metadata(tmp_path / name)
         assert meta.kind == "schnet" and len(meta.atomic_numbers) == 21
     records = metrics_log.read_records(tmp_path / "stabie" / "metrics.jsonl")
@@ -60,17 +60,17 @@ def test_aspirin_pipeline_all_stages(tmp_path, monkeypatch):
         assert np.isfinite(row["energy MAE (kcal/mol)"]) and row["energy MAE (kcal/mol)"] > 0
     assert (tmp_path / "evaluate" / "fraction_unstable.png").stat().st_size > 1000
     # The pretrained model is reused, not retrained, when the stage is run again.
-    stamp = (tmp_path / molecule.PRETRAINED_MODEL / "model.json").stat().st_mtime_ns
+    stamp = (tmp_path / stages.PRETRAINED_MODEL / "model.json").stat().st_mtime_ns
     config.stages = "pretrain"
     molecule.run(config, tmp_path)
-    assert (tmp_path / molecule.PRETRAINED_MODEL / "model.json").stat().st_mtime_ns == stamp
+    assert (tmp_path / stages.PRETRAINED_MODEL / "model.json").stat().st_mtime_ns == stamp
 
     # A third model under the same protocol: the two finished models are reused from the store,
     # and a copy of the baseline evaluated afresh reproduces the baseline's stable times exactly.
     stored = tmp_path / "evaluate" / "models"
     stamps = {n: (stored / n / "result.json").stat().st_mtime_ns for n in ("baseline", "StABlE")}
     config.stages = "evaluate"
-    config.evaluate.extra_models = f"baseline_copy={tmp_path / molecule.PRETRAINED_MODEL}"
+    config.evaluate.extra_models = f"baseline_copy={tmp_path / stages.PRETRAINED_MODEL}"
     molecule.run(config, tmp_path)
     for name, stamp in stamps.items():
         assert (stored / name / "result.json").stat().st_mtime_ns == stamp
@@ -117,7 +117,7 @@ class _Killed(RuntimeError):
 
 def _kill_inside_a_model_then_resume(config, tmp_path, monkeypatch):
     """A run killed inside a model's evaluation resumes from that model's last chunk."""
-    from stabie_jax import evaluate as evaluate_lib
+    from stabie_jax import evaluation as evaluate_lib
 
     real = evaluate_lib._make_chunk_fn
     first_chunk_seen = []
@@ -146,7 +146,7 @@ def _kill_inside_a_model_then_resume(config, tmp_path, monkeypatch):
     # the second must come (checked below: the baseline left a checkpoint after chunk 1).
     config.evaluate.bond_deviation_angstrom = 100.0
     config.evaluate.checkpoint_every_seconds = 0.0
-    config.evaluate.extra_models = f"baseline_copy={tmp_path / molecule.PRETRAINED_MODEL}"
+    config.evaluate.extra_models = f"baseline_copy={tmp_path / stages.PRETRAINED_MODEL}"
     monkeypatch.setattr(evaluate_lib, "_make_chunk_fn", killing)
     with pytest.raises(_Killed):
         molecule.run(config, tmp_path)
@@ -180,7 +180,7 @@ def test_ala3_pipeline_on_the_builtin_set(tmp_path):
     c.evaluate.sample_every = 10
     summary = molecule.run(c, tmp_path)
     assert summary["stages"] == ["pretrain", "stabie", "evaluate"]
-    meta = checkpoint.read_model_metadata(tmp_path / molecule.STABIE_MODEL)
+    meta = checkpoint.read_model_metadata(tmp_path / stages.STABIE_MODEL)
     assert meta.kind == "nequip" and len(meta.atomic_numbers) == 42
     table = json.loads((tmp_path / "evaluate" / "report.json").read_text())["results"]
     for row in table["comparison"].values():
@@ -191,27 +191,32 @@ def test_ala3_pipeline_on_the_builtin_set(tmp_path):
 def test_authors_hyperparameters_convert_to_exact_estimator():
     kT, B = 0.0430865, 40
     c = kT * (B - 1) / B
-    lr, lam, clip, scale = molecule.exact_hyperparameters("authors", 1e-3, 10.0, 1.0, kT, B)
+    lr, lam, clip, scale = config_reader.exact_hyperparameters("authors", 1e-3, 10.0, 1.0, kT, B)
     assert lr == pytest.approx(1e-3 * c)
     assert lam == pytest.approx(10.0 / c)
     assert clip == pytest.approx(1.0 / c)
     assert scale == pytest.approx(c)
     # A loss averaged over 500 bins has a 500x smaller gradient: its conversion carries it.
-    hp = molecule.exact_hyperparameters(
+    hp = config_reader.exact_hyperparameters(
         "authors", 1e-3, 10.0, 1.0, kT, B, reduction="mean", n_observable=500
     )
     assert hp.learning_rate == pytest.approx(1e-3 * c * 500)
     assert hp.qm_weight == pytest.approx(10.0 / (c * 500))
     assert hp.grad_clip_norm == pytest.approx(1.0 / (c * 500))
     with pytest.raises(ValueError, match="n_observable"):
-        molecule.exact_hyperparameters("authors", 1e-3, 10.0, 1.0, kT, B, reduction="mean")
+        config_reader.exact_hyperparameters("authors", 1e-3, 10.0, 1.0, kT, B, reduction="mean")
     # The update direction is unchanged: alpha_exact * (g_exact + lam_exact g_qm) equals
     # alpha * (c g_exact + lam g_qm) for any gradients.
     g_obs, g_qm = np.array([0.3, -2.0]), np.array([1.5, 0.25])
     np.testing.assert_allclose(lr * (g_obs + lam * g_qm), 1e-3 * (c * g_obs + 10.0 * g_qm))
-    assert molecule.exact_hyperparameters("exact", 1e-3, 10.0, 1.0, kT, B) == (1e-3, 10.0, 1.0, 1.0)
+    assert config_reader.exact_hyperparameters("exact", 1e-3, 10.0, 1.0, kT, B) == (
+        1e-3,
+        10.0,
+        1.0,
+        1.0,
+    )
     with pytest.raises(ValueError, match="hyperparameter_convention"):
-        molecule.exact_hyperparameters("paper", 1e-3, 10.0, 1.0, kT, B)
+        config_reader.exact_hyperparameters("paper", 1e-3, 10.0, 1.0, kT, B)
 
 
 @pytest.mark.parametrize("module", [aspirin, ala3, water])
@@ -220,9 +225,9 @@ def test_configs_build_and_are_consistent(module, variant):
     c = module.get_config(variant)
     assert c.stabie.steps_per_epoch % c.stabie.sample_every == 0
     assert c.evaluate.check_every_steps % c.evaluate.sample_every == 0
-    molecule.parse_stages(c.stages)
+    config_reader.parse_stages(c.stages)
     with pytest.raises(ValueError, match="unknown stage"):
-        molecule.parse_stages("pretrain,train")
+        config_reader.parse_stages("pretrain,train")
 
 
 def test_paper_configs_hold_the_paper_settings():
@@ -300,14 +305,14 @@ def test_chain_thermostat_time_from_config_matches_the_authors_period():
     config = aspirin.get_config("cpu")
     config.md.integrator = "nose_hoover_chain"
     dt = units.fs_to_internal(config.md.timestep_fs)
-    kw = molecule.integrator_kwargs(config)
+    kw = config_reader.integrator_kwargs(config)
     assert kw["integrator"] == "nose_hoover_chain"
     np.testing.assert_allclose(kw["tau"], np.sqrt(2.0) * 20 * dt, rtol=1e-12)
     inputs = molecule.stabie_inputs_from_config(config)
     np.testing.assert_allclose(inputs.chain_tau_factor, np.sqrt(2.0), rtol=1e-12)
     del config.md["integrator"]
-    assert molecule.integrator_kwargs(config)["integrator"] == "nose_hoover_chain"
-    np.testing.assert_allclose(molecule.integrator_kwargs(config)["tau"], 20 * dt, rtol=1e-12)
+    assert config_reader.integrator_kwargs(config)["integrator"] == "nose_hoover_chain"
+    np.testing.assert_allclose(config_reader.integrator_kwargs(config)["tau"], 20 * dt, rtol=1e-12)
 
 
 def test_evaluation_reloads_the_data_with_the_configured_reader_options(monkeypatch):
@@ -333,7 +338,7 @@ def test_evaluation_reloads_the_data_with_the_configured_reader_options(monkeypa
         "energy_unit": "eV",
         "labels": "md17",
     }
-    assert molecule.reader_options(config.data) == {"labels": "md17", "energy_unit": "eV"}
+    assert config_reader.reader_options(config.data) == {"labels": "md17", "energy_unit": "eV"}
 
 
 def test_water_refuses_a_neighbour_capacity_the_data_exceeds():
@@ -491,11 +496,11 @@ def test_pretraining_refuses_frames_that_overflow_the_table_before_any_compute(t
         neighbor_capacity=most - 1,
     )  # fmt: skip
     config.pretrain.overrides.max_epochs = 1
-    settings = molecule.pretrain_settings_from_config(config)
+    settings = config_reader.pretrain_settings_from_config(config)
     suggested = int(np.ceil(1.25 * most))
     message = rf"training frames: an atom has {most} neighbours .*\.neighbor_capacity={suggested} "
     with pytest.raises(ValueError, match=message):
-        molecule.run_pretrain(
+        stages.run_pretrain(
             train, val, None, kind="gemnet_t", hparams=hparams, settings=settings,
             workdir=tmp_path, seed=0,
         )  # fmt: skip
@@ -524,7 +529,7 @@ def test_water_pipeline_on_the_builtin_set(tmp_path):
     c.evaluate.check_every_steps = 20
     summary = periodic.run(c, tmp_path)
     assert summary["stages"] == ["pretrain", "stabie", "evaluate"]
-    meta = checkpoint.read_model_metadata(tmp_path / molecule.STABIE_MODEL)
+    meta = checkpoint.read_model_metadata(tmp_path / stages.STABIE_MODEL)
     assert meta.kind == "gemnet_t" and len(meta.atomic_numbers) == 192
     records = metrics_log.read_records(tmp_path / "stabie" / "metrics.jsonl")
     assert [r["epoch"] for r in records] == [1, 2]

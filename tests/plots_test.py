@@ -1,4 +1,5 @@
-"""Tests of stabie_jax.plots: every figure is a real, non-trivial PNG written by matplotlib."""
+"""Tests of stabie_jax.evaluation.plots:
+every figure is a real, non-trivial PNG written by matplotlib."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from stabie_jax import plots
+from stabie_jax.evaluation import plots
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

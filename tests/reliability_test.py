@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 
-from experiments import molecule
+from experiments import stages
 from stabie_jax import checkpoint, metrics_log
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -87,15 +87,15 @@ def test_sigkill_inside_an_evaluation_resumes_the_model_bit_identically(tmp_path
     assert not (work / "evaluate" / "report.json").exists()
     models = {
         name: (work / name / checkpoint.MODEL_JSON).read_text()
-        for name in (molecule.PRETRAINED_MODEL, molecule.STABIE_MODEL)
+        for name in (stages.PRETRAINED_MODEL, stages.STABIE_MODEL)
     }
-    pretrained_stamp = (work / molecule.PRETRAINED_MODEL / checkpoint.MODEL_JSON).stat().st_mtime_ns
+    pretrained_stamp = (work / stages.PRETRAINED_MODEL / checkpoint.MODEL_JSON).stat().st_mtime_ns
 
     # The rerun (same settings; a third model added, which is not part of the fingerprint)
     # skips pretraining, re-exports the finished StABlE run to the same model (its last
     # checkpoint, re-anchored again: deterministic) and resumes the baseline after the killed
     # run's last chunk.
-    copy = f"--config.evaluate.extra_models=fresh_baseline={work / molecule.PRETRAINED_MODEL}"
+    copy = f"--config.evaluate.extra_models=fresh_baseline={work / stages.PRETRAINED_MODEL}"
     done = _run(_command(work, copy, "--verbosity=0"), tmp_path / "resumed.log")
     text = (tmp_path / "resumed.log").read_text()
     assert done.returncode == 0, text[-3000:]
@@ -110,7 +110,7 @@ def test_sigkill_inside_an_evaluation_resumes_the_model_bit_identically(tmp_path
     assert f"report: {work / 'evaluate' / 'report.md'}" in text
     for name, text_before in models.items():
         assert (work / name / checkpoint.MODEL_JSON).read_text() == text_before
-    assert (work / molecule.PRETRAINED_MODEL / checkpoint.MODEL_JSON).stat().st_mtime_ns == (
+    assert (work / stages.PRETRAINED_MODEL / checkpoint.MODEL_JSON).stat().st_mtime_ns == (
         pretrained_stamp
     )
     assert not (stored / "baseline" / "in_progress").exists()

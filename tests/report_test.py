@@ -1,4 +1,5 @@
-"""Tests of stabie_jax.report: JSON-safe conversion, report.json round trip, report.md tables."""
+"""Tests of stabie_jax.evaluation.report:
+JSON-safe conversion, report.json round trip, report.md tables."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from stabie_jax import report
+from stabie_jax.evaluation import report
 
 
 class Pair(NamedTuple):

@@ -14,7 +14,7 @@ import types
 import numpy as np
 import pytest
 
-from experiments import configs, molecule
+from experiments import config_reader, configs, molecule, stages
 from experiments.configs import aspirin as aspirin_config
 from stabie_jax import workdir as workdir_lib
 
@@ -128,25 +128,25 @@ def _frames(seed: int, n: int = 4):
 def test_experiment_stage_claims_follow_the_config(tmp_path):
     config = aspirin_config.get_config("smoke")
     train, val = _frames(0), _frames(1)
-    molecule.claim_pretrain(config, tmp_path, train, val)
+    stages.claim_pretrain(config, tmp_path, train, val)
     # Run mechanics do not change the stage's identity...
     config.progress = False
     config.pretrain.overrides.checkpoint_every_epochs = 7
-    molecule.claim_pretrain(config, tmp_path, train, val)
+    stages.claim_pretrain(config, tmp_path, train, val)
     # ...a setting that changes the result does, and so do other training frames.
     config.pretrain.overrides.max_epochs = 21
     with pytest.raises(workdir_lib.StageMismatchError, match=r"pretrain\.max_epochs: 20 -> 21"):
-        molecule.claim_pretrain(config, tmp_path, train, val)
+        stages.claim_pretrain(config, tmp_path, train, val)
     config.pretrain.overrides.max_epochs = 20
     with pytest.raises(workdir_lib.StageMismatchError, match=r"^stage 'pretrain'.*data: "):
-        molecule.claim_pretrain(config, tmp_path, _frames(2), val)
+        stages.claim_pretrain(config, tmp_path, _frames(2), val)
     config.overwrite_stages = "pretrain"
-    molecule.claim_pretrain(config, tmp_path, _frames(2), val)
+    stages.claim_pretrain(config, tmp_path, _frames(2), val)
     # A wall-clock budget is not a result: a resume may be given more time.
     cpu = aspirin_config.get_config("cpu")
-    molecule.claim_pretrain(cpu, tmp_path / "cpu", train, val)
+    stages.claim_pretrain(cpu, tmp_path / "cpu", train, val)
     cpu.pretrain.overrides.max_wall_seconds = 9600.0
-    molecule.claim_pretrain(cpu, tmp_path / "cpu", train, val)
+    stages.claim_pretrain(cpu, tmp_path / "cpu", train, val)
 
 
 def test_stabie_claim_tracks_the_starting_model_and_the_learning_rate(tmp_path, monkeypatch):
@@ -154,30 +154,30 @@ def test_stabie_claim_tracks_the_starting_model_and_the_learning_rate(tmp_path, 
     sha = {"value": "params-a"}
     monkeypatch.setattr(molecule.checkpoint, "model_params_checksum", lambda d: sha["value"])
     train = _frames(0)
-    molecule.claim_stabie(config, tmp_path, train, tmp_path / "model")
+    stages.claim_stabie(config, tmp_path, train, tmp_path / "model")
     config.stabie.max_wall_hours = 3.0  # a budget, not a result
     config.md.replica_batch_size = 2  # a layout, not a result
     config.evaluate.n_replicas = 3  # another stage
-    molecule.claim_stabie(config, tmp_path, train, tmp_path / "model")
+    stages.claim_stabie(config, tmp_path, train, tmp_path / "model")
     config.stabie.learning_rate = 5e-3
     with pytest.raises(workdir_lib.StageMismatchError, match=r"stabie\.learning_rate"):
-        molecule.claim_stabie(config, tmp_path, train, tmp_path / "model")
+        stages.claim_stabie(config, tmp_path, train, tmp_path / "model")
     config.stabie.learning_rate = 1e-3
     sha["value"] = "params-b"
     with pytest.raises(workdir_lib.StageMismatchError, match="start_model_sha256"):
-        molecule.claim_stabie(config, tmp_path, train, tmp_path / "model")
+        stages.claim_stabie(config, tmp_path, train, tmp_path / "model")
 
 
 def test_stage_lists_are_validated():
     with pytest.raises(ValueError, match=r"config\.stages is empty"):
-        molecule.parse_stages("")
+        config_reader.parse_stages("")
     config = aspirin_config.get_config("smoke")
     config.overwrite_stages = "pretrain,bogus"
     with pytest.raises(ValueError, match=r"config\.overwrite_stages"):
-        molecule.overwrite_stages(config)
+        config_reader.overwrite_stages(config)
     config.overwrite_stages = "evaluate"
     with pytest.raises(ValueError, match="evaluate"):
-        molecule.overwrite_stages(config)
+        config_reader.overwrite_stages(config)
 
 
 @pytest.mark.parametrize("system", ["aspirin", "ala3", "water"])

@@ -1,7 +1,7 @@
 """Evaluation metrics: observable errors, diffusivity, test-set errors, reweighted references.
 
-Pure functions of arrays that score an evaluation (:mod:`stabie_jax.evaluate`) against
-reference data; all are re-exported by :mod:`stabie_jax.evaluate`.
+Pure functions of arrays that score an evaluation (:mod:`stabie_jax.evaluation`) against
+reference data; all are re-exported by :mod:`stabie_jax.evaluation`.
 
 * structure: :func:`h_of_r_errors` (mean |Δh| and the integrated L1 distance), :func:`rdf_errors`
   (the authors' RDF-MAE ``r_max·mean|Δg|`` per element pair);
@@ -23,6 +23,7 @@ Units: Å, eV, ps/fs as named; diffusivities in m²/s.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
 import jax
@@ -37,6 +38,7 @@ VACF_WINDOW = 100
 """VACF lags (authors: 100-step window)."""
 
 __all__ = [
+    "h_of_r_reference_at",
     "VACF_WINDOW",
     "diffusivity_curve_m2_per_s",
     "effective_sample_size_vs_temperature",
@@ -294,6 +296,55 @@ def paired_stability_comparison(baseline_ps, baseline_censored, other_ps, other_
         "fisher_p": fisher_p,
         "median_difference_ps": float(np.median(diff)) if n else None,
     }
+
+
+def h_of_r_reference_at(
+    positions,
+    potential_energies,
+    temperature_kelvin: float,
+    reference_temperature_kelvin: float | None,
+    *,
+    r_max: float,
+    n_bins: int,
+) -> np.ndarray:
+    """``[n_bins]`` reference h(r) at ``temperature_kelvin`` (sums to 100).
+
+    The frames are canonical samples at ``reference_temperature_kelvin`` (MD17: the 500 K AIMD
+    run). At that temperature (or when it is ``None``) this is the plain histogram
+    :func:`stabie_jax.observables.h_of_r_reference`; at another temperature the frames are
+    Boltzmann-reweighted with their energies (:func:`reweighted_h_of_r_reference`), and the
+    effective sample size is logged.
+
+    Args:
+      positions: ``[F, N, 3]`` Å.
+      potential_energies: ``[F]`` eV (used only when reweighting).
+      temperature_kelvin: where the h(r) is wanted, K.
+      reference_temperature_kelvin: where the frames were sampled, K, or ``None``.
+      r_max, n_bins: h(r) grid (Å, count).
+    """
+    positions = np.asarray(positions)
+    if reference_temperature_kelvin is None or np.isclose(
+        float(reference_temperature_kelvin), float(temperature_kelvin)
+    ):
+        return np.asarray(
+            observables.h_of_r_reference(jnp.asarray(positions), r_max=r_max, n_bins=n_bins)
+        )
+    h_ref, n_eff = reweighted_h_of_r_reference(
+        positions,
+        np.asarray(potential_energies),
+        float(reference_temperature_kelvin),
+        float(temperature_kelvin),
+        r_max=r_max,
+        n_bins=n_bins,
+    )
+    logging.info(
+        "h(r) reference reweighted %g K -> %g K (N_eff = %.0f of %d frames)",
+        reference_temperature_kelvin,
+        temperature_kelvin,
+        n_eff,
+        positions.shape[0],
+    )
+    return np.asarray(h_ref)
 
 
 def reweighted_h_of_r_reference(

@@ -5,8 +5,8 @@ experiment; a later run that asks for the same model under the same protocol, e.
 comparison that adds a newly trained model next to two already evaluated ones, or a rerun after
 a kill in the middle of the next model, reuses the stored result instead of simulating again.
 
-A result is a nest of tuples, ``NamedTuple`` s (:class:`~stabie_jax.evaluate.StabilityResult`,
-:class:`~stabie_jax.evaluate.TemperatureTransferResult`), dicts, numpy arrays, Python scalars
+A result is a nest of tuples, ``NamedTuple`` s (:class:`~stabie_jax.evaluation.StabilityResult`,
+:class:`~stabie_jax.evaluation.TemperatureTransferResult`), dicts, numpy arrays, Python scalars
 and ``None``. It is written as ``result.npz`` (arrays, ``allow_pickle=False``) plus
 ``result.json`` (structure, scalars and the fingerprint). Nothing is pickled.
 
@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from stabie_jax import evaluate as ev
 from stabie_jax.data.registry import sha256_of_file
+from stabie_jax.evaluation.state import StabilityResult, TemperatureTransferResult
 from stabie_jax.jsonable import to_jsonable
 
 __all__ = ["fingerprint", "load_result", "save_result"]
@@ -45,8 +45,8 @@ __all__ = ["fingerprint", "load_result", "save_result"]
 _ARRAYS = "result.npz"
 _LAYOUT = "result.json"
 _TYPES = {
-    "StabilityResult": ev.StabilityResult,
-    "TemperatureTransferResult": ev.TemperatureTransferResult,
+    "StabilityResult": StabilityResult,
+    "TemperatureTransferResult": TemperatureTransferResult,
 }
 
 

@@ -27,7 +27,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from stabie_jax import units
-from stabie_jax.evaluation_metrics import pareto_front_mask
+from stabie_jax.evaluation.metrics import pareto_front_mask
 
 __all__ = [
     "plot_diffusivity_convergence",
@@ -310,7 +310,7 @@ def plot_pareto_front(
     """Scatter of runs (e.g. an α/λ sweep) with the Pareto front highlighted.
 
     The front is the set of runs not dominated by another with lower force MAE *and* longer
-    stable time (:func:`stabie_jax.evaluation_metrics.pareto_front_mask`).
+    stable time (:func:`stabie_jax.evaluation.metrics.pareto_front_mask`).
 
     Args:
       force_mae: ``[P]`` test force MAE per run.

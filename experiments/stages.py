@@ -1,0 +1,218 @@
+"""The stages every system shares: workdir claims, pretraining, StABlE from training frames.
+
+``claim_pretrain`` / ``claim_stabie`` record what produced a stage's outputs in the workdir and
+refuse a rerun with other settings (``stabie_jax.workdir``); ``run_pretrain`` fits a model to
+energies and forces (free space, or periodic with a neighbour list) and saves its checkpoint;
+``train_from_frames`` starts StABlE's replicas from training frames and saves the trained model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments.config_reader import overwrite_stages, pretrain_settings_from_config
+from stabie_jax import checkpoint, data, md, metrics_log, run_loop
+from stabie_jax import pretrain as pretrain_lib
+from stabie_jax import stabie as stabie_lib
+from stabie_jax import workdir as workdir_lib
+from stabie_jax.evaluation import plots
+from stabie_jax.models import make_potential
+from stabie_jax.models.registry import build_model, frames_fault_check, init_params
+
+__all__ = [
+    "PRETRAINED_MODEL",
+    "STABIE_MODEL",
+    "STAGE_OUTPUTS",
+    "claim_pretrain",
+    "claim_stabie",
+    "data_fingerprint",
+    "run_pretrain",
+    "train_from_frames",
+]
+
+
+PRETRAINED_MODEL = "model_pretrained"
+
+
+STABIE_MODEL = "model_stabie"
+
+
+STAGE_OUTPUTS = {"pretrain": ("pretrain", PRETRAINED_MODEL), "stabie": ("stabie", STABIE_MODEL)}
+
+
+# Settings that change how a stage runs, not what it computes (excluded from its fingerprint).
+_RUN_ONLY = {
+    "pretrain": (
+        "progress_bar",
+        "tensorboard",
+        "checkpoint_every_epochs",
+        "max_checkpoints_to_keep",
+        "max_wall_seconds",  # a budget: a resume may be given more time
+    ),
+    "stabie": ("checkpoint_every", "max_wall_hours", "split_cosine_every"),  # diagnostics
+    "md": ("replica_batch_size",),
+    "data": ("n_test", "test_source", "download"),
+}
+
+
+def data_fingerprint(*datasets, extra_arrays=()) -> str:
+    """Fingerprint of the frames (positions, energies, forces) of ``datasets``."""
+    arrays = [
+        value
+        for d in datasets
+        for value in (d.positions, d.energies, d.forces, d.atomic_numbers)
+        if value is not None
+    ]
+    return workdir_lib.array_fingerprint(*arrays, *extra_arrays)
+
+
+def _without(section: dict, name: str) -> dict:
+    return {k: v for k, v in section.items() if k not in _RUN_ONLY.get(name, ())}
+
+
+def _claim(config, workdir, stage: str, spec: dict) -> None:
+    workdir_lib.claim_stage(
+        workdir,
+        stage,
+        spec,
+        outputs=STAGE_OUTPUTS[stage],
+        overwrite=stage in overwrite_stages(config),
+    )
+
+
+def claim_pretrain(config, workdir, train, val, extra_arrays=()) -> None:
+    """Record/check the settings of the pretraining stage (see :mod:`stabie_jax.workdir`)."""
+    settings = dataclasses.asdict(pretrain_settings_from_config(config))
+    spec = {
+        "data": data_fingerprint(train, val, extra_arrays=extra_arrays),
+        "model": config.model.to_dict(),
+        "pretrain": _without(settings, "pretrain"),
+    }
+    _claim(config, workdir, "pretrain", spec)
+
+
+def claim_stabie(config, workdir, train, pretrained_dir, extra_arrays=()) -> None:
+    """Record/check the settings of the StABlE stage: everything in the config but the other
+    stages and run mechanics, the training frames and the starting model's parameters."""
+    excluded = {
+        "pretrain", "evaluate", "stages", "overwrite_stages", "progress", "tensorboard", "variant",
+    }  # fmt: skip
+    sections = {
+        key: _without(value.to_dict(), key) if hasattr(value, "to_dict") else value
+        for key, value in config.items()
+        if key not in excluded
+    }
+    spec = {
+        **sections,
+        "init_checkpoint": None,  # the model is identified by its parameters below
+        "frames": data_fingerprint(train, extra_arrays=extra_arrays),
+        "start_model_sha256": checkpoint.model_params_checksum(pretrained_dir),
+    }
+    _claim(config, workdir, "stabie", spec)
+
+
+def run_pretrain(
+    train: data.Dataset,
+    val: data.Dataset,
+    test: data.Dataset,
+    *,
+    kind: str,
+    hparams: dict,
+    settings: pretrain_lib.PretrainSettings,
+    workdir: pathlib.Path,
+    seed: int,
+    displacement_fn=None,
+    neighbor_fn=None,
+    extra: dict | None = None,
+) -> pathlib.Path:
+    """Energy/force pretraining; returns the model checkpoint directory (reused if present).
+
+    Molecules use free space and dense edges (the defaults); periodic systems pass their
+    ``displacement_fn`` and a JAX-MD sparse ``neighbor_fn``.
+    """
+    model_dir = workdir / PRETRAINED_MODEL
+    if (model_dir / checkpoint.MODEL_JSON).exists():
+        logging.info("pretrained model exists in %s: skipping pretraining", model_dir)
+        return model_dir
+    z = np.asarray(train.atomic_numbers)
+    module = build_model(kind, **hparams)
+    params = init_params(module, z, jax.random.PRNGKey(seed))
+    displacement_fn = displacement_fn or md.free_space().displacement_fn
+    bare = make_potential(module, z, displacement_fn, use_neighbor_list=neighbor_fn is not None)
+    params, report = pretrain_lib.pretrain(
+        bare,
+        params,
+        train,
+        val,
+        atomic_numbers=z,
+        settings=settings,
+        workdir=workdir / "pretrain",
+        test=test,
+        neighbor_fn=neighbor_fn,
+        fault_check=frames_fault_check(module, displacement_fn),
+    )
+    metadata = pretrain_lib.pretrained_model_metadata(
+        kind, module, z, float(hparams.get("cutoff", 5.0)), report, **(extra or {})
+    )
+    checkpoint.save_model_checkpoint(model_dir, params, metadata, overwrite=True)
+    records = metrics_log.read_records(workdir / "pretrain" / run_loop.METRICS_FILE)
+    plots.plot_pretraining_curve(records, workdir / "pretrain" / "learning_curve.png")
+    return model_dir
+
+
+def train_from_frames(
+    problem: stabie_lib.StabieProblem,
+    settings: stabie_lib.StabieSettings,
+    loaded: checkpoint.LoadedModel,
+    train_positions,
+    *,
+    n_replicas: int,
+    seed: int,
+    workdir: pathlib.Path,
+    metadata: dict,
+    progress: bool,
+    rescale_velocities: bool,
+    shard: bool,
+    tensorboard: bool = False,
+) -> pathlib.Path:
+    """Start R replicas from random training frames (no replacement, authors), run StABlE,
+    save the trained model next to the run; returns the model checkpoint directory."""
+    n_frames = len(train_positions)
+    if n_replicas > n_frames:
+        raise ValueError(
+            f"n_replicas={n_replicas} exceeds the {n_frames} training frames used as initial "
+            "conditions"
+        )
+    k_ic, k_state = jax.random.split(jax.random.PRNGKey(seed))
+    ic = np.asarray(jax.random.choice(k_ic, n_frames, (n_replicas,), replace=False))
+    state = stabie_lib.init_state(
+        problem,
+        settings,
+        loaded.params,
+        jnp.asarray(np.asarray(train_positions)[ic], jnp.float32),
+        k_state,
+        rescale_velocities=rescale_velocities,
+    )
+    run_metadata = {**metadata, "initial_frames": ic.tolist()}
+    final, _ = stabie_lib.run_stabie(
+        problem,
+        settings,
+        state,
+        workdir / "stabie",
+        metadata=run_metadata,
+        progress=progress,
+        shard_fn=stabie_lib.shard_replicas if shard else None,
+        tensorboard=tensorboard,
+    )
+    model_dir = workdir / STABIE_MODEL
+    extra = {**loaded.metadata.extra, "stabie": run_metadata}
+    checkpoint.save_model_checkpoint(
+        model_dir, final.train.params, loaded.metadata._replace(extra=extra), overwrite=True
+    )
+    return model_dir
