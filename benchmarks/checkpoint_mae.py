@@ -20,22 +20,18 @@ evaluated the same way; ``--no-authors`` leaves the authors' checkpoints out.
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
 import pathlib
-import platform
 import shlex
 import sys
 import time
-from importlib import metadata as importlib_metadata
 
+import harness  # benchmarks/harness.py: this script's folder is on sys.path
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax_md import space
 
 from stabie_jax import checkpoint, interop
-from stabie_jax.evaluation.report import cpu_model
 from stabie_jax.units import EV_IN_KCAL_PER_MOL, MDSIM_KCAL_PER_MOL_PER_EV, ev_to_kcal_per_mol
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -96,17 +92,6 @@ def metrics(e_pred_ev, f_pred_ev, e_label_kcal, f_label_kcal) -> dict:
         "f_mae": float(np.mean(np.abs(ev_to_kcal_per_mol(f_pred_ev) - f_label_kcal))),
         "implied_kcal_per_ev": float(np.mean(e_label_kcal) / np.mean(e_pred_ev)),
     }
-
-
-def versions() -> str:
-    names = ["jax", "jaxlib", "flax", "numpy", "torch", "torch_geometric", "stabie-jax"]
-    out = []
-    for name in names:
-        try:
-            out.append(f"{name} {importlib_metadata.version(name)}")
-        except importlib_metadata.PackageNotFoundError:
-            out.append(f"{name} (not installed)")
-    return ", ".join(out)
 
 
 def main(argv=None) -> int:
@@ -182,15 +167,11 @@ def main(argv=None) -> int:
 
     conversion_offset = np.mean(e_label) * (EV_IN_KCAL_PER_MOL / MDSIM_KCAL_PER_MOL_PER_EV - 1)
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *sys.argv[1:]])
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         "# Energy/force MAE of the StABlE paper's aspirin SchNet checkpoints (stabie_jax)",
         "",
-        f"- date: {now}",
-        f"- machine: {cpu_model()}, {os.cpu_count()} logical CPUs, no GPU; "
-        f"{platform.system()} {platform.release()}, Python {platform.python_version()}",
-        f"- versions: {versions()}",
-        f"- command: `{command}` (from the repository root; {elapsed:.0f} s)",
+        *harness.environment_lines(command),
+        f"- wall time: {elapsed:.0f} s (run from the repository root)",
         "- checkpoints: the authors' `pretrained_1k.pt` and `stable_trained.pt` "
         "(../shared/data/stable_checkpoints/schnet_aspirin, sha256 "
         + ", ".join(f"{k} {v[2][:12]}…" for k, v in rows.items() if k not in own)

@@ -22,22 +22,20 @@ model's work does not depend on how replicas are laid out).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import pathlib
-import platform
 import resource
 import subprocess
 import sys
 import time
 
+import harness  # benchmarks/harness.py: this script's folder is on sys.path
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from stabie_jax import md, units
-from stabie_jax.evaluation.report import cpu_model
 from stabie_jax.interop.torch_schnet import SchNetConfig
 from stabie_jax.models import make_potential
 from stabie_jax.models.registry import build_model, init_params
@@ -457,13 +455,10 @@ def _report(rows, sides, jax_sides, peak, n, device) -> str:
     lines = [
         "# JAX (stabie_jax) vs PyTorch MD throughput, same SchNet and weights",
         "",
-        f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
-        f"- machine: {platform.machine()}, {cpu_model()}, {os.cpu_count()} logical CPUs, "
-        f"torch threads {torch.get_num_threads()}; accelerator: {accelerator}; JAX on "
-        f"{jax.default_backend()}, PyTorch on {device}",
-        f"- versions: python {platform.python_version()}, jax {jax.__version__}, "
-        f"torch {torch.__version__}",
-        f"- command: `python {' '.join(sys.argv)}`",
+        *harness.environment_lines(
+            extra=f"torch threads {torch.get_num_threads()}; accelerator: {accelerator}; "
+            f"PyTorch on {device}"
+        ),
         f"- float32 matmul ({n}³, XLA, default precision) on this machine: "
         f"{peak / 1e9:.1f} GFLOP/s",
         "",

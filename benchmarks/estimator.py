@@ -32,14 +32,12 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
 import glob
 import os
-import platform
 import statistics
-import sys
 import time
 
+import harness  # benchmarks/harness.py: this script's folder is on sys.path
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -292,18 +290,11 @@ def _row(row):
 
 
 def _markdown(rows, label, source, n_params, args, b):
-    import flax
 
-    cpu = platform.processor() or platform.machine()
     lines = [
         "# Boltzmann-estimator cost: time and memory vs one batched forward+backward",
         "",
-        f"- date: {datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- command: `python benchmarks/estimator.py {' '.join(sys.argv[1:])}`",
-        f"- machine: {platform.node()} {cpu}, {os.cpu_count()} CPUs visible, "
-        f"load average {os.getloadavg()[0]:.1f} at the end (shared machine: times are noisy)",
-        f"- backend: {jax.default_backend()}, jax {jax.__version__}, flax {flax.__version__}, "
-        f"python {platform.python_version()}",
+        *harness.environment_lines(),
         f"- model: {label}, {n_params} parameters, float32, dense edges (all 420 ordered pairs)",
         f"- samples: {source}",
         "- observable: h(r), 500 bins on [1e-6, 10] Å, σ = 0.01 Å; loss: MSE to a fixed g_ref",

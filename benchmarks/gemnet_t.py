@@ -21,19 +21,15 @@ Prints a markdown table and writes it to ``benchmarks/results/gemnet_t_cpu.md``.
 from __future__ import annotations
 
 import argparse
-import datetime
-import importlib.metadata
-import os
 import pathlib
 import time
 
-import flax
+import harness  # benchmarks/harness.py: this script's folder is on sys.path
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax_md import partition, space
 
-from stabie_jax.evaluation.report import cpu_model
 from stabie_jax.models import build_graph, edges_from_neighbor_list, make_potential
 from stabie_jax.models.gemnet_t import GemNetT, count_parameters, make_table_status_fn
 from stabie_jax.models.gemnet_table import check_table_status
@@ -65,14 +61,6 @@ def water_frames(n_frames: int):
         frames.append(np.mod(np.concatenate(mols), BOX_ANGSTROM))
     z = np.tile([8, 1, 1], 64).astype(np.int32)
     return np.asarray(frames, np.float32), z, BOX_ANGSTROM, "generated lattice"
-
-
-def _time(fn, *args, repeats: int):
-    jax.block_until_ready(fn(*args))  # warm-up
-    start = time.perf_counter()
-    for _ in range(repeats):
-        jax.block_until_ready(fn(*args))
-    return (time.perf_counter() - start) / repeats
 
 
 def main() -> None:
@@ -118,24 +106,19 @@ def main() -> None:
         compile_s = time.perf_counter() - start
         memory = compiled.memory_analysis()
         temp_gb = memory.temp_size_in_bytes / 1e9 if memory is not None else float("nan")
-        per_call = _time(compiled, *call_args, repeats=args.repeats)
+        per_call = harness.time_call(compiled, *call_args, repeats=args.repeats)["median_s"]
         energy, grad = compiled(*call_args)
         assert np.all(np.isfinite(np.asarray(energy))) and np.all(np.isfinite(np.asarray(grad)))
         rows.append((label, compile_s, per_call, temp_gb))
         print(f"{label}: compile {compile_s:.1f} s, {per_call:.3f} s per call", flush=True)
 
     n_edges = int(nbrs0.idx.shape[1])
-    jax_md_version = importlib.metadata.version("jax-md")
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     header = (
         f"GemNet-T energy+forces (jit(value_and_grad)), float32, {n_params} parameters, "
         f"cutoff {model.cutoff} Å, neighbour-list capacity {n_edges} edges, "
-        f"neighbor_capacity {model.neighbor_capacity}; positions: {source}.\n"
-        f"Machine: {cpu_model()}, {os.cpu_count()} logical CPUs (load average {load:.1f} at "
-        f"the end of the run); jax {jax.__version__}, jax-md {jax_md_version}, "
-        f"flax {flax.__version__}, numpy {np.__version__}; {date}; "
-        f"`python benchmarks/gemnet_t.py --repeats {args.repeats} --replicas {args.replicas}`.\n\n"
+        f"neighbor_capacity {model.neighbor_capacity}; positions: {source}.\n\n"
+        + "\n".join(harness.environment_lines())
+        + "\n\n"
     )
     table = (
         "| model | system | device | compile (s) | time per call (s) | per replica (s) "

@@ -22,12 +22,12 @@ Writes ``workdir/{checkpoints,metrics.jsonl,report.json}`` and a markdown summar
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import pathlib
 import time
 
+import harness  # benchmarks/harness.py: this script's folder is on sys.path
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -123,7 +123,6 @@ def main() -> None:
         json.loads(line)
         for line in (pathlib.Path(args.workdir) / "metrics.jsonl").read_text().splitlines()
     ]
-    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         "# GemNet-T water pretraining on CPU (learning curve)",
         "",
@@ -132,10 +131,9 @@ def main() -> None:
         f"neighbor_capacity {capacity} (max in these frames + 4); recipe "
         f"`gemnet_t` for {args.epochs} epochs; scale factors fitted on {args.scale_frames} "
         f"frames in {fit_s:.0f} s; training {train_s:.0f} s wall on {os.cpu_count()} CPUs "
-        f"(shared); jax {jax.__version__}; {date}.",
-        f"Command: `python benchmarks/gemnet_t_water_pretrain.py --n_train {args.n_train} "
-        f"--n_val {args.n_val} --n_test {args.n_test} --epochs {args.epochs} "
-        f"--scale_frames {args.scale_frames}`.",
+        "(shared).",
+        "",
+        *harness.environment_lines(),
         "",
         "Fitted scale factors: " + ", ".join(f"{k} {v:.3f}" for k, v in scales.items()) + ".",
         "",

@@ -42,32 +42,18 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import pathlib
-import platform
 import resource
 import subprocess
 import sys
 import time
 
+import harness  # benchmarks/harness.py: this script's folder is on sys.path
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
-
-
-def _aspirin_geometry():
-    import numpy as np
-
-    path = SHARED / "rmd17_aspirin" / "rmd17_aspirin_train_01.npz"
-    if path.exists():
-        d = np.load(path)
-        return d["coords"][0].astype(np.float32), d["nuclear_charges"].astype(int), "rMD17 frame"
-    # Synthetic stand-in: 21 atoms with aspirin's composition on a jittered 1.45 Å grid.
-    z = np.array([6] * 9 + [8] * 4 + [1] * 8)
-    grid = np.stack(np.meshgrid(*[np.arange(3)] * 3, indexing="ij"), -1).reshape(-1, 3)[:21]
-    rng = np.random.default_rng(0)
-    return (1.45 * grid + 0.05 * rng.normal(size=(21, 3))).astype(np.float32), z, "synthetic"
 
 
 def _ala3_geometry():
@@ -128,10 +114,9 @@ def run_single(system: str, mode: str, n_rep: int, steps: int, repeats: int, dty
     )
     from stabie_jax.models import make_potential
     from stabie_jax.models.graph import build_graph, dense_edges
-    from stabie_jax.models.schnet import SchNet
 
     if system in ("aspirin", "ala3"):
-        pos, z, source = _aspirin_geometry() if system == "aspirin" else _ala3_geometry()
+        pos, z, source = harness.aspirin_geometry() if system == "aspirin" else _ala3_geometry()
         sp = free_space()
         dt, kT = units.fs_to_internal(0.5), units.kT(500.0)
     else:
@@ -140,7 +125,7 @@ def run_single(system: str, mode: str, n_rep: int, steps: int, repeats: int, dty
         dt, kT = units.fs_to_internal(1.0), units.kT(300.0)
     n_atoms = len(z)
     pairs = "pairs" in mode  # each pair once (undirected SchNet, OrderedSparse lists)
-    model = SchNet(hidden=64, num_filters=64, num_interactions=6, num_gaussians=25, cutoff=5.0)
+    model = harness.paper_schnet()
     senders, receivers = dense_edges(n_atoms)
     graph = build_graph(sp.displacement_fn, jnp.asarray(pos), senders, receivers)
     params = model.init(jax.random.PRNGKey(0), jnp.asarray(z), graph)["params"]
@@ -208,13 +193,6 @@ def run_single(system: str, mode: str, n_rep: int, steps: int, repeats: int, dty
         alive=int(np.sum(np.asarray(out.alive))),
         device=str(jax.devices()[0].device_kind),
     )
-
-
-def _versions() -> str:
-    from importlib.metadata import version
-
-    pkgs = ["jax", "jaxlib", "jax-md", "flax", "numpy"]
-    return ", ".join(f"{p} {version(p)}" for p in pkgs)
 
 
 def _report_row(res: dict, rows: list, args) -> None:
@@ -362,22 +340,10 @@ def plot_scaling(rows, path):
 
 def write_table(rows, args):
     device = rows[0]["device"]
-    load = os.getloadavg()
     lines = [
         "# MD throughput (stabie_jax.md, SchNet 64×6)",
         "",
-        f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
-        f"- machine: {platform.node()}, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPUs, device {device}; load average at the end "
-        f"{load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f} (shared machine: timings are indicative)",
-        f"- versions: Python {platform.python_version()}, {_versions()}",
-        "- command: `python benchmarks/md_throughput.py "
-        + " ".join(
-            f"--{k.replace('_', '-')} {v}"
-            for k, v in vars(args).items()
-            if v and k not in ("single",)
-        )
-        + "`",
+        *harness.environment_lines(extra=f"device {device}"),
         f"- dtype {args.dtype}; SchNet randomly initialised (same cost as trained); "
         "`edges` = dense pair count or neighbour-list capacity",
         "",

@@ -29,29 +29,26 @@ this machine measured in the same run.
 from __future__ import annotations
 
 import argparse
-import datetime
 import glob
-import os
 import pathlib
-import platform
 import sys
 import time
 
+import harness  # benchmarks/harness.py: this script's folder is on sys.path
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from stabie_jax import md, pretrain
 from stabie_jax.data.readers import read_rmd17_npz
-from stabie_jax.evaluation.report import cpu_model
 from stabie_jax.losses import LabelledFrames
 from stabie_jax.models import make_potential
-from stabie_jax.models.registry import build_model, init_params
+from stabie_jax.models.registry import init_params
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from compare import ASPIRIN_Z, matmul_flop_rate  # noqa: E402
 
-HPARAMS = dict(hidden=64, num_filters=64, num_interactions=6, num_gaussians=25, cutoff=5.0)
+HPARAMS = harness.PAPER_SCHNET
 DEFAULT_DATA = "../shared/data/rmd17_aspirin/rmd17_aspirin_train_01.npz"
 
 
@@ -86,7 +83,7 @@ def _settings() -> pretrain.PretrainSettings:
 
 def run_jax(frames, z, undirected: bool, repeats: int) -> dict:
     """Epoch wall times of ``pretrain._train_epoch``, the function ``pretrain`` calls."""
-    module = build_model("schnet", undirected_edges=undirected, **HPARAMS)
+    module = harness.paper_schnet(undirected_edges=undirected)
     potential = make_potential(module, z, md.free_space().displacement_fn)
     params = init_params(module, z, jax.random.PRNGKey(0))
     settings = pretrain._static_settings(_settings())
@@ -204,18 +201,12 @@ def run_torch(pos, energies, forces, z, repeats: int, batch_size: int = 100) -> 
 
 def report(rows: dict, peak: float, source: str, args, n_frames: int) -> str:
     import torch
-    import torch_geometric
 
     torch_rate = rows["torch"]["frames_per_s"]
     lines = [
         "# Energy+force training throughput: stabie_jax pretraining vs torch_geometric SchNet",
         "",
-        f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
-        f"- machine: {platform.machine()}, {cpu_model()}, {os.cpu_count()} logical CPUs, "
-        f"torch threads {torch.get_num_threads()}; JAX on {jax.default_backend()}",
-        f"- versions: python {platform.python_version()}, jax {jax.__version__}, "
-        f"torch {torch.__version__}, torch_geometric {torch_geometric.__version__}",
-        f"- command: `python {' '.join(sys.argv)}`",
+        *harness.environment_lines(extra=f"torch threads {torch.get_num_threads()}"),
         f"- data: {source}; {n_frames} frames per epoch, batch 100, Adam, "
         "loss λ_U·mse(U) + λ_F·mse(F) (second derivatives)",
         f"- float32 matmul (2048³, XLA) on this machine: {peak / 1e9:.1f} GFLOP/s",

@@ -26,13 +26,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import pathlib
-import platform
 import subprocess
 import sys
 import time
 
+import harness  # benchmarks/harness.py: this script's folder is on sys.path
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -197,16 +196,11 @@ def _fmt(x, spec=".3f"):
 
 
 def _report(args, rows: dict, evaluation: dict) -> str:
-    import jax
 
     lines = [
         f"# Sample reuse vs the authors' rule ({datetime.date.today().isoformat()})",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-        f"jax {jax.__version__}; Python {platform.python_version()}.",
-        f"Command: `python benchmarks/sample_reuse.py --model {args.model} --workdir "
-        f"{args.workdir} --thresholds {args.thresholds} --minutes {args.minutes:g} "
-        f"--max_reuse_steps {args.max_reuse_steps} --target {args.target:g}`",
+        *harness.environment_lines(),
         "",
         "| variant | learning sims | optimizer steps | MD steps | reuse/sim | N_eff/N min "
         f"| f_unst first | f_unst last 5 | f_unst min | wall to f_unst ≤ {args.target:g} (s) |",
