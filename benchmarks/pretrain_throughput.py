@@ -44,6 +44,8 @@ from stabie_jax.data.readers import read_rmd17_npz
 from stabie_jax.losses import LabelledFrames
 from stabie_jax.models import make_potential
 from stabie_jax.models.registry import init_params
+from stabie_jax.pretrain import frames as pretrain_frames
+from stabie_jax.pretrain import steps as pretrain_steps
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from compare import ASPIRIN_Z, matmul_flop_rate  # noqa: E402
@@ -82,11 +84,11 @@ def _settings() -> pretrain.PretrainSettings:
 
 
 def run_jax(frames, z, undirected: bool, repeats: int) -> dict:
-    """Epoch wall times of ``pretrain._train_epoch``, the function ``pretrain`` calls."""
+    """Epoch wall times of ``pretrain.steps._train_epoch``, the function ``pretrain`` calls."""
     module = harness.paper_schnet(undirected_edges=undirected)
     potential = make_potential(module, z, md.free_space().displacement_fn)
     params = init_params(module, z, jax.random.PRNGKey(0))
-    settings = pretrain._static_settings(_settings())
+    settings = pretrain_steps._static_settings(_settings())
     optimizer = pretrain.make_optimizer(settings)
     n = int(frames.positions.shape[0])
 
@@ -111,16 +113,16 @@ def run_jax(frames, z, undirected: bool, repeats: int) -> dict:
     times = []
     for epoch in range(repeats + 1):
         order = np.asarray(jax.random.permutation(jax.random.PRNGKey(epoch), n))
-        idx, w = pretrain._batches(n, settings.batch_size, order)
+        idx, w = pretrain_frames._batches(n, settings.batch_size, order)
         started = time.perf_counter()
-        (p, o, _, s), metrics = pretrain._train_epoch(**epoch_args(idx, w, *state))
+        (p, o, _, s), metrics = pretrain_steps._train_epoch(**epoch_args(idx, w, *state))
         jax.block_until_ready((p, metrics))
         times.append(time.perf_counter() - started)
         state = (p, o, s)
         if not np.isfinite(np.asarray(metrics)[:, 0]).all():
             raise FloatingPointError("non-finite JAX training loss")
-    idx1, w1 = pretrain._batches(settings.batch_size, settings.batch_size)
-    compiled = pretrain._train_epoch.lower(**epoch_args(idx1, w1, *state)).compile()
+    idx1, w1 = pretrain_frames._batches(settings.batch_size, settings.batch_size)
+    compiled = pretrain_steps._train_epoch.lower(**epoch_args(idx1, w1, *state)).compile()
     analysis = compiled.cost_analysis()
     if isinstance(analysis, list | tuple):
         analysis = analysis[0]

@@ -26,7 +26,8 @@ from stabie_jax.models.potential import make_potential
 from stabie_jax.models.registry import init_params
 from stabie_jax.models.scale_shift import fit_energy_shift, force_rms
 from stabie_jax.plateau import plateau_init, plateau_update
-from stabie_jax.pretrain import _batches, pretrain, recipe
+from stabie_jax.pretrain import pretrain, recipe
+from stabie_jax.pretrain.frames import _batches
 
 Z_AR3 = np.array([18, 18, 18])
 

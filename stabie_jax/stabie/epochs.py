@@ -1,0 +1,289 @@
+"""The two epochs of the driver, each a function ``(state, key) -> (state, record)``: a
+simulation epoch (simulate, check, rewind and freeze the unstable replicas) and a learning
+epoch (simulate from the anchors, one optimizer step, optional reuse)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from stabie_jax import units
+from stabie_jax.md import ReplicaState, Simulator, Trajectory
+from stabie_jax.plateau import PlateauState, plateau_update
+from stabie_jax.stabie.learning_step import (
+    make_learning_step,
+    make_optimizer,
+    make_split_cosine_fn,
+    random_half,
+)
+from stabie_jax.stabie.reuse import make_frame_energies, reuse_samples
+from stabie_jax.stabie.state import (
+    LEARNING,
+    SIMULATION,
+    LoopCounters,
+    StabieProblem,
+    StabieSettings,
+    StabieState,
+    TrainState,
+)
+from stabie_jax.trajectory_losses import trajectory_samples
+
+__all__ = [
+    "init_state",
+    "make_learning_epoch",
+    "make_simulation_epoch",
+]
+
+
+def _freeze(state: ReplicaState) -> ReplicaState:
+    return state._replace(alive=jnp.zeros_like(state.alive))
+
+
+def _revive(state: ReplicaState) -> ReplicaState:
+    return state._replace(alive=jnp.ones_like(state.alive), nonfinite=jnp.zeros_like(state.alive))
+
+
+def init_state(
+    problem: StabieProblem,
+    settings: StabieSettings,
+    params,
+    initial_positions,
+    key: jax.Array,
+    *,
+    rescale_velocities: bool = True,
+) -> StabieState:
+    """Start replicas from ``initial_positions [R, N, 3]`` (e.g. R training frames)."""
+    k_init, k_run = jax.random.split(key)
+    replicas = problem.simulator.init(
+        params, k_init, initial_positions, rescale_velocities=rescale_velocities
+    )
+    opt_state = make_optimizer(settings).init(params)
+    train = TrainState(params, opt_state, k_run, LoopCounters.initial())
+    return StabieState(train, replicas, replicas)
+
+
+def _epoch_stability(problem: StabieProblem, replicas: ReplicaState, traj: Trajectory):
+    """``[R]`` bool: criterion passed, state finite, and every recorded energy finite."""
+    stable = np.asarray(problem.stable_fn(traj)) & ~np.asarray(replicas.nonfinite)
+    if traj.potential_energy is not None:
+        stable &= np.all(np.isfinite(np.asarray(traj.potential_energy)), axis=0)
+    return stable
+
+
+def _budget_left(settings: StabieSettings, counters: LoopCounters, dt, started: float) -> bool:
+    if int(counters.epoch) >= settings.max_epochs:
+        return False
+    if (
+        settings.max_optimizer_steps is not None
+        and int(counters.optimizer_steps) >= settings.max_optimizer_steps
+    ):
+        return False
+    if settings.max_simulated_ps is not None:
+        ps = units.internal_to_fs(int(counters.simulated_steps) * dt) / 1000.0
+        if ps >= settings.max_simulated_ps:
+            return False
+    if settings.max_wall_seconds is not None and time.time() - started >= settings.max_wall_seconds:
+        return False
+    return True
+
+
+def _reset_some_stable(sim: Simulator, replicas: ReplicaState, key, probability: float):
+    """Authors' reset: ceil(p·#stable) stable replicas go back to a random saved state."""
+    alive = np.asarray(replicas.alive)
+    n_reset = math.ceil(probability * int(alive.sum()))
+    if n_reset == 0:
+        return replicas, 0
+    k_pick, k_back = jax.random.split(key)
+    candidates = np.flatnonzero(alive)
+    picked = np.asarray(jax.random.choice(k_pick, candidates, (n_reset,), replace=False))
+    mask = np.zeros(alive.shape, bool)
+    mask[picked] = True
+    available = np.minimum(np.asarray(replicas.history.count), sim.history_length)
+    back = np.floor(np.asarray(jax.random.uniform(k_back, alive.shape)) * available).astype(int)
+    replicas, ok = sim.rewind(replicas, jnp.asarray(mask), jnp.asarray(back, jnp.int32))
+    return replicas, int(np.asarray(ok).sum())
+
+
+def make_simulation_epoch(problem: StabieProblem, settings: StabieSettings) -> Callable:
+    """``(state, key) -> (state, record)``: one simulation-phase epoch (learning rate 0).
+
+    Alive replicas run ``t`` steps; a replica failing the criterion goes back to its state at
+    the start of the epoch, frozen. When the unstable fraction reaches ``f_max`` every replica
+    is revived at its anchor and the counters enter the learning phase. ``key`` draws the
+    authors' reset of some stable replicas in the first epoch of a phase.
+    """
+    sim = problem.simulator
+    t, every = settings.steps_per_epoch, settings.sample_every
+
+    def epoch(state: StabieState, key) -> tuple[StabieState, dict]:
+        train, replicas, _ = state
+        counters = train.counters
+        record: dict[str, Any] = {}
+        if int(counters.phase_epoch) == 0 and settings.reset_probability > 0:
+            replicas, record["n_reset"] = _reset_some_stable(
+                sim, replicas, key, settings.reset_probability
+            )
+        start = replicas
+        replicas, traj = sim.simulate(train.params, replicas, t, every, record_energy=True)
+        stable = _epoch_stability(problem, replicas, traj)
+        newly_unstable = np.asarray(start.alive) & ~stable
+        replicas = sim.select(jnp.asarray(newly_unstable), _freeze(start), replicas)
+        f_unst = 1.0 - float(np.mean(np.asarray(replicas.alive)))
+        counters = counters.bump(epoch=1, phase_epoch=1, simulated_steps=t).with_plateau(
+            counters.plateau()._replace(learning_rate=0.0)
+        )
+        record.update(
+            unstable_fraction=f_unst,
+            newly_unstable=int(newly_unstable.sum()),
+            alive_at_start=int(np.asarray(start.alive).sum()),
+            learning_rate=0.0,
+        )
+        anchors = replicas
+        if f_unst >= settings.f_max:
+            # Enter learning: every replica restarts from its anchor (near-unstable) state.
+            anchors = _revive(replicas)
+            counters = counters._replace(
+                phase=np.asarray(LEARNING, np.int64), phase_epoch=np.asarray(0, np.int64)
+            ).with_plateau(PlateauState(settings.learning_rate, math.inf, 0, 0))
+        return StabieState(train._replace(counters=counters), replicas, anchors), record
+
+    return epoch
+
+
+def _energy_spread(traj: Trajectory, kT: float) -> dict:
+    """Spread of the recorded frames' ``U_θ`` around their median, in kT (valid frames only)."""
+    if traj.potential_energy is None:
+        return {}
+    _, mask = trajectory_samples(traj)
+    u = np.asarray(traj.potential_energy).reshape(-1)[np.asarray(mask)]
+    if u.size == 0:
+        return {}
+    median = float(np.median(u))
+    return {
+        "sample_energy_above_median_kT": (float(u.max()) - median) / kT,
+        "sample_energy_below_median_kT": (median - float(u.min())) / kT,
+    }
+
+
+_STEP_METRICS = ("grad_norm", "obs_grad_norm", "qm_grad_norm", "obs_share", "grad_cosine")
+
+
+def make_learning_epoch(problem: StabieProblem, settings: StabieSettings) -> Callable:
+    """``(state, key) -> (state, record)``: one learning-phase epoch.
+
+    All replicas restart from the anchors, run ``t`` steps recording every ``S``-th frame, and
+    ONE optimizer step is taken on those frames (plus the reweighted reuse steps when
+    ``settings.reuse_min_neff > 0``); the unstable fraction drives the plateau schedule and the
+    end of the phase (``f_min``, ``min_lr``, ``max_learning_epochs``), after which replicas
+    unstable in this epoch go back to their anchors, frozen, and the simulation phase resumes.
+    ``key`` is the estimator's minibatch key.
+    """
+    sim = problem.simulator
+    t, every = settings.steps_per_epoch, settings.sample_every
+    learning_step = make_learning_step(problem, settings)
+    reuse = settings.reuse_min_neff > 0 and settings.max_reuse_steps > 0
+    frame_energies = make_frame_energies(problem) if reuse else None
+    split_cosine = make_split_cosine_fn(problem) if settings.split_cosine_every else None
+    min_lr = settings.learning_rate * settings.min_lr_fraction
+
+    def epoch(state: StabieState, key) -> tuple[StabieState, dict]:
+        train, _, anchors = state
+        counters = train.counters
+        replicas, traj = sim.simulate(train.params, anchors, t, every, record_energy=True)
+        stable = _epoch_stability(problem, replicas, traj)
+        f_unst = 1.0 - float(np.mean(stable))
+        lr = counters.plateau().learning_rate
+        params, opt_state, metrics, finite, skipped = learning_step(
+            train.params, train.opt_state, traj, key, lr
+        )
+        record: dict[str, Any] = dict(
+            unstable_fraction=f_unst,
+            phase_epoch=int(counters.phase_epoch),  # 0 in the first epoch of the phase
+            learning_rate=lr,
+            step_applied=finite,
+            obs_loss=float(metrics["obs_loss"]),
+            qm_loss=float(metrics["qm_loss"]),
+            loss=float(metrics["loss"]),
+            n_samples=int(metrics["n_samples"]),
+            **{k: float(metrics[k]) for k in _STEP_METRICS + ("update_norm",)},
+        )
+        if skipped:
+            record["skipped"] = skipped
+        record.update(_energy_spread(traj, sim.kT))
+        if (
+            split_cosine is not None
+            and int(counters.phase_epoch) % settings.split_cosine_every == 0
+        ):
+            # measured at the parameters the step was computed at, on the same frames
+            k_half, k_est = jax.random.split(jax.random.fold_in(key, 2))
+            half = random_half(k_half, traj.alive.shape[1])
+            split = jax.device_get(split_cosine(train.params, traj, k_est, half))
+            record.update({k: float(v) for k, v in split.items()})
+            for name in ("obs_split_norm_a", "obs_split_norm_b"):
+                record[name] *= settings.gradient_scale
+        if finite:
+            counters = counters.bump(optimizer_steps=1)
+        if reuse and finite:
+            budget = settings.max_reuse_steps
+            if settings.max_optimizer_steps is not None:
+                budget = min(budget, settings.max_optimizer_steps - int(counters.optimizer_steps))
+            reused = reuse_samples(
+                learning_step,
+                frame_energies,
+                settings,
+                sim.kT,
+                train.params,
+                params,
+                opt_state,
+                traj,
+                jax.random.fold_in(key, 1),
+                lr,
+                max(budget, 0),
+            )
+            params, opt_state = reused.params, reused.opt_state
+            counters = counters.bump(optimizer_steps=reused.steps)
+            record.update(
+                reuse_steps=reused.steps,
+                reuse_end=reused.end,
+                reuse_n_eff_fraction=reused.n_eff_fraction,
+                reuse_obs_loss=reused.obs_loss,
+                reuse_qm_loss=reused.qm_loss,
+                reuse_update_norm=reused.update_norm,
+            )
+        plateau = plateau_update(
+            counters.plateau(),
+            f_unst,
+            factor=settings.plateau_factor,
+            patience=settings.plateau_patience,
+        )
+        counters = counters.bump(epoch=1, phase_epoch=1).with_plateau(plateau)
+        train = train._replace(params=params, opt_state=opt_state)
+        end_reason = None
+        if f_unst <= settings.f_min:
+            end_reason = "unstable fraction <= f_min"
+        elif plateau.learning_rate < min_lr:
+            end_reason = "learning rate < min_lr"
+        elif int(counters.phase_epoch) >= settings.max_learning_epochs:
+            end_reason = "max_learning_epochs reached"
+        if end_reason is None:
+            replicas = anchors
+        else:
+            record["learning_end"] = end_reason
+            replicas = sim.select(jnp.asarray(~stable), _freeze(anchors), replicas)
+            anchors = replicas
+            counters = (
+                counters._replace(
+                    phase=np.asarray(SIMULATION, np.int64), phase_epoch=np.asarray(0, np.int64)
+                )
+                .bump(cycle=1)
+                .with_plateau(PlateauState(0.0, math.inf, 0, 0))
+            )
+        return StabieState(train._replace(counters=counters), replicas, anchors), record
+
+    return epoch
