@@ -17,6 +17,7 @@ from jax_md import space
 from toy_model import TOY_KIND, PairMLP, register_toy_model
 
 from stabie_jax import checkpoint as ckpt
+from stabie_jax.checkpoint.training import _CHECKSUM_KEY
 from stabie_jax.models import registry
 
 # Failed tensorstore reads (the corruption tests) leave un-awaited asyncio tasks behind.
@@ -129,7 +130,7 @@ def test_corrupt_latest_falls_back_with_warning(tmp_path, damage):
     else:
         meta = latest / "metadata" / "metadata"
         blob = json.loads(meta.read_text())
-        blob[ckpt._CHECKSUM_KEY] = "0" * 64
+        blob[_CHECKSUM_KEY] = "0" * 64
         meta.write_text(json.dumps(blob))
     with pytest.warns(RuntimeWarning, match="step 3 .* corrupt"):
         restored = ckpt.restore_checkpoint(manager, target=make_state(0.0))
@@ -258,7 +259,7 @@ def test_model_checkpoint_errors(tmp_path):
         ckpt.load_model_checkpoint(path)
     path = ckpt.save_model_checkpoint(tmp_path / "model3", params, metadata)
     blob = json.loads((path / "model.json").read_text())
-    blob["extra"][ckpt._CHECKSUM_KEY] = "f" * 64
+    blob["extra"][_CHECKSUM_KEY] = "f" * 64
     (path / "model.json").write_text(json.dumps(blob))
     with pytest.raises(ValueError, match="checksum"):
         ckpt.load_model_checkpoint(path)
