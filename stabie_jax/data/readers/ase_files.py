@@ -30,6 +30,75 @@ __all__ = [
 _SGDML_XYZ_NAME = re.compile(r"^(md17|md22)_.*\.(xyz|extxyz)$", re.IGNORECASE)
 
 
+def _read_frames(path: pathlib.Path, index: str, format: str | None) -> list:
+    """The frames ASE finds in ``path`` (a non-empty list), or a ValueError naming the file."""
+    import ase.io  # deferred: ASE's io registry is slow to import
+
+    try:
+        frames = ase.io.read(path, index=index, format=format)
+    except Exception as e:  # noqa: BLE001 - ASE's parsers raise many types; all mean bad input
+        raise ValueError(
+            f"{path}: ASE cannot parse the file (format={format or 'from name'}): "
+            f"{type(e).__name__}: {e}"
+        ) from e
+    if not isinstance(frames, list):
+        frames = [frames]
+    if not frames:
+        raise ValueError(f"{path}: no frames found; expected at least one.")
+    return frames
+
+
+def _frame_energy(atoms, results: dict, energy_key: str | None, where: str):
+    """``(energy, key)`` of one frame: from ``energy_key`` (info, then calculator), else the
+    calculator's ``energy``, else the ``energy``/``Energy`` comment key."""
+    if energy_key:
+        if energy_key in atoms.info:
+            energy, key = atoms.info[energy_key], energy_key
+        elif energy_key in results:
+            energy, key = results[energy_key], energy_key
+        else:
+            raise ValueError(
+                f"{where}: missing key '{energy_key}' (energy_key); the frame has info keys "
+                f"{sorted(atoms.info)} and calculator results {sorted(results)}."
+            )
+    elif "energy" in results:
+        energy, key = results["energy"], "energy"
+    elif "energy" in atoms.info:
+        energy, key = atoms.info["energy"], "energy"
+    elif "Energy" in atoms.info:
+        energy, key = atoms.info["Energy"], "Energy"
+    else:
+        raise ValueError(
+            f"{where}: missing key 'energy' (calculator result or comment 'energy='/'Energy=');"
+            " expected a per-frame energy."
+        )
+    return energy, key
+
+
+def _frame_forces(atoms, results: dict, forces_key: str | None, where: str):
+    """``[n_atoms, 3]`` forces of one frame: from ``forces_key`` (per-atom array, then
+    calculator), else the calculator's ``forces``, else the ``forces`` array."""
+    if forces_key:
+        if forces_key in atoms.arrays:
+            frame_forces = atoms.arrays[forces_key]
+        elif forces_key in results:
+            frame_forces = results[forces_key]
+        else:
+            raise ValueError(
+                f"{where}: missing key '{forces_key}' (forces_key); the frame has per-atom "
+                f"arrays {sorted(atoms.arrays)} and calculator results {sorted(results)}."
+            )
+    elif "forces" in results:
+        frame_forces = results["forces"]
+    elif "forces" in atoms.arrays:
+        frame_forces = atoms.arrays["forces"]
+    else:
+        raise ValueError(
+            f"{where}: missing key 'forces' (per-atom property); expected [n_atoms, 3] forces."
+        )
+    return frame_forces
+
+
 def read_ase(
     path: PathLike,
     *,
@@ -57,22 +126,10 @@ def read_ase(
       forces_key: take the forces from this per-atom array, e.g. ``REF_forces`` (default: the
         calculator's forces, else ``forces``).
     """
-    import ase.io  # deferred: ASE's io registry is slow to import
-
     path = pathlib.Path(path)
     src = str(path)
     _check_file(path)
-    try:
-        frames = ase.io.read(path, index=index, format=format)
-    except Exception as e:  # noqa: BLE001 - ASE's parsers raise many types; all mean bad input
-        raise ValueError(
-            f"{src}: ASE cannot parse the file (format={format or 'from name'}): "
-            f"{type(e).__name__}: {e}"
-        ) from e
-    if not isinstance(frames, list):
-        frames = [frames]
-    if not frames:
-        raise ValueError(f"{src}: no frames found; expected at least one.")
+    frames = _read_frames(path, index, format)
 
     energies, forces, positions, momenta = [], [], [], []
     first = frames[0]
@@ -92,45 +149,8 @@ def read_ase(
                 f"{where}: key 'cell'/'pbc' differs from frame 0; expected a fixed cell."
             )
         results = atoms.calc.results if atoms.calc is not None else {}
-        if energy_key:
-            if energy_key in atoms.info:
-                energy, key = atoms.info[energy_key], energy_key
-            elif energy_key in results:
-                energy, key = results[energy_key], energy_key
-            else:
-                raise ValueError(
-                    f"{where}: missing key '{energy_key}' (energy_key); the frame has info keys "
-                    f"{sorted(atoms.info)} and calculator results {sorted(results)}."
-                )
-        elif "energy" in results:
-            energy, key = results["energy"], "energy"
-        elif "energy" in atoms.info:
-            energy, key = atoms.info["energy"], "energy"
-        elif "Energy" in atoms.info:
-            energy, key = atoms.info["Energy"], "Energy"
-        else:
-            raise ValueError(
-                f"{where}: missing key 'energy' (calculator result or comment 'energy='/'Energy=');"
-                " expected a per-frame energy."
-            )
-        if forces_key:
-            if forces_key in atoms.arrays:
-                frame_forces = atoms.arrays[forces_key]
-            elif forces_key in results:
-                frame_forces = results[forces_key]
-            else:
-                raise ValueError(
-                    f"{where}: missing key '{forces_key}' (forces_key); the frame has per-atom "
-                    f"arrays {sorted(atoms.arrays)} and calculator results {sorted(results)}."
-                )
-        elif "forces" in results:
-            frame_forces = results["forces"]
-        elif "forces" in atoms.arrays:
-            frame_forces = atoms.arrays["forces"]
-        else:
-            raise ValueError(
-                f"{where}: missing key 'forces' (per-atom property); expected [n_atoms, 3] forces."
-            )
+        energy, key = _frame_energy(atoms, results, energy_key, where)
+        frame_forces = _frame_forces(atoms, results, forces_key, where)
         try:
             energies.append(float(np.asarray(energy, dtype=np.float64).reshape(())))
         except (TypeError, ValueError) as e:
