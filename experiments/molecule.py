@@ -16,7 +16,6 @@ the old outputs aside with ``config.overwrite_stages``.
 
 from __future__ import annotations
 
-import json
 import logging
 import pathlib
 import time
@@ -382,7 +381,7 @@ def run(config, workdir) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     for warning in configs.check_config(config):
         logging.warning(warning)
-    requested = config_reader.parse_stages(config.stages)
+    config_reader.parse_stages(config.stages)  # a bad stage list fails before the data load
     wall: dict[str, float] = {}
 
     started = time.time()
@@ -409,13 +408,8 @@ def run(config, workdir) -> dict:
         len(molecule.bonds.bonds),
     )
 
-    if config.init_checkpoint:
-        pretrained_dir = pathlib.Path(config.init_checkpoint).expanduser().resolve()
-        checkpoint.read_model_metadata(pretrained_dir)  # clear error if it is not a model
-    elif "pretrain" in requested:
-        started = time.time()
-        stages.claim_pretrain(config, workdir, molecule.train, molecule.val)
-        pretrained_dir = stages.run_pretrain(
+    def pretrain():
+        return stages.run_pretrain(
             molecule.train,
             molecule.val,
             molecule.test,
@@ -425,18 +419,10 @@ def run(config, workdir) -> dict:
             workdir=workdir,
             seed=int(config.seed),
         )
-        wall["pretrain"] = time.time() - started
-    else:
-        pretrained_dir = workdir / stages.PRETRAINED_MODEL
-        checkpoint.read_model_metadata(pretrained_dir)
 
-    stabie_dir = workdir / stages.STABIE_MODEL
-    if "stabie" in requested:
-        started = time.time()
+    def stabie(pretrained_dir):
         n_devices = jax.device_count()
-        shard = n_devices > 1 and int(config.stabie.n_replicas) % n_devices == 0
-        stages.claim_stabie(config, workdir, molecule.train, pretrained_dir)
-        stabie_dir = run_stabie_stage(
+        return run_stabie_stage(
             pretrained_dir,
             molecule,
             stabie_inputs_from_config(config),
@@ -444,28 +430,24 @@ def run(config, workdir) -> dict:
             seed=int(config.seed),
             metadata={"config": config_reader.stabie_run_config(config)},
             progress=bool(config.progress),
-            shard=shard,
+            shard=n_devices > 1 and int(config.stabie.n_replicas) % n_devices == 0,
             tensorboard=bool(config.get("tensorboard", False)),
         )
-        wall["stabie"] = time.time() - started
 
-    summary = {
-        "workdir": str(workdir),
-        "stages": list(requested),
-        "wall_seconds": wall,
-        "pretrained_model": str(pretrained_dir),
-    }
-    if "evaluate" in requested:
+    def evaluate(pretrained_dir, stabie_dir, wall):
         from experiments import evaluation
 
-        started = time.time()
-        summary["evaluation"] = evaluation.evaluate_molecule(
+        return evaluation.evaluate_molecule(
             config, workdir, molecule, pretrained_dir, stabie_dir, wall
         )
-        wall["evaluate"] = time.time() - started
-    summary["stabie_model"] = str(stabie_dir) if stabie_dir.exists() else None
-    # Written last: a run refused by a stage claim (other settings on this workdir) must not
-    # leave its config beside results it did not produce; stages.json records every stage.
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-    (workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    return summary
+
+    return stages.run_stages(
+        config,
+        workdir,
+        train=molecule.train,
+        val=molecule.val,
+        pretrain=pretrain,
+        stabie=stabie,
+        evaluate=evaluate,
+        wall=wall,
+    )

@@ -26,10 +26,8 @@ Chosen by config:
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import pathlib
-import time
 from typing import NamedTuple
 
 import ase.data
@@ -484,6 +482,68 @@ def _criterion_text(e) -> str:
     return f"bond deviation > {float(e.bond_deviation_angstrom):g} Å"
 
 
+def _write_periodic_report(
+    config, workdir, periodic: PeriodicData, results, numbers, reference_rdfs, n_rep, total, wall
+) -> None:
+    """Figures (fraction unstable, element RDFs, training curve) and report.{json,md} of a
+    periodic evaluation."""
+    out = pathlib.Path(workdir) / "evaluate"
+    e = config.evaluate
+    T = float(config.md.temperature_kelvin)
+    dt_fs = float(config.md.timestep_fs)
+    check = int(e.check_every_steps)
+    z = periodic.atomic_numbers
+    pairs = element_pairs(z)
+    r_max = float(e.rdf_r_max_angstrom)
+    system = str(config.system)
+    figures = {
+        "fraction_unstable": plots.plot_fraction_unstable(
+            {n: (results[n].times_ps, results[n].fraction_unstable) for n in results},
+            out / "fraction_unstable.png",
+            title=f"{system}: fraction of unstable replicas at {T:g} K",
+            n_replicas=n_rep,
+            criterion=_criterion_text(e),
+        ),
+        "rdfs": plots.plot_element_rdfs(
+            observables.rdf_bins(r_max, 500)[0],
+            {ev.rdf_name(p): reference_rdfs[p] for p in pairs},
+            {
+                n: {ev.rdf_name(p): results[n].observables[ev.rdf_name(p)] for p in pairs}
+                for n in results
+            },
+            out / "rdfs.png",
+        ),
+    }
+    records = metrics_log.read_records(pathlib.Path(workdir) / "stabie" / stabie_lib.METRICS_FILE)
+    if records:
+        figures["training"] = plots.plot_training_curve(records, out / "training.png")
+    heaviest = ase.data.chemical_symbols[int(z.max())]
+    table = {
+        name: {
+            "median stable time (ps)": r["median_stable_time_ps"],
+            **{
+                f"{pair_label(p)} RDF MAE": r["rdf_errors"][ev.rdf_name(p)]["rdf_mae"]
+                for p in pairs
+            },
+            f"D {heaviest} (m²/s)": r["diffusivity_m2_per_s"],
+        }
+        for name, r in numbers.items()
+    }
+    report.write_report(
+        out,
+        title=(
+            f"{system} ({config.get('variant', '')}, data {config.data.source}): {n_rep} "
+            f"replicas × {total * dt_fs / 1000.0:g} ps at {T:g} K, {_criterion_text(e)} "
+            f"(checked every {check * dt_fs / 1000:g} ps)"
+        ),
+        results={"comparison": table, "details": numbers},
+        config=config.to_dict(),
+        wall_clock_seconds=wall,
+        plots=figures,
+        trajectories=trajectory_links(numbers),
+    )
+
+
 def evaluate_periodic(
     config, workdir, periodic: PeriodicData, pretrained_dir, stabie_dir, wall
 ) -> dict:
@@ -570,52 +630,8 @@ def evaluate_periodic(
         ),
         evaluate_one,
     )
-    system = str(config.system)
-    figures = {
-        "fraction_unstable": plots.plot_fraction_unstable(
-            {n: (results[n].times_ps, results[n].fraction_unstable) for n in results},
-            out / "fraction_unstable.png",
-            title=f"{system}: fraction of unstable replicas at {T:g} K",
-            n_replicas=n_rep,
-            criterion=_criterion_text(e),
-        ),
-        "rdfs": plots.plot_element_rdfs(
-            observables.rdf_bins(r_max, 500)[0],
-            {ev.rdf_name(p): reference_rdfs[p] for p in pairs},
-            {
-                n: {ev.rdf_name(p): results[n].observables[ev.rdf_name(p)] for p in pairs}
-                for n in results
-            },
-            out / "rdfs.png",
-        ),
-    }
-    records = metrics_log.read_records(pathlib.Path(workdir) / "stabie" / stabie_lib.METRICS_FILE)
-    if records:
-        figures["training"] = plots.plot_training_curve(records, out / "training.png")
-    heaviest = ase.data.chemical_symbols[int(z.max())]
-    table = {
-        name: {
-            "median stable time (ps)": r["median_stable_time_ps"],
-            **{
-                f"{pair_label(p)} RDF MAE": r["rdf_errors"][ev.rdf_name(p)]["rdf_mae"]
-                for p in pairs
-            },
-            f"D {heaviest} (m²/s)": r["diffusivity_m2_per_s"],
-        }
-        for name, r in numbers.items()
-    }
-    report.write_report(
-        out,
-        title=(
-            f"{system} ({config.get('variant', '')}, data {config.data.source}): {n_rep} "
-            f"replicas × {total * dt_fs / 1000.0:g} ps at {T:g} K, {_criterion_text(e)} "
-            f"(checked every {check * dt_fs / 1000:g} ps)"
-        ),
-        results={"comparison": table, "details": numbers},
-        config=config.to_dict(),
-        wall_clock_seconds=wall,
-        plots=figures,
-        trajectories=trajectory_links(numbers),
+    _write_periodic_report(
+        config, workdir, periodic, results, numbers, reference_rdfs, n_rep, total, wall
     )
     return {n: {k: v for k, v in r.items() if k != "stable_time_ps"} for n, r in numbers.items()}
 
@@ -627,10 +643,8 @@ def run(config, workdir, frames: PeriodicData | None = None) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     for warning in configs.check_config(config):
         logging.warning(warning)
-    requested = config_reader.parse_stages(config.stages)
-    if "stabie" in requested:
+    if "stabie" in config_reader.parse_stages(config.stages):
         check_qm_weight(config)  # at setup, not after pretraining
-    wall: dict[str, float] = {}
     periodic = load_periodic_data(config.data) if frames is None else frames
     check_choices(config, periodic)
     check_neighbor_capacity(config, periodic)
@@ -642,33 +656,15 @@ def run(config, workdir, frames: PeriodicData | None = None) -> dict:
         len(periodic.atomic_numbers),
         len(np.unique(periodic.molecule_ids)),
     )
-    box = (np.asarray(periodic.box),)
-    if config.init_checkpoint:
-        pretrained_dir = pathlib.Path(config.init_checkpoint).expanduser().resolve()
-        checkpoint.read_model_metadata(pretrained_dir)
-    elif "pretrain" in requested:
-        started = time.time()
-        stages.claim_pretrain(config, workdir, periodic.train, periodic.val, box)
-        pretrained_dir = run_pretrain_stage(periodic, config, workdir)
-        wall["pretrain"] = time.time() - started
-    else:
-        pretrained_dir = workdir / stages.PRETRAINED_MODEL
-        checkpoint.read_model_metadata(pretrained_dir)
-    stabie_dir = workdir / stages.STABIE_MODEL
-    if "stabie" in requested:
-        started = time.time()
-        stages.claim_stabie(config, workdir, periodic.train, pretrained_dir, box)
-        stabie_dir = run_stabie_stage(pretrained_dir, periodic, config, workdir)
-        wall["stabie"] = time.time() - started
-    summary = {"workdir": str(workdir), "stages": list(requested), "wall_seconds": wall}
-    if "evaluate" in requested:
-        started = time.time()
-        summary["evaluation"] = evaluate_periodic(
-            config, workdir, periodic, pretrained_dir, stabie_dir, wall
-        )
-        wall["evaluate"] = time.time() - started
-    # Written last: a run refused by a stage claim (other settings on this workdir) must not
-    # leave its config beside results it did not produce; stages.json records every stage.
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-    (workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    return summary
+    return stages.run_stages(
+        config,
+        workdir,
+        train=periodic.train,
+        val=periodic.val,
+        pretrain=lambda: run_pretrain_stage(periodic, config, workdir),
+        stabie=lambda pretrained: run_stabie_stage(pretrained, periodic, config, workdir),
+        evaluate=lambda pretrained, trained, wall: evaluate_periodic(
+            config, workdir, periodic, pretrained, trained, wall
+        ),
+        extra_arrays=(np.asarray(periodic.box),),
+    )

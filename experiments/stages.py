@@ -1,4 +1,5 @@
-"""The stages every system shares: workdir claims, pretraining, StABlE from training frames.
+"""The stages every system shares: workdir claims, pretraining, StABlE from training frames,
+and :func:`run_stages`, the sequence around a system's own stage functions.
 
 ``claim_pretrain`` / ``claim_stabie`` record what produced a stage's outputs in the workdir and
 refuse a rerun with other settings (``stabie_jax.workdir``); ``run_pretrain`` fits a model to
@@ -9,14 +10,21 @@ energies and forces (free space, or periodic with a neighbour list) and saves it
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import pathlib
+import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.config_reader import overwrite_stages, pretrain_settings_from_config
+from experiments.config_reader import (
+    overwrite_stages,
+    parse_stages,
+    pretrain_settings_from_config,
+)
 from stabie_jax import checkpoint, data, md, metrics_log, run_loop
 from stabie_jax import pretrain as pretrain_lib
 from stabie_jax import stabie as stabie_lib
@@ -33,6 +41,7 @@ __all__ = [
     "claim_stabie",
     "data_fingerprint",
     "run_pretrain",
+    "run_stages",
     "train_from_frames",
 ]
 
@@ -216,3 +225,62 @@ def train_from_frames(
         model_dir, final.train.params, loaded.metadata._replace(extra=extra), overwrite=True
     )
     return model_dir
+
+
+def run_stages(
+    config,
+    workdir: pathlib.Path,
+    *,
+    train: data.Dataset,
+    val: data.Dataset,
+    pretrain: Callable[[], pathlib.Path],
+    stabie: Callable[[pathlib.Path], pathlib.Path],
+    evaluate: Callable[[pathlib.Path, pathlib.Path, dict], dict],
+    extra_arrays: tuple = (),
+    wall: dict | None = None,
+) -> dict:
+    """The stage sequence every system shares, around its own stage functions.
+
+    The starting model comes from ``config.init_checkpoint``, from ``pretrain()`` (when
+    ``pretrain`` is among ``config.stages``) or from an earlier run in ``workdir``; then
+    ``stabie(pretrained_dir) -> model dir`` and ``evaluate(pretrained_dir, stabie_dir, wall) ->
+    summary`` run when asked for. Pretraining and StABlE are claimed in ``workdir/stages.json``
+    first (:func:`claim_pretrain`, :func:`claim_stabie`; ``extra_arrays`` such as the cell enter
+    the data fingerprint), so a rerun with other settings is refused before anything is
+    computed. Each stage's wall time goes into ``wall`` (seconds); ``config.json`` and
+    ``summary.json`` are written last, so a refused run leaves nothing beside results it did
+    not produce. Returns the summary.
+    """
+    requested = parse_stages(config.stages)
+    wall = {} if wall is None else wall
+    if config.init_checkpoint:
+        pretrained_dir = pathlib.Path(config.init_checkpoint).expanduser().resolve()
+        checkpoint.read_model_metadata(pretrained_dir)  # a clear error if it is not a model
+    elif "pretrain" in requested:
+        started = time.time()
+        claim_pretrain(config, workdir, train, val, extra_arrays)
+        pretrained_dir = pretrain()
+        wall["pretrain"] = time.time() - started
+    else:
+        pretrained_dir = workdir / PRETRAINED_MODEL
+        checkpoint.read_model_metadata(pretrained_dir)
+    stabie_dir = workdir / STABIE_MODEL
+    if "stabie" in requested:
+        started = time.time()
+        claim_stabie(config, workdir, train, pretrained_dir, extra_arrays)
+        stabie_dir = stabie(pretrained_dir)
+        wall["stabie"] = time.time() - started
+    summary = {
+        "workdir": str(workdir),
+        "stages": list(requested),
+        "wall_seconds": wall,
+        "pretrained_model": str(pretrained_dir),
+    }
+    if "evaluate" in requested:
+        started = time.time()
+        summary["evaluation"] = evaluate(pretrained_dir, stabie_dir, wall)
+        wall["evaluate"] = time.time() - started
+    summary["stabie_model"] = str(stabie_dir) if stabie_dir.exists() else None
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
