@@ -12,7 +12,6 @@ installed.
 from __future__ import annotations
 
 import datetime
-import importlib.metadata
 import os
 import pathlib
 import platform
@@ -24,7 +23,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from stabie_jax.evaluation.report import cpu_model
+from stabie_jax.evaluation.report import cpu_model, software_versions
 
 __all__ = [
     "PACKAGES",
@@ -59,14 +58,10 @@ PAPER_SCHNET = dict(hidden=64, num_filters=64, num_interactions=6, num_gaussians
 
 
 def versions(packages: Sequence[str] = PACKAGES) -> str:
-    """``"python 3.11.9, jax 0.4.35, ..."``: the installed ones of ``packages``."""
-    out = [f"python {platform.python_version()}"]
-    for name in packages:
-        try:
-            out.append(f"{name} {importlib.metadata.version(name)}")
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return ", ".join(out)
+    """``"python 3.11.9, jax 0.4.35, ..."``: the installed ones of ``packages``
+    (:func:`stabie_jax.evaluation.report.software_versions`)."""
+    found = software_versions(packages)
+    return ", ".join(f"{name} {v}" for name, v in found.items() if v is not None)
 
 
 def command_line(argv: Sequence[str] | None = None) -> str:
