@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import math
 
-from stabie_jax import hyperparameters, units
+from stabie_jax import hyperparameters, observables, units
 from stabie_jax import pretrain as pretrain_lib
 
 __all__ = [
+    "training_observable",
     "STAGES",
     "chain_tau_factor",
     "exact_hyperparameters",
@@ -176,3 +177,11 @@ def reference_temperature(config) -> float | None:
     """Temperature (K) at which the reference frames were sampled, or None if unknown."""
     value = config.data.get("reference_temperature_kelvin", 0.0)
     return float(value) if value else None
+
+
+def training_observable(config, system: observables.ObservableSystem):
+    """``config.observable.kind`` (a registered trainable observable) built for ``system`` with
+    the config's ``observable`` section as its options; a ``ValueError`` names the key."""
+    o = config.observable
+    observable = observables.get(str(o.get("kind", "h_of_r")), trainable=True)
+    return observable.build(system, o.to_dict())

@@ -4,15 +4,16 @@ Frames without a periodic cell run :func:`experiments.molecule.run`, frames peri
 directions :func:`experiments.periodic.run`. The config's ``"auto"`` choices are resolved from the
 data here, once, logged, and written into the config every stage then reads (and records):
 
-* ``observable.kind``: ``"h_r"`` for a molecule; for a periodic system ``"bond_lengths"`` when
-  its molecules are identical, else ``"rdf"``;
+* ``observable.kind``: ``"h_of_r"`` for a molecule; for a periodic system ``"bond_lengths"``
+  when its molecules are identical, else ``"rdf"`` (any registered trainable observable may be
+  named instead; the pipeline refuses one it cannot train on before any compute);
 * ``stabie.criterion``: ``"bond_deviation"`` for a molecule or a single periodic molecule, else
   ``"min_intermolecular"``;
 * ``evaluate.criterion``: ``"bond_deviation"`` for a molecule, ``"rdf_mae"`` for a periodic
   system.
 
-Choices the molecule pipeline does not have (it trains on h(r) with the bond-deviation
-criterion) are refused with the key to change.
+Criteria the molecule pipeline does not have (it uses the bond-deviation criterion) are
+refused with the key to change.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ import numpy as np
 
 __all__ = ["is_periodic", "resolve_choices", "run"]
 
+_MOLECULE_AUTO = {"observable.kind": "h_of_r"}
 _MOLECULE_CHOICES = {
-    "observable.kind": "h_r",
     "stabie.criterion": "bond_deviation",
     "evaluate.criterion": "bond_deviation",
 }
@@ -71,6 +72,11 @@ def resolve_choices(config, periodic: bool, frames=None) -> dict:
                 )
             config[section][name] = only
             chosen[key] = only
+        for key, value in _MOLECULE_AUTO.items():
+            section, name = key.split(".")
+            if str(config[section][name]) == "auto":
+                config[section][name] = value
+            chosen[key] = str(config[section][name])
         return chosen
     if frames is None:
         from experiments import periodic as periodic_lib

@@ -21,7 +21,6 @@ from experiments import config_reader, evaluated_models, stages
 from stabie_jax import checkpoint, data, losses, md, metrics_log, observables, stability, units
 from stabie_jax import evaluation as ev
 from stabie_jax import stabie as stabie_lib
-from stabie_jax.evaluation import metrics as evaluation_metrics
 from stabie_jax.evaluation import plots, report
 from stabie_jax.models.registry import replica_fault_check
 from stabie_jax.trajectories import export_kept_frames, trajectory_links
@@ -144,6 +143,9 @@ class _Protocol(NamedTuple):
     vacf_window: int
     test_frames: object
     data_spec: list
+    # The configured training observable at the evaluation temperature when it is not h(r)
+    # (h(r) is always evaluated: the paper's observable).
+    training: observables.BuiltObservable | None = None
 
 
 def _protocol(config, molecule) -> _Protocol:
@@ -182,7 +184,7 @@ def _protocol(config, molecule) -> _Protocol:
         stable_fn=stable_fn,
         h_kw=h_kw,
         h_obs=ev.h_of_r_observable(sigma=float(config.observable.sigma_angstrom), **h_kw),
-        h_ref=evaluation_metrics.h_of_r_reference_at(
+        h_ref=observables.h_of_r_reference_at(
             molecule.reference.positions, molecule.reference.energies, T, reference_T, **h_kw
         ),
         reference_temperature_kelvin=reference_T,
@@ -199,7 +201,16 @@ def _protocol(config, molecule) -> _Protocol:
             d.contiguous,
             d.max_reference_frames,
         ],
+        training=_training_observable(config, molecule, T, reference_T),
     )
+
+
+def _training_observable(config, molecule, temperature_kelvin, reference_temperature_kelvin):
+    """The training observable at the evaluation temperature, or None when it is h(r)."""
+    if str(config.observable.get("kind", "h_of_r")) == "h_of_r":
+        return None
+    system = molecule.observable_system(temperature_kelvin, reference_temperature_kelvin)
+    return config_reader.training_observable(config, system)
 
 
 def _steps(length_ps: float, dt_fs: float, check: int) -> int:
@@ -224,6 +235,8 @@ def _make_evaluate_one(config, molecule, pr: _Protocol) -> Callable:
         keep_last_chunks=bool(e.get("save_trajectories", False)),
     )
 
+    training_fn = observables.over_frames(pr.training.frame_fn) if pr.training else None
+
     def evaluate_one(name, loaded, scratch):
         kept = {}  # trajectory files of this model, under evaluate/models/NAME/trajectories
         potential = checkpoint.make_model_potential(
@@ -235,7 +248,10 @@ def _make_evaluate_one(config, molecule, pr: _Protocol) -> Callable:
             pr.initial,
             pr.key,
             total_steps=pr.total_steps,
-            frame_observables={"h_of_r": pr.h_obs},
+            frame_observables={
+                "h_of_r": pr.h_obs,
+                **({pr.training.name: training_fn} if pr.training else {}),
+            },
             vacf_window=pr.vacf_window or None,
             checkpoint_dir=scratch / "stability",
             desc=f"{name} {pr.temperature_kelvin:g} K",
@@ -254,6 +270,9 @@ def _make_evaluate_one(config, molecule, pr: _Protocol) -> Callable:
             "h_of_r": ev.h_of_r_errors(result.observables["h_of_r"], pr.h_ref),
             "test_errors": ev.qm_test_errors(potential, loaded.params, pr.test_frames),
         }
+        if pr.training is not None:
+            value = result.observables[pr.training.name]
+            entry[pr.training.name] = pr.training.error_fn(value, pr.training.reference)
         transfer = {}
         for t2 in tuple(e.transfer_temperatures_kelvin):
             t2 = float(t2)

@@ -64,6 +64,19 @@ class MoleculeData(NamedTuple):
     def atomic_numbers(self) -> np.ndarray:
         return np.asarray(self.train.atomic_numbers)
 
+    def observable_system(
+        self, temperature_kelvin: float, reference_temperature_kelvin: float | None
+    ) -> observables.ObservableSystem:
+        """What the molecule's observables are built from: the reference frames (never the
+        test split) with their energies, at ``temperature_kelvin``, in free space."""
+        return observables.ObservableSystem(
+            atomic_numbers=self.atomic_numbers,
+            reference_positions=self.reference.positions,
+            temperature_kelvin=temperature_kelvin,
+            reference_energies=self.reference.energies,
+            reference_temperature_kelvin=reference_temperature_kelvin,
+        )
+
 
 def load_molecule_data(
     source: str,
@@ -143,9 +156,8 @@ class StabieInputs(NamedTuple):
     qm_energy_weight: float
     qm_force_weight: float
     bond_deviation_angstrom: float
-    h_r_max_angstrom: float
-    h_n_bins: int
-    h_sigma_angstrom: float
+    observable_kind: str  # a registered trainable observable (stabie_jax.observables.names())
+    observable_options: dict  # the config's observable section
     settings_kwargs: dict
     reference_temperature_kelvin: float | None = None  # of the reference frames; None = same
     replica_batch_size: int | None = None  # replicas per lax.map chunk per device; None = vmap
@@ -219,21 +231,11 @@ def build_stabie_problem(loaded: checkpoint.LoadedModel, molecule: MoleculeData,
         )
         return ok
 
-    h_kw = dict(r_max=inp.h_r_max_angstrom, n_bins=inp.h_n_bins)
-    h_ref = jnp.asarray(
-        evaluation_metrics.h_of_r_reference_at(
-            molecule.reference.positions,
-            molecule.reference.energies,
-            inp.temperature_kelvin,
-            inp.reference_temperature_kelvin,
-            **h_kw,
-        )
-    )
-    observable_fn = lambda r: observables.h_of_r(r, sigma=inp.h_sigma_angstrom, **h_kw)
+    observable = training_observable(molecule, inp)
     obs_loss = trajectory_losses.global_observable_loss(
         potential.energy_fn,
-        observable_fn,
-        h_ref,
+        observable.frame_fn,
+        jnp.asarray(observable.reference),
         kT,
         batch_size=inp.minibatch_size,
         reduction=inp.observable_reduction,
@@ -243,7 +245,23 @@ def build_stabie_problem(loaded: checkpoint.LoadedModel, molecule: MoleculeData,
     problem = stabie_lib.StabieProblem(
         simulator, stable_fn, obs_loss, qm_fn, energy_fn=potential.energy_fn
     )
-    return problem, h_ref
+    return problem, observable
+
+
+def training_observable(molecule: MoleculeData, inp) -> observables.BuiltObservable:
+    """The configured training observable built for the molecule's reference frames."""
+    observable = observables.get(inp.observable_kind, trainable=True)
+    built = observable.build(
+        molecule.observable_system(inp.temperature_kelvin, inp.reference_temperature_kelvin),
+        inp.observable_options,
+    )
+    if built.estimator != "global":
+        raise ValueError(
+            f"config.observable.kind = {inp.observable_kind!r} uses the {built.estimator} "
+            "estimator, which the molecule pipeline does not run; choose one of "
+            f"{[n for n in observables.names(trainable=True) if n != inp.observable_kind]}"
+        )
+    return built
 
 
 def run_stabie_stage(
@@ -260,7 +278,7 @@ def run_stabie_stage(
 ) -> pathlib.Path:
     """StABlE-train the pretrained model; returns the trained model's checkpoint directory."""
     loaded = checkpoint.load_model_checkpoint(pretrained_dir)
-    problem, _ = build_stabie_problem(loaded, molecule, inputs)
+    problem, problem_observable = build_stabie_problem(loaded, molecule, inputs)
     kT = units.kT(inputs.temperature_kelvin)
     hp = config_reader.exact_hyperparameters(
         inputs.hyperparameter_convention,
@@ -270,7 +288,7 @@ def run_stabie_stage(
         kT,
         inputs.minibatch_size,
         reduction=inputs.observable_reduction,
-        n_observable=inputs.h_n_bins,
+        n_observable=problem_observable.size,
     )
     settings = stabie_lib.StabieSettings(
         learning_rate=hp.learning_rate,
@@ -363,9 +381,8 @@ def stabie_inputs_from_config(config) -> StabieInputs:
         qm_energy_weight=float(recipe.energy_weight),
         qm_force_weight=float(recipe.force_weight),
         bond_deviation_angstrom=float(s.bond_deviation_angstrom),
-        h_r_max_angstrom=float(o.r_max_angstrom),
-        h_n_bins=int(o.n_bins),
-        h_sigma_angstrom=float(o.sigma_angstrom),
+        observable_kind=str(o.get("kind", "h_of_r")),
+        observable_options=o.to_dict(),
         settings_kwargs=config_reader.stabie_settings_kwargs(config),
         reference_temperature_kelvin=config_reader.reference_temperature(config),
         integrator=config_reader.md_integrator(config),
@@ -399,6 +416,8 @@ def run(config, workdir) -> dict:
         max_reference_frames=int(d.max_reference_frames),
     )
     wall["data"] = time.time() - started
+    if "stabie" in config_reader.parse_stages(config.stages):
+        training_observable(molecule, stabie_inputs_from_config(config))  # refuse it before work
     logging.info(
         "data: %d train / %d val / %d test frames, %d atoms, %d bonds",
         molecule.train.n_frames,

@@ -9,7 +9,8 @@ per atom.
 
 Chosen by config:
 
-* training observable ``observable.kind``: ``"bond_lengths"`` (water: per-molecule distances
+* training observable ``observable.kind``, a registered trainable observable
+  (:mod:`stabie_jax.observables`); the built-ins: ``"bond_lengths"`` (water: per-molecule distances
   from the centre atom, localized estimator with the molecule's per-atom energies, molecules
   balanced over ``stabie.n_bins`` deviation bins) or ``"rdf"`` (the element-pair RDFs on
   ``observable.rdf_n_bins`` bins to ``observable.rdf_r_max_angstrom``, global estimator);
@@ -25,7 +26,6 @@ Chosen by config:
 
 from __future__ import annotations
 
-import itertools
 import logging
 import pathlib
 from typing import NamedTuple
@@ -49,15 +49,15 @@ from stabie_jax import (
 from stabie_jax import evaluation as ev
 from stabie_jax import stabie as stabie_lib
 from stabie_jax.evaluation import plots, report
-from stabie_jax.localized_estimator import neighbourhood_bond_lengths, neighbourhoods_from_bonds
+from stabie_jax.localized_estimator import neighbourhoods_from_bonds
 from stabie_jax.md.neighbors import neighbor_list_fn
 from stabie_jax.models.gemnet_t import GemNetT
 from stabie_jax.models.gemnet_table import max_neighbors_in_frames, suggested_capacity
 from stabie_jax.models.potential import neighbor_format
 from stabie_jax.models.registry import build_model, replica_fault_check
+from stabie_jax.observables.kinds.rdf import element_pairs
 from stabie_jax.trajectories import export_kept_frames, trajectory_links
 
-OBSERVABLES = ("bond_lengths", "rdf")
 TRAINING_CRITERIA = ("min_intermolecular", "bond_deviation")
 EVALUATION_CRITERIA = ("rdf_mae", "min_intermolecular", "bond_deviation")
 
@@ -73,8 +73,6 @@ class PeriodicData(NamedTuple):
       molecule_ids: ``[N]`` molecule of each atom (components of the bond graph).
       neighbourhoods: ``[M, k]`` atoms of each molecule, centre first, or None when the
         molecules are not identical (:func:`neighbourhoods_from_bonds`).
-      distance_reference: ``[k - 1]`` Å, mean centre-to-atom distances over the training frames
-        (water: the two O–H lengths), or None.
     """
 
     train: data.Dataset
@@ -85,7 +83,6 @@ class PeriodicData(NamedTuple):
     bonds: data.BondGraph
     molecule_ids: np.ndarray
     neighbourhoods: np.ndarray | None
-    distance_reference: np.ndarray | None
 
     @property
     def atomic_numbers(self) -> np.ndarray:
@@ -121,14 +118,7 @@ def load_periodic_data(d) -> PeriodicData:
     try:
         neighbourhoods = neighbourhoods_from_bonds(z, bonds.bonds)
     except ValueError:
-        neighbourhoods, distances = None, None
-    else:
-        disp = md.periodic_space(np.asarray(full.cell)).displacement_fn
-        per_frame = lambda r: jax.vmap(lambda a: neighbourhood_bond_lengths(r, a, disp))(
-            jnp.asarray(neighbourhoods)
-        )
-        lengths = np.asarray(jax.jit(jax.vmap(per_frame))(jnp.asarray(train.positions)))
-        distances = lengths.reshape(-1, neighbourhoods.shape[1] - 1).mean(axis=0)
+        neighbourhoods = None
     return PeriodicData(
         train,
         full.subset(split.val),
@@ -138,14 +128,7 @@ def load_periodic_data(d) -> PeriodicData:
         bonds,
         molecule_ids,
         neighbourhoods,
-        distances,
     )
-
-
-def element_pairs(atomic_numbers) -> tuple[tuple[int, int], ...]:
-    """Every unordered pair of the elements present, heaviest first (water: O–O, O–H, H–H)."""
-    species = sorted({int(a) for a in np.asarray(atomic_numbers)}, reverse=True)
-    return tuple(itertools.combinations_with_replacement(species, 2))
 
 
 def pair_label(pair) -> str:
@@ -154,12 +137,7 @@ def pair_label(pair) -> str:
 
 def check_choices(config, periodic: PeriodicData) -> None:
     """Refuse observable/criterion choices the data cannot support, naming the key and the fix."""
-    kind = str(config.observable.kind)
-    if kind not in OBSERVABLES:
-        raise ValueError(
-            f"config.observable.kind = {kind!r}: a periodic system trains on one of {OBSERVABLES}"
-        )
-    if kind == "bond_lengths" and periodic.neighbourhoods is None:
+    if str(config.observable.kind) == "bond_lengths" and periodic.neighbourhoods is None:
         neighbourhoods_from_bonds(periodic.atomic_numbers, periodic.bonds.bonds)  # raises, says why
     for key, allowed in (
         ("stabie.criterion", TRAINING_CRITERIA),
@@ -207,6 +185,22 @@ def check_choices(config, periodic: PeriodicData) -> None:
                 f"config.{key} = {float(config[section][name]):g} Å exceeds half the smallest "
                 f"cell height of the data ({half:.3f} Å); set --config.{key}={fits:g}"
             )
+    training_observable(config, periodic)  # the kind exists, trains, and fits these data
+
+
+def training_observable(config, periodic: PeriodicData) -> observables.BuiltObservable:
+    """The configured training observable built for the periodic system's reference frames."""
+    return config_reader.training_observable(
+        config,
+        observables.ObservableSystem(
+            atomic_numbers=periodic.atomic_numbers,
+            reference_positions=periodic.reference.positions,
+            temperature_kelvin=float(config.md.temperature_kelvin),
+            box=periodic.box,
+            displacement_fn=md.periodic_space(_cell(periodic.box)).displacement_fn,
+            neighbourhoods=periodic.neighbourhoods,
+        ),
+    )
 
 
 def _neighbor_fn(box, cutoff: float, skin: float, fmt):
@@ -345,17 +339,9 @@ def _stable_fn(kind: str, threshold: float, periodic: PeriodicData, reference_rd
     )[0]
 
 
-def _rdf_observable(periodic: PeriodicData, r_max: float, n_bins: int):
-    """``positions [N, 3] -> [P·n_bins]``: the element-pair RDFs, concatenated."""
-    z, box, pairs = periodic.atomic_numbers, periodic.box, element_pairs(periodic.atomic_numbers)
-    return lambda r: jnp.concatenate(
-        [observables.rdf(r, z, p, box, r_max, n_bins) for p in pairs], axis=-1
-    )
-
-
 def _observable_loss(config, periodic, potential, template, space, kT, reduction):
     """The configured observable loss and the size of its observable."""
-    s, o = config.stabie, config.observable
+    s = config.stabie
 
     def per_atom_energy_fn(params, positions):
         return potential.per_atom_energy_fn(params, positions, template.update(positions))
@@ -364,13 +350,16 @@ def _observable_loss(config, periodic, potential, template, space, kT, reduction
         return jnp.any(jax.vmap(lambda r: template.update(r).did_buffer_overflow)(frames))
 
     vjp = str(s.get("observable_vjp", "global"))
-    if str(o.kind) == "bond_lengths":
+    built = training_observable(config, periodic)
+    if built.estimator == "localized":
+        # The localized loss's neighbourhood observable is the centre-to-atom lengths; the
+        # observable supplies the neighbourhoods and the reference lengths.
         loss = trajectory_losses.local_observable_loss(
             per_atom_energy_fn,
-            periodic.neighbourhoods,
-            periodic.distance_reference,
+            built.neighbourhoods,
+            built.reference,
             kT,
-            bond_equilibrium=jnp.asarray(periodic.distance_reference),
+            bond_equilibrium=jnp.asarray(built.reference),
             displacement_fn=space.displacement_fn,
             batch_size=int(s.minibatch_size),
             n_bins=int(s.n_bins),
@@ -379,14 +368,11 @@ def _observable_loss(config, periodic, potential, template, space, kT, reduction
             reduction=reduction,
             vjp=vjp,
         )
-        return loss, int(np.size(periodic.distance_reference)), per_atom_energy_fn
-    r_max, n_bins = float(o.rdf_r_max_angstrom), int(o.rdf_n_bins)
-    observable_fn = _rdf_observable(periodic, r_max, n_bins)
-    reference = jnp.mean(jax.lax.map(observable_fn, jnp.asarray(periodic.reference.positions)), 0)
+        return loss, built.size, per_atom_energy_fn
     global_loss = trajectory_losses.global_observable_loss(
         lambda params, r: jnp.sum(per_atom_energy_fn(params, r)),
-        observable_fn,
-        reference,
+        built.frame_fn,
+        jnp.asarray(built.reference),
         kT,
         batch_size=int(s.minibatch_size),
         reduction=reduction,
@@ -399,7 +385,7 @@ def _observable_loss(config, periodic, potential, template, space, kT, reduction
         safe = jnp.where(ok[:, None, None], frames, frames[jnp.argmax(ok)])
         return value, {**aux, "overflow": overflow_fn(safe)}
 
-    return loss, int(reference.size), per_atom_energy_fn
+    return loss, built.size, per_atom_energy_fn
 
 
 def run_stabie_stage(pretrained_dir, periodic: PeriodicData, config, workdir) -> pathlib.Path:

@@ -49,6 +49,7 @@ from stabie_jax._estimator_core import (
     _weighted_energy_grad,
 )
 from stabie_jax.data import bonds as bond_graph
+from stabie_jax.observables.functions import neighbourhood_bond_lengths
 
 __all__ = [
     "LocalSample",
@@ -181,31 +182,6 @@ def neighbourhoods_from_bonds(atomic_numbers, bonds) -> np.ndarray:
             "instead, e.g. --config.observable.kind=rdf)"
         )
     return np.asarray(rows, np.int64)
-
-
-def neighbourhood_bond_lengths(positions, atoms, displacement_fn: Callable | None = None):
-    """Lengths from a neighbourhood's first atom to each other atom (water: the two O–H bonds).
-
-    Args:
-      positions: ``[n_atoms, 3]`` Å.
-      atoms: ``[..., k]`` int, centre first (O, H, H); leading axes (e.g. all molecules
-        ``[n_neighbourhoods, k]``) are kept.
-      displacement_fn: JAX-MD displacement ``(Ra, Rb) -> Ra - Rb`` (minimum image under PBC);
-        None = free space.
-
-    Returns:
-      ``[..., k - 1]`` Å.
-    """
-    atoms = jnp.asarray(atoms)
-    centre = positions[atoms[..., :1]]  # [..., 1, 3]
-    others = positions[atoms[..., 1:]]  # [..., k-1, 3]
-    if displacement_fn is None:
-        d = others - centre
-    else:
-        flat_others = others.reshape(-1, 3)
-        flat_centre = jnp.broadcast_to(centre, others.shape).reshape(-1, 3)
-        d = jax.vmap(displacement_fn)(flat_others, flat_centre).reshape(others.shape)
-    return jnp.sqrt(jnp.sum(d**2, axis=-1))
 
 
 @functools.partial(jax.jit, static_argnames=("displacement_fn",))

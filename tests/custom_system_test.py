@@ -16,7 +16,7 @@ import json
 import numpy as np
 import pytest
 
-from experiments import custom
+from experiments import custom, molecule
 from experiments.configs import custom as custom_config
 from stabie_jax import data
 from stabie_jax.localized_estimator import molecule_neighbourhoods, neighbourhoods_from_bonds
@@ -50,14 +50,22 @@ def test_custom_choices_follow_the_data_and_refuse_what_a_molecule_cannot_do(tmp
     config = custom_config.get_config("smoke")
     chosen = custom.resolve_choices(config, periodic=False)
     assert chosen == {
-        "observable.kind": "h_r",
+        "observable.kind": "h_of_r",
         "stabie.criterion": "bond_deviation",
         "evaluate.criterion": "bond_deviation",
     }
+    # An observable the molecule cannot train on is refused by the pipeline before any compute
+    # (after the data load, before pretraining writes anything).
     config = custom_config.get_config("smoke")
+    config.data.source = "builtin:aspirin_xtb_500K"
     config.observable.kind = "rdf"
-    with pytest.raises(ValueError, match=r"config.observable.kind = 'rdf'.*molecule pipeline"):
-        custom.resolve_choices(config, periodic=False)
+    assert custom.resolve_choices(config, periodic=False)["observable.kind"] == "rdf"
+    with pytest.raises(ValueError, match=r"config.observable.kind = 'rdf' needs a periodic cell"):
+        molecule.run(config, tmp_path / "refused")
+    assert not (tmp_path / "refused" / "model_pretrained").exists()
+    config.observable.kind = "vacf"
+    with pytest.raises(ValueError, match=r"'vacf' is an evaluation-only observable"):
+        molecule.run(config, tmp_path / "refused")
     config = custom_config.get_config("smoke")
     config.data.source = WATER
     config.data.max_reference_frames = 20

@@ -21,7 +21,7 @@ STIFF = {"log_k": jnp.log(jnp.float32(20.0))}
 def test_h_of_r_errors_analytic():
     ref = np.full(100, 1.0)
     h = ref + np.where(np.arange(100) < 50, 0.2, -0.2)
-    err = metrics.h_of_r_errors(h, ref)
+    err = observables.h_of_r_errors(h, ref)
     assert err["mae"] == pytest.approx(0.2)
     assert err["l1"] == pytest.approx(0.2 * 100 / 100)
 
@@ -34,10 +34,10 @@ def test_vacf_mae_and_reference_vacf_of_harmonic_motion():
     v = np.stack([v, np.zeros_like(v), np.zeros_like(v)], -1)
     c = metrics.reference_vacf(v, window=50)
     np.testing.assert_allclose(c, np.cos(omega * t[:50]), atol=0.02)
-    assert metrics.vacf_mae(c, np.cos(omega * t[:50])) < 0.02
-    assert metrics.vacf_mae(np.ones(4), np.zeros(4)) == 1.0
+    assert observables.vacf_mae(c, np.cos(omega * t[:50])) < 0.02
+    assert observables.vacf_mae(np.ones(4), np.zeros(4)) == 1.0
     with pytest.raises(ValueError, match="lags differ"):
-        metrics.vacf_mae(np.ones(4), np.ones(5))
+        observables.vacf_mae(np.ones(4), np.ones(5))
 
 
 def test_velocities_from_positions_exact_for_quadratic():
@@ -50,15 +50,15 @@ def test_velocities_from_positions_exact_for_quadratic():
 def test_rdf_errors_analytic():
     ref = {"rdf_8_8": np.ones(10), "rdf_1_1": np.zeros(10)}
     g = {"rdf_8_8": np.full(10, 1.5), "rdf_1_1": np.full(10, 0.1)}
-    err = metrics.rdf_errors(g, ref, r_max=6.0)
+    err = observables.rdf_errors(g, ref, r_max=6.0)
     assert err["rdf_8_8"]["mae"] == pytest.approx(0.5)
     assert err["rdf_8_8"]["rdf_mae"] == pytest.approx(3.0)
     assert err["max_rdf_mae"] == pytest.approx(3.0)
     with pytest.raises(ValueError, match="missing"):
-        metrics.rdf_errors({}, ref)
+        observables.rdf_errors({}, ref)
     # A model with no stable frame has NaN RDFs: NaN errors, no exception (jax_debug_nans is on
     # in the tests; this used to raise inside the water evaluation).
-    none = metrics.rdf_errors({k: np.full(10, np.nan) for k in ref}, ref, r_max=6.0)
+    none = observables.rdf_errors({k: np.full(10, np.nan) for k in ref}, ref, r_max=6.0)
     assert np.isnan(none["rdf_8_8"]["rdf_mae"]) and np.isnan(none["max_rdf_mae"])
 
 
@@ -133,7 +133,7 @@ def test_reweighted_h_of_r_matches_exact_distribution_at_t2():
     pos = np.stack([np.zeros_like(d), d], 1)
     energies = 0.5 * k * np.sum(d**2, -1) - 17_000.0  # large offset, as in aspirin
     r_max, n_bins = 0.5, 50
-    h, n_eff = metrics.reweighted_h_of_r_reference(pos, energies, t1, t2, r_max, n_bins)
+    h, n_eff = observables.reweighted_h_of_r_reference(pos, energies, t1, t2, r_max, n_bins)
     assert h.sum() == pytest.approx(100.0)
     edges = np.linspace(observables.H_OF_R_MIN, r_max, n_bins + 1)
     p = _maxwell_bin_probabilities(edges, math.sqrt(units.kT(t2) / k))
@@ -145,7 +145,7 @@ def test_reweighted_h_of_r_matches_exact_distribution_at_t2():
     )
     assert np.abs(h_unweighted - exact).sum() / 100 > 0.15  # the reweighting matters
     # T2 = T1: identical to the unweighted reference histogram.
-    h_same, n_same = metrics.reweighted_h_of_r_reference(pos, energies, t1, t1, r_max, n_bins)
+    h_same, n_same = observables.reweighted_h_of_r_reference(pos, energies, t1, t1, r_max, n_bins)
     np.testing.assert_allclose(h_same, h_unweighted, atol=1e-4)
     assert n_same == pytest.approx(n, rel=1e-9)
     assert 1000 < n_eff < n
@@ -159,7 +159,7 @@ def test_effective_sample_size_decreases_away_from_t1():
         * k
         * np.sum(rng.normal(scale=math.sqrt(units.kT(500.0) / k), size=(5000, 9, 3)) ** 2, (1, 2))
     )
-    temps, n_eff = metrics.effective_sample_size_vs_temperature(
+    temps, n_eff = observables.effective_sample_size_vs_temperature(
         energies, 500.0, np.linspace(300, 800, 11)
     )
     i = int(np.argmax(n_eff))

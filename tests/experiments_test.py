@@ -591,7 +591,9 @@ def test_own_extxyz_molecule_through_every_stage(tmp_path):
     config.evaluate.check_every_steps = 40
     config.evaluate.transfer_temperatures_kelvin = (700.0,)
     summary = custom.run(config, tmp_path / "run")
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["observable"]["kind"] == "h_r"
+    assert (
+        json.loads((tmp_path / "run" / "config.json").read_text())["observable"]["kind"] == "h_of_r"
+    )
     assert summary["stages"] == ["pretrain", "stabie", "evaluate"]
     report = json.loads((tmp_path / "run" / "evaluate" / "report.json").read_text())
     assert str(path) in report["title"]

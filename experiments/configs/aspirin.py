@@ -82,7 +82,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.md.replica_batch_size = 0
 
     # --- training observable: h(r) (docs/method.md, Observables and reference data) -------------
+    # kind: a registered trainable observable (stabie_jax.observables.names(trainable=True)) that
+    # the global estimator trains on; the other keys are h(r)'s options.
     c.observable = ml_collections.ConfigDict()
+    c.observable.kind = "h_of_r"
     c.observable.r_max_angstrom = 10.0
     c.observable.n_bins = 500
     c.observable.sigma_angstrom = 0.01

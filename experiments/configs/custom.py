@@ -82,7 +82,8 @@ def base_config() -> ml_collections.ConfigDict:
     # --- training observable ---------------------------------------------------------------------
     # "auto": h(r) for a molecule; for a periodic system "bond_lengths" when its molecules are
     # identical (each molecule's distances from its centre atom, localized estimator, as for
-    # water), else "rdf" (element-pair RDFs, global estimator). Molecules: "h_r" only.
+    # water), else "rdf" (element-pair RDFs, global estimator). Molecules: "h_of_r" or another
+    # registered trainable observable with the global estimator (stabie_jax.observables).
     c.observable = ml_collections.ConfigDict()
     c.observable.kind = "auto"
     c.observable.r_max_angstrom = 10.0  # h(r) range (molecules)

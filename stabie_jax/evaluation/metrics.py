@@ -1,57 +1,43 @@
-"""Evaluation metrics: observable errors, diffusivity, test-set errors, reweighted references.
+"""Evaluation metrics: diffusivity, dynamics references, test-set errors, paired statistics.
 
 Pure functions of arrays that score an evaluation (:mod:`stabie_jax.evaluation`) against
-reference data; all are re-exported by :mod:`stabie_jax.evaluation`.
+reference data; all are re-exported by :mod:`stabie_jax.evaluation`, together with the
+observable errors and reference observables of :mod:`stabie_jax.observables`.
 
-* structure: :func:`h_of_r_errors` (mean |Δh| and the integrated L1 distance), :func:`rdf_errors`
-  (the authors' RDF-MAE ``r_max·mean|Δg|`` per element pair);
-* dynamics: :func:`vacf_mae`, :func:`reference_vacf`, :func:`velocities_from_positions`
-  (the authors' finite-difference reference velocities), :func:`reference_msd`,
+* dynamics: :func:`reference_vacf`, :func:`velocities_from_positions` (the authors'
+  finite-difference reference velocities), :func:`reference_msd`,
   :func:`diffusivity_curve_m2_per_s` (``MSD/(6t)`` in m²/s), :func:`unwrap_positions`;
 * accuracy: :func:`qm_test_errors` (energy/force MAE and RMSE, eV and kcal/mol);
 * hyperparameter sweeps: :func:`pareto_front_mask`;
 * stability of two models from the same initial conditions: :func:`paired_stability_comparison`
   (pairs longer/shorter/tied, Wilcoxon signed-rank, sign test, Fisher's exact test on the
-  failure counts);
-* temperature transfer (docs/method.md, Temperature transfer and N_eff):
-  :func:`reweighted_h_of_r_reference` and :func:`effective_sample_size_vs_temperature`,
-  Boltzmann reweighting with the *potential* energy (see that function for why the kinetic
-  energy is left out).
+  failure counts).
 
 Units: Å, eV, ps/fs as named; diffusivities in m²/s.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Mapping
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
-from stabie_jax import observables, reweighting, units
+from stabie_jax import observables, units
 from stabie_jax.losses import LabelledFrames, qm_errors
 
 VACF_WINDOW = 100
 """VACF lags (authors: 100-step window)."""
 
 __all__ = [
-    "h_of_r_reference_at",
     "VACF_WINDOW",
     "diffusivity_curve_m2_per_s",
-    "effective_sample_size_vs_temperature",
-    "h_of_r_errors",
     "paired_stability_comparison",
     "pareto_front_mask",
     "qm_test_errors",
-    "rdf_errors",
     "reference_msd",
     "reference_vacf",
-    "reweighted_h_of_r_reference",
     "unwrap_positions",
-    "vacf_mae",
     "velocities_from_positions",
 ]
 
@@ -113,28 +99,6 @@ def unwrap_positions(positions, box) -> np.ndarray:
     return np.concatenate([x[:1], x[:1] + np.cumsum(step, axis=0)], axis=0)
 
 
-def h_of_r_errors(h, h_ref) -> dict:
-    """Errors of an h(r) (sum-100 normalisation) against the reference on the same grid.
-
-    Returns:
-      ``{"mae": mean_bins |Δh|, "l1": Σ|Δh|/100}``; ``l1`` is the integrated absolute
-      difference ``∫|p − p_ref| dr`` of the two probability densities (0..2, MDsim's h(r)
-      error). NaN if ``h`` is NaN (no stable frames).
-    """
-    d = np.abs(np.asarray(h, np.float64) - np.asarray(h_ref, np.float64))
-    if d.shape[-1] != np.asarray(h_ref).shape[-1]:
-        raise ValueError(f"h(r) grids differ: {np.shape(h)} vs {np.shape(h_ref)}")
-    return {"mae": float(np.mean(d)), "l1": float(np.sum(d) / 100.0)}
-
-
-def vacf_mae(vacf, vacf_ref) -> float:
-    """``mean_lags |C − C_ref|`` of two normalised VACFs on the same lags (dimensionless)."""
-    a, b = np.asarray(vacf, np.float64), np.asarray(vacf_ref, np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"VACF lags differ: {a.shape} vs {b.shape}; record the same window")
-    return float(np.mean(np.abs(a - b)))
-
-
 def velocities_from_positions(positions, frame_interval_fs: float) -> np.ndarray:
     """Central finite-difference velocities (authors' reference VACF from positions).
 
@@ -152,25 +116,6 @@ def velocities_from_positions(positions, frame_interval_fs: float) -> np.ndarray
 def reference_vacf(velocities, window: int = VACF_WINDOW) -> np.ndarray:
     """Normalised VACF of one reference trajectory ``[T, N, 3]`` (origins averaged), ``[W]``."""
     return np.asarray(observables.vacf(jnp.asarray(velocities), window), np.float64)
-
-
-def rdf_errors(rdfs: Mapping, reference: Mapping, r_max: float = 6.0) -> dict:
-    """Per-pair RDF errors: ``{name: {"mae": mean|Δg|, "rdf_mae": r_max·mean|Δg|}}``.
-
-    ``rdf_mae`` is the authors' water stability metric (threshold 3.0, the formula of
-    :func:`stabie_jax.stability.rdf_mae`, here on the host in float64); ``"max_rdf_mae"`` is
-    the worst pair. All NaN when the model had no stable frames (its RDFs are NaN).
-    """
-    out = {}
-    for name, ref in reference.items():
-        if name not in rdfs:
-            raise ValueError(f"rdf_errors: {name!r} missing from the simulated RDFs {list(rdfs)}")
-        g, ref = np.asarray(rdfs[name], np.float64), np.asarray(ref, np.float64)
-        mae = float(np.mean(np.abs(g - ref)))
-        out[name] = {"mae": mae, "rdf_mae": r_max * mae}
-    values = [v["rdf_mae"] for v in out.values()]
-    out["max_rdf_mae"] = float("nan") if np.any(np.isnan(values)) else max(values)
-    return out
 
 
 def qm_test_errors(potential, params, frames: LabelledFrames, batch_size: int = 100) -> dict:
@@ -296,150 +241,3 @@ def paired_stability_comparison(baseline_ps, baseline_censored, other_ps, other_
         "fisher_p": fisher_p,
         "median_difference_ps": float(np.median(diff)) if n else None,
     }
-
-
-def h_of_r_reference_at(
-    positions,
-    potential_energies,
-    temperature_kelvin: float,
-    reference_temperature_kelvin: float | None,
-    *,
-    r_max: float,
-    n_bins: int,
-) -> np.ndarray:
-    """``[n_bins]`` reference h(r) at ``temperature_kelvin`` (sums to 100).
-
-    The frames are canonical samples at ``reference_temperature_kelvin`` (MD17: the 500 K AIMD
-    run). At that temperature (or when it is ``None``) this is the plain histogram
-    :func:`stabie_jax.observables.h_of_r_reference`; at another temperature the frames are
-    Boltzmann-reweighted with their energies (:func:`reweighted_h_of_r_reference`), and the
-    effective sample size is logged.
-
-    Args:
-      positions: ``[F, N, 3]`` Å.
-      potential_energies: ``[F]`` eV (used only when reweighting).
-      temperature_kelvin: where the h(r) is wanted, K.
-      reference_temperature_kelvin: where the frames were sampled, K, or ``None``.
-      r_max, n_bins: h(r) grid (Å, count).
-    """
-    positions = np.asarray(positions)
-    if reference_temperature_kelvin is None or np.isclose(
-        float(reference_temperature_kelvin), float(temperature_kelvin)
-    ):
-        return np.asarray(
-            observables.h_of_r_reference(jnp.asarray(positions), r_max=r_max, n_bins=n_bins)
-        )
-    h_ref, n_eff = reweighted_h_of_r_reference(
-        positions,
-        np.asarray(potential_energies),
-        float(reference_temperature_kelvin),
-        float(temperature_kelvin),
-        r_max=r_max,
-        n_bins=n_bins,
-    )
-    logging.info(
-        "h(r) reference reweighted %g K -> %g K (N_eff = %.0f of %d frames)",
-        reference_temperature_kelvin,
-        temperature_kelvin,
-        n_eff,
-        positions.shape[0],
-    )
-    return np.asarray(h_ref)
-
-
-def reweighted_h_of_r_reference(
-    positions,
-    potential_energies,
-    temperature_from_kelvin: float,
-    temperature_to_kelvin: float,
-    r_max: float = 10.0,
-    n_bins: int = 500,
-    frame_batch: int = 1000,
-) -> tuple[np.ndarray, float]:
-    """Reference h(r) at another temperature by Boltzmann reweighting of canonical samples.
-
-    Each frame's pair-distance histogram (the grid of
-    :func:`stabie_jax.observables.h_of_r_reference`, bin 0 zeroed) enters with the weight
-    ``w_i ∝ exp(−U_i (1/kT₂ − 1/kT₁))`` (:mod:`stabie_jax.reweighting`); the result is normalised
-    to sum 100. With ``T₂ = T₁`` it equals the unweighted reference.
-
-    **H is the potential energy only.** h(r) depends on positions alone, and in the canonical
-    ensemble momenta are independent of positions with a Maxwell–Boltzmann factor that
-    integrates out of the ratio exactly, so weighting by ``U`` gives the exact configurational
-    expectation at T₂; adding kinetic energies (which MD17 frames do not even carry) would only
-    add variance (smaller N_eff). The samples must be canonical at T₁ under the reference
-    potential whose energies are given (e.g. the 500 K AIMD training split).
-
-    Args:
-      positions: ``[F, N, 3]`` Å.
-      potential_energies: ``[F]`` eV (reference energies of the same frames).
-      temperature_from_kelvin: T₁, K (500 for aspirin).
-      temperature_to_kelvin: T₂, K.
-      r_max, n_bins: h(r) grid.
-      frame_batch: frames per distance batch (memory).
-
-    Returns:
-      ``(h [n_bins] summing to 100, n_eff)``.
-    """
-    x = np.asarray(positions)
-    e = np.asarray(potential_energies, np.float64)
-    if e.shape != (x.shape[0],):
-        raise ValueError(f"need one energy per frame: {e.shape} vs {x.shape[0]} frames")
-    log_w = _log_weights(e, temperature_from_kelvin, temperature_to_kelvin)
-    w = np.exp(log_w)
-    edges = np.linspace(observables.H_OF_R_MIN, r_max, n_bins + 1)
-    counts = np.zeros(n_bins)
-    for start in range(0, x.shape[0], frame_batch):
-        d = np.asarray(observables.pair_distances(jnp.asarray(x[start : start + frame_batch])))
-        ww = np.broadcast_to(w[start : start + frame_batch, None], d.shape)
-        counts += np.histogram(d.reshape(-1), bins=edges, weights=ww.reshape(-1))[0]
-    counts[0] = 0.0
-    return 100.0 * counts / counts.sum(), _effective_sample_size(log_w)
-
-
-def _log_weights(energies, t_from, t_to) -> np.ndarray:
-    """Normalised log weights (float64 host copy of :mod:`stabie_jax.reweighting`)."""
-    e = np.asarray(energies, np.float64)
-    ok = np.isfinite(e)
-    shifted = np.where(ok, e - e[ok].mean(), 0.0)
-    with jax.enable_x64(True):
-        lw = reweighting.log_reweighting_weights(
-            jnp.asarray(shifted),
-            units.kT(float(t_from)),
-            units.kT(float(t_to)),
-            mask=jnp.asarray(ok),
-        )
-        return np.asarray(lw, np.float64)
-
-
-def _effective_sample_size(log_weights: np.ndarray) -> float:
-    """:func:`stabie_jax.reweighting.effective_sample_size` of host float64 log weights, computed
-    in float64 (the evaluation's numbers are float64)."""
-    with jax.enable_x64(True):
-        return float(reweighting.effective_sample_size(jnp.asarray(log_weights, jnp.float64)))
-
-
-def effective_sample_size_vs_temperature(
-    potential_energies, temperature_kelvin: float, temperatures_kelvin
-) -> tuple[np.ndarray, np.ndarray]:
-    """N_eff of reweighting samples from T₁ to each temperature (the paper's Fig. 8).
-
-    See docs/method.md, Temperature transfer and N_eff.
-
-    Args:
-      potential_energies: ``[F]`` eV at T₁ (potential only; see
-        :func:`reweighted_h_of_r_reference`).
-      temperature_kelvin: T₁, K.
-      temperatures_kelvin: ``[T]`` target temperatures, K.
-
-    Returns:
-      ``(temperatures [T] K, n_eff [T])``; ``n_eff`` is ``F`` at T₁ and decreases away from it.
-    """
-    temps = np.asarray(temperatures_kelvin, np.float64).reshape(-1)
-    n_eff = np.array(
-        [
-            _effective_sample_size(_log_weights(potential_energies, temperature_kelvin, t))
-            for t in temps
-        ]
-    )
-    return temps, n_eff

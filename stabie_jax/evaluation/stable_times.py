@@ -44,7 +44,6 @@ Examples:
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable, Mapping
 
@@ -61,12 +60,12 @@ from stabie_jax.evaluation._chunks import (
     _plan,
     _result,
 )
-from stabie_jax.evaluation.metrics import (
-    h_of_r_errors,
-    reweighted_h_of_r_reference,
-)
 from stabie_jax.evaluation.state import EvalState, StabilityResult, TemperatureTransferResult
 from stabie_jax.md import Simulator, Trajectory
+from stabie_jax.observables.errors import h_of_r_errors
+from stabie_jax.observables.kinds import h_of_r as h_of_r_kind
+from stabie_jax.observables.kinds.rdf import rdf_name
+from stabie_jax.observables.references import reweighted_h_of_r_reference
 
 __all__ = [
     "STOP_FRACTION",
@@ -97,12 +96,7 @@ def h_of_r_observable(r_max: float = 10.0, n_bins: int = 500, sigma: float | Non
       ``positions [..., N, 3] -> [..., n_bins]`` for ``frame_observables``.
     """
     sigma = observables.H_OF_R_SIGMA if sigma is None else sigma
-    return _h_of_r_fn(float(r_max), int(n_bins), float(sigma))
-
-
-@functools.cache
-def _h_of_r_fn(r_max: float, n_bins: int, sigma: float):
-    return functools.partial(observables.h_of_r, r_max=r_max, n_bins=n_bins, sigma=sigma)
+    return h_of_r_kind.frame_function(float(r_max), int(n_bins), float(sigma))
 
 
 def rdf_observables(
@@ -119,11 +113,6 @@ def rdf_observables(
         )
         for p in pairs
     }
-
-
-def rdf_name(pair) -> str:
-    """Key of an element-pair RDF in ``frame_observables`` (``(8, 1) -> "rdf_8_1"``)."""
-    return f"rdf_{int(pair[0])}_{int(pair[1])}"
 
 
 def evaluate_stability(

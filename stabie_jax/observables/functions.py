@@ -50,6 +50,7 @@ __all__ = [
     "h_of_r_reference",
     "mean_squared_displacement",
     "minimum_image_displacement",
+    "neighbourhood_bond_lengths",
     "pair_displacements",
     "pair_distances",
     "rdf",
@@ -446,3 +447,28 @@ def water_bonds_and_angles(n_molecules: int) -> tuple[np.ndarray, np.ndarray]:
     bonds = np.stack([np.stack([o, o + 1], 1), np.stack([o, o + 2], 1)], 1).reshape(-1, 2)
     angles = np.stack([o + 1, o, o + 2], 1)
     return bonds, angles
+
+
+def neighbourhood_bond_lengths(positions, atoms, displacement_fn: Callable | None = None):
+    """Lengths from a neighbourhood's first atom to each other atom (water: the two O–H bonds).
+
+    Args:
+      positions: ``[n_atoms, 3]`` Å.
+      atoms: ``[..., k]`` int, centre first (O, H, H); leading axes (e.g. all molecules
+        ``[n_neighbourhoods, k]``) are kept.
+      displacement_fn: JAX-MD displacement ``(Ra, Rb) -> Ra - Rb`` (minimum image under PBC);
+        None = free space.
+
+    Returns:
+      ``[..., k - 1]`` Å.
+    """
+    atoms = jnp.asarray(atoms)
+    centre = positions[atoms[..., :1]]  # [..., 1, 3]
+    others = positions[atoms[..., 1:]]  # [..., k-1, 3]
+    if displacement_fn is None:
+        d = others - centre
+    else:
+        flat_others = others.reshape(-1, 3)
+        flat_centre = jnp.broadcast_to(centre, others.shape).reshape(-1, 3)
+        d = jax.vmap(displacement_fn)(flat_others, flat_centre).reshape(others.shape)
+    return jnp.sqrt(jnp.sum(d**2, axis=-1))
