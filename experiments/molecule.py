@@ -193,8 +193,11 @@ def make_qm_loss_fn(potential, train: data.Dataset, inputs: StabieInputs):
     return loss_fn
 
 
-def build_stabie_problem(loaded: checkpoint.LoadedModel, molecule: MoleculeData, inp):
-    """Simulator, stability criterion and losses of the StABlE problem for a molecule."""
+def build_stabie_problem(
+    loaded: checkpoint.LoadedModel, molecule: MoleculeData, inp, observable=None
+):
+    """Simulator, stability criterion and losses of the StABlE problem for a molecule, trained on
+    ``observable`` (:func:`training_observable`, built here when not given)."""
     z = molecule.atomic_numbers
     space = md.free_space()
     potential = checkpoint.make_model_potential(
@@ -231,7 +234,8 @@ def build_stabie_problem(loaded: checkpoint.LoadedModel, molecule: MoleculeData,
         )
         return ok
 
-    observable = training_observable(molecule, inp)
+    if observable is None:
+        observable = training_observable(molecule, inp)
     obs_loss = trajectory_losses.global_observable_loss(
         potential.energy_fn,
         observable.frame_fn,
@@ -275,10 +279,12 @@ def run_stabie_stage(
     progress: bool,
     shard: bool,
     tensorboard: bool = False,
+    observable: observables.BuiltObservable | None = None,
 ) -> pathlib.Path:
-    """StABlE-train the pretrained model; returns the trained model's checkpoint directory."""
+    """StABlE-train the pretrained model on ``observable`` (built from ``inputs`` when not
+    given); returns the trained model's checkpoint directory."""
     loaded = checkpoint.load_model_checkpoint(pretrained_dir)
-    problem, problem_observable = build_stabie_problem(loaded, molecule, inputs)
+    problem, problem_observable = build_stabie_problem(loaded, molecule, inputs, observable)
     kT = units.kT(inputs.temperature_kelvin)
     hp = config_reader.exact_hyperparameters(
         inputs.hyperparameter_convention,
@@ -416,8 +422,10 @@ def run(config, workdir) -> dict:
         max_reference_frames=int(d.max_reference_frames),
     )
     wall["data"] = time.time() - started
+    observable = None
     if "stabie" in config_reader.parse_stages(config.stages):
-        training_observable(molecule, stabie_inputs_from_config(config))  # refuse it before work
+        # built once, here: one that does not fit the data is refused before any work
+        observable = training_observable(molecule, stabie_inputs_from_config(config))
     logging.info(
         "data: %d train / %d val / %d test frames, %d atoms, %d bonds",
         molecule.train.n_frames,
@@ -451,6 +459,7 @@ def run(config, workdir) -> dict:
             progress=bool(config.progress),
             shard=n_devices > 1 and int(config.stabie.n_replicas) % n_devices == 0,
             tensorboard=bool(config.get("tensorboard", False)),
+            observable=observable,
         )
 
     def evaluate(pretrained_dir, stabie_dir, wall):

@@ -185,7 +185,7 @@ def check_choices(config, periodic: PeriodicData) -> None:
                 f"config.{key} = {float(config[section][name]):g} Å exceeds half the smallest "
                 f"cell height of the data ({half:.3f} Å); set --config.{key}={fits:g}"
             )
-    training_observable(config, periodic)  # the kind exists, trains, and fits these data
+    observables.get(str(config.observable.kind), trainable=True)  # a trainable kind
 
 
 def training_observable(config, periodic: PeriodicData) -> observables.BuiltObservable:
@@ -339,8 +339,8 @@ def _stable_fn(kind: str, threshold: float, periodic: PeriodicData, reference_rd
     )[0]
 
 
-def _observable_loss(config, periodic, potential, template, space, kT, reduction):
-    """The configured observable loss and the size of its observable."""
+def _observable_loss(config, built, potential, template, space, kT, reduction):
+    """The loss of the built training observable and the size of that observable."""
     s = config.stabie
 
     def per_atom_energy_fn(params, positions):
@@ -350,7 +350,6 @@ def _observable_loss(config, periodic, potential, template, space, kT, reduction
         return jnp.any(jax.vmap(lambda r: template.update(r).did_buffer_overflow)(frames))
 
     vjp = str(s.get("observable_vjp", "global"))
-    built = training_observable(config, periodic)
     if built.estimator == "localized":
         # The localized loss's neighbourhood observable is the centre-to-atom lengths; the
         # observable supplies the neighbourhoods and the reference lengths.
@@ -388,7 +387,11 @@ def _observable_loss(config, periodic, potential, template, space, kT, reduction
     return loss, built.size, per_atom_energy_fn
 
 
-def run_stabie_stage(pretrained_dir, periodic: PeriodicData, config, workdir) -> pathlib.Path:
+def run_stabie_stage(
+    pretrained_dir, periodic: PeriodicData, config, workdir, observable=None
+) -> pathlib.Path:
+    """StABlE-train the pretrained model on ``observable`` (the configured training observable,
+    built here when not given); returns the trained model's checkpoint directory."""
     s = config.stabie
     check_qm_weight(config)
     loaded = checkpoint.load_model_checkpoint(pretrained_dir)
@@ -403,8 +406,10 @@ def run_stabie_stage(pretrained_dir, periodic: PeriodicData, config, workdir) ->
     template = neighbor_fn.allocate(jnp.asarray(periodic.train.positions[0]), extra_capacity=0)
     kT = units.kT(T)
     reduction = str(s.get("observable_reduction", "sum"))
+    if observable is None:
+        observable = training_observable(config, periodic)
     obs_loss, n_observable, per_atom_energy_fn = _observable_loss(
-        config, periodic, potential, template, space, kT, reduction
+        config, observable, potential, template, space, kT, reduction
     )
     hp = config_reader.exact_hyperparameters(
         str(s.hyperparameter_convention),
@@ -634,6 +639,9 @@ def run(config, workdir, frames: PeriodicData | None = None) -> dict:
     periodic = load_periodic_data(config.data) if frames is None else frames
     check_choices(config, periodic)
     check_neighbor_capacity(config, periodic)
+    observable = None
+    if "stabie" in config_reader.parse_stages(config.stages):
+        observable = training_observable(config, periodic)  # fits these data: before any work
     logging.info(
         "data: %d train / %d val / %d test frames, %d atoms, %d molecules",
         periodic.train.n_frames,
@@ -648,7 +656,9 @@ def run(config, workdir, frames: PeriodicData | None = None) -> dict:
         train=periodic.train,
         val=periodic.val,
         pretrain=lambda: run_pretrain_stage(periodic, config, workdir),
-        stabie=lambda pretrained: run_stabie_stage(pretrained, periodic, config, workdir),
+        stabie=lambda pretrained: run_stabie_stage(
+            pretrained, periodic, config, workdir, observable
+        ),
         evaluate=lambda pretrained, trained, wall: evaluate_periodic(
             config, workdir, periodic, pretrained, trained, wall
         ),
