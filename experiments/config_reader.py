@@ -170,6 +170,7 @@ def stabie_settings_kwargs(config) -> dict:
         reuse_min_neff=float(s.get("reuse_min_neff", 0.0)),
         max_reuse_steps=int(s.get("max_reuse_steps", 10)),
         split_cosine_every=int(s.get("split_cosine_every", 0)),
+        learning_samples=str(s.get("learning_samples", "all")),
     )
 
 

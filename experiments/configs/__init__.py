@@ -73,6 +73,9 @@ def schedule_fields(stabie: ml_collections.ConfigDict, *, reset_probability: flo
     # the observable gradients of two random halves of the replicas (the estimator's
     # signal-to-noise; costs two more observable gradients in those epochs).
     stabie.split_cosine_every = 0
+    # Frames that feed a learning step: "all" (the authors') or "within_criterion" (each
+    # replica's frames before its first failure of the training stability criterion).
+    stabie.learning_samples = "all"
 
 
 # --- validation at setup, before any compute ---------------------------------------------------
@@ -204,6 +207,12 @@ def check_config(config) -> list[str]:
             "the evaluation starts one replica from each held-out test frame; lower "
             "evaluate.n_replicas or raise data.n_test"
         )
+    from stabie_jax.stabie import LEARNING_SAMPLES  # configs stay importable without jax
+
+    for path, choices in {"stabie.learning_samples": LEARNING_SAMPLES}.items():
+        value = _lookup(config, path)
+        if value is not _MISSING and value not in choices:
+            problems.append(f"config.{path} = {value!r} must be one of {choices}")
     if problems:
         raise ValueError("invalid settings: " + "; ".join(problems))
     warnings = []

@@ -45,6 +45,15 @@ Estimator diagnostics, logged in learning epochs: ``sample_energy_above_median_k
 value means a few frames dominate the covariance) and, every ``split_cosine_every`` epochs,
 ``obs_split_cosine`` (:func:`make_split_cosine_fn`).
 
+**Which frames feed the step** (``learning_samples``). ``"all"`` (the authors'): every recorded
+frame of an alive replica with finite positions and energy, including the frames after a
+replica has left the physical region. ``"within_criterion"``: each replica's frames before the
+first one that fails the training stability criterion (:func:`frames_within_criterion`).
+Measured on the CPU protocol: the frames after a failure can hold fused atoms thousands of kT
+below the median energy, and those few frames then set the direction of the covariance
+estimate. Logged per learning epoch: ``n_samples`` (frames used) and
+``within_criterion_fraction`` (frames within the criterion over the valid frames).
+
 Deliberate differences from the authors' code (each documented in the README/RESULTS too):
 
 * the estimator is the exact one (``1/kT`` and ``N/(N−1)`` included): convert their learning
@@ -74,6 +83,7 @@ from stabie_jax.stabie.driver import (
     shard_replicas,
 )
 from stabie_jax.stabie.epochs import (
+    frames_within_criterion,
     init_state,
     make_learning_epoch,
     make_simulation_epoch,
@@ -94,6 +104,7 @@ from stabie_jax.stabie.reuse import (
 from stabie_jax.stabie.state import (
     CHECKPOINT_DIR,
     LEARNING,
+    LEARNING_SAMPLES,
     METRICS_FILE,
     PHASE_NAMES,
     SIMULATION,
@@ -107,6 +118,7 @@ from stabie_jax.stabie.state import (
 __all__ = [
     "CHECKPOINT_DIR",
     "LEARNING",
+    "LEARNING_SAMPLES",
     "LearningStep",
     "LoopCounters",
     "METRICS_FILE",
@@ -117,6 +129,7 @@ __all__ = [
     "StabieSettings",
     "StabieState",
     "TrainState",
+    "frames_within_criterion",
     "init_state",
     "make_frame_energies",
     "make_gradient_fn",

@@ -35,6 +35,7 @@ from stabie_jax.stabie.state import (
 from stabie_jax.trajectory_losses import trajectory_samples
 
 __all__ = [
+    "frames_within_criterion",
     "init_state",
     "make_learning_epoch",
     "make_simulation_epoch",
@@ -74,6 +75,22 @@ def _epoch_stability(problem: StabieProblem, replicas: ReplicaState, traj: Traje
     if traj.potential_energy is not None:
         stable &= np.all(np.isfinite(np.asarray(traj.potential_energy)), axis=0)
     return stable
+
+
+def frames_within_criterion(stable_fn: Callable, traj: Trajectory) -> np.ndarray:
+    """``[F, R]`` bool: frame ``f`` of replica ``r`` lies before the replica's first failure.
+
+    ``stable_fn`` is the training criterion over a trajectory's frames (``Trajectory [F', R,
+    ...] -> [R]`` bool, the worst frame decides); it is applied to every prefix ``0..f`` of
+    ``traj``, so criteria that look at several frames at once (an RDF over a window) are
+    handled too and the result is non-increasing along the frames.
+    """
+    n_frames = traj.positions.shape[0]
+    columns = [
+        np.asarray(stable_fn(jax.tree.map(lambda a, f=f: a[: f + 1], traj)), bool)
+        for f in range(n_frames)
+    ]
+    return np.logical_and.accumulate(np.stack(columns), axis=0)
 
 
 def _budget_left(settings: StabieSettings, counters: LoopCounters, dt, started: float) -> bool:
@@ -178,10 +195,12 @@ def make_learning_epoch(problem: StabieProblem, settings: StabieSettings) -> Cal
     """``(state, key) -> (state, record)``: one learning-phase epoch.
 
     All replicas restart from the anchors, run ``t`` steps recording every ``S``-th frame, and
-    ONE optimizer step is taken on those frames (plus the reweighted reuse steps when
-    ``settings.reuse_min_neff > 0``); the unstable fraction drives the plateau schedule and the
-    end of the phase (``f_min``, ``min_lr``, ``max_learning_epochs``), after which replicas
-    unstable in this epoch go back to their anchors, frozen, and the simulation phase resumes.
+    ONE optimizer step is taken on those frames (``settings.learning_samples``: all of them, or
+    each replica's frames before its first failure of the criterion), plus the reweighted reuse
+    steps when ``settings.reuse_min_neff > 0``; the unstable fraction drives the plateau
+    schedule and the end of the phase (``f_min``, ``min_lr``, ``max_learning_epochs``), after
+    which replicas unstable in this epoch go back to their anchors, frozen, and the simulation
+    phase resumes.
     ``key`` is the estimator's minibatch key.
     """
     sim = problem.simulator
@@ -198,6 +217,11 @@ def make_learning_epoch(problem: StabieProblem, settings: StabieSettings) -> Cal
         replicas, traj = sim.simulate(train.params, anchors, t, every, record_energy=True)
         stable = _epoch_stability(problem, replicas, traj)
         f_unst = 1.0 - float(np.mean(stable))
+        within = None
+        if settings.learning_samples == "within_criterion":
+            valid = np.asarray(trajectory_samples(traj)[1]).reshape(traj.alive.shape)
+            within = frames_within_criterion(problem.stable_fn, traj)
+            traj = traj._replace(alive=jnp.asarray(within) & traj.alive)
         lr = counters.plateau().learning_rate
         params, opt_state, metrics, finite, skipped = learning_step(
             train.params, train.opt_state, traj, key, lr
@@ -215,6 +239,10 @@ def make_learning_epoch(problem: StabieProblem, settings: StabieSettings) -> Cal
         )
         if skipped:
             record["skipped"] = skipped
+        if within is not None:
+            record["within_criterion_fraction"] = float((within & valid).sum()) / max(
+                int(valid.sum()), 1
+            )
         record.update(_energy_spread(traj, sim.kT))
         if (
             split_cosine is not None

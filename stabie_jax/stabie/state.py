@@ -19,6 +19,7 @@ from stabie_jax.plateau import PlateauState
 __all__ = [
     "CHECKPOINT_DIR",
     "LEARNING",
+    "LEARNING_SAMPLES",
     "LoopCounters",
     "METRICS_FILE",
     "PHASE_NAMES",
@@ -40,6 +41,9 @@ PHASE_NAMES = {SIMULATION: "simulation", LEARNING: "learning"}
 
 
 METRICS_FILE = run_loop.METRICS_FILE
+
+LEARNING_SAMPLES = ("all", "within_criterion")
+"""Choices of :attr:`StabieSettings.learning_samples`."""
 
 
 CHECKPOINT_DIR = run_loop.CHECKPOINT_DIR
@@ -83,6 +87,11 @@ class StabieSettings:
         random halves of the replicas (:func:`make_split_cosine_fn`): a direct measurement of
         the estimator's signal-to-noise at the current parameters. Costs two more observable
         gradients in those epochs; changes nothing else.
+      learning_samples: which recorded frames of a learning epoch feed the step: ``"all"``
+        (the authors': every frame of every alive replica with finite positions and energy)
+        or ``"within_criterion"`` (each replica's frames up to, not including, the first one
+        at which the training stability criterion fails, :func:`frames_within_criterion`).
+        The unstable fraction is measured on all frames either way.
     """
 
     steps_per_epoch: int
@@ -106,6 +115,7 @@ class StabieSettings:
     reuse_min_neff: float = 0.0
     max_reuse_steps: int = 10
     split_cosine_every: int = 0
+    learning_samples: str = "all"
 
     def __post_init__(self):
         if self.steps_per_epoch < 1 or self.sample_every < 1:
@@ -129,6 +139,10 @@ class StabieSettings:
         if self.split_cosine_every < 0:
             raise ValueError(
                 f"split_cosine_every must be >= 0 (0 = off), got {self.split_cosine_every}"
+            )
+        if self.learning_samples not in LEARNING_SAMPLES:
+            raise ValueError(
+                f"learning_samples must be one of {LEARNING_SAMPLES}, got {self.learning_samples!r}"
             )
 
 
