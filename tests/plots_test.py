@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from stabie_jax.evaluation import plots
+from stabie_jax.evaluation.plots import _style, observables, scaling, stability, training
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -31,13 +32,14 @@ def check_png(path, min_bytes=5_000):
 def figures(monkeypatch):
     """The matplotlib figures the plot functions save, for checks on their axes."""
     figures = []
-    real_save = plots._save
+    real_save = _style._save
 
     def keep(fig, path):
         figures.append(fig)
         return real_save(fig, path)
 
-    monkeypatch.setattr(plots, "_save", keep)
+    for module in (observables, scaling, stability, training):  # each imported _save
+        monkeypatch.setattr(module, "_save", keep)
     return figures
 
 
@@ -222,7 +224,7 @@ def test_training_curve_draws_the_learning_steps_gradient_panel(tmp_path):
 
 def test_every_model_in_a_comparison_gets_its_own_colour():
     labels = ["baseline", "StABlE", "authors_StABlE", "ours_StABlE"]
-    colours = [plots._color(label, i) for i, label in enumerate(labels)]
+    colours = [_style._color(label, i) for i, label in enumerate(labels)]
     assert colours[:2] == ["tab:blue", "tab:orange"]  # the paper's pair
     assert len(set(colours)) == len(labels)
 
