@@ -9,6 +9,11 @@ can build data for their own molecules:
   PME, OpenMM;
 * :func:`run_resumable` — the chunked, checkpointed, crash-safe writer both use.
 
+Modules: ``molecule`` (xTB via ASE); ``water`` (the water driver) on ``water_model`` (force
+fields, box) and ``openmm_engine``; ``resumable``; ``analysis`` (numpy checks); ``validate``
+(the validation command line) on ``validation_molecule``, ``validation_water`` and
+``validation_report``.
+
 Command line: ``python -m stabie_jax.data.generate molecule|water --help``. The engines
 (``tblite``, ``openmm``, optionally ``rdkit``) are the ``reference`` extra and are imported only
 when a generator runs; without them a :class:`MissingExtraError` says what to install.

@@ -1,6 +1,7 @@
-"""Numpy checks of generated reference data: bonds, temperatures, RDFs, diffusion.
+"""Numpy checks of generated reference data: bonds, temperatures, RDFs, diffusion, errors.
 
-These are host-side diagnostics used by the generator tests and by ``validate.py``; they work on
+These are host-side diagnostics used by the generator tests and by ``validate`` (block standard
+errors and finite-difference forces are the statistics its reports share); they work on
 stabie-npz arrays (Å, Å/fs, amu) and return SI-friendly numbers. Temperatures use k_B from
 :mod:`stabie_jax.units`; kinetic energies are converted from amu·(Å/fs)² to eV through the
 internal time unit.
@@ -23,7 +24,9 @@ from stabie_jax import units
 
 __all__ = [
     "YEH_HUMMER_XI",
+    "block_sem",
     "covalent_bonds",
+    "finite_difference_forces",
     "intermolecular_rdf",
     "kinetic_energy_ev",
     "kinetic_temperature",
@@ -219,3 +222,31 @@ def yeh_hummer_correction(
         * temperature_kelvin
         / (6.0 * math.pi * viscosity_pa_s * box_angstrom * 1e-10)  # Å → m
     )
+
+
+def block_sem(values: np.ndarray, n_blocks: int = 5) -> np.ndarray:
+    """Standard error of the mean from ``n_blocks`` consecutive blocks along axis 0."""
+    blocks = np.array_split(np.asarray(values), n_blocks, axis=0)
+    means = np.stack([b.mean(axis=0) for b in blocks])
+    return means.std(axis=0, ddof=1) / np.sqrt(n_blocks)
+
+
+def finite_difference_forces(energy_fn, positions, indices, h):
+    """Central-difference forces −(E(x + h) − E(x − h)) / 2h for chosen components.
+
+    Args:
+      energy_fn: ``positions [N,3] -> energy``.
+      positions: ``[N,3]`` array (copied, not modified).
+      indices: ``(atom, axis)`` pairs.
+      h: displacement, in the units of ``positions``.
+
+    Returns:
+      ``[len(indices)]`` forces, energy units per length unit.
+    """
+    out = []
+    for atom, axis in indices:
+        plus, minus = positions.copy(), positions.copy()
+        plus[atom, axis] += h
+        minus[atom, axis] -= h
+        out.append(-(energy_fn(plus) - energy_fn(minus)) / (2 * h))
+    return np.array(out)

@@ -277,47 +277,34 @@ def generate_molecule(
       atoms: starting geometry (``ase.Atoms``, Å); not modified.
       out_path: final ``.npz`` path; ``<out_path>.partial/`` holds an unfinished run, which a
         call with identical settings resumes.
-      temperature_kelvin: thermostat target, K.
-      timestep_fs: timestep, fs.
+      temperature_kelvin, timestep_fs: thermostat target (K) and timestep (fs).
       equilibration_steps: unsaved steps before production.
       steps: production steps; must be a multiple of ``save_interval``.
       save_interval: steps between saved frames.
       seed: seeds the initial velocities and the Langevin noise.
       thermostat: ``"langevin"`` or ``"nose-hoover"``.
-      friction_per_fs: Langevin friction, fs⁻¹.
-      nose_hoover_damping_fs: Nosé–Hoover chain damping time, fs.
+      friction_per_fs, nose_hoover_damping_fs: Langevin friction (fs⁻¹) and Nosé–Hoover chain
+        damping time (fs).
       method: tblite method name (ignored when ``calculator`` is given).
-      charge: molecular charge, e.
-      multiplicity: spin multiplicity.
+      charge, multiplicity: molecular charge (e) and spin multiplicity.
       calculator: any ASE calculator to use instead of tblite (e.g. for tests); recorded in the
         metadata by class name.
-      chunk_frames: frames per checkpointed chunk.
-      float_dtype: storage dtype of positions/velocities/forces.
-      progress: tqdm progress bar.
+      chunk_frames, float_dtype, progress, stop_after_chunks: as in :func:`run_resumable`
+        (frames per checkpointed chunk, storage dtype of positions/velocities/forces, tqdm
+        progress bar, a simulated kill for tests).
       command: the command line to record in the metadata.
       extra_metadata: more JSON-serialisable metadata (e.g. the SMILES string).
-      stop_after_chunks: see :func:`run_resumable` (tests).
 
     Returns:
-      Path of the finished file. Keys: ``positions`` [F,N,3] Å, ``energies`` [F] eV,
-      ``forces`` [F,N,3] eV/Å, ``velocities`` [F,N,3] Å/fs, ``atomic_numbers`` [N],
-      ``masses`` [N] amu, ``time_fs`` [F], ``metadata`` (JSON).
+      Path of the finished file, with the keys listed in :mod:`stabie_jax.data.generate`
+      (``positions``, ``energies``, ``forces``, ``velocities``, ``atomic_numbers``,
+      ``masses``, ``time_fs``, ``metadata``; no ``cell``/``pbc``).
     """
     if steps % save_interval != 0:
         raise ValueError(f"steps ({steps}) must be a multiple of save_interval ({save_interval})")
     if temperature_kelvin <= 0 or timestep_fs <= 0:
         raise ValueError("temperature_kelvin and timestep_fs must be positive")
-    atoms = atoms.copy()
-    atoms.set_cell(None)
-    atoms.set_pbc(False)
-    if calculator is None:
-        calculator = make_xtb_calculator(method, charge=charge, multiplicity=multiplicity)
-        method_name = method
-        versions = package_versions("tblite", "rdkit")
-    else:
-        method_name = type(calculator).__name__
-        versions = package_versions()
-    atoms.calc = calculator
+    atoms, method_name, versions = _free_molecule(atoms, calculator, method, charge, multiplicity)
     engine = AseEngine(
         atoms,
         thermostat,
@@ -327,17 +314,6 @@ def generate_molecule(
         friction_per_fs=friction_per_fs,
         nose_hoover_damping_fs=nose_hoover_damping_fs,
     )
-    thermostat_info: dict[str, Any] = {"name": thermostat}
-    if thermostat == "langevin":
-        thermostat_info.update(
-            implementation="ase.md.langevin.Langevin", friction_per_fs=friction_per_fs
-        )
-    else:
-        thermostat_info.update(
-            implementation="ase.md.nose_hoover_chain.NoseHooverChainNVT",
-            chain_length=3,
-            damping_fs=nose_hoover_damping_fs,
-        )
     config = {
         "generator": "molecule",
         "atomic_numbers": atoms.get_atomic_numbers().tolist(),
@@ -351,45 +327,17 @@ def generate_molecule(
         "steps": steps,
         "save_interval": save_interval,
         "seed": seed,
-        "thermostat": thermostat_info,
+        "thermostat": _thermostat_info(thermostat, friction_per_fs, nose_hoover_damping_fs),
         "chunk_frames": chunk_frames,
         "float_dtype": float_dtype,
     }
     n_frames = steps // save_interval
-    metadata = {
-        "format": "stabie-npz/1",
-        "generator": "stabie_jax.data.generate molecule",
-        "units": stabie_npz_units(periodic=False),
-        "method": method_name,
-        "energy_reference": "total electronic energy of the method (no atomic energies removed)",
-        "charge": charge,
-        "multiplicity": multiplicity,
-        "temperature_kelvin": temperature_kelvin,
-        "timestep_fs": timestep_fs,
-        "equilibration_steps": equilibration_steps,
-        "production_steps": steps,
-        "save_interval_steps": save_interval,
-        "n_frames": n_frames,
-        "seed": seed,
-        "thermostat": thermostat_info,
-        "velocities": "on-step v(t)",
-        "periodic": False,
-        "formula": atoms.get_chemical_formula(),
-        "versions": versions,
-        "command": command,
-        "created_utc": utc_now(),
-        **dict(extra_metadata or {}),
-    }
-    static = {
-        "atomic_numbers": atoms.get_atomic_numbers().astype(np.int64),
-        "masses": atoms.get_masses().astype(np.float64),
-    }
     return run_resumable(
         engine,
         out_path,
         config=config,
-        static=static,
-        metadata=metadata,
+        static=_molecule_static(atoms),
+        metadata=_molecule_metadata(config, atoms, n_frames, versions, command, extra_metadata),
         equilibration_steps=equilibration_steps,
         n_frames=n_frames,
         save_interval=save_interval,
@@ -399,3 +347,85 @@ def generate_molecule(
         progress=progress,
         stop_after_chunks=stop_after_chunks,
     )
+
+
+def _free_molecule(atoms, calculator, method: str, charge: int, multiplicity: int):
+    """A copy of ``atoms`` without cell or periodicity, with its calculator attached.
+
+    Returns ``(atoms, method_name, versions)``: tblite's GFN method (built here when
+    ``calculator`` is None) or the class name of the given calculator, and the package versions
+    to record.
+    """
+    atoms = atoms.copy()
+    atoms.set_cell(None)
+    atoms.set_pbc(False)
+    if calculator is None:
+        calculator = make_xtb_calculator(method, charge=charge, multiplicity=multiplicity)
+        method_name = method
+        versions = package_versions("tblite", "rdkit")
+    else:
+        method_name = type(calculator).__name__
+        versions = package_versions()
+    atoms.calc = calculator
+    return atoms, method_name, versions
+
+
+def _thermostat_info(
+    thermostat: str, friction_per_fs: float, nose_hoover_damping_fs: float
+) -> dict[str, Any]:
+    """The ``thermostat`` entry of the run's config and metadata."""
+    thermostat_info: dict[str, Any] = {"name": thermostat}
+    if thermostat == "langevin":
+        thermostat_info.update(
+            implementation="ase.md.langevin.Langevin", friction_per_fs=friction_per_fs
+        )
+    else:
+        thermostat_info.update(
+            implementation="ase.md.nose_hoover_chain.NoseHooverChainNVT",
+            chain_length=3,
+            damping_fs=nose_hoover_damping_fs,
+        )
+    return thermostat_info
+
+
+def _molecule_metadata(
+    config: Mapping[str, Any],
+    atoms,
+    n_frames: int,
+    versions: Mapping[str, str],
+    command: str | None,
+    extra_metadata: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The file's ``metadata`` record, from the run's ``config`` and the prepared ``atoms``."""
+    return {
+        "format": "stabie-npz/1",
+        "generator": "stabie_jax.data.generate molecule",
+        "units": stabie_npz_units(periodic=False),
+        "method": config["method"],
+        "energy_reference": "total electronic energy of the method (no atomic energies removed)",
+        "charge": config["charge"],
+        "multiplicity": config["multiplicity"],
+        "temperature_kelvin": config["temperature_kelvin"],
+        "timestep_fs": config["timestep_fs"],
+        "equilibration_steps": config["equilibration_steps"],
+        "production_steps": config["steps"],
+        "save_interval_steps": config["save_interval"],
+        "n_frames": n_frames,
+        "seed": config["seed"],
+        "thermostat": config["thermostat"],
+        "velocities": "on-step v(t)",
+        "periodic": False,
+        "formula": atoms.get_chemical_formula(),
+        "versions": versions,
+        "command": command,
+        "created_utc": utc_now(),
+        **dict(extra_metadata or {}),
+    }
+
+
+def _molecule_static(atoms) -> dict[str, np.ndarray]:
+    """Per-system arrays stored once: atomic numbers and masses (amu)."""
+    return {
+        "atomic_numbers": atoms.get_atomic_numbers().astype(np.int64),
+        "masses": atoms.get_masses().astype(np.float64),
+    }

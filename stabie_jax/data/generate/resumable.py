@@ -31,7 +31,7 @@ import json
 import os
 import pathlib
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import numpy as np
@@ -267,6 +267,42 @@ def run_resumable(
         arguments are out of range.
     """
     out_path = pathlib.Path(out_path)
+    _check_arguments(out_path, float_dtype, n_frames, save_interval, equilibration_steps)
+    work_dir = work_dir_for(out_path)
+    manifest = _Manifest.open(work_dir, config)
+    if manifest.checkpoint is not None:
+        engine.set_state(manifest.load_checkpoint())
+
+    total = equilibration_steps + n_frames * save_interval
+    chunk_steps = chunk_frames * save_interval
+    bar = _progress_bar(progress, total, manifest.steps_done, out_path.name)
+    tick = bar.update if bar is not None else _no_tick
+    after_chunk = _ChunkLimit(stop_after_chunks)
+    try:
+        _equilibrate(
+            engine, manifest, equilibration_steps, chunk_steps, save_interval, tick, after_chunk
+        )
+        _produce(engine, manifest, n_frames, chunk_frames, save_interval, tick, after_chunk)
+    finally:
+        if bar is not None:
+            bar.close()
+
+    arrays = _final_arrays(manifest, n_frames, save_interval, timestep_fs, float_dtype)
+    arrays.update({k: np.asarray(v) for k, v in static.items()})
+    arrays["metadata"] = np.asarray(json.dumps(dict(metadata), indent=1, default=str))
+    _atomic_savez(out_path, arrays, compressed=True)
+    shutil.rmtree(work_dir)
+    return out_path
+
+
+def _check_arguments(
+    out_path: pathlib.Path,
+    float_dtype: str,
+    n_frames: int,
+    save_interval: int,
+    equilibration_steps: int,
+) -> None:
+    """The argument checks of :func:`run_resumable` (see its Raises section)."""
     if out_path.suffix != ".npz":
         raise ValueError(f"output {out_path} must end in .npz")
     if out_path.exists():
@@ -278,65 +314,85 @@ def run_resumable(
             raise ValueError(f"{name} must be >= 1, got {value}")
     if equilibration_steps < 0:
         raise ValueError(f"equilibration_steps must be >= 0, got {equilibration_steps}")
-    work_dir = work_dir_for(out_path)
-    manifest = _Manifest.open(work_dir, config)
-    if manifest.checkpoint is not None:
-        engine.set_state(manifest.load_checkpoint())
 
-    total = equilibration_steps + n_frames * save_interval
-    chunk_steps = chunk_frames * save_interval
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, initial=manifest.steps_done, unit="step", desc=out_path.name)
-    chunks_this_call = 0
+def _progress_bar(progress: bool, total: int, initial: int, desc: str):
+    """A tqdm bar over MD steps, or None without ``progress``."""
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
 
-    def _tick(n_steps: int) -> None:
-        if bar is not None:
-            bar.update(n_steps)
+    return tqdm(total=total, initial=initial, unit="step", desc=desc)
 
-    def _after_chunk() -> None:
-        nonlocal chunks_this_call
-        chunks_this_call += 1
-        if stop_after_chunks is not None and chunks_this_call >= stop_after_chunks:
-            raise StopRequested(f"stopped after {chunks_this_call} chunks (resumable)")
 
-    try:
-        while manifest.steps_done < equilibration_steps:
-            n = min(chunk_steps, equilibration_steps - manifest.steps_done)
-            for done in range(0, n, save_interval):
-                engine.advance(min(save_interval, n - done))
-                _tick(min(save_interval, n - done))
-            manifest.commit(manifest.steps_done + n, engine.get_state(), None)
-            _after_chunk()
-        while manifest.frames_done < n_frames:
-            k = min(chunk_frames, n_frames - manifest.frames_done)
-            frames = []
-            for _ in range(k):
-                frames.append(engine.sample(save_interval))
-                _tick(save_interval)
-            manifest.commit(
-                manifest.steps_done + k * save_interval, engine.get_state(), _stack(frames)
-            )
-            _after_chunk()
-    finally:
-        if bar is not None:
-            bar.close()
+def _no_tick(n_steps: int) -> None:
+    """Progress callback when there is no bar."""
 
+
+class _ChunkLimit:
+    """Called after every chunk; raises :class:`StopRequested` after ``limit`` of them."""
+
+    def __init__(self, limit: int | None):
+        self.limit = limit
+        self.chunks_this_call = 0
+
+    def __call__(self) -> None:
+        self.chunks_this_call += 1
+        if self.limit is not None and self.chunks_this_call >= self.limit:
+            raise StopRequested(f"stopped after {self.chunks_this_call} chunks (resumable)")
+
+
+def _equilibrate(
+    engine: Engine,
+    manifest: _Manifest,
+    equilibration_steps: int,
+    chunk_steps: int,
+    save_interval: int,
+    tick: Callable[[int], Any],
+    after_chunk: Callable[[], None],
+) -> None:
+    """Unsaved steps up to ``equilibration_steps``, checkpointed every ``chunk_steps``."""
+    while manifest.steps_done < equilibration_steps:
+        n = min(chunk_steps, equilibration_steps - manifest.steps_done)
+        for done in range(0, n, save_interval):
+            engine.advance(min(save_interval, n - done))
+            tick(min(save_interval, n - done))
+        manifest.commit(manifest.steps_done + n, engine.get_state(), None)
+        after_chunk()
+
+
+def _produce(
+    engine: Engine,
+    manifest: _Manifest,
+    n_frames: int,
+    chunk_frames: int,
+    save_interval: int,
+    tick: Callable[[int], Any],
+    after_chunk: Callable[[], None],
+) -> None:
+    """Saved frames up to ``n_frames``, ``save_interval`` steps apart, in chunks."""
+    while manifest.frames_done < n_frames:
+        k = min(chunk_frames, n_frames - manifest.frames_done)
+        frames = []
+        for _ in range(k):
+            frames.append(engine.sample(save_interval))
+            tick(save_interval)
+        manifest.commit(manifest.steps_done + k * save_interval, engine.get_state(), _stack(frames))
+        after_chunk()
+
+
+def _final_arrays(
+    manifest: _Manifest, n_frames: int, save_interval: int, timestep_fs: float, float_dtype: str
+) -> dict[str, np.ndarray]:
+    """All chunks concatenated in their storage dtypes, plus ``time_fs``."""
     frames = manifest.load_frames()
     if len(frames["energies"]) != n_frames:
         found = len(frames["energies"])
-        raise RuntimeError(f"{work_dir}: expected {n_frames} frames, found {found}")
-    arrays = {
+        raise RuntimeError(f"{manifest.work_dir}: expected {n_frames} frames, found {found}")
+    return {
         "positions": frames["positions"].astype(float_dtype),
         "energies": frames["energies"].astype(np.float64),
         "forces": frames["forces"].astype(float_dtype),
         "velocities": frames["velocities"].astype(float_dtype),
         "time_fs": np.arange(1, n_frames + 1, dtype=np.float64) * save_interval * timestep_fs,
     }
-    arrays.update({k: np.asarray(v) for k, v in static.items()})
-    arrays["metadata"] = np.asarray(json.dumps(dict(metadata), indent=1, default=str))
-    _atomic_savez(out_path, arrays, compressed=True)
-    shutil.rmtree(work_dir)
-    return out_path
