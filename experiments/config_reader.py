@@ -11,24 +11,32 @@ from __future__ import annotations
 import json
 import math
 
-from stabie_jax import hyperparameters, observables, units
+from stabie_jax import checkpoint, data, observables, units, workflows
 from stabie_jax import pretrain as pretrain_lib
+from stabie_jax.evaluation import store as evaluation_store
 
 __all__ = [
-    "training_observable",
+    "DEFAULT_OBSERVABLE",
     "STAGES",
     "chain_tau_factor",
-    "exact_hyperparameters",
+    "data_split_kwargs",
+    "evaluation_fingerprint",
     "integrator_kwargs",
     "md_integrator",
+    "molecule_observable_system",
+    "molecule_stabie_inputs",
+    "observable_kind",
     "overwrite_stages",
     "parse_stages",
+    "periodic_md",
+    "periodic_stabie_inputs",
     "pretrain_settings_from_config",
     "reader_options",
     "reference_temperature",
     "replica_batch_size",
     "stabie_run_config",
     "stabie_settings_kwargs",
+    "training_observable",
 ]
 
 
@@ -87,32 +95,6 @@ def pretrain_settings_from_config(config) -> pretrain_lib.PretrainSettings:
     )
 
 
-def exact_hyperparameters(
-    convention: str,
-    learning_rate: float,
-    qm_weight: float,
-    clip: float | None,
-    kT: float,
-    B: int,
-    *,
-    reduction: str = "sum",
-    n_observable: int | None = None,
-) -> hyperparameters.ExactHyperparameters:
-    """The config's (α, λ, clip) for the exact estimator: converted from the authors'
-    convention (:func:`stabie_jax.hyperparameters.authors_hyperparameters_to_exact`, the update then
-    equals theirs) or used as given (``"exact"``, gradient scale 1)."""
-    if convention == "exact":
-        return hyperparameters.ExactHyperparameters(learning_rate, qm_weight, clip, 1.0)
-    if convention != "authors":
-        raise ValueError(
-            "config key stabie.hyperparameter_convention must be 'authors' or 'exact', got "
-            f"{convention!r}"
-        )
-    return hyperparameters.authors_hyperparameters_to_exact(
-        learning_rate, qm_weight, clip, kT, B, reduction=reduction, n_observable=n_observable
-    )
-
-
 def replica_batch_size(config) -> int | None:
     """``config.md.replica_batch_size`` for ``make_simulator``: 0 (or absent, as in configs saved
     before it existed) means None, i.e. ``vmap`` over all of a device's replicas."""
@@ -152,7 +134,7 @@ def integrator_kwargs(config, section: str = "md") -> dict:
 def stabie_settings_kwargs(config) -> dict:
     """The :class:`stabie_jax.stabie.StabieSettings` fields read from ``config.stabie`` as they
     are (phases, schedule, budget, checkpoints, reuse); the learning rate, λ, clip and gradient
-    scale come from :func:`exact_hyperparameters`."""
+    scale come from :func:`stabie_jax.hyperparameters.exact_hyperparameters`."""
     s = config.stabie
     return dict(
         steps_per_epoch=int(s.steps_per_epoch),
@@ -180,9 +162,155 @@ def reference_temperature(config) -> float | None:
     return float(value) if value else None
 
 
-def training_observable(config, system: observables.ObservableSystem):
+DEFAULT_OBSERVABLE = "h_of_r"
+"""``config.observable.kind`` when a config does not set it."""
+
+
+def observable_kind(config) -> str:
+    """The registered name of the training observable, ``config.observable.kind``."""
+    return str(config.observable.get("kind", DEFAULT_OBSERVABLE))
+
+
+def molecule_observable_system(
+    config, molecule: data.MoleculeData, temperature_kelvin: float
+) -> observables.ObservableSystem:
+    """What a molecule's observables are built from: its reference frames (never the test
+    split) with their energies, sampled at ``config.data.reference_temperature_kelvin``, for
+    a simulation at ``temperature_kelvin``, in free space."""
+    return observables.ObservableSystem(
+        atomic_numbers=molecule.atomic_numbers,
+        reference_positions=molecule.reference.positions,
+        temperature_kelvin=temperature_kelvin,
+        reference_energies=molecule.reference.energies,
+        reference_temperature_kelvin=reference_temperature(config),
+    )
+
+
+def training_observable(
+    config, system: observables.ObservableSystem, estimators: tuple[str, ...] | None = None
+) -> observables.BuiltObservable:
     """``config.observable.kind`` (a registered trainable observable) built for ``system`` with
-    the config's ``observable`` section as its options; a ``ValueError`` names the key."""
-    o = config.observable
-    observable = observables.get(str(o.get("kind", "h_of_r")), trainable=True)
-    return observable.build(system, o.to_dict())
+    the config's ``observable`` section as its options; a ``ValueError`` names the key, also
+    when the observable needs an estimator outside ``estimators`` (None = any)."""
+    kind = observable_kind(config)
+    built = observables.get(kind, trainable=True).build(system, config.observable.to_dict())
+    if estimators is not None and built.estimator not in estimators:
+        others = [n for n in observables.names(trainable=True) if n != kind]
+        raise ValueError(
+            f"config.observable.kind = {kind!r} uses the {built.estimator} estimator, which this "
+            f"pipeline does not run (it runs {list(estimators)}); choose another of {others}"
+        )
+    return built
+
+
+def molecule_stabie_inputs(config) -> workflows.MoleculeStabieInputs:
+    """``config.md`` and ``config.stabie`` as :class:`stabie_jax.workflows.MoleculeStabieInputs`."""
+    s, m = config.stabie, config.md
+    recipe = pretrain_lib.recipe(config.pretrain.recipe)
+    return workflows.MoleculeStabieInputs(
+        temperature_kelvin=float(m.temperature_kelvin),
+        timestep_fs=float(m.timestep_fs),
+        thermostat_ttime_steps=int(m.thermostat_ttime_steps),
+        rescale_velocities=bool(m.rescale_velocities),
+        replica_batch_size=replica_batch_size(config),
+        n_replicas=int(s.n_replicas),
+        history_length=int(s.history_length),
+        minibatch_size=int(s.minibatch_size),
+        hyperparameter_convention=str(s.hyperparameter_convention),
+        observable_reduction=str(s.get("observable_reduction", "sum")),
+        observable_vjp=str(s.get("observable_vjp", "global")),
+        learning_rate=float(s.learning_rate),
+        qm_weight=float(s.qm_weight),
+        grad_clip_norm=float(s.grad_clip_norm) if s.grad_clip_norm else None,
+        qm_batch_size=int(s.qm_batch_size),
+        qm_batches_per_step=int(s.qm_batches_per_step),
+        qm_energy_weight=float(recipe.energy_weight),
+        qm_force_weight=float(recipe.force_weight),
+        bond_deviation_angstrom=float(s.bond_deviation_angstrom),
+        settings_kwargs=stabie_settings_kwargs(config),
+        integrator=md_integrator(config),
+        chain_tau_factor=chain_tau_factor(config),
+        langevin_gamma_per_ps=float(m.get("langevin_gamma_per_ps", 0.1)),
+        reanchor_energy=bool(s.get("reanchor_energy", False)),
+    )
+
+
+def data_split_kwargs(d) -> dict:
+    """The loading and split arguments of ``config.data`` (``d``) shared by
+    :func:`stabie_jax.data.load_molecule_data` and
+    :func:`stabie_jax.workflows.load_periodic_data`."""
+    return dict(
+        reader_options=reader_options(d),
+        download=bool(d.download),
+        n_train=int(d.n_train),
+        n_val=int(d.n_val),
+        n_test=int(d.n_test),
+        split_seed=int(d.split_seed),
+        contiguous=bool(d.contiguous),
+        max_reference_frames=int(d.max_reference_frames),
+    )
+
+
+def periodic_md(config, section: str = "md") -> workflows.PeriodicMD:
+    """The MD settings of a periodic simulator: ``config.md`` with the integrator of
+    ``config.<section>`` (``"evaluate"`` for the evaluation's, :func:`md_integrator`)."""
+    return workflows.PeriodicMD(
+        timestep_fs=float(config.md.timestep_fs),
+        history_length=int(config.stabie.history_length),
+        neighbor_skin_angstrom=float(config.model.neighbor_skin_angstrom),
+        integrator_kwargs=integrator_kwargs(config, section),
+        replica_batch_size=replica_batch_size(config),
+    )
+
+
+def periodic_stabie_inputs(config) -> workflows.PeriodicStabieInputs:
+    """``config.md`` and ``config.stabie`` as :class:`stabie_jax.workflows.PeriodicStabieInputs`."""
+    s = config.stabie
+    criterion = str(s.criterion)
+    return workflows.PeriodicStabieInputs(
+        temperature_kelvin=float(config.md.temperature_kelvin),
+        md=periodic_md(config),
+        n_replicas=int(s.n_replicas),
+        minibatch_size=int(s.minibatch_size),
+        hyperparameter_convention=str(s.hyperparameter_convention),
+        observable_reduction=str(s.get("observable_reduction", "sum")),
+        observable_vjp=str(s.get("observable_vjp", "global")),
+        learning_rate=float(s.learning_rate),
+        qm_weight=float(s.qm_weight),
+        grad_clip_norm=float(s.grad_clip_norm) if s.grad_clip_norm else None,
+        criterion=criterion,
+        threshold_angstrom=float(
+            s.min_intermolecular_angstrom
+            if criterion == "min_intermolecular"
+            else s.bond_deviation_angstrom
+        ),
+        n_bins=int(s.n_bins),
+        per_bin=int(s.per_bin),
+        rescale_velocities=bool(config.md.rescale_velocities),
+        settings_kwargs=stabie_settings_kwargs(config),
+    )
+
+
+_NOT_IN_FINGERPRINT = ("extra_models", "checkpoint_every_seconds")
+
+
+def evaluation_fingerprint(config, name: str, params, data_spec) -> str:
+    """What determines one model's evaluation: protocol, data, seed and the parameters.
+
+    Args:
+      config: the experiment config (its ``evaluate``, ``md`` and, if present, ``observable``
+        sections enter; ``evaluate.extra_models`` and ``evaluate.checkpoint_every_seconds`` do
+        not: the other models evaluated alongside and how often progress is saved do not change
+        this one's result).
+      name: the model's name in the comparison.
+      params: its parameters (checksummed).
+      data_spec: JSON-able description of the data the evaluation uses.
+    """
+    spec = {"name": name, "params": checkpoint.state_checksum(params)}
+    for section in ("evaluate", "md", "observable"):
+        if section in config:
+            values = config[section].to_dict()
+            spec[section] = {k: v for k, v in values.items() if k not in _NOT_IN_FINGERPRINT}
+    spec["seed"] = int(config.seed)
+    spec["data"] = data_spec
+    return evaluation_store.fingerprint(spec)

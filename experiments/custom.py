@@ -54,7 +54,7 @@ def resolve_choices(config, periodic: bool, frames=None) -> dict:
     Args:
       config: the custom config (its values are changed, not its keys).
       periodic: whether the data is periodic (:func:`is_periodic`).
-      frames: the loaded :class:`experiments.periodic.PeriodicData` (loaded here if None).
+      frames: the loaded :class:`stabie_jax.workflows.PeriodicData` (loaded here if None).
 
     Raises:
       ValueError: naming the key, when a molecule is given a choice of the periodic pipeline.
@@ -81,7 +81,7 @@ def resolve_choices(config, periodic: bool, frames=None) -> dict:
     if frames is None:
         from experiments import periodic as periodic_lib
 
-        frames = periodic_lib.load_periodic_data(config.data)
+        frames = periodic_lib.load_data(config)
     n_molecules = len(np.unique(frames.molecule_ids))
     auto = {
         "observable.kind": "bond_lengths" if frames.neighbourhoods is not None else "rdf",
@@ -103,7 +103,7 @@ def run(config, workdir) -> dict:
     if periodic:
         from experiments import periodic as periodic_lib
 
-        frames = periodic_lib.load_periodic_data(config.data)
+        frames = periodic_lib.load_data(config)
     chosen = resolve_choices(config, periodic, frames)
     text = ", ".join(f"{k} = {v}" for k, v in chosen.items())
     print(f"custom system, {'periodic' if periodic else 'molecule'}: {text}", file=sys.stderr)

@@ -17,10 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from experiments import config_reader, evaluated_models, stages
+from experiments import config_reader, stages
 from stabie_jax import checkpoint, data, losses, md, metrics_log, observables, stability, units
 from stabie_jax import evaluation as ev
 from stabie_jax import stabie as stabie_lib
+from stabie_jax.evaluation import models as evaluation_models
 from stabie_jax.evaluation import plots, report
 from stabie_jax.models.registry import replica_fault_check
 from stabie_jax.trajectories import export_kept_frames, trajectory_links
@@ -201,15 +202,15 @@ def _protocol(config, molecule) -> _Protocol:
             d.contiguous,
             d.max_reference_frames,
         ],
-        training=_training_observable(config, molecule, T, reference_T),
+        training=_training_observable(config, molecule, T),
     )
 
 
-def _training_observable(config, molecule, temperature_kelvin, reference_temperature_kelvin):
+def _training_observable(config, molecule, temperature_kelvin):
     """The training observable at the evaluation temperature, or None when it is h(r)."""
-    if str(config.observable.get("kind", "h_of_r")) == "h_of_r":
+    if config_reader.observable_kind(config) == "h_of_r":
         return None
-    system = molecule.observable_system(temperature_kelvin, reference_temperature_kelvin)
+    system = config_reader.molecule_observable_system(config, molecule, temperature_kelvin)
     return config_reader.training_observable(config, system)
 
 
@@ -220,7 +221,7 @@ def _steps(length_ps: float, dt_fs: float, check: int) -> int:
 
 def _make_evaluate_one(config, molecule, pr: _Protocol) -> Callable:
     """``(name, loaded, scratch) -> ((result, transfer), entry)`` for
-    :func:`experiments.evaluated_models.evaluate_each`."""
+    :func:`stabie_jax.evaluation.models.evaluate_each`."""
     e = config.evaluate
     z = molecule.atomic_numbers
     energies = np.asarray(molecule.reference.energies)
@@ -258,7 +259,7 @@ def _make_evaluate_one(config, molecule, pr: _Protocol) -> Callable:
             **run,
         )
         result, files = export_kept_frames(
-            result, z, evaluated_models.trajectory_dir(scratch), tag=f"{pr.temperature_kelvin:g}K"
+            result, z, evaluation_models.trajectory_dir(scratch), tag=f"{pr.temperature_kelvin:g}K"
         )
         kept.update(files)
         entry = {
@@ -292,7 +293,7 @@ def _make_evaluate_one(config, molecule, pr: _Protocol) -> Callable:
                 **pr.h_kw,
             )
             stability, files = export_kept_frames(
-                tr.stability, z, evaluated_models.trajectory_dir(scratch), tag=f"{t2:g}K"
+                tr.stability, z, evaluation_models.trajectory_dir(scratch), tag=f"{t2:g}K"
             )
             kept.update(files)
             tr = tr._replace(stability=stability)
@@ -453,13 +454,13 @@ def evaluate_molecule(config, workdir, molecule, pretrained_dir, stabie_dir, wal
     out = pathlib.Path(workdir) / "evaluate"
     out.mkdir(parents=True, exist_ok=True)
     pr = _protocol(config, molecule)
-    models = evaluated_models.load_models(
+    models = evaluation_models.load_models(
         pretrained_dir, stabie_dir, str(config.evaluate.extra_models)
     )
-    stored, numbers = evaluated_models.evaluate_each(
+    stored, numbers = evaluation_models.evaluate_each(
         models,
         out,
-        lambda name, loaded: evaluated_models.protocol_fingerprint(
+        lambda name, loaded: config_reader.evaluation_fingerprint(
             config, name, loaded.params, pr.data_spec
         ),
         _make_evaluate_one(config, molecule, pr),

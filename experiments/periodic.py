@@ -28,107 +28,40 @@ from __future__ import annotations
 
 import logging
 import pathlib
-from typing import NamedTuple
 
 import ase.data
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import config_reader, configs, evaluated_models, stages
+from experiments import config_reader, configs, stages
+from stabie_jax import evaluation as ev
 from stabie_jax import (
-    checkpoint,
-    data,
     md,
     metrics_log,
     observables,
-    stability,
-    trajectory_losses,
-    units,
+    workflows,
 )
-from stabie_jax import evaluation as ev
 from stabie_jax import stabie as stabie_lib
+from stabie_jax.evaluation import models as evaluation_models
 from stabie_jax.evaluation import plots, report
 from stabie_jax.localized_estimator import neighbourhoods_from_bonds
-from stabie_jax.md.neighbors import neighbor_list_fn
 from stabie_jax.models.gemnet_t import GemNetT
 from stabie_jax.models.gemnet_table import max_neighbors_in_frames, suggested_capacity
 from stabie_jax.models.potential import neighbor_format
-from stabie_jax.models.registry import build_model, replica_fault_check
+from stabie_jax.models.registry import build_model
 from stabie_jax.observables.kinds.rdf import element_pairs
 from stabie_jax.trajectories import export_kept_frames, trajectory_links
+from stabie_jax.workflows.periodic import PeriodicData
 
-TRAINING_CRITERIA = ("min_intermolecular", "bond_deviation")
+TRAINING_CRITERIA = workflows.TRAINING_CRITERIA
 EVALUATION_CRITERIA = ("rdf_mae", "min_intermolecular", "bond_deviation")
 
 
-class PeriodicData(NamedTuple):
-    """Splits of a periodic dataset and what is derived from its reference frames.
-
-    Attributes:
-      train, val, test: :class:`stabie_jax.data.Dataset` splits (test is held out).
-      reference: non-test frames (reference RDFs, bond graph).
-      box: ``[3]`` side lengths or ``[3, 3]`` box matrix (lattice vectors as columns), Å.
-      bonds: :class:`stabie_jax.data.BondGraph` of the reference frames (minimum image).
-      molecule_ids: ``[N]`` molecule of each atom (components of the bond graph).
-      neighbourhoods: ``[M, k]`` atoms of each molecule, centre first, or None when the
-        molecules are not identical (:func:`neighbourhoods_from_bonds`).
-    """
-
-    train: data.Dataset
-    val: data.Dataset
-    test: data.Dataset
-    reference: data.Dataset
-    box: np.ndarray
-    bonds: data.BondGraph
-    molecule_ids: np.ndarray
-    neighbourhoods: np.ndarray | None
-
-    @property
-    def atomic_numbers(self) -> np.ndarray:
-        return np.asarray(self.train.atomic_numbers)
-
-
-def load_periodic_data(d) -> PeriodicData:
-    """Load and split ``config.data``; the cell and species come from the file."""
-    full = data.load_dataset(d.source, download=bool(d.download), **config_reader.reader_options(d))
-    if full.cell is None or not np.all(full.pbc):
-        raise ValueError(
-            f"config.data.source = {d.source!r}: a periodic system needs a cell and periodic "
-            f"boundaries in all three directions (pbc = "
-            f"{None if full.pbc is None else np.asarray(full.pbc).tolist()}); a molecule in "
-            "free space runs with the molecule pipeline (experiments/configs/custom.py decides "
-            "from the data)"
-        )
-    box = md.periodic_space(np.asarray(full.cell)).box
-    split = data.split_by_counts(
-        full.n_frames,
-        n_train=int(d.n_train),
-        n_val=int(d.n_val),
-        n_test=int(d.n_test),
-        seed=int(d.split_seed),
-        contiguous=bool(d.contiguous),
-    )
-    not_test = np.setdiff1d(np.arange(full.n_frames), split.test)[: int(d.max_reference_frames)]
-    reference = full.subset(not_test)
-    z = np.asarray(full.atomic_numbers)
-    bonds = data.bonds_from_dataset(reference)
-    molecule_ids = data.molecule_labels(len(z), bonds.bonds)
-    train = full.subset(split.train)
-    try:
-        neighbourhoods = neighbourhoods_from_bonds(z, bonds.bonds)
-    except ValueError:
-        neighbourhoods = None
-    return PeriodicData(
-        train,
-        full.subset(split.val),
-        full.subset(split.test),
-        reference,
-        box,
-        bonds,
-        molecule_ids,
-        neighbourhoods,
-    )
+def load_data(config) -> PeriodicData:
+    """``config.data`` loaded and split (:func:`stabie_jax.workflows.load_periodic_data`)."""
+    d = config.data
+    return workflows.load_periodic_data(d.source, **config_reader.data_split_kwargs(d))
 
 
 def pair_label(pair) -> str:
@@ -185,7 +118,7 @@ def check_choices(config, periodic: PeriodicData) -> None:
                 f"config.{key} = {float(config[section][name]):g} Å exceeds half the smallest "
                 f"cell height of the data ({half:.3f} Å); set --config.{key}={fits:g}"
             )
-    observables.get(str(config.observable.kind), trainable=True)  # a trainable kind
+    observables.get(config_reader.observable_kind(config), trainable=True)  # a trainable kind
 
 
 def training_observable(config, periodic: PeriodicData) -> observables.BuiltObservable:
@@ -197,30 +130,10 @@ def training_observable(config, periodic: PeriodicData) -> observables.BuiltObse
             reference_positions=periodic.reference.positions,
             temperature_kelvin=float(config.md.temperature_kelvin),
             box=periodic.box,
-            displacement_fn=md.periodic_space(_cell(periodic.box)).displacement_fn,
+            displacement_fn=md.periodic_space(workflows.cell_of_box(periodic.box)).displacement_fn,
             neighbourhoods=periodic.neighbourhoods,
         ),
     )
-
-
-def _neighbor_fn(box, cutoff: float, skin: float, fmt):
-    space = md.periodic_space(_cell(box))
-    return space, neighbor_list_fn(
-        space.displacement_fn,
-        jnp.asarray(box, jnp.float32),
-        cutoff + skin,
-        capacity_multiplier=1.5,
-        format=fmt,
-    )
-
-
-def _cell(box) -> np.ndarray:
-    """ASE cell (lattice vectors as rows) of a JAX-MD box (scalar, side lengths, or vectors as
-    columns)."""
-    box = np.asarray(box, np.float64)
-    if box.ndim == 0:
-        return np.eye(3) * box
-    return np.diag(box) if box.ndim == 1 else box.T
 
 
 def check_neighbor_capacity(config, periodic: PeriodicData) -> None:
@@ -233,7 +146,7 @@ def check_neighbor_capacity(config, periodic: PeriodicData) -> None:
     frames = np.concatenate(
         [periodic.train.positions, periodic.val.positions, periodic.test.positions]
     )
-    space = md.periodic_space(_cell(periodic.box))
+    space = md.periodic_space(workflows.cell_of_box(periodic.box))
     most = max_neighbors_in_frames(frames, space.displacement_fn, cutoff)
     suggested = suggested_capacity(most)
     if most > capacity:
@@ -256,7 +169,9 @@ def check_neighbor_capacity(config, periodic: PeriodicData) -> None:
 def run_pretrain_stage(periodic: PeriodicData, config, workdir: pathlib.Path) -> pathlib.Path:
     hparams = dict(config.model.hparams)
     fmt = neighbor_format(build_model(config.model.kind, **hparams))
-    space, neighbor_fn = _neighbor_fn(periodic.box, float(hparams.get("cutoff", 5.0)), 0.0, fmt)
+    space, neighbor_fn = workflows.periodic_neighbor_fn(
+        periodic.box, float(hparams.get("cutoff", 5.0)), 0.0, fmt
+    )
     return stages.run_pretrain(
         periodic.train,
         periodic.val,
@@ -272,194 +187,23 @@ def run_pretrain_stage(periodic: PeriodicData, config, workdir: pathlib.Path) ->
     )
 
 
-def _potential_and_simulator(
-    loaded,
-    periodic: PeriodicData,
-    config,
-    temperature_kelvin,
-    history_every,
-    n_replicas,
-    integrator_section="md",
-):
-    z = periodic.atomic_numbers
-    cutoff = float(loaded.metadata.cutoff_angstrom)
-    skin = float(config.model.neighbor_skin_angstrom)
-    fmt = neighbor_format(loaded.module)
-    space, neighbor_fn = _neighbor_fn(periodic.box, cutoff, skin, fmt)
-    potential = checkpoint.make_model_potential(
-        loaded.module, loaded.metadata, space.displacement_fn, use_neighbor_list=True
-    )
-    sim = md.make_simulator(
-        potential.energy_fn,
-        md.masses_from_atomic_numbers(z),
-        dt=units.fs_to_internal(float(config.md.timestep_fs)),
-        kT=units.kT(temperature_kelvin),
-        space=space,
-        cutoff=cutoff,
-        skin=skin,
-        neighbor_format=fmt,
-        history_every=history_every,
-        history_length=int(config.stabie.history_length),
-        mesh=md.replica_mesh(n_replicas),
-        replica_batch_size=config_reader.replica_batch_size(config),
-        **config_reader.integrator_kwargs(config, integrator_section),
-    )
-    fault_check = replica_fault_check(loaded.module, space.displacement_fn, sim.dt, sim.masses)
-    sim = md.with_nonfinite_check(sim, fault_check)  # a GemNet-T table overflow raises
-    return potential, sim, space, neighbor_fn
-
-
-def check_qm_weight(config) -> None:
-    """The periodic pipeline has no QM loss: refuse a λ it would silently ignore."""
-    if float(config.stabie.qm_weight) != 0.0:
-        raise ValueError(
-            f"config key stabie.qm_weight = {float(config.stabie.qm_weight)}: the periodic "
-            "pipeline has no QM loss term (the authors train water with lambda = 0); set "
-            "--config.stabie.qm_weight=0"
-        )
-
-
-def _stable_fn(kind: str, threshold: float, periodic: PeriodicData, reference_rdfs=None):
-    """``trajectory [F, R, N, 3] -> [R]`` bool for the criterion ``kind``."""
-    box = periodic.box
-    if kind == "min_intermolecular":
-        return lambda traj: stability.min_intermolecular_distance(
-            traj.positions, periodic.molecule_ids, threshold, box=box, frame_axis=0
-        )[0]
-    if kind == "bond_deviation":
-        disp = observables.minimum_image_displacement(box)
-        bonds, lengths = np.asarray(periodic.bonds.bonds), np.asarray(periodic.bonds.lengths)
-        return lambda traj: stability.bond_length_deviation(
-            traj.positions, bonds, lengths, threshold, displacement_fn=disp, frame_axis=0
-        )[0]
-    z, r_max = periodic.atomic_numbers, reference_rdfs["r_max"]
-    rdfs = reference_rdfs["rdfs"]
-    return lambda traj: stability.rdf_mae_criterion(
-        traj.positions, z, box, rdfs, threshold, r_max=r_max, frame_axis=0
-    )[0]
-
-
-def _observable_loss(config, built, potential, template, space, kT, reduction):
-    """The loss of the built training observable and the size of that observable."""
-    s = config.stabie
-
-    def per_atom_energy_fn(params, positions):
-        return potential.per_atom_energy_fn(params, positions, template.update(positions))
-
-    def overflow_fn(frames):
-        return jnp.any(jax.vmap(lambda r: template.update(r).did_buffer_overflow)(frames))
-
-    vjp = str(s.get("observable_vjp", "global"))
-    if built.estimator == "localized":
-        # The localized loss's neighbourhood observable is the centre-to-atom lengths; the
-        # observable supplies the neighbourhoods and the reference lengths.
-        loss = trajectory_losses.local_observable_loss(
-            per_atom_energy_fn,
-            built.neighbourhoods,
-            built.reference,
-            kT,
-            bond_equilibrium=jnp.asarray(built.reference),
-            displacement_fn=space.displacement_fn,
-            batch_size=int(s.minibatch_size),
-            n_bins=int(s.n_bins),
-            per_bin=int(s.per_bin),
-            overflow_fn=overflow_fn,
-            reduction=reduction,
-            vjp=vjp,
-        )
-        return loss, built.size, per_atom_energy_fn
-    global_loss = trajectory_losses.global_observable_loss(
-        lambda params, r: jnp.sum(per_atom_energy_fn(params, r)),
-        built.frame_fn,
-        jnp.asarray(built.reference),
-        kT,
-        batch_size=int(s.minibatch_size),
-        reduction=reduction,
-        vjp=vjp,
-    )
-
-    def loss(params, trajectory, key, log_weights=None):
-        value, aux = global_loss(params, trajectory, key, log_weights)
-        frames, ok = trajectory_losses.trajectory_samples(trajectory)
-        safe = jnp.where(ok[:, None, None], frames, frames[jnp.argmax(ok)])
-        return value, {**aux, "overflow": overflow_fn(safe)}
-
-    return loss, built.size, per_atom_energy_fn
-
-
 def run_stabie_stage(
-    pretrained_dir, periodic: PeriodicData, config, workdir, observable=None
+    pretrained_dir, periodic: PeriodicData, config, workdir, observable
 ) -> pathlib.Path:
-    """StABlE-train the pretrained model on ``observable`` (the configured training observable,
-    built here when not given); returns the trained model's checkpoint directory."""
-    s = config.stabie
-    check_qm_weight(config)
-    loaded = checkpoint.load_model_checkpoint(pretrained_dir)
-    T = float(config.md.temperature_kelvin)
-    t = int(s.steps_per_epoch)
-    potential, sim, space, neighbor_fn = _potential_and_simulator(
-        loaded, periodic, config, T, t, int(config.stabie.n_replicas)
-    )
-    # Neighbour list for the estimator's per-atom energies: allocated with headroom from the
-    # training frames, updated inside jit; overflow is reported in the metrics, and the driver
-    # skips such a step instead of using a gradient with dropped neighbours.
-    template = neighbor_fn.allocate(jnp.asarray(periodic.train.positions[0]), extra_capacity=0)
-    kT = units.kT(T)
-    reduction = str(s.get("observable_reduction", "sum"))
-    if observable is None:
-        observable = training_observable(config, periodic)
-    obs_loss, n_observable, per_atom_energy_fn = _observable_loss(
-        config, observable, potential, template, space, kT, reduction
-    )
-    hp = config_reader.exact_hyperparameters(
-        str(s.hyperparameter_convention),
-        float(s.learning_rate),
-        float(s.qm_weight),
-        float(s.grad_clip_norm) if s.grad_clip_norm else None,
-        kT,
-        int(s.minibatch_size),
-        reduction=reduction,
-        n_observable=n_observable,
-    )
-    criterion = str(s.criterion)
-    threshold = float(
-        s.min_intermolecular_angstrom
-        if criterion == "min_intermolecular"
-        else s.bond_deviation_angstrom
-    )
-    problem = stabie_lib.StabieProblem(
-        sim,
-        _stable_fn(criterion, threshold, periodic),
-        obs_loss,
-        None,
-        energy_fn=lambda params, positions: jnp.sum(per_atom_energy_fn(params, positions)),
-    )
-    settings = stabie_lib.StabieSettings(
-        learning_rate=hp.learning_rate,
-        qm_weight=hp.qm_weight,
-        grad_clip_norm=hp.grad_clip_norm,
-        gradient_scale=hp.gradient_scale,
-        **config_reader.stabie_settings_kwargs(config),
-    )
-    n_dev = jax.device_count()
-    meta = {
-        "config": config_reader.stabie_run_config(config),
-        "exact_learning_rate": hp.learning_rate,
-        "exact_grad_clip_norm": hp.grad_clip_norm,
-        "gradient_scale": hp.gradient_scale,
-    }
-    return stages.train_from_frames(
-        problem,
-        settings,
-        loaded,
-        periodic.train.positions,
-        n_replicas=int(s.n_replicas),
+    """:func:`stabie_jax.workflows.train_periodic` with the config's settings; returns the
+    trained model's checkpoint directory."""
+    n_dev, n_replicas = jax.device_count(), int(config.stabie.n_replicas)
+    return workflows.train_periodic(
+        pretrained_dir,
+        periodic,
+        config_reader.periodic_stabie_inputs(config),
+        observable,
         seed=int(config.seed),
-        workdir=workdir,
-        metadata=meta,
+        run_dir=workdir / "stabie",
+        model_dir=workdir / stages.STABIE_MODEL,
+        metadata={"config": config_reader.stabie_run_config(config)},
         progress=bool(config.progress),
-        rescale_velocities=bool(config.md.rescale_velocities),
-        shard=n_dev > 1 and int(s.n_replicas) % n_dev == 0,
+        shard=n_dev > 1 and n_replicas % n_dev == 0,
         tensorboard=bool(config.get("tensorboard", False)),
     )
 
@@ -559,7 +303,7 @@ def evaluate_periodic(
         "min_intermolecular": e.min_intermolecular_angstrom,
         "bond_deviation": e.bond_deviation_angstrom,
     }[kind]
-    stable_fn = _stable_fn(
+    stable_fn = workflows.periodic_stable_fn(
         kind, float(threshold), periodic, {"rdfs": reference_rdfs, "r_max": r_max}
     )
     n_rep = int(e.n_replicas)
@@ -568,8 +312,8 @@ def evaluate_periodic(
     diffusing = z == z.max()  # the heaviest element (water: oxygen)
 
     def evaluate_one(name, loaded, scratch):
-        _, sim, _, _ = _potential_and_simulator(
-            loaded, periodic, config, T, check, n_rep, integrator_section="evaluate"
+        _, sim, _, _ = workflows.periodic_simulator(
+            loaded, periodic, config_reader.periodic_md(config, "evaluate"), T, check, n_rep
         )
         result = ev.evaluate_stability(
             sim,
@@ -593,9 +337,9 @@ def evaluate_periodic(
         result, kept = export_kept_frames(
             result,
             z,
-            evaluated_models.trajectory_dir(scratch),
+            evaluation_models.trajectory_dir(scratch),
             tag=f"{T:g}K",
-            cell=_cell(periodic.box),
+            cell=workflows.cell_of_box(periodic.box),
         )
         rdfs = {ev.rdf_name(p): result.observables[ev.rdf_name(p)] for p in pairs}
         reference = {ev.rdf_name(p): reference_rdfs[p] for p in pairs}
@@ -612,11 +356,11 @@ def evaluate_periodic(
             entry["trajectories"] = {k: str(v) for k, v in kept.items()}
         return result, entry
 
-    models = evaluated_models.load_models(pretrained_dir, stabie_dir, str(e.extra_models))
-    results, numbers = evaluated_models.evaluate_each(
+    models = evaluation_models.load_models(pretrained_dir, stabie_dir, str(e.extra_models))
+    results, numbers = evaluation_models.evaluate_each(
         models,
         out,
-        lambda name, loaded: evaluated_models.protocol_fingerprint(
+        lambda name, loaded: config_reader.evaluation_fingerprint(
             config, name, loaded.params, config.data.to_dict()
         ),
         evaluate_one,
@@ -628,15 +372,15 @@ def evaluate_periodic(
 
 
 def run(config, workdir, frames: PeriodicData | None = None) -> dict:
-    """Run the configured stages; ``frames`` is ``load_periodic_data(config.data)`` when the
+    """Run the configured stages; ``frames`` is :func:`load_data` of the config when the
     caller has it already. Returns a summary dict (also in workdir)."""
     workdir = pathlib.Path(workdir).expanduser().resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     for warning in configs.check_config(config):
         logging.warning(warning)
     if "stabie" in config_reader.parse_stages(config.stages):
-        check_qm_weight(config)  # at setup, not after pretraining
-    periodic = load_periodic_data(config.data) if frames is None else frames
+        workflows.check_qm_weight(float(config.stabie.qm_weight))  # at setup, not after pretraining
+    periodic = load_data(config) if frames is None else frames
     check_choices(config, periodic)
     check_neighbor_capacity(config, periodic)
     observable = None

@@ -1,10 +1,11 @@
-"""The stages every system shares: workdir claims, pretraining, StABlE from training frames,
-and :func:`run_stages`, the sequence around a system's own stage functions.
+"""The stages every system shares: workdir claims, pretraining, and :func:`run_stages`, the
+sequence around a system's own stage functions.
 
 ``claim_pretrain`` / ``claim_stabie`` record what produced a stage's outputs in the workdir and
 refuse a rerun with other settings (``stabie_jax.workdir``); ``run_pretrain`` fits a model to
-energies and forces (free space, or periodic with a neighbour list) and saves its checkpoint;
-``train_from_frames`` starts StABlE's replicas from training frames and saves the trained model.
+energies and forces (free space, or periodic with a neighbour list) and saves its checkpoint.
+StABlE itself runs through :mod:`stabie_jax.workflows` (:func:`~stabie_jax.workflows.
+train_and_save`), which the systems call with ``workdir/stabie`` and ``workdir/model_stabie``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import time
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from experiments.config_reader import (
@@ -27,7 +27,6 @@ from experiments.config_reader import (
 )
 from stabie_jax import checkpoint, data, md, metrics_log, run_loop
 from stabie_jax import pretrain as pretrain_lib
-from stabie_jax import stabie as stabie_lib
 from stabie_jax import workdir as workdir_lib
 from stabie_jax.evaluation import plots
 from stabie_jax.models import make_potential
@@ -42,7 +41,6 @@ __all__ = [
     "data_fingerprint",
     "run_pretrain",
     "run_stages",
-    "train_from_frames",
 ]
 
 
@@ -172,58 +170,6 @@ def run_pretrain(
     checkpoint.save_model_checkpoint(model_dir, params, metadata, overwrite=True)
     records = metrics_log.read_records(workdir / "pretrain" / run_loop.METRICS_FILE)
     plots.plot_pretraining_curve(records, workdir / "pretrain" / "learning_curve.png")
-    return model_dir
-
-
-def train_from_frames(
-    problem: stabie_lib.StabieProblem,
-    settings: stabie_lib.StabieSettings,
-    loaded: checkpoint.LoadedModel,
-    train_positions,
-    *,
-    n_replicas: int,
-    seed: int,
-    workdir: pathlib.Path,
-    metadata: dict,
-    progress: bool,
-    rescale_velocities: bool,
-    shard: bool,
-    tensorboard: bool = False,
-) -> pathlib.Path:
-    """Start R replicas from random training frames (no replacement, authors), run StABlE,
-    save the trained model next to the run; returns the model checkpoint directory."""
-    n_frames = len(train_positions)
-    if n_replicas > n_frames:
-        raise ValueError(
-            f"n_replicas={n_replicas} exceeds the {n_frames} training frames used as initial "
-            "conditions"
-        )
-    k_ic, k_state = jax.random.split(jax.random.PRNGKey(seed))
-    ic = np.asarray(jax.random.choice(k_ic, n_frames, (n_replicas,), replace=False))
-    state = stabie_lib.init_state(
-        problem,
-        settings,
-        loaded.params,
-        jnp.asarray(np.asarray(train_positions)[ic], jnp.float32),
-        k_state,
-        rescale_velocities=rescale_velocities,
-    )
-    run_metadata = {**metadata, "initial_frames": ic.tolist()}
-    final, _ = stabie_lib.run_stabie(
-        problem,
-        settings,
-        state,
-        workdir / "stabie",
-        metadata=run_metadata,
-        progress=progress,
-        shard_fn=stabie_lib.shard_replicas if shard else None,
-        tensorboard=tensorboard,
-    )
-    model_dir = workdir / STABIE_MODEL
-    extra = {**loaded.metadata.extra, "stabie": run_metadata}
-    checkpoint.save_model_checkpoint(
-        model_dir, final.train.params, loaded.metadata._replace(extra=extra), overwrite=True
-    )
     return model_dir
 
 

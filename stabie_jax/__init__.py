@@ -13,6 +13,8 @@ The modules:
   :mod:`stabie_jax.hyperparameters`, :mod:`stabie_jax.reweighting` - Boltzmann estimators;
 * :mod:`stabie_jax.pretrain`, :mod:`stabie_jax.losses`, :mod:`stabie_jax.stabie` - training
   (``stabie_jax.pretrain.pretrain`` runs pretraining; the module keeps the name);
+* :mod:`stabie_jax.workflows` - whole stages with explicit arguments (a molecule's StABlE
+  from a model checkpoint; StABlE from training frames to a saved model);
 * :mod:`stabie_jax.evaluation` - stable times, metrics, reports and plots;
 * :mod:`stabie_jax.checkpoint`, :mod:`stabie_jax.ase_calculator`, :mod:`stabie_jax.interop`.
 
@@ -55,12 +57,15 @@ _API = {
     "StabieProblem": "stabie_jax.stabie",
     "StabieSettings": "stabie_jax.stabie",
     "run_stabie": "stabie_jax.stabie",
+    "MoleculeStabieInputs": "stabie_jax.workflows",
+    "train_molecule": "stabie_jax.workflows",
     # evaluation
     "StabilityResult": "stabie_jax.evaluation",
     "evaluate_stability": "stabie_jax.evaluation",
     # data
     "Dataset": "stabie_jax.data.dataset",
     "load_dataset": "stabie_jax.data.loader",
+    "load_molecule_data": "stabie_jax.data.held_out",
     "read_file": "stabie_jax.data.readers",
     # model checkpoints and use elsewhere
     "LoadedModel": "stabie_jax.checkpoint",

@@ -9,7 +9,9 @@ theirs:
 * :func:`authors_learning_rate_to_exact`: α alone, ``α·kT·(B-1)/B``, for the observable loss
   summed over its components;
 * :func:`authors_hyperparameters_to_exact`: α, λ and the gradient clip together (and a
-  mean-reduced observable loss), returned as :class:`ExactHyperparameters`.
+  mean-reduced observable loss), returned as :class:`ExactHyperparameters`;
+* :func:`exact_hyperparameters`: either convention by name (``"authors"`` converted,
+  ``"exact"`` as given), what a configured run calls.
 
 Units: ``kT`` in eV (:func:`stabie_jax.units.kT`; the authors' energies are eV).
 """
@@ -19,10 +21,15 @@ from __future__ import annotations
 from typing import NamedTuple
 
 __all__ = [
+    "CONVENTIONS",
     "ExactHyperparameters",
     "authors_hyperparameters_to_exact",
     "authors_learning_rate_to_exact",
+    "exact_hyperparameters",
 ]
+
+CONVENTIONS = ("authors", "exact")
+"""How (α, λ, clip) are given: in the authors' units, or for the exact estimator."""
 
 
 def authors_learning_rate_to_exact(alpha: float, kT: float, n_samples: int) -> float:
@@ -116,3 +123,40 @@ def authors_hyperparameters_to_exact(
         raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
     clip = None if grad_clip_norm is None else float(grad_clip_norm) / s
     return ExactHyperparameters(float(learning_rate) * s, float(qm_weight) / s, clip, s)
+
+
+def exact_hyperparameters(
+    convention: str,
+    learning_rate: float,
+    qm_weight: float,
+    grad_clip_norm: float | None,
+    kT: float,
+    batch_size: int,
+    *,
+    reduction: str = "sum",
+    n_observable: int | None = None,
+) -> ExactHyperparameters:
+    """(α, λ, clip) given in ``convention`` for the exact estimator: converted from the
+    authors' (:func:`authors_hyperparameters_to_exact`, the update then equals theirs) or used
+    as given (``"exact"``, gradient scale 1).
+
+    Examples:
+      >>> tuple(exact_hyperparameters("exact", 1e-3, 10.0, 1.0, 0.043, 40))
+      (0.001, 10.0, 1.0, 1.0)
+    """
+    if convention == "exact":
+        return ExactHyperparameters(learning_rate, qm_weight, grad_clip_norm, 1.0)
+    if convention != "authors":
+        raise ValueError(
+            f"hyperparameter convention (config key stabie.hyperparameter_convention) must be "
+            f"one of {CONVENTIONS}, got {convention!r}"
+        )
+    return authors_hyperparameters_to_exact(
+        learning_rate,
+        qm_weight,
+        grad_clip_norm,
+        kT,
+        batch_size,
+        reduction=reduction,
+        n_observable=n_observable,
+    )

@@ -45,6 +45,7 @@ __all__ = [
     "QMErrors",
     "check_loss_names",
     "make_qm_loss_fn",
+    "make_training_set_qm_loss",
     "observable_loss",
     "predict_energy_forces",
     "qm_errors",
@@ -250,6 +251,60 @@ def make_qm_loss_fn(
             force_loss=force_loss,
         )
         return loss, errors
+
+    return loss_fn
+
+
+def make_training_set_qm_loss(
+    potential: Potential,
+    frames: LabelledFrames,
+    *,
+    batch_size: int,
+    batches_per_step: int,
+    energy_weight: float,
+    force_weight: float,
+) -> Callable:
+    """``(params, key) -> L_QM``: the QM term of a StABlE step on the training frames.
+
+    The mean of :func:`qm_loss` over batches of ``batch_size`` frames: ``batches_per_step``
+    batches drawn at random (without replacement) with ``key`` in every step, or, with
+    ``batches_per_step <= 0``, every whole batch of the training set in order (the authors':
+    the mean over all training batches; ``key`` unused).
+
+    Args:
+      potential: the model's :class:`~stabie_jax.models.potential.Potential`.
+      frames: ``[F, ...]`` labelled training frames (eV, Å).
+      batch_size: frames per batch (at most ``F``).
+      batches_per_step: random batches per step, or ``<= 0`` for all ``F // batch_size``.
+      energy_weight, force_weight: ``λ_U``, ``λ_F`` of :func:`qm_loss`.
+    """
+    n = frames.positions.shape[0]
+    if not 0 < batch_size <= n:
+        raise ValueError(f"batch_size={batch_size} must lie in [1, {n}] (the training frames)")
+    kw = dict(energy_weight=energy_weight, force_weight=force_weight)
+
+    def batch_loss(params, idx):
+        return qm_loss(potential, params, jax.tree.map(lambda x: x[idx], frames), **kw)
+
+    if batches_per_step <= 0:
+        n_batches = n // batch_size
+        batches = jnp.arange(n_batches * batch_size).reshape(n_batches, batch_size)
+
+        def loss_fn(params, key):
+            del key
+            return jnp.mean(jax.lax.map(lambda idx: batch_loss(params, idx), batches))
+
+        return loss_fn
+
+    if batches_per_step * batch_size > n:
+        raise ValueError(
+            f"batches_per_step * batch_size = {batches_per_step * batch_size} exceeds the {n} "
+            "training frames (batches are drawn without replacement)"
+        )
+
+    def loss_fn(params, key):
+        idx = jax.random.choice(key, n, (batches_per_step, batch_size), replace=False)
+        return jnp.mean(jax.lax.map(lambda i: batch_loss(params, i), idx))
 
     return loss_fn
 

@@ -15,7 +15,7 @@ import tiny_configs
 
 from experiments import config_reader, molecule, stages
 from experiments.configs import ala3, aspirin, water
-from stabie_jax import checkpoint, metrics_log
+from stabie_jax import checkpoint, hyperparameters, metrics_log, workflows
 from stabie_jax import workdir as workdir_lib
 
 
@@ -191,32 +191,32 @@ def test_ala3_pipeline_on_the_builtin_set(tmp_path):
 def test_authors_hyperparameters_convert_to_exact_estimator():
     kT, B = 0.0430865, 40
     c = kT * (B - 1) / B
-    lr, lam, clip, scale = config_reader.exact_hyperparameters("authors", 1e-3, 10.0, 1.0, kT, B)
+    lr, lam, clip, scale = hyperparameters.exact_hyperparameters("authors", 1e-3, 10.0, 1.0, kT, B)
     assert lr == pytest.approx(1e-3 * c)
     assert lam == pytest.approx(10.0 / c)
     assert clip == pytest.approx(1.0 / c)
     assert scale == pytest.approx(c)
     # A loss averaged over 500 bins has a 500x smaller gradient: its conversion carries it.
-    hp = config_reader.exact_hyperparameters(
+    hp = hyperparameters.exact_hyperparameters(
         "authors", 1e-3, 10.0, 1.0, kT, B, reduction="mean", n_observable=500
     )
     assert hp.learning_rate == pytest.approx(1e-3 * c * 500)
     assert hp.qm_weight == pytest.approx(10.0 / (c * 500))
     assert hp.grad_clip_norm == pytest.approx(1.0 / (c * 500))
     with pytest.raises(ValueError, match="n_observable"):
-        config_reader.exact_hyperparameters("authors", 1e-3, 10.0, 1.0, kT, B, reduction="mean")
+        hyperparameters.exact_hyperparameters("authors", 1e-3, 10.0, 1.0, kT, B, reduction="mean")
     # The update direction is unchanged: alpha_exact * (g_exact + lam_exact g_qm) equals
     # alpha * (c g_exact + lam g_qm) for any gradients.
     g_obs, g_qm = np.array([0.3, -2.0]), np.array([1.5, 0.25])
     np.testing.assert_allclose(lr * (g_obs + lam * g_qm), 1e-3 * (c * g_obs + 10.0 * g_qm))
-    assert config_reader.exact_hyperparameters("exact", 1e-3, 10.0, 1.0, kT, B) == (
+    assert hyperparameters.exact_hyperparameters("exact", 1e-3, 10.0, 1.0, kT, B) == (
         1e-3,
         10.0,
         1.0,
         1.0,
     )
     with pytest.raises(ValueError, match="hyperparameter_convention"):
-        config_reader.exact_hyperparameters("paper", 1e-3, 10.0, 1.0, kT, B)
+        hyperparameters.exact_hyperparameters("paper", 1e-3, 10.0, 1.0, kT, B)
 
 
 @pytest.mark.parametrize("module", [aspirin, ala3, water])
@@ -294,7 +294,10 @@ def test_water_refuses_a_qm_weight_it_cannot_use(tmp_path):
     config = water.get_config("smoke")
     config.stabie.qm_weight = 1.0
     with pytest.raises(ValueError, match="stabie.qm_weight"):
-        periodic.run_stabie_stage(tmp_path / "no_model", None, config, tmp_path)
+        periodic.run_stabie_stage(tmp_path / "no_model", None, config, tmp_path, None)
+    with pytest.raises(ValueError, match="stabie.qm_weight"):  # and at setup, before the data
+        periodic.run(config, tmp_path)
+    assert not (tmp_path / "pretrain").exists()
 
 
 def test_chain_thermostat_time_from_config_matches_the_authors_period():
@@ -308,7 +311,7 @@ def test_chain_thermostat_time_from_config_matches_the_authors_period():
     kw = config_reader.integrator_kwargs(config)
     assert kw["integrator"] == "nose_hoover_chain"
     np.testing.assert_allclose(kw["tau"], np.sqrt(2.0) * 20 * dt, rtol=1e-12)
-    inputs = molecule.stabie_inputs_from_config(config)
+    inputs = config_reader.molecule_stabie_inputs(config)
     np.testing.assert_allclose(inputs.chain_tau_factor, np.sqrt(2.0), rtol=1e-12)
     del config.md["integrator"]
     assert config_reader.integrator_kwargs(config)["integrator"] == "nose_hoover_chain"
@@ -347,7 +350,7 @@ def test_water_refuses_a_neighbour_capacity_the_data_exceeds():
     from stabie_jax.models.gemnet_table import max_neighbors_in_frames
 
     config = water.get_config("smoke")
-    data = periodic.load_periodic_data(config.data)
+    data = periodic.load_data(config)
     frames = data.train.positions[:3]
     most = max_neighbors_in_frames(frames, md.periodic_space(data.box).displacement_fn, 4.0)
     # Independent count: minimum image in the cubic box, numpy.
@@ -403,7 +406,7 @@ def test_reanchor_model_energy_shifts_energy_and_keeps_forces(tmp_path):
         forces=f_model,
         atomic_numbers=np.asarray(z),
     )
-    c = molecule.reanchor_model_energy(tmp_path / "m", train)
+    c = workflows.reanchor_model_energy(tmp_path / "m", train)
     assert c == pytest.approx(0.30, abs=2e-4)  # float32 energies of ~-460 eV
     loaded = ckpt.load_model_checkpoint(tmp_path / "m")
     assert loaded.metadata.extra["energy_reanchor"]["offset_ev"] == pytest.approx(c)
@@ -440,13 +443,14 @@ def test_water_md_stages_report_a_table_overflow_instead_of_instability():
     from stabie_jax.models.gemnet_table import max_neighbors_in_frames
 
     config = water.get_config("smoke")
-    data = periodic.load_periodic_data(config.data)
+    data = periodic.load_data(config)
     z = np.asarray(data.train.atomic_numbers)
     most = max_neighbors_in_frames(
         data.train.positions[:1], md.periodic_space(data.box).displacement_fn, 4.0
     )
     loaded = _gemnet(config.model.hparams, z, most - 1)
-    _, sim, _, _ = periodic._potential_and_simulator(loaded, data, config, 300.0, 10, 2)
+    md_settings = config_reader.periodic_md(config)
+    _, sim, _, _ = workflows.periodic_simulator(loaded, data, md_settings, 300.0, 10, 2)
     with jax.debug_nans(False):  # the overflowing table gives NaN forces from the start
         start = jnp.asarray(data.train.positions[:2])
         state = sim.init(loaded.params, jax.random.PRNGKey(1), start)
@@ -510,7 +514,7 @@ def test_pretraining_refuses_frames_that_overflow_the_table_before_any_compute(t
 def data_box(config):
     from experiments import periodic
 
-    return periodic.load_periodic_data(config.data).box
+    return periodic.load_data(config).box
 
 
 def test_water_pipeline_on_the_builtin_set(tmp_path):

@@ -10,6 +10,7 @@ import pytest
 from stabie_jax.losses import (
     LabelledFrames,
     make_qm_loss_fn,
+    make_training_set_qm_loss,
     observable_loss,
     predict_energy_forces,
     qm_errors,
@@ -158,6 +159,34 @@ def test_weights_mask_padding_frames():
         garbage = frames._replace(energies=frames.energies.at[3:].set(1e6))
         masked, _ = loss_fn(params, garbage, jnp.array([1.0, 1.0, 1.0, 0.0, 0.0]))
         np.testing.assert_allclose(masked, ref, rtol=1e-12)
+
+
+def test_training_set_qm_loss_is_the_mean_over_its_batches():
+    """Equal batches of a per-frame mean: any partition of all frames gives the full-set loss;
+    random batches that cover a subset give that subset's loss."""
+    with jax.enable_x64(True):
+        pot = harmonic_potential()
+        frames = frames_from(true_params(), n_frames=12)
+        frames = frames._replace(energies=frames.energies + jnp.linspace(-0.3, 0.4, 12))
+        params = {"k": jnp.asarray(1.5), "r0": jnp.asarray(1.1)}
+        kw = dict(energy_weight=0.3, force_weight=0.7)
+        full = float(qm_loss(pot, params, frames, **kw))
+        key = jax.random.PRNGKey(3)
+        ordered = make_training_set_qm_loss(pot, frames, batch_size=4, batches_per_step=0, **kw)
+        np.testing.assert_allclose(float(ordered(params, key)), full, rtol=1e-12)
+        covering = make_training_set_qm_loss(pot, frames, batch_size=4, batches_per_step=3, **kw)
+        np.testing.assert_allclose(float(covering(params, key)), full, rtol=1e-12)
+        # 2 random batches of 3: the loss of exactly those 6 frames, which differs from the full
+        sub = make_training_set_qm_loss(pot, frames, batch_size=3, batches_per_step=2, **kw)
+        idx = np.asarray(jax.random.choice(key, 12, (2, 3), replace=False)).ravel()
+        picked = jax.tree.map(lambda x: x[idx], frames)
+        expected = float(qm_loss(pot, params, picked, **kw))
+        np.testing.assert_allclose(float(sub(params, key)), expected, rtol=1e-12)
+        assert abs(expected - full) > 1e-6 * full
+        with pytest.raises(ValueError, match="exceeds the 12 training frames"):
+            make_training_set_qm_loss(pot, frames, batch_size=5, batches_per_step=3, **kw)
+        with pytest.raises(ValueError, match="batch_size=13"):
+            make_training_set_qm_loss(pot, frames, batch_size=13, batches_per_step=0, **kw)
 
 
 def test_observable_loss_values_and_errors():

@@ -10,7 +10,7 @@ written out here from their formulas, for samples cut into minibatches b of B st
   momentum at α.
 
 stabie_jax's side is one :func:`stabie_jax.stabie.make_learning_step` call with the authors'
-(α, λ, clip) converted by the experiments' conversion (``config_reader.exact_hyperparameters``).
+(α, λ, clip) converted by the experiments' conversion (``hyperparameters.exact_hyperparameters``).
 Per-sample energy gradients and the QM-loss gradients come from ``jax.grad`` on both sides (the
 authors use autograd too); everything they are combined with — observables, means, the batch
 covariances, the vector, the weighting, the clip, the step — is numpy here. float64 throughout,
@@ -28,8 +28,7 @@ import pytest
 from conftest import shared_file
 from jax.flatten_util import ravel_pytree
 
-from experiments import config_reader
-from stabie_jax import losses, md, units
+from stabie_jax import hyperparameters, losses, md, units
 from stabie_jax.localized_estimator import neighbourhood_max_deviation, select_neighbourhoods
 from stabie_jax.md import Trajectory
 from stabie_jax.models import make_potential
@@ -186,7 +185,7 @@ def test_global_hr_learning_step_equals_authors_update(aspirin, clip):
             reduction="sum",
             vjp="per_batch",
         )
-        hp = config_reader.exact_hyperparameters("authors", alpha, lam, clip, kT, B)
+        hp = hyperparameters.exact_hyperparameters("authors", alpha, lam, clip, kT, B)
         key = jax.random.key(7)
         out, delta_ours = one_authors_step(obs_loss, qm_loss_fn, hp, params, traj, key)
         assert out.applied
@@ -267,7 +266,7 @@ def test_mean_reduction_with_its_conversion_is_the_same_update(aspirin):
                 reduction=reduction,
                 vjp="per_batch",
             )
-            hp = config_reader.exact_hyperparameters(
+            hp = hyperparameters.exact_hyperparameters(
                 "authors", 1e-3, 0.0, 1.0, kT, B, reduction=reduction, n_observable=N_BINS
             )
             _, deltas[reduction] = one_authors_step(loss, None, hp, params, traj, jax.random.key(3))
@@ -326,7 +325,7 @@ def test_localized_water_learning_step_equals_authors_update():
             reduction="sum",
             vjp="per_batch",
         )
-        hp = config_reader.exact_hyperparameters("authors", alpha, 0.0, 1.0, kT, B)
+        hp = hyperparameters.exact_hyperparameters("authors", alpha, 0.0, 1.0, kT, B)
         key = jax.random.key(11)
         out, delta_ours = one_authors_step(loss, None, hp, params, traj, key)
         assert out.applied

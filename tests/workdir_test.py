@@ -152,7 +152,7 @@ def test_experiment_stage_claims_follow_the_config(tmp_path):
 def test_stabie_claim_tracks_the_starting_model_and_the_learning_rate(tmp_path, monkeypatch):
     config = aspirin_config.get_config("smoke")
     sha = {"value": "params-a"}
-    monkeypatch.setattr(molecule.checkpoint, "model_params_checksum", lambda d: sha["value"])
+    monkeypatch.setattr(stages.checkpoint, "model_params_checksum", lambda d: sha["value"])
     train = _frames(0)
     stages.claim_stabie(config, tmp_path, train, tmp_path / "model")
     config.stabie.max_wall_hours = 3.0  # a budget, not a result

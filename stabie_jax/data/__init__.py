@@ -32,6 +32,7 @@ from stabie_jax.data.dataset import (
     velocities_from_angstrom_per_fs,
     velocities_to_angstrom_per_fs,
 )
+from stabie_jax.data.held_out import MoleculeData, load_molecule_data
 from stabie_jax.data.loader import BUILTIN_DIR, list_builtin, load_dataset
 from stabie_jax.data.readers import (
     detect_npz_format,
@@ -62,11 +63,12 @@ from stabie_jax.data.splits import Split, authors_split, md17_split, md22_split,
 
 __all__ = [
     "BUILTIN_DIR",
-    "DATA_DIR_ENV",
-    "REGISTRY",
     "BondGraph",
+    "DATA_DIR_ENV",
     "Dataset",
     "DatasetEntry",
+    "MoleculeData",
+    "REGISTRY",
     "RemoteFile",
     "Split",
     "authors_split",
@@ -83,8 +85,9 @@ __all__ = [
     "list_builtin",
     "list_datasets",
     "load_dataset",
-    "md17_split",
+    "load_molecule_data",
     "max_plausible_energy_ev",
+    "md17_split",
     "md22_split",
     "minimum_image",
     "molecule_labels",
@@ -99,9 +102,9 @@ __all__ = [
     "read_sgdml_npz",
     "read_stabie_npz",
     "save_dataset",
-    "write_extxyz",
     "sha256_of_file",
     "split_by_counts",
     "velocities_from_angstrom_per_fs",
     "velocities_to_angstrom_per_fs",
+    "write_extxyz",
 ]

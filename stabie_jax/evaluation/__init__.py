@@ -9,7 +9,8 @@ The modules:
 * :mod:`~stabie_jax.evaluation.metrics` - dynamics references (VACF, MSD and diffusivity),
   energy and force errors on test frames, the paired stability test;
 * :mod:`~stabie_jax.evaluation.store` - finished results keyed by what produced them (a rerun
-  with the same protocol reuses them);
+  with the same protocol reuses them); :mod:`~stabie_jax.evaluation.models` - several models
+  under one protocol, each evaluated once;
 * :mod:`~stabie_jax.evaluation.report` - ``report.json`` / ``report.md`` with versions, machine
   and command; :mod:`~stabie_jax.evaluation.plots` - the figures (imported on demand:
   matplotlib).

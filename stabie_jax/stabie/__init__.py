@@ -79,6 +79,7 @@ and ``driver`` (:func:`run_stabie`, sharding); every public name is available he
 from __future__ import annotations
 
 from stabie_jax.stabie.driver import (
+    init_from_frames,
     run_stabie,
     shard_replicas,
 )
@@ -130,6 +131,7 @@ __all__ = [
     "StabieState",
     "TrainState",
     "frames_within_criterion",
+    "init_from_frames",
     "init_state",
     "make_frame_energies",
     "make_gradient_fn",

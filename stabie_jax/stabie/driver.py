@@ -8,11 +8,17 @@ import time
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from stabie_jax import run_loop, units
 from stabie_jax.md import ReplicaState
-from stabie_jax.stabie.epochs import _budget_left, make_learning_epoch, make_simulation_epoch
+from stabie_jax.stabie.epochs import (
+    _budget_left,
+    init_state,
+    make_learning_epoch,
+    make_simulation_epoch,
+)
 from stabie_jax.stabie.state import (
     LEARNING,
     PHASE_NAMES,
@@ -24,9 +30,41 @@ from stabie_jax.stabie.state import (
 )
 
 __all__ = [
+    "init_from_frames",
     "run_stabie",
     "shard_replicas",
 ]
+
+
+def init_from_frames(
+    problem: StabieProblem,
+    settings: StabieSettings,
+    params,
+    frames,
+    *,
+    n_replicas: int,
+    key,
+    rescale_velocities: bool = True,
+) -> tuple[StabieState, np.ndarray]:
+    """R replicas started from random ``frames [F, N, 3]`` (Å; drawn without replacement, as
+    the authors do). Returns the initial :class:`StabieState` and the ``[R]`` frame indices."""
+    n_frames = len(frames)
+    if n_replicas > n_frames:
+        raise ValueError(
+            f"n_replicas={n_replicas} exceeds the {n_frames} training frames used as initial "
+            "conditions"
+        )
+    k_ic, k_state = jax.random.split(key)
+    ic = np.asarray(jax.random.choice(k_ic, n_frames, (n_replicas,), replace=False))
+    state = init_state(
+        problem,
+        settings,
+        params,
+        jnp.asarray(np.asarray(frames)[ic], jnp.float32),
+        k_state,
+        rescale_velocities=rescale_velocities,
+    )
+    return state, ic
 
 
 def run_stabie(

@@ -1,8 +1,11 @@
-"""The per-model loop shared by the evaluation stages (molecules and water).
+"""Evaluate several models under one protocol, each once: finished models are kept in the
+store (:mod:`stabie_jax.evaluation.store`), so that a rerun (after a kill, or with more models)
+simulates only what is new.
 
-Which models are evaluated (baseline, StABlE, ``evaluate.extra_models``), the fingerprint of the
-protocol each result depends on, and the store that keeps finished models so that a rerun (after
-a kill, or with more models) simulates only what is new.
+:func:`load_models` gathers the models (baseline, StABlE, extra ``NAME=DIR`` models);
+:func:`evaluate_each` runs the caller's per-model evaluation for those whose result under the
+given fingerprint is not stored yet, with a scratch directory for in-progress checkpoints;
+:func:`trajectory_dir` is where a model's exported frames go.
 """
 
 from __future__ import annotations
@@ -17,16 +20,18 @@ from stabie_jax import checkpoint, run_loop
 from stabie_jax.evaluation import report
 from stabie_jax.evaluation import store as evaluation_store
 
-MODELS_DIR = "models"  # under WORKDIR/evaluate/
-_NOT_IN_FINGERPRINT = ("extra_models", "checkpoint_every_seconds")
+__all__ = ["IN_PROGRESS_DIR", "MODELS_DIR", "evaluate_each", "load_models", "trajectory_dir"]
+
+MODELS_DIR = "models"  # under the evaluation directory
 IN_PROGRESS_DIR = "in_progress"  # under MODELS_DIR/NAME/: checkpoints of an unfinished model
 
 
 def load_models(pretrained_dir, stabie_dir, extra_models: str = "") -> dict:
     """``{name: LoadedModel}``: baseline, StABlE (if trained) and ``extra_models``.
 
-    ``extra_models`` is ``"name=DIR,name=DIR"`` (e.g. a published model imported with
-    ``python -m stabie_jax.interop``), evaluated under exactly the same protocol.
+    ``extra_models`` is ``"name=DIR,name=DIR"`` (config key ``evaluate.extra_models``; e.g. a
+    published model imported with ``python -m stabie_jax.interop``), evaluated under exactly
+    the same protocol.
     """
     models = {"baseline": checkpoint.load_model_checkpoint(pretrained_dir)}
     if (pathlib.Path(stabie_dir) / checkpoint.MODEL_JSON).exists():
@@ -44,28 +49,6 @@ def load_models(pretrained_dir, stabie_dir, extra_models: str = "") -> dict:
     return models
 
 
-def protocol_fingerprint(config, name: str, params, data_spec) -> str:
-    """What determines one model's evaluation: protocol, data, seed and the parameters.
-
-    Args:
-      config: the experiment config (its ``evaluate``, ``md`` and, if present, ``observable``
-        sections enter; ``evaluate.extra_models`` and ``evaluate.checkpoint_every_seconds`` do
-        not: the other models evaluated alongside and how often progress is saved do not change
-        this one's result).
-      name: the model's name in the comparison.
-      params: its parameters (checksummed).
-      data_spec: JSON-able description of the data the evaluation uses.
-    """
-    spec = {"name": name, "params": checkpoint.state_checksum(params)}
-    for section in ("evaluate", "md", "observable"):
-        if section in config:
-            values = config[section].to_dict()
-            spec[section] = {k: v for k, v in values.items() if k not in _NOT_IN_FINGERPRINT}
-    spec["seed"] = int(config.seed)
-    spec["data"] = data_spec
-    return evaluation_store.fingerprint(spec)
-
-
 def evaluate_each(
     models: dict,
     out: pathlib.Path,
@@ -77,7 +60,9 @@ def evaluate_each(
     Args:
       models: ``{name: LoadedModel}``.
       out: the evaluation directory.
-      fingerprint_fn: ``(name, loaded) -> str``, :func:`protocol_fingerprint` of the model.
+      fingerprint_fn: ``(name, loaded) -> str``, a :func:`stabie_jax.evaluation.store.
+        fingerprint` of everything the model's result depends on (protocol, data, seed,
+        parameters).
       evaluate_one: ``(name, loaded, scratch) -> (result, entry)``: ``result`` a nest of the
         results (:mod:`stabie_jax.evaluation.store` stores it), ``entry`` a dict of JSON-able
         numbers; ``scratch`` a directory for the model's in-progress checkpoints
