@@ -9,9 +9,9 @@ Test frames never enter training, validation or the reference.
 Example:
   >>> m = load_molecule_data("builtin:aspirin_xtb_500K", test_source="", reader_options={},
   ...     download=False, n_train=50, n_val=10, n_test=20, split_seed=0, contiguous=False,
-  ...     max_reference_frames=1000)
+  ...     max_reference_frames=300)
   >>> m.train.n_frames, m.val.n_frames, m.test.n_frames, m.reference.n_frames
-  (50, 10, 20, 480)
+  (50, 10, 20, 300)
 """
 
 from __future__ import annotations

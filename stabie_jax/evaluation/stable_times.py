@@ -212,27 +212,39 @@ def evaluate_stability(
             tensorboard=tensorboard,
         )
         state = _host_state(loop.resume(state).state)
+    state, stopped_early = _run_chunks(
+        chunk_fn, state, plan.n_chunks, stop_fraction, loop, checkpoint_every_seconds, on_chunk,
+        progress, desc,
+    )  # fmt: skip
+    return _result(state, simulator, plan, stopped_early)
+
+
+def _run_chunks(
+    chunk_fn, state: EvalState, n_chunks: int, stop_fraction: float, loop,
+    checkpoint_every_seconds: float, on_chunk, progress: bool, desc,
+) -> tuple[EvalState, bool]:  # fmt: skip
+    """Advance ``state`` chunk by chunk until ``n_chunks`` or ``stop_fraction``; log and
+    checkpoint through ``loop`` (a :class:`~stabie_jax.run_loop.ResumableLoop` or None).
+    Returns the final state and whether it stopped early."""
     bar = tqdm(
-        total=plan.n_chunks,
+        total=n_chunks,
         initial=int(state.chunk),
         disable=not progress or loop is not None,
         unit="chunk",
         desc=desc,
     )
-    stopped_early = False
     saved = time.monotonic()
     try:
-        while int(state.chunk) < plan.n_chunks:
+        while int(state.chunk) < n_chunks:
             if np.mean(state.unstable) >= stop_fraction:
-                stopped_early = True
-                break
+                return state, True
             state = chunk_fn(state)
             f_unst = float(np.mean(state.unstable))
             if loop is not None:
                 loop.log(
                     {"chunk": int(state.chunk), "unstable_fraction": f_unst}, f_unst=f"{f_unst:.2f}"
                 )
-                done = int(state.chunk) == plan.n_chunks or f_unst >= stop_fraction
+                done = int(state.chunk) == n_chunks or f_unst >= stop_fraction
                 if done or time.monotonic() - saved >= checkpoint_every_seconds:
                     loop.save(int(state.chunk), state)
                     saved = time.monotonic()
@@ -244,7 +256,7 @@ def evaluate_stability(
         bar.close()
         if loop is not None:
             loop.close()
-    return _result(state, simulator, plan, stopped_early)
+    return state, False
 
 
 def median_improvement_replica(baseline: StabilityResult, trained: StabilityResult) -> int:

@@ -191,6 +191,56 @@ def _energy_spread(traj: Trajectory, kT: float) -> dict:
 _STEP_METRICS = ("grad_norm", "obs_grad_norm", "qm_grad_norm", "obs_share", "grad_cosine")
 
 
+def _step_record(f_unst, phase_epoch, lr, metrics, finite, skipped) -> dict[str, Any]:
+    record: dict[str, Any] = dict(
+        unstable_fraction=f_unst,
+        phase_epoch=phase_epoch,  # 0 in the first epoch of the phase
+        learning_rate=lr,
+        step_applied=finite,
+        obs_loss=float(metrics["obs_loss"]),
+        qm_loss=float(metrics["qm_loss"]),
+        loss=float(metrics["loss"]),
+        n_samples=int(metrics["n_samples"]),
+        **{k: float(metrics[k]) for k in _STEP_METRICS + ("update_norm",)},
+    )
+    if skipped:
+        record["skipped"] = skipped
+    return record
+
+
+def _learning_samples(problem: StabieProblem, settings: StabieSettings, traj: Trajectory):
+    """The trajectory whose frames feed the step, and the record entries that describe it."""
+    if settings.learning_samples == "all":
+        return traj, {}
+    valid = np.asarray(trajectory_samples(traj)[1]).reshape(traj.alive.shape)
+    within = frames_within_criterion(problem.stable_fn, traj)
+    fraction = float((within & valid).sum()) / max(int(valid.sum()), 1)
+    traj = traj._replace(alive=jnp.asarray(within) & traj.alive)
+    return traj, {"within_criterion_fraction": fraction}
+
+
+def _learning_end(settings: StabieSettings, f_unst: float, lr: float, phase_epoch: int):
+    """Why the learning phase ends after this epoch, or None."""
+    if f_unst <= settings.f_min:
+        return "unstable fraction <= f_min"
+    if lr < settings.learning_rate * settings.min_lr_fraction:
+        return "learning rate < min_lr"
+    if phase_epoch >= settings.max_learning_epochs:
+        return "max_learning_epochs reached"
+    return None
+
+
+def _reuse_record(reused) -> dict[str, Any]:
+    return dict(
+        reuse_steps=reused.steps,
+        reuse_end=reused.end,
+        reuse_n_eff_fraction=reused.n_eff_fraction,
+        reuse_obs_loss=reused.obs_loss,
+        reuse_qm_loss=reused.qm_loss,
+        reuse_update_norm=reused.update_norm,
+    )
+
+
 def make_learning_epoch(problem: StabieProblem, settings: StabieSettings) -> Callable:
     """``(state, key) -> (state, record)``: one learning-phase epoch.
 
@@ -200,8 +250,7 @@ def make_learning_epoch(problem: StabieProblem, settings: StabieSettings) -> Cal
     steps when ``settings.reuse_min_neff > 0``; the unstable fraction drives the plateau
     schedule and the end of the phase (``f_min``, ``min_lr``, ``max_learning_epochs``), after
     which replicas unstable in this epoch go back to their anchors, frozen, and the simulation
-    phase resumes.
-    ``key`` is the estimator's minibatch key.
+    phase resumes. ``key`` is the estimator's minibatch key.
     """
     sim = problem.simulator
     t, every = settings.steps_per_epoch, settings.sample_every
@@ -209,7 +258,35 @@ def make_learning_epoch(problem: StabieProblem, settings: StabieSettings) -> Cal
     reuse = settings.reuse_min_neff > 0 and settings.max_reuse_steps > 0
     frame_energies = make_frame_energies(problem) if reuse else None
     split_cosine = make_split_cosine_fn(problem) if settings.split_cosine_every else None
-    min_lr = settings.learning_rate * settings.min_lr_fraction
+
+    def split_record(params, traj, key) -> dict[str, float]:
+        # measured at the parameters the step was computed at, on the same frames
+        k_half, k_est = jax.random.split(jax.random.fold_in(key, 2))
+        half = random_half(k_half, traj.alive.shape[1])
+        split = {
+            k: float(v) for k, v in jax.device_get(split_cosine(params, traj, k_est, half)).items()
+        }
+        for name in ("obs_split_norm_a", "obs_split_norm_b"):
+            split[name] *= settings.gradient_scale
+        return split
+
+    def reuse_steps(train: TrainState, params, opt_state, traj, key, lr):
+        budget = settings.max_reuse_steps
+        if settings.max_optimizer_steps is not None:
+            budget = min(budget, settings.max_optimizer_steps - int(train.counters.optimizer_steps))
+        return reuse_samples(
+            learning_step,
+            frame_energies,
+            settings,
+            sim.kT,
+            train.params,
+            params,
+            opt_state,
+            traj,
+            jax.random.fold_in(key, 1),
+            lr,
+            max(budget, 0),
+        )
 
     def epoch(state: StabieState, key) -> tuple[StabieState, dict]:
         train, _, anchors = state
@@ -217,73 +294,28 @@ def make_learning_epoch(problem: StabieProblem, settings: StabieSettings) -> Cal
         replicas, traj = sim.simulate(train.params, anchors, t, every, record_energy=True)
         stable = _epoch_stability(problem, replicas, traj)
         f_unst = 1.0 - float(np.mean(stable))
-        within = None
-        if settings.learning_samples == "within_criterion":
-            valid = np.asarray(trajectory_samples(traj)[1]).reshape(traj.alive.shape)
-            within = frames_within_criterion(problem.stable_fn, traj)
-            traj = traj._replace(alive=jnp.asarray(within) & traj.alive)
+        traj, samples_record = _learning_samples(problem, settings, traj)
         lr = counters.plateau().learning_rate
         params, opt_state, metrics, finite, skipped = learning_step(
             train.params, train.opt_state, traj, key, lr
         )
-        record: dict[str, Any] = dict(
-            unstable_fraction=f_unst,
-            phase_epoch=int(counters.phase_epoch),  # 0 in the first epoch of the phase
-            learning_rate=lr,
-            step_applied=finite,
-            obs_loss=float(metrics["obs_loss"]),
-            qm_loss=float(metrics["qm_loss"]),
-            loss=float(metrics["loss"]),
-            n_samples=int(metrics["n_samples"]),
-            **{k: float(metrics[k]) for k in _STEP_METRICS + ("update_norm",)},
-        )
-        if skipped:
-            record["skipped"] = skipped
-        if within is not None:
-            record["within_criterion_fraction"] = float((within & valid).sum()) / max(
-                int(valid.sum()), 1
-            )
+        record = _step_record(f_unst, int(counters.phase_epoch), lr, metrics, finite, skipped)
+        record.update(samples_record)
         record.update(_energy_spread(traj, sim.kT))
         if (
             split_cosine is not None
             and int(counters.phase_epoch) % settings.split_cosine_every == 0
         ):
-            # measured at the parameters the step was computed at, on the same frames
-            k_half, k_est = jax.random.split(jax.random.fold_in(key, 2))
-            half = random_half(k_half, traj.alive.shape[1])
-            split = jax.device_get(split_cosine(train.params, traj, k_est, half))
-            record.update({k: float(v) for k, v in split.items()})
-            for name in ("obs_split_norm_a", "obs_split_norm_b"):
-                record[name] *= settings.gradient_scale
+            record.update(split_record(train.params, traj, key))
         if finite:
             counters = counters.bump(optimizer_steps=1)
         if reuse and finite:
-            budget = settings.max_reuse_steps
-            if settings.max_optimizer_steps is not None:
-                budget = min(budget, settings.max_optimizer_steps - int(counters.optimizer_steps))
-            reused = reuse_samples(
-                learning_step,
-                frame_energies,
-                settings,
-                sim.kT,
-                train.params,
-                params,
-                opt_state,
-                traj,
-                jax.random.fold_in(key, 1),
-                lr,
-                max(budget, 0),
+            reused = reuse_steps(
+                train._replace(counters=counters), params, opt_state, traj, key, lr
             )
             params, opt_state = reused.params, reused.opt_state
             counters = counters.bump(optimizer_steps=reused.steps)
-            record.update(
-                reuse_steps=reused.steps,
-                reuse_end=reused.end,
-                reuse_n_eff_fraction=reused.n_eff_fraction,
-                reuse_obs_loss=reused.obs_loss,
-                reuse_qm_loss=reused.qm_loss,
-                reuse_update_norm=reused.update_norm,
-            )
+            record.update(_reuse_record(reused))
         plateau = plateau_update(
             counters.plateau(),
             f_unst,
@@ -292,13 +324,9 @@ def make_learning_epoch(problem: StabieProblem, settings: StabieSettings) -> Cal
         )
         counters = counters.bump(epoch=1, phase_epoch=1).with_plateau(plateau)
         train = train._replace(params=params, opt_state=opt_state)
-        end_reason = None
-        if f_unst <= settings.f_min:
-            end_reason = "unstable fraction <= f_min"
-        elif plateau.learning_rate < min_lr:
-            end_reason = "learning rate < min_lr"
-        elif int(counters.phase_epoch) >= settings.max_learning_epochs:
-            end_reason = "max_learning_epochs reached"
+        end_reason = _learning_end(
+            settings, f_unst, plateau.learning_rate, int(counters.phase_epoch)
+        )
         if end_reason is None:
             replicas = anchors
         else:
