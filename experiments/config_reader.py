@@ -22,6 +22,7 @@ __all__ = [
     "data_split_kwargs",
     "evaluation_fingerprint",
     "integrator_kwargs",
+    "learning_inputs",
     "md_integrator",
     "molecule_observable_system",
     "molecule_stabie_inputs",
@@ -203,6 +204,21 @@ def training_observable(
     return built
 
 
+def learning_inputs(config) -> workflows.LearningInputs:
+    """``config.stabie``'s learning-step settings (:class:`stabie_jax.workflows.LearningInputs`)."""
+    s = config.stabie
+    return workflows.LearningInputs(
+        minibatch_size=int(s.minibatch_size),
+        hyperparameter_convention=str(s.hyperparameter_convention),
+        observable_reduction=str(s.get("observable_reduction", "sum")),
+        observable_vjp=str(s.get("observable_vjp", "global")),
+        learning_rate=float(s.learning_rate),
+        qm_weight=float(s.qm_weight),
+        grad_clip_norm=float(s.grad_clip_norm) if s.grad_clip_norm else None,
+        settings_kwargs=stabie_settings_kwargs(config),
+    )
+
+
 def molecule_stabie_inputs(config) -> workflows.MoleculeStabieInputs:
     """``config.md`` and ``config.stabie`` as :class:`stabie_jax.workflows.MoleculeStabieInputs`."""
     s, m = config.stabie, config.md
@@ -215,19 +231,12 @@ def molecule_stabie_inputs(config) -> workflows.MoleculeStabieInputs:
         replica_batch_size=replica_batch_size(config),
         n_replicas=int(s.n_replicas),
         history_length=int(s.history_length),
-        minibatch_size=int(s.minibatch_size),
-        hyperparameter_convention=str(s.hyperparameter_convention),
-        observable_reduction=str(s.get("observable_reduction", "sum")),
-        observable_vjp=str(s.get("observable_vjp", "global")),
-        learning_rate=float(s.learning_rate),
-        qm_weight=float(s.qm_weight),
-        grad_clip_norm=float(s.grad_clip_norm) if s.grad_clip_norm else None,
+        learning=learning_inputs(config),
         qm_batch_size=int(s.qm_batch_size),
         qm_batches_per_step=int(s.qm_batches_per_step),
         qm_energy_weight=float(recipe.energy_weight),
         qm_force_weight=float(recipe.force_weight),
         bond_deviation_angstrom=float(s.bond_deviation_angstrom),
-        settings_kwargs=stabie_settings_kwargs(config),
         integrator=md_integrator(config),
         chain_tau_factor=chain_tau_factor(config),
         langevin_gamma_per_ps=float(m.get("langevin_gamma_per_ps", 0.1)),
@@ -271,13 +280,7 @@ def periodic_stabie_inputs(config) -> workflows.PeriodicStabieInputs:
         temperature_kelvin=float(config.md.temperature_kelvin),
         md=periodic_md(config),
         n_replicas=int(s.n_replicas),
-        minibatch_size=int(s.minibatch_size),
-        hyperparameter_convention=str(s.hyperparameter_convention),
-        observable_reduction=str(s.get("observable_reduction", "sum")),
-        observable_vjp=str(s.get("observable_vjp", "global")),
-        learning_rate=float(s.learning_rate),
-        qm_weight=float(s.qm_weight),
-        grad_clip_norm=float(s.grad_clip_norm) if s.grad_clip_norm else None,
+        learning=learning_inputs(config),
         criterion=criterion,
         threshold_angstrom=float(
             s.min_intermolecular_angstrom
@@ -287,7 +290,6 @@ def periodic_stabie_inputs(config) -> workflows.PeriodicStabieInputs:
         n_bins=int(s.n_bins),
         per_bin=int(s.per_bin),
         rescale_velocities=bool(config.md.rescale_velocities),
-        settings_kwargs=stabie_settings_kwargs(config),
     )
 
 

@@ -64,21 +64,27 @@ def test_train_molecule_runs_stabie_from_a_checkpoint(tmp_path, molecule):
         rescale_velocities=True,
         n_replicas=4,
         history_length=2,
-        minibatch_size=4,
-        hyperparameter_convention="authors",
-        observable_reduction="sum",
-        observable_vjp="global",
-        learning_rate=1e-3,
-        qm_weight=10.0,
-        grad_clip_norm=1.0,
+        learning=workflows.LearningInputs(
+            minibatch_size=4,
+            hyperparameter_convention="authors",
+            observable_reduction="sum",
+            observable_vjp="global",
+            learning_rate=1e-3,
+            qm_weight=10.0,
+            grad_clip_norm=1.0,
+            settings_kwargs=dict(
+                steps_per_epoch=20,
+                sample_every=5,
+                max_epochs=3,
+                max_learning_epochs=2,
+                f_max=0.25,
+            ),
+        ),
         qm_batch_size=10,
         qm_batches_per_step=1,
         qm_energy_weight=0.05,
         qm_force_weight=0.95,
         bond_deviation_angstrom=0.25,
-        settings_kwargs=dict(
-            steps_per_epoch=20, sample_every=5, max_epochs=3, max_learning_epochs=2, f_max=0.25
-        ),
         integrator="authors_nose_hoover",
     )
     system = observables.ObservableSystem(
@@ -158,19 +164,12 @@ def test_train_periodic_refuses_a_qm_weight_before_loading_anything(tmp_path):
         temperature_kelvin=300.0,
         md=workflows.PeriodicMD(1.0, 2, 0.5, {}),
         n_replicas=2,
-        minibatch_size=4,
-        hyperparameter_convention="authors",
-        observable_reduction="sum",
-        observable_vjp="global",
-        learning_rate=3e-3,
-        qm_weight=1.0,
-        grad_clip_norm=1.0,
+        learning=workflows.LearningInputs(4, "authors", "sum", "global", 3e-3, 1.0, 1.0, {}),
         criterion="min_intermolecular",
         threshold_angstrom=1.2,
         n_bins=5,
         per_bin=2,
         rescale_velocities=True,
-        settings_kwargs={},
     )
     with pytest.raises(ValueError, match="stabie.qm_weight"):
         workflows.train_periodic(
@@ -179,7 +178,8 @@ def test_train_periodic_refuses_a_qm_weight_before_loading_anything(tmp_path):
         )  # fmt: skip
     with pytest.raises(ValueError, match="rdf_mae"):
         workflows.train_periodic(
-            tmp_path / "missing", None, inputs._replace(qm_weight=0.0, criterion="rdf_mae"),
+            tmp_path / "missing", None,
+            inputs._replace(learning=inputs.learning._replace(qm_weight=0.0), criterion="rdf_mae"),
             None, seed=0, run_dir=tmp_path, model_dir=tmp_path / "m", metadata={},
             progress=False, shard=False,
         )  # fmt: skip

@@ -5,8 +5,9 @@ simulator, stability criterion, losses) and runs a stage, writing its outputs to
 it is given. The experiment entry points (``python -m experiments.aspirin ...``) read their
 config into these arguments; a script can call the same functions directly:
 
-* :mod:`~stabie_jax.workflows.training` - :func:`train_and_save`: start replicas from training
-  frames, run :func:`stabie_jax.stabie.run_stabie`, save the trained model checkpoint;
+* :mod:`~stabie_jax.workflows.training` - :class:`LearningInputs` (how the learning steps are
+  taken, converted by :func:`stabie_settings`) and :func:`train_and_save`: start replicas from
+  training frames, run :func:`stabie_jax.stabie.run_stabie`, save the trained model checkpoint;
 * :mod:`~stabie_jax.workflows.molecule` - a single flexible molecule in free space (aspirin,
   Ac-Ala3-NHMe): :class:`MoleculeStabieInputs`, :func:`molecule_problem`,
   :func:`train_molecule` and :func:`reanchor_model_energy`;
@@ -35,9 +36,10 @@ from stabie_jax.workflows.periodic import (
     periodic_stable_fn,
     train_periodic,
 )
-from stabie_jax.workflows.training import train_and_save
+from stabie_jax.workflows.training import LearningInputs, stabie_settings, train_and_save
 
 __all__ = [
+    "LearningInputs",
     "MoleculeStabieInputs",
     "PeriodicData",
     "PeriodicMD",
@@ -52,6 +54,7 @@ __all__ = [
     "periodic_simulator",
     "periodic_stable_fn",
     "reanchor_model_energy",
+    "stabie_settings",
     "train_and_save",
     "train_molecule",
     "train_periodic",

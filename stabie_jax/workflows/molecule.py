@@ -18,7 +18,6 @@ import numpy as np
 from stabie_jax import (
     checkpoint,
     data,
-    hyperparameters,
     losses,
     md,
     observables,
@@ -30,7 +29,7 @@ from stabie_jax import stabie as stabie_lib
 from stabie_jax.evaluation import metrics as evaluation_metrics
 from stabie_jax.models import scale_shift
 from stabie_jax.models.registry import replica_fault_check
-from stabie_jax.workflows.training import train_and_save
+from stabie_jax.workflows.training import LearningInputs, stabie_settings, train_and_save
 
 __all__ = [
     "MoleculeStabieInputs",
@@ -44,10 +43,9 @@ class MoleculeStabieInputs(NamedTuple):
     """StABlE settings of a molecule run (units in the names; what ``config.md`` and
     ``config.stabie`` hold).
 
-    ``settings_kwargs`` are the :class:`~stabie_jax.stabie.StabieSettings` fields other than the
-    learning rate, λ, the clip and the gradient scale, which come from ``learning_rate``,
-    ``qm_weight`` and ``grad_clip_norm`` in ``hyperparameter_convention``
-    (:func:`stabie_jax.hyperparameters.exact_hyperparameters`). ``qm_energy_weight`` and
+    ``learning`` holds the learning-step settings (:class:`~stabie_jax.workflows.training.
+    LearningInputs`); ``qm_batch_size`` and ``qm_batches_per_step`` choose the training frames of
+    the QM term (:func:`stabie_jax.losses.make_training_set_qm_loss`), ``qm_energy_weight`` and
     ``qm_force_weight`` are the pretraining recipe's ``λ_U``, ``λ_F``.
     """
 
@@ -57,19 +55,12 @@ class MoleculeStabieInputs(NamedTuple):
     rescale_velocities: bool
     n_replicas: int
     history_length: int
-    minibatch_size: int
-    hyperparameter_convention: str
-    observable_reduction: str
-    observable_vjp: str
-    learning_rate: float
-    qm_weight: float
-    grad_clip_norm: float | None
+    learning: LearningInputs
     qm_batch_size: int
     qm_batches_per_step: int
     qm_energy_weight: float
     qm_force_weight: float
     bond_deviation_angstrom: float
-    settings_kwargs: dict
     replica_batch_size: int | None = None  # replicas per lax.map chunk per device; None = vmap
     integrator: str = "nose_hoover_chain"  # see stabie_jax.md.make_simulator
     chain_tau_factor: float = 1.0  # chain tau = factor * ttime * dt
@@ -86,7 +77,7 @@ def molecule_problem(
     """The StABlE problem of a molecule in free space: the simulator (``inp``'s integrator at
     ``inp.temperature_kelvin``, replicas over the devices, a non-finite check), the bond-length
     deviation criterion on ``molecule.bonds``, the global-estimator loss of ``observable`` and,
-    when ``inp.qm_weight`` is set, the QM loss on the training frames."""
+    when ``inp.learning.qm_weight`` is set, the QM loss on the training frames."""
     z = molecule.atomic_numbers
     space = md.free_space()
     potential = checkpoint.make_model_potential(
@@ -94,7 +85,7 @@ def molecule_problem(
     )
     kT = units.kT(inp.temperature_kelvin)
     dt = units.fs_to_internal(inp.timestep_fs)
-    t = int(inp.settings_kwargs["steps_per_epoch"])
+    t = int(inp.learning.settings_kwargs["steps_per_epoch"])
     simulator = md.make_simulator(
         potential.energy_fn,
         md.masses_from_atomic_numbers(z),
@@ -128,12 +119,12 @@ def molecule_problem(
         observable.frame_fn,
         jnp.asarray(observable.reference),
         kT,
-        batch_size=inp.minibatch_size,
-        reduction=inp.observable_reduction,
-        vjp=inp.observable_vjp,
+        batch_size=inp.learning.minibatch_size,
+        reduction=inp.learning.observable_reduction,
+        vjp=inp.learning.observable_vjp,
     )
     qm_fn = None
-    if inp.qm_weight:
+    if inp.learning.qm_weight:
         qm_fn = losses.make_training_set_qm_loss(
             potential,
             losses.LabelledFrames.from_dataset(molecule.train),
@@ -168,31 +159,9 @@ def train_molecule(
     re-fitted on the training frames when ``inputs.reanchor_energy``. Returns ``model_dir``."""
     loaded = checkpoint.load_model_checkpoint(pretrained_dir)
     problem = molecule_problem(loaded, molecule, inputs, observable)
-    kT = units.kT(inputs.temperature_kelvin)
-    hp = hyperparameters.exact_hyperparameters(
-        inputs.hyperparameter_convention,
-        inputs.learning_rate,
-        inputs.qm_weight,
-        inputs.grad_clip_norm,
-        kT,
-        inputs.minibatch_size,
-        reduction=inputs.observable_reduction,
-        n_observable=observable.size,
+    settings, recorded = stabie_settings(
+        inputs.learning, units.kT(inputs.temperature_kelvin), observable.size
     )
-    settings = stabie_lib.StabieSettings(
-        learning_rate=hp.learning_rate,
-        qm_weight=hp.qm_weight,
-        grad_clip_norm=hp.grad_clip_norm,
-        gradient_scale=hp.gradient_scale,
-        **inputs.settings_kwargs,
-    )
-    run_metadata = {
-        **metadata,
-        "exact_learning_rate": hp.learning_rate,
-        "exact_qm_weight": hp.qm_weight,
-        "exact_grad_clip_norm": hp.grad_clip_norm,
-        "gradient_scale": hp.gradient_scale,
-    }
     model_dir = train_and_save(
         problem,
         settings,
@@ -202,7 +171,7 @@ def train_molecule(
         seed=seed,
         run_dir=run_dir,
         model_dir=model_dir,
-        metadata=run_metadata,
+        metadata={**metadata, **recorded},
         progress=progress,
         rescale_velocities=inputs.rescale_velocities,
         shard=shard,

@@ -30,7 +30,6 @@ import numpy as np
 from stabie_jax import (
     checkpoint,
     data,
-    hyperparameters,
     md,
     observables,
     stability,
@@ -42,7 +41,7 @@ from stabie_jax.localized_estimator import neighbourhoods_from_bonds
 from stabie_jax.md.neighbors import neighbor_list_fn
 from stabie_jax.models.potential import neighbor_format
 from stabie_jax.models.registry import replica_fault_check
-from stabie_jax.workflows.training import train_and_save
+from stabie_jax.workflows.training import LearningInputs, stabie_settings, train_and_save
 
 __all__ = [
     "PeriodicData",
@@ -315,28 +314,20 @@ class PeriodicStabieInputs(NamedTuple):
     ``config.stabie`` hold).
 
     ``criterion`` is one of :data:`TRAINING_CRITERIA` with its ``threshold_angstrom``;
-    ``settings_kwargs`` are the :class:`~stabie_jax.stabie.StabieSettings` fields other than the
-    learning rate, λ, the clip and the gradient scale (from ``learning_rate``, ``qm_weight``,
-    ``grad_clip_norm`` in ``hyperparameter_convention``). ``n_bins``/``per_bin``: the localized
+    ``learning`` holds the learning-step settings (:class:`~stabie_jax.workflows.training.
+    LearningInputs`; its ``qm_weight`` must be 0). ``n_bins``/``per_bin``: the localized
     estimator's neighbourhood balancing.
     """
 
     temperature_kelvin: float
     md: PeriodicMD
     n_replicas: int
-    minibatch_size: int
-    hyperparameter_convention: str
-    observable_reduction: str
-    observable_vjp: str
-    learning_rate: float
-    qm_weight: float
-    grad_clip_norm: float | None
+    learning: LearningInputs
     criterion: str
     threshold_angstrom: float
     n_bins: int
     per_bin: int
     rescale_velocities: bool
-    settings_kwargs: dict
 
 
 def check_qm_weight(qm_weight: float) -> None:
@@ -365,14 +356,14 @@ def train_periodic(
     """StABlE-train the model checkpoint in ``pretrained_dir`` on ``observable`` (built for the
     periodic system's reference frames); the run goes to ``run_dir`` (resumable), the trained
     model to ``model_dir``. Returns ``model_dir``."""
-    check_qm_weight(inputs.qm_weight)
+    check_qm_weight(inputs.learning.qm_weight)
     if inputs.criterion not in TRAINING_CRITERIA:
         raise ValueError(
             f"training criterion {inputs.criterion!r} (config key stabie.criterion): choose one "
             f"of {TRAINING_CRITERIA}"
         )
     loaded = checkpoint.load_model_checkpoint(pretrained_dir)
-    t = int(inputs.settings_kwargs["steps_per_epoch"])
+    t = int(inputs.learning.settings_kwargs["steps_per_epoch"])
     potential, sim, space, neighbor_fn = periodic_simulator(
         loaded, periodic, inputs.md, inputs.temperature_kelvin, t, inputs.n_replicas
     )
@@ -386,21 +377,11 @@ def train_periodic(
         template,
         space,
         kT,
-        reduction=inputs.observable_reduction,
-        vjp=inputs.observable_vjp,
-        minibatch_size=inputs.minibatch_size,
+        reduction=inputs.learning.observable_reduction,
+        vjp=inputs.learning.observable_vjp,
+        minibatch_size=inputs.learning.minibatch_size,
         n_bins=inputs.n_bins,
         per_bin=inputs.per_bin,
-    )
-    hp = hyperparameters.exact_hyperparameters(
-        inputs.hyperparameter_convention,
-        inputs.learning_rate,
-        inputs.qm_weight,
-        inputs.grad_clip_norm,
-        kT,
-        inputs.minibatch_size,
-        reduction=inputs.observable_reduction,
-        n_observable=observable.size,
     )
     problem = stabie_lib.StabieProblem(
         sim,
@@ -409,19 +390,7 @@ def train_periodic(
         None,
         energy_fn=lambda params, positions: jnp.sum(per_atom_energy_fn(params, positions)),
     )
-    settings = stabie_lib.StabieSettings(
-        learning_rate=hp.learning_rate,
-        qm_weight=hp.qm_weight,
-        grad_clip_norm=hp.grad_clip_norm,
-        gradient_scale=hp.gradient_scale,
-        **inputs.settings_kwargs,
-    )
-    meta = {
-        **metadata,
-        "exact_learning_rate": hp.learning_rate,
-        "exact_grad_clip_norm": hp.grad_clip_norm,
-        "gradient_scale": hp.gradient_scale,
-    }
+    settings, recorded = stabie_settings(inputs.learning, kT, observable.size)
     return train_and_save(
         problem,
         settings,
@@ -431,7 +400,7 @@ def train_periodic(
         seed=seed,
         run_dir=run_dir,
         model_dir=model_dir,
-        metadata=meta,
+        metadata={**metadata, **recorded},
         progress=progress,
         rescale_velocities=inputs.rescale_velocities,
         shard=shard,

@@ -1,15 +1,74 @@
-"""Run StABlE from training frames and save the trained model next to the run."""
+"""What every StABlE stage shares: the learning-step settings (:class:`LearningInputs`, turned
+into :class:`~stabie_jax.stabie.StabieSettings` by :func:`stabie_settings`) and
+:func:`train_and_save` (replicas from training frames, the run, the trained model saved)."""
 
 from __future__ import annotations
 
 import pathlib
+from typing import NamedTuple
 
 import jax
 
-from stabie_jax import checkpoint
+from stabie_jax import checkpoint, hyperparameters
 from stabie_jax import stabie as stabie_lib
 
-__all__ = ["train_and_save"]
+__all__ = ["LearningInputs", "stabie_settings", "train_and_save"]
+
+
+class LearningInputs(NamedTuple):
+    """How the learning steps are taken (what ``config.stabie`` holds besides the system).
+
+    Attributes:
+      minibatch_size: the estimator's ``B``.
+      hyperparameter_convention: ``"authors"`` or ``"exact"``: the units of ``learning_rate``,
+        ``qm_weight`` and ``grad_clip_norm`` (:func:`stabie_jax.hyperparameters.
+        exact_hyperparameters`).
+      observable_reduction, observable_vjp: of the observable loss
+        (:func:`stabie_jax.trajectory_losses.global_observable_loss`).
+      learning_rate, qm_weight, grad_clip_norm: α, λ and the clip in that convention.
+      settings_kwargs: the other :class:`~stabie_jax.stabie.StabieSettings` fields (``t``,
+        ``S``, phases, schedule, budget, checkpoints, reuse, which frames feed a step).
+    """
+
+    minibatch_size: int
+    hyperparameter_convention: str
+    observable_reduction: str
+    observable_vjp: str
+    learning_rate: float
+    qm_weight: float
+    grad_clip_norm: float | None
+    settings_kwargs: dict
+
+
+def stabie_settings(
+    learning: LearningInputs, kT: float, n_observable: int
+) -> tuple[stabie_lib.StabieSettings, dict]:
+    """The loop settings for the exact estimator at ``kT`` (eV) with an observable of
+    ``n_observable`` components, and the converted values to record with the run."""
+    hp = hyperparameters.exact_hyperparameters(
+        learning.hyperparameter_convention,
+        learning.learning_rate,
+        learning.qm_weight,
+        learning.grad_clip_norm,
+        kT,
+        learning.minibatch_size,
+        reduction=learning.observable_reduction,
+        n_observable=n_observable,
+    )
+    settings = stabie_lib.StabieSettings(
+        learning_rate=hp.learning_rate,
+        qm_weight=hp.qm_weight,
+        grad_clip_norm=hp.grad_clip_norm,
+        gradient_scale=hp.gradient_scale,
+        **learning.settings_kwargs,
+    )
+    recorded = {
+        "exact_learning_rate": hp.learning_rate,
+        "exact_qm_weight": hp.qm_weight,
+        "exact_grad_clip_norm": hp.grad_clip_norm,
+        "gradient_scale": hp.gradient_scale,
+    }
+    return settings, recorded
 
 
 def train_and_save(
