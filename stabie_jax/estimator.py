@@ -122,9 +122,11 @@ from stabie_jax._estimator_core import (
     _weighted_energy_grad,
 )
 from stabie_jax.hyperparameters import (
+    CONVENTIONS,
     ExactHyperparameters,
     authors_hyperparameters_to_exact,
     authors_learning_rate_to_exact,
+    exact_hyperparameters,
 )
 from stabie_jax.localized_estimator import (
     LocalSample,
@@ -147,9 +149,11 @@ __all__ = [
     "boltzmann_jacobian",
     "finite_sample_mask",
     # Re-exported from stabie_jax.hyperparameters.
+    "CONVENTIONS",
     "ExactHyperparameters",
     "authors_hyperparameters_to_exact",
     "authors_learning_rate_to_exact",
+    "exact_hyperparameters",
     # Re-exported from stabie_jax.localized_estimator.
     "LocalSample",
     "NeighbourhoodSelection",
