@@ -10,8 +10,9 @@ child processes of this one, each with the same wall-clock budget (``stabie.max_
 Threshold 0 is the authors' rule (``stabie.reuse_min_neff = 0``); the others reuse each
 simulation's frames while Kish ``N_eff/N`` stays above the threshold (at most
 ``--max_reuse_steps`` extra steps). Then one evaluation run compares all models on the same
-held-out test structures with the same momenta (``experiments.evaluation``: the baseline is the
-pretrained model, the authors'-rule model is "StABlE", the reuse models are extra models).
+held-out test structures with the same momenta (``stabie_jax.workflows.evaluate_molecule_models``:
+the baseline is the pretrained model, the authors'-rule model is "StABlE", the reuse models are
+extra models).
 
 Reported, per variant, from ``stabie/metrics.jsonl``: simulations (learning epochs), optimizer
 steps, MD steps (all replicas), the unstable fraction measured by each learning simulation, the

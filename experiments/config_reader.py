@@ -21,14 +21,18 @@ __all__ = [
     "chain_tau_factor",
     "data_split_kwargs",
     "evaluation_fingerprint",
+    "evaluation_run",
     "integrator_kwargs",
     "learning_inputs",
     "md_integrator",
+    "molecule_data_spec",
+    "molecule_evaluation",
     "molecule_observable_system",
     "molecule_stabie_inputs",
     "observable_kind",
     "overwrite_stages",
     "parse_stages",
+    "periodic_evaluation",
     "periodic_md",
     "periodic_stabie_inputs",
     "pretrain_settings_from_config",
@@ -316,3 +320,84 @@ def evaluation_fingerprint(config, name: str, params, data_spec) -> str:
     spec["seed"] = int(config.seed)
     spec["data"] = data_spec
     return evaluation_store.fingerprint(spec)
+
+
+def evaluation_run(config) -> workflows.EvaluationRun:
+    """``config.evaluate`` and ``config.md`` as the run every evaluated model shares; the
+    momenta key is drawn from ``config.seed + 1000`` (apart from the training's keys)."""
+    e = config.evaluate
+    return workflows.EvaluationRun(
+        temperature_kelvin=float(config.md.temperature_kelvin),
+        timestep_fs=float(config.md.timestep_fs),
+        length_ps=float(e.length_ps),
+        check_every_steps=int(e.check_every_steps),
+        sample_every=int(e.sample_every),
+        n_replicas=int(e.n_replicas),
+        momenta_seed=int(config.seed) + 1000,
+        stop_fraction=float(e.stop_fraction),
+        checkpoint_every_seconds=float(e.checkpoint_every_seconds),
+        save_trajectories=bool(e.get("save_trajectories", False)),
+        progress=bool(config.progress),
+        tensorboard=bool(config.get("tensorboard", False)),
+    )
+
+
+def molecule_evaluation(config, molecule: data.MoleculeData) -> workflows.MoleculeEvaluation:
+    """The molecule evaluation protocol of the config (:class:`stabie_jax.workflows.
+    MoleculeEvaluation`), with the training observable at the evaluation temperature when it
+    is not h(r) and the dataset's reference VACF when the VACF is evaluated."""
+    e = config.evaluate
+    T = float(config.md.temperature_kelvin)
+    training = None
+    if observable_kind(config) != "h_of_r":
+        training = training_observable(config, molecule_observable_system(config, molecule, T))
+    vacf_window = int(e.vacf_window_steps)
+    reference_vacf = None
+    if vacf_window:
+        full = data.load_dataset(
+            config.data.source, download=bool(config.data.download), **reader_options(config.data)
+        )
+        dt_fs = float(config.md.timestep_fs)
+        reference_vacf = workflows.reference_vacf_of(full, dt_fs, vacf_window)
+    return workflows.MoleculeEvaluation(
+        run=evaluation_run(config),
+        bond_deviation_angstrom=float(e.bond_deviation_angstrom),
+        integrator_kwargs=integrator_kwargs(config, "evaluate"),
+        replica_batch_size=replica_batch_size(config),
+        reference_temperature_kelvin=reference_temperature(config) or T,
+        h_of_r_r_max_angstrom=float(config.observable.r_max_angstrom),
+        h_of_r_n_bins=int(config.observable.n_bins),
+        h_of_r_sigma_angstrom=float(config.observable.sigma_angstrom),
+        vacf_window_steps=vacf_window,
+        transfer_temperatures_kelvin=tuple(float(t) for t in e.transfer_temperatures_kelvin),
+        transfer_length_ps=float(e.transfer_length_ps),
+        training=training,
+        reference_vacf=reference_vacf,
+    )
+
+
+def molecule_data_spec(config) -> list:
+    """The ``config.data`` keys a molecule model's evaluation result depends on (its
+    fingerprint's data part)."""
+    d = config.data
+    keys = ("source", "test_source", "labels", "n_test", "n_val", "n_train", "split_seed")
+    return [d[k] for k in keys] + [d.contiguous, d.max_reference_frames]
+
+
+def periodic_evaluation(config) -> workflows.PeriodicEvaluation:
+    """``config.evaluate`` of a periodic system (:class:`~stabie_jax.workflows.
+    PeriodicEvaluation`)."""
+    e = config.evaluate
+    criterion = str(e.criterion)
+    threshold = {
+        "rdf_mae": e.rdf_mae_threshold,
+        "min_intermolecular": e.min_intermolecular_angstrom,
+        "bond_deviation": e.bond_deviation_angstrom,
+    }[criterion]
+    return workflows.PeriodicEvaluation(
+        run=evaluation_run(config),
+        md=periodic_md(config, "evaluate"),
+        criterion=criterion,
+        threshold=float(threshold),
+        rdf_r_max_angstrom=float(e.rdf_r_max_angstrom),
+    )

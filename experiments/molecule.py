@@ -92,10 +92,42 @@ def run(config, workdir) -> dict:
         )
 
     def evaluate(pretrained_dir, stabie_dir, wall):
-        from experiments import evaluation
-
-        return evaluation.evaluate_molecule(
-            config, workdir, molecule, pretrained_dir, stabie_dir, wall
+        settings = config_reader.molecule_evaluation(config, molecule)
+        spec = config_reader.molecule_data_spec(config)
+        out = workdir / stages.EVALUATION_DIR
+        results, numbers = workflows.evaluate_molecule_models(
+            settings,
+            molecule,
+            stages.evaluation_models(config, pretrained_dir, stabie_dir),
+            out,
+            lambda name, loaded: config_reader.evaluation_fingerprint(
+                config, name, loaded.params, spec
+            ),
+        )
+        records, rate = stages.training_curve_inputs(config, workdir)
+        run = settings.run
+        return workflows.write_molecule_report(
+            settings,
+            molecule,
+            results,
+            numbers,
+            out,
+            system=str(config.system),
+            title=(
+                f"{config.system} ({config.get('variant', '')}, data {config.data.source}): "
+                f"{run.n_replicas} replicas × {run.total_steps * run.timestep_fs / 1000.0:g} ps "
+                f"at {run.temperature_kelvin:g} K, bond-length deviation > "
+                f"{settings.bond_deviation_angstrom} Å"
+            ),
+            config=config.to_dict(),
+            wall_clock_seconds=wall,
+            notes=[
+                "Same held-out initial structures and momenta for both models.",
+                f"Integrator: {config_reader.md_integrator(config, 'evaluate')} (the authors "
+                "evaluated aspirin with Langevin, Ac-Ala3 and water with their Nosé–Hoover).",
+            ],
+            training_records=records,
+            training_plot_kwargs=rate,
         )
 
     return stages.run_stages(

@@ -29,43 +29,30 @@ from __future__ import annotations
 import logging
 import pathlib
 
-import ase.data
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from experiments import config_reader, configs, stages
-from stabie_jax import evaluation as ev
 from stabie_jax import (
-    md,
-    metrics_log,
     observables,
     workflows,
 )
-from stabie_jax import stabie as stabie_lib
-from stabie_jax.evaluation import models as evaluation_models
-from stabie_jax.evaluation import plots, report
 from stabie_jax.localized_estimator import neighbourhoods_from_bonds
 from stabie_jax.models.gemnet_t import GemNetT
 from stabie_jax.models.gemnet_table import max_neighbors_in_frames, suggested_capacity
 from stabie_jax.models.potential import neighbor_format
 from stabie_jax.models.registry import build_model
-from stabie_jax.observables.kinds.rdf import element_pairs
-from stabie_jax.trajectories import export_kept_frames, trajectory_links
+from stabie_jax.workflows import periodic_evaluation
 from stabie_jax.workflows.periodic import PeriodicData
 
 TRAINING_CRITERIA = workflows.TRAINING_CRITERIA
-EVALUATION_CRITERIA = ("rdf_mae", "min_intermolecular", "bond_deviation")
+EVALUATION_CRITERIA = workflows.EVALUATION_CRITERIA
 
 
 def load_data(config) -> PeriodicData:
     """``config.data`` loaded and split (:func:`stabie_jax.workflows.load_periodic_data`)."""
     d = config.data
     return workflows.load_periodic_data(d.source, **config_reader.data_split_kwargs(d))
-
-
-def pair_label(pair) -> str:
-    return "–".join(ase.data.chemical_symbols[int(a)] for a in pair)
 
 
 def check_choices(config, periodic: PeriodicData) -> None:
@@ -130,7 +117,7 @@ def training_observable(config, periodic: PeriodicData) -> observables.BuiltObse
             reference_positions=periodic.reference.positions,
             temperature_kelvin=float(config.md.temperature_kelvin),
             box=periodic.box,
-            displacement_fn=md.periodic_space(workflows.cell_of_box(periodic.box)).displacement_fn,
+            displacement_fn=periodic.space.displacement_fn,
             neighbourhoods=periodic.neighbourhoods,
         ),
     )
@@ -146,8 +133,7 @@ def check_neighbor_capacity(config, periodic: PeriodicData) -> None:
     frames = np.concatenate(
         [periodic.train.positions, periodic.val.positions, periodic.test.positions]
     )
-    space = md.periodic_space(workflows.cell_of_box(periodic.box))
-    most = max_neighbors_in_frames(frames, space.displacement_fn, cutoff)
+    most = max_neighbors_in_frames(frames, periodic.space.displacement_fn, cutoff)
     suggested = suggested_capacity(most)
     if most > capacity:
         raise ValueError(
@@ -208,167 +194,42 @@ def run_stabie_stage(
     )
 
 
-def _criterion_text(e) -> str:
-    kind = str(e.criterion)
-    if kind == "rdf_mae":
-        return f"RDF MAE > {float(e.rdf_mae_threshold):g}"
-    if kind == "min_intermolecular":
-        return f"intermolecular distance < {float(e.min_intermolecular_angstrom):g} Å"
-    return f"bond deviation > {float(e.bond_deviation_angstrom):g} Å"
-
-
-def _write_periodic_report(
-    config, workdir, periodic: PeriodicData, results, numbers, reference_rdfs, n_rep, total, wall
-) -> None:
-    """Figures (fraction unstable, element RDFs, training curve) and report.{json,md} of a
-    periodic evaluation."""
-    out = pathlib.Path(workdir) / "evaluate"
-    e = config.evaluate
-    T = float(config.md.temperature_kelvin)
-    dt_fs = float(config.md.timestep_fs)
-    check = int(e.check_every_steps)
-    z = periodic.atomic_numbers
-    pairs = element_pairs(z)
-    r_max = float(e.rdf_r_max_angstrom)
-    system = str(config.system)
-    figures = {
-        "fraction_unstable": plots.plot_fraction_unstable(
-            {n: (results[n].times_ps, results[n].fraction_unstable) for n in results},
-            out / "fraction_unstable.png",
-            title=f"{system}: fraction of unstable replicas at {T:g} K",
-            n_replicas=n_rep,
-            criterion=_criterion_text(e),
-        ),
-        "rdfs": plots.plot_element_rdfs(
-            observables.rdf_bins(r_max, 500)[0],
-            {ev.rdf_name(p): reference_rdfs[p] for p in pairs},
-            {
-                n: {ev.rdf_name(p): results[n].observables[ev.rdf_name(p)] for p in pairs}
-                for n in results
-            },
-            out / "rdfs.png",
-        ),
-    }
-    records = metrics_log.read_records(pathlib.Path(workdir) / "stabie" / stabie_lib.METRICS_FILE)
-    if records:
-        figures["training"] = plots.plot_training_curve(records, out / "training.png")
-    heaviest = ase.data.chemical_symbols[int(z.max())]
-    table = {
-        name: {
-            "median stable time (ps)": r["median_stable_time_ps"],
-            **{
-                f"{pair_label(p)} RDF MAE": r["rdf_errors"][ev.rdf_name(p)]["rdf_mae"]
-                for p in pairs
-            },
-            f"D {heaviest} (m²/s)": r["diffusivity_m2_per_s"],
-        }
-        for name, r in numbers.items()
-    }
-    report.write_report(
-        out,
-        title=(
-            f"{system} ({config.get('variant', '')}, data {config.data.source}): {n_rep} "
-            f"replicas × {total * dt_fs / 1000.0:g} ps at {T:g} K, {_criterion_text(e)} "
-            f"(checked every {check * dt_fs / 1000:g} ps)"
-        ),
-        results={"comparison": table, "details": numbers},
-        config=config.to_dict(),
-        wall_clock_seconds=wall,
-        plots=figures,
-        trajectories=trajectory_links(numbers),
-    )
-
-
 def evaluate_periodic(
     config, workdir, periodic: PeriodicData, pretrained_dir, stabie_dir, wall
 ) -> dict:
-    out = pathlib.Path(workdir) / "evaluate"
-    out.mkdir(parents=True, exist_ok=True)
-    e = config.evaluate
-    T = float(config.md.temperature_kelvin)
-    dt_fs = float(config.md.timestep_fs)
-    check = int(e.check_every_steps)
-    total = check * max(1, int(round(float(e.length_ps) * 1000.0 / dt_fs / check)))
-    z = periodic.atomic_numbers
-    pairs = element_pairs(z)
-    r_max = float(e.rdf_r_max_angstrom)
-    positions = jnp.asarray(periodic.reference.positions)
-    reference_rdfs = {
-        p: np.asarray(jnp.mean(observables.rdf(positions, z, p, periodic.box, r_max, 500), axis=0))
-        for p in pairs
-    }
-    kind = str(e.criterion)
-    threshold = {
-        "rdf_mae": e.rdf_mae_threshold,
-        "min_intermolecular": e.min_intermolecular_angstrom,
-        "bond_deviation": e.bond_deviation_angstrom,
-    }[kind]
-    stable_fn = workflows.periodic_stable_fn(
-        kind, float(threshold), periodic, {"rdfs": reference_rdfs, "r_max": r_max}
-    )
-    n_rep = int(e.n_replicas)
-    initial = jnp.asarray(periodic.test.positions[:n_rep], jnp.float32)
-    key = jax.random.PRNGKey(int(config.seed) + 1000)
-    diffusing = z == z.max()  # the heaviest element (water: oxygen)
-
-    def evaluate_one(name, loaded, scratch):
-        _, sim, _, _ = workflows.periodic_simulator(
-            loaded, periodic, config_reader.periodic_md(config, "evaluate"), T, check, n_rep
-        )
-        result = ev.evaluate_stability(
-            sim,
-            loaded.params,
-            initial,
-            key,
-            stable_fn=stable_fn,
-            total_steps=total,
-            check_every_steps=check,
-            sample_every=int(e.sample_every),
-            stop_fraction=float(e.stop_fraction),
-            frame_observables=ev.rdf_observables(z, periodic.box, pairs, r_max),
-            msd_atoms=diffusing,
-            checkpoint_dir=scratch / "stability",
-            checkpoint_every_seconds=float(e.checkpoint_every_seconds),
-            progress=bool(config.progress),
-            tensorboard=bool(config.get("tensorboard", False)),
-            keep_last_chunks=bool(e.get("save_trajectories", False)),
-            desc=f"{name} {T:g} K",
-        )
-        result, kept = export_kept_frames(
-            result,
-            z,
-            evaluation_models.trajectory_dir(scratch),
-            tag=f"{T:g}K",
-            cell=workflows.cell_of_box(periodic.box),
-        )
-        rdfs = {ev.rdf_name(p): result.observables[ev.rdf_name(p)] for p in pairs}
-        reference = {ev.rdf_name(p): reference_rdfs[p] for p in pairs}
-        entry = {
-            "median_stable_time_ps": result.median_stable_time_ps,
-            "mean_stable_time_ps": result.mean_stable_time_ps,
-            "stable_time_ps": result.stable_time_ps,
-            "rdf_errors": ev.rdf_errors(rdfs, reference, r_max),
-            "diffusivity_m2_per_s": None
-            if result.diffusivity_m2_per_s is None
-            else np.asarray(result.diffusivity_m2_per_s)[-1],
-        }
-        if kept:
-            entry["trajectories"] = {k: str(v) for k, v in kept.items()}
-        return result, entry
-
-    models = evaluation_models.load_models(pretrained_dir, stabie_dir, str(e.extra_models))
-    results, numbers = evaluation_models.evaluate_each(
-        models,
+    """The evaluation stage: every model under the config's protocol, then the report."""
+    settings = config_reader.periodic_evaluation(config)
+    out = pathlib.Path(workdir) / stages.EVALUATION_DIR
+    results, numbers = workflows.evaluate_periodic_models(
+        settings,
+        periodic,
+        stages.evaluation_models(config, pretrained_dir, stabie_dir),
         out,
         lambda name, loaded: config_reader.evaluation_fingerprint(
             config, name, loaded.params, config.data.to_dict()
         ),
-        evaluate_one,
     )
-    _write_periodic_report(
-        config, workdir, periodic, results, numbers, reference_rdfs, n_rep, total, wall
+    records, rate = stages.training_curve_inputs(config, workdir)
+    run = settings.run
+    return workflows.write_periodic_report(
+        settings,
+        periodic,
+        results,
+        numbers,
+        out,
+        system=str(config.system),
+        title=(
+            f"{config.system} ({config.get('variant', '')}, data {config.data.source}): "
+            f"{run.n_replicas} replicas × {run.total_steps * run.timestep_fs / 1000.0:g} ps at "
+            f"{run.temperature_kelvin:g} K, "
+            f"{periodic_evaluation.criterion_text(settings.criterion, settings.threshold)} "
+            f"(checked every {run.check_every_steps * run.timestep_fs / 1000:g} ps)"
+        ),
+        config=config.to_dict(),
+        wall_clock_seconds=wall,
+        training_records=records,
+        training_plot_kwargs=rate,
     )
-    return {n: {k: v for k, v in r.items() if k != "stable_time_ps"} for n, r in numbers.items()}
 
 
 def run(config, workdir, frames: PeriodicData | None = None) -> dict:

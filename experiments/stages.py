@@ -27,20 +27,25 @@ from experiments.config_reader import (
 )
 from stabie_jax import checkpoint, data, md, metrics_log, run_loop
 from stabie_jax import pretrain as pretrain_lib
+from stabie_jax import stabie as stabie_lib
 from stabie_jax import workdir as workdir_lib
+from stabie_jax.evaluation import models as evaluation_models_lib
 from stabie_jax.evaluation import plots
 from stabie_jax.models import make_potential
 from stabie_jax.models.registry import build_model, frames_fault_check, init_params
 
 __all__ = [
+    "EVALUATION_DIR",
     "PRETRAINED_MODEL",
     "STABIE_MODEL",
     "STAGE_OUTPUTS",
     "claim_pretrain",
     "claim_stabie",
     "data_fingerprint",
+    "evaluation_models",
     "run_pretrain",
     "run_stages",
+    "training_curve_inputs",
 ]
 
 
@@ -48,6 +53,9 @@ PRETRAINED_MODEL = "model_pretrained"
 
 
 STABIE_MODEL = "model_stabie"
+
+
+EVALUATION_DIR = "evaluate"
 
 
 STAGE_OUTPUTS = {"pretrain": ("pretrain", PRETRAINED_MODEL), "stabie": ("stabie", STABIE_MODEL)}
@@ -230,3 +238,29 @@ def run_stages(
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
+
+
+def evaluation_models(config, pretrained_dir, stabie_dir) -> dict:
+    """``{name: LoadedModel}`` to evaluate: baseline, StABlE (when trained) and
+    ``config.evaluate.extra_models``."""
+    return evaluation_models_lib.load_models(
+        pretrained_dir, stabie_dir, str(config.evaluate.extra_models)
+    )
+
+
+def training_curve_inputs(config, workdir) -> tuple[list, dict]:
+    """The StABlE metrics log of ``workdir`` (empty when StABlE has not run) and the keywords
+    that plot its learning rate as the α the user configured: the driver runs the exact
+    estimator's rate (converted from the authors' convention), recorded with the model."""
+    workdir = pathlib.Path(workdir)
+    records = metrics_log.read_records(workdir / "stabie" / stabie_lib.METRICS_FILE)
+    try:
+        meta = checkpoint.read_model_metadata(workdir / STABIE_MODEL)
+        exact = float(meta.extra["stabie"]["exact_learning_rate"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return records, {}
+    convention = config.stabie.get("hyperparameter_convention", "authors")
+    return records, {
+        "lr_scale": float(config.stabie.learning_rate) / exact,
+        "lr_label": f"learning rate α ({convention} convention, as configured)",
+    }

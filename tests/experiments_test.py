@@ -321,20 +321,20 @@ def test_chain_thermostat_time_from_config_matches_the_authors_period():
 def test_evaluation_reloads_the_data_with_the_configured_reader_options(monkeypatch):
     """The VACF reference reload used to drop data.energy_unit/labels ("energy unit unknown"
     for an extxyz file that needs it)."""
-    from experiments import evaluation
-
     seen = {}
 
     def fake_load(source, **kwargs):
         seen.update(kwargs, source=source)
         return type("D", (), {"velocities": None, "time_fs": None})()
 
-    monkeypatch.setattr(evaluation.data, "load_dataset", fake_load)
+    monkeypatch.setattr(config_reader.data, "load_dataset", fake_load)
     config = aspirin.get_config("smoke")
     config.data.source = "mine.extxyz"
     config.data.energy_unit = "eV"
     config.data.labels = "md17"
-    assert evaluation._reference_vacf(config, 0.5, 100) is None
+    config.evaluate.vacf_window_steps = 100
+    molecule = type("M", (), {"atomic_numbers": np.array([6, 1])})()
+    assert config_reader.molecule_evaluation(config, molecule).reference_vacf is None
     assert seen == {
         "source": "mine.extxyz",
         "download": False,
@@ -342,6 +342,31 @@ def test_evaluation_reloads_the_data_with_the_configured_reader_options(monkeypa
         "labels": "md17",
     }
     assert config_reader.reader_options(config.data) == {"labels": "md17", "energy_unit": "eV"}
+
+
+def test_reference_vacf_of_consecutive_frames_matches_numpy():
+    """The dataset's VACF on its own frame spacing, over the evaluation's window of steps."""
+    import dataclasses
+
+    from stabie_jax import data, workflows
+
+    rng = np.random.default_rng(3)
+    v = rng.normal(size=(50, 4, 3))
+    frames = data.Dataset(
+        positions=rng.normal(size=(50, 4, 3)),
+        energies=None,
+        forces=None,
+        atomic_numbers=np.array([6, 6, 1, 1]),
+        velocities=v,
+        time_fs=np.arange(50)[::-1] * 2.0,  # reversed: sorted by time first
+    )
+    lag, vacf = workflows.reference_vacf_of(frames, 0.5, 40)  # 40 steps of 0.5 fs = 10 frames
+    np.testing.assert_allclose(lag, 2.0 * np.arange(10))
+    w = v[::-1]
+    expected = [np.mean(np.sum(w[:41] * w[k : k + 41], -1)) for k in range(10)]  # 41 origins
+    np.testing.assert_allclose(vacf / vacf[0], np.asarray(expected) / expected[0], rtol=1e-5)
+    uneven = dataclasses.replace(frames, time_fs=np.r_[0.0, np.cumsum(rng.uniform(1, 2, 49))])
+    assert workflows.reference_vacf_of(uneven, 0.5, 40) is None
 
 
 def test_water_refuses_a_neighbour_capacity_the_data_exceeds():
@@ -367,14 +392,15 @@ def test_water_refuses_a_neighbour_capacity_the_data_exceeds():
 
 def test_n_eff_curve_is_taken_from_the_reference_frames_temperature():
     """500 K frames evaluated in a 700 K run: N_eff is all frames at 500 K, fewer at 700 K."""
-    from experiments import evaluation
     from stabie_jax import units
+    from stabie_jax.workflows import molecule_evaluation
 
     rng = np.random.default_rng(0)
     energies = rng.normal(scale=10 * units.kT(500.0), size=400)  # a broad energy spread
     config = aspirin.get_config("cpu")
     assert config.md.temperature_kelvin == 700.0 and config.data.reference_temperature_kelvin == 500
-    curve = evaluation.n_eff_curve(config, energies)
+    reference_temperature = config_reader.reference_temperature(config)
+    curve = molecule_evaluation.n_eff_curve(energies, reference_temperature)
     temps, n_eff = curve["temperature_kelvin"], curve["n_eff"]
     assert curve["sample_temperature_kelvin"] == 500.0
     assert temps[int(np.argmax(n_eff))] == pytest.approx(500.0)
@@ -459,7 +485,8 @@ def test_water_md_stages_report_a_table_overflow_instead_of_instability():
 
 
 def test_molecule_evaluation_simulator_reports_a_table_overflow():
-    from experiments import evaluation
+    from stabie_jax import md
+    from stabie_jax.workflows import molecule_evaluation
 
     config = aspirin.get_config("smoke")
     hparams = dict(
@@ -472,9 +499,14 @@ def test_molecule_evaluation_simulator_reports_a_table_overflow():
     z = np.asarray(frames.atomic_numbers)
     loaded = _gemnet(hparams, z, 3)  # aspirin has ~20 atoms within 5 Å of every atom
     potential = checkpoint.make_model_potential(
-        loaded.module, loaded.metadata, evaluation.md.free_space().displacement_fn
+        loaded.module, loaded.metadata, md.free_space().displacement_fn
     )
-    sim = evaluation._simulator(potential, loaded.module, z, 500.0, config, 2)
+    settings = config_reader.molecule_evaluation(config, None)._replace(
+        run=config_reader.evaluation_run(config)._replace(n_replicas=2)
+    )
+    sim = molecule_evaluation.molecule_evaluation_simulator(
+        potential, loaded.module, z, 500.0, settings
+    )
     with jax.debug_nans(False):
         state = sim.init(loaded.params, jax.random.PRNGKey(1), jnp.asarray(frames.positions[:2]))
         with pytest.raises(ValueError, match=r"neighbor_capacity=3\. Set"):
@@ -550,14 +582,14 @@ def test_water_pipeline_on_the_builtin_set(tmp_path):
 
 
 def test_a_reweighted_reference_with_few_effective_frames_is_flagged():
-    from experiments import evaluation
+    from stabie_jax.workflows import molecule_evaluation
 
     numbers = {
         "baseline": {"transfer_700K": {"n_eff": 13.7}, "transfer_350K": {"n_eff": 4200.0}},
         "StABlE": {"transfer_700K": {"n_eff": 13.7}},
         "n_eff_curve": {"n_eff": [1.0]},
     }
-    (note,) = evaluation.small_n_eff_notes(numbers, 500.0)
+    (note,) = molecule_evaluation.small_n_eff_notes(numbers, 500.0)
     assert "700K h(r) reference" in note and "N_eff = 13.7" in note and "500 K" in note
 
 

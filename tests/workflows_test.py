@@ -183,3 +183,65 @@ def test_train_periodic_refuses_a_qm_weight_before_loading_anything(tmp_path):
             None, seed=0, run_dir=tmp_path, model_dir=tmp_path / "m", metadata={},
             progress=False, shard=False,
         )  # fmt: skip
+
+
+def test_evaluate_molecule_models_pairs_two_models_from_python(tmp_path, molecule):
+    """The paper's evaluation without a config: the same checkpoint under two names gets the
+    same initial structures and momenta, so every pair ties; the report is written."""
+    z = molecule.atomic_numbers
+    _untrained_checkpoint(tmp_path / "model", z, molecule.train.energies)
+    loaded = checkpoint.load_model_checkpoint(tmp_path / "model")
+    run = workflows.EvaluationRun(
+        temperature_kelvin=500.0,
+        timestep_fs=0.5,
+        length_ps=0.02,
+        check_every_steps=10,
+        sample_every=5,
+        n_replicas=3,
+        momenta_seed=7,
+        stop_fraction=1.0,
+        progress=False,
+        save_trajectories=False,
+    )
+    assert run.total_steps == 40
+    settings = workflows.MoleculeEvaluation(
+        run=run,
+        bond_deviation_angstrom=0.5,
+        integrator_kwargs={
+            "integrator": "langevin",
+            "langevin_gamma": units.per_ps_to_internal(0.1),
+        },
+        replica_batch_size=None,
+        reference_temperature_kelvin=500.0,
+        h_of_r_r_max_angstrom=6.0,
+        h_of_r_n_bins=60,
+        h_of_r_sigma_angstrom=0.1,
+    )
+    models = {"baseline": loaded, "again": loaded}
+    out = tmp_path / "evaluate"
+    results, numbers = workflows.evaluate_molecule_models(
+        settings, molecule, models, out, lambda name, m: f"{name}-v1"
+    )
+    assert set(results) == {"baseline", "baseline_transfer", "again", "again_transfer"}
+    np.testing.assert_array_equal(
+        results["again"].stable_time_ps, results["baseline"].stable_time_ps
+    )
+    paired = numbers["again"]["paired_vs_baseline"]
+    assert (paired["longer"], paired["shorter"], paired["tied"]) == (0, 0, 3)
+    errors = numbers["baseline"]["test_errors"]
+    assert errors["energy_mae_kcal_per_mol"] > 0  # an untrained model on 10 test frames
+    summary = workflows.write_molecule_report(
+        settings, molecule, results, numbers, out, system="aspirin", title="from python"
+    )
+    assert set(summary) == {"baseline", "again"} and "stable_time_ps" not in summary["again"]
+    report = json.loads((out / "report.json").read_text())
+    assert report["title"] == "from python"
+    assert set(report["results"]["comparison"]) == {"baseline", "again"}
+    assert (out / "fraction_unstable.png").exists() and (out / "h_of_r.png").exists()
+    # finished models are stored under their fingerprint: a rerun reads them (JSON numbers)
+    assert isinstance(numbers["baseline"]["stable_time_ps"], np.ndarray)
+    again, stored = workflows.evaluate_molecule_models(
+        settings, molecule, models, out, lambda name, m: f"{name}-v1"
+    )
+    assert isinstance(stored["baseline"]["stable_time_ps"], list)
+    assert stored["baseline"]["stable_time_ps"] == results["baseline"].stable_time_ps.tolist()

@@ -88,6 +88,11 @@ class PeriodicData(NamedTuple):
     def atomic_numbers(self) -> np.ndarray:
         return np.asarray(self.train.atomic_numbers)
 
+    @property
+    def space(self) -> md.Space:
+        """The periodic JAX-MD space of :attr:`box` (minimum-image displacements)."""
+        return md.periodic_space(cell_of_box(self.box))
+
 
 def load_periodic_data(
     source,
@@ -154,7 +159,7 @@ def cell_of_box(box) -> np.ndarray:
 def periodic_neighbor_fn(box, cutoff: float, skin: float, fmt):
     """``(space, neighbor_fn)``: the periodic space of ``box`` and a JAX-MD neighbour list of
     ``cutoff + skin`` Å in format ``fmt`` (50 % headroom)."""
-    space = md.periodic_space(cell_of_box(box))
+    space = md.periodic_space(cell_of_box(box))  # PeriodicData.space, from the box alone
     return space, neighbor_list_fn(
         space.displacement_fn,
         jnp.asarray(box, jnp.float32),
