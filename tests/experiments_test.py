@@ -393,14 +393,14 @@ def test_water_refuses_a_neighbour_capacity_the_data_exceeds():
 def test_n_eff_curve_is_taken_from_the_reference_frames_temperature():
     """500 K frames evaluated in a 700 K run: N_eff is all frames at 500 K, fewer at 700 K."""
     from stabie_jax import units
-    from stabie_jax.workflows import molecule_evaluation
+    from stabie_jax.workflows import molecule_report
 
     rng = np.random.default_rng(0)
     energies = rng.normal(scale=10 * units.kT(500.0), size=400)  # a broad energy spread
     config = aspirin.get_config("cpu")
     assert config.md.temperature_kelvin == 700.0 and config.data.reference_temperature_kelvin == 500
     reference_temperature = config_reader.reference_temperature(config)
-    curve = molecule_evaluation.n_eff_curve(energies, reference_temperature)
+    curve = molecule_report.n_eff_curve(energies, reference_temperature)
     temps, n_eff = curve["temperature_kelvin"], curve["n_eff"]
     assert curve["sample_temperature_kelvin"] == 500.0
     assert temps[int(np.argmax(n_eff))] == pytest.approx(500.0)
@@ -582,14 +582,14 @@ def test_water_pipeline_on_the_builtin_set(tmp_path):
 
 
 def test_a_reweighted_reference_with_few_effective_frames_is_flagged():
-    from stabie_jax.workflows import molecule_evaluation
+    from stabie_jax.workflows import molecule_report
 
     numbers = {
         "baseline": {"transfer_700K": {"n_eff": 13.7}, "transfer_350K": {"n_eff": 4200.0}},
         "StABlE": {"transfer_700K": {"n_eff": 13.7}},
         "n_eff_curve": {"n_eff": [1.0]},
     }
-    (note,) = molecule_evaluation.small_n_eff_notes(numbers, 500.0)
+    (note,) = molecule_report.small_n_eff_notes(numbers, 500.0)
     assert "700K h(r) reference" in note and "N_eff = 13.7" in note and "500 K" in note
 
 

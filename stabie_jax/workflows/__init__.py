@@ -17,8 +17,8 @@ config into these arguments; a script can call the same functions directly:
 * :mod:`~stabie_jax.workflows.evaluation_run` - :class:`EvaluationRun`, what every evaluation
   shares (same initial structures and momenta for each model, chunked stability checks);
 * :mod:`~stabie_jax.workflows.molecule_evaluation` - the paper's evaluation of molecule
-  models: :class:`MoleculeEvaluation`, :func:`evaluate_molecule_models`,
-  :func:`write_molecule_report`;
+  models: :class:`MoleculeEvaluation`, :func:`evaluate_molecule_models`, and its report
+  (:mod:`~stabie_jax.workflows.molecule_report`: :func:`write_molecule_report`);
 * :mod:`~stabie_jax.workflows.periodic_evaluation` - the same for periodic systems:
   :class:`PeriodicEvaluation`, :func:`evaluate_periodic_models`, :func:`write_periodic_report`.
 """
@@ -34,8 +34,8 @@ from stabie_jax.workflows.molecule_evaluation import (
     MoleculeEvaluation,
     evaluate_molecule_models,
     reference_vacf_of,
-    write_molecule_report,
 )
+from stabie_jax.workflows.molecule_report import write_molecule_report
 from stabie_jax.workflows.periodic import (
     TRAINING_CRITERIA,
     PeriodicData,
