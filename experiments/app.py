@@ -54,6 +54,8 @@ def _configure_jax(config) -> None:
     import jax
 
     if FLAGS.distributed:
+        # CPU devices of several processes talk over gloo (GPU/TPU use their own collectives).
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(
             coordinator_address=FLAGS.coordinator_address,
             num_processes=FLAGS.num_processes,

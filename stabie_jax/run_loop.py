@@ -38,6 +38,7 @@ import pathlib
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+import jax
 import numpy as np
 from absl import logging
 from tqdm.auto import tqdm
@@ -106,13 +107,17 @@ class ResumableLoop:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.directory / METRICS_FILE
         self.counter = counter
+        # With several processes (jax.distributed) every process runs the loop and saves its
+        # shards of the checkpoints; the metrics log, the bar and TensorBoard are process 0's.
+        self._primary = jax.process_index() == 0
+        progress = bool(progress) and self._primary
         self._bar_args = dict(total=total, desc=desc, unit=unit, disable=not progress)
-        self._progress, self._desc, self._total = bool(progress), desc, int(total)
+        self._progress, self._desc, self._total = progress, desc, int(total)
         self._manager = checkpoint.open_manager(
             self.directory / CHECKPOINT_DIR, max_to_keep=max_to_keep
         )
         self._bar = None
-        self._tensorboard = bool(tensorboard)
+        self._tensorboard = bool(tensorboard) and self._primary
         self._writer = None
 
     def resume(self, template, *, restore: bool = True) -> Resumed:
@@ -126,12 +131,14 @@ class ResumableLoop:
         if restore and self._manager.latest_step() is not None:
             restored = checkpoint.restore_checkpoint(self._manager, target=template)
             result = Resumed(restored.state, restored.metadata, int(restored.step))
-            metrics_log.truncate_after(self.metrics_path, self.counter, result.step)
+            if self._primary:
+                metrics_log.truncate_after(self.metrics_path, self.counter, result.step)
             logging.info("resuming %s after %s %d", self.directory, self.counter, result.step)
             first_new_step = result.step + 1
         else:
             result = Resumed(template, None, 0)
-            metrics_log.truncate_after(self.metrics_path, self.counter, -math.inf)
+            if self._primary:
+                metrics_log.truncate_after(self.metrics_path, self.counter, -math.inf)
             first_new_step = 0  # a fresh start hides every earlier event, as it empties the log
         if self._bar is not None:
             self._bar.close()
@@ -159,7 +166,8 @@ class ResumableLoop:
     def log(self, record: Mapping, *, advance: bool = True, **postfix) -> None:
         """Append ``record`` to the metrics log; ``advance`` the bar by one step, showing
         ``postfix`` on it (``advance=False`` for a record that is not a step, e.g. step 0)."""
-        metrics_log.append_record(self.metrics_path, record)
+        if self._primary:
+            metrics_log.append_record(self.metrics_path, record)
         if self._writer is not None and self.counter in record:
             step = int(record[self.counter])
             for name, value in record.items():
@@ -169,7 +177,7 @@ class ResumableLoop:
             self._bar.update(1)
             if postfix:
                 self._bar.set_postfix(**postfix)
-        if not self._progress and advance:
+        if not self._progress and advance and self._primary:
             details = " ".join(f"{k}={v}" for k, v in postfix.items())
             PROGRESS_LOGGER.info(
                 "%s %s %s/%d %s",

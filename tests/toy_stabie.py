@@ -5,19 +5,47 @@ is the same functional form with a trainable ``log_k`` started at log(0.5): its 
 by ~0.3 Å and breaks the 0.25-Å bond-deviation criterion within a vibration. The reference
 observable is h(r) of MD samples of the true potential. StABlE training should stiffen the bond.
 
-Run as a script (``python tests/toy_stabie.py WORKDIR [n_epochs]``) it trains and writes
-``final_params.npy`` into WORKDIR; the resume test kills and restarts that process.
+Run as a script (``python tests/toy_stabie.py WORKDIR [n_epochs] [shard]
+[distributed=HOST:PORT,PROCESS_ID,N_PROCESSES]``) it trains and writes ``final_params.npy``
+into WORKDIR; the resume test kills and restarts that process. With ``distributed=...`` the
+script is one of several processes of a ``jax.distributed`` job (CPU, collectives over gloo)
+that shard the replicas over all their devices; process 0 also writes ``topology.json``.
 """
 
 from __future__ import annotations
 
+import json
+import pathlib
 import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stabie_jax import md, observables, stabie, stability, trajectory_losses, units
+
+def start_distributed(spec: str, workdir: str) -> None:
+    """``jax.distributed.initialize`` from ``HOST:PORT,PROCESS_ID,N_PROCESSES`` (CPU devices,
+    gloo collectives); process 0 records what the job looks like in ``topology.json``."""
+    address, process_id, n_processes = spec.split(",")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(address, num_processes=int(n_processes), process_id=int(process_id))
+    if jax.process_index() == 0:
+        pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
+        topology = dict(
+            process_count=jax.process_count(),
+            devices=len(jax.devices()),
+            local_devices=len(jax.local_devices()),
+        )
+        (pathlib.Path(workdir) / "topology.json").write_text(json.dumps(topology))
+
+
+# A process of a jax.distributed job joins it before stabie_jax starts the XLA backend (jax_md
+# does so at import).
+_DISTRIBUTED = [a.removeprefix("distributed=") for a in sys.argv if a.startswith("distributed=")]
+if __name__ == "__main__" and _DISTRIBUTED:
+    start_distributed(_DISTRIBUTED[0], sys.argv[1])
+
+from stabie_jax import md, observables, stabie, stability, trajectory_losses, units  # noqa: E402
 
 K_TRUE = 20.0
 LOG_K_PRETRAINED = float(np.log(0.5))
@@ -115,7 +143,7 @@ def main(workdir, n_epochs, shard=False):
     settings = dataclasses.replace(SETTINGS, max_epochs=n_epochs)
     params = {"log_k": jnp.asarray(LOG_K_PRETRAINED, jnp.float32)}
     if shard:  # committed to one device, as parameters loaded from a model checkpoint are
-        params = jax.device_put(params, jax.devices()[0])
+        params = jax.device_put(params, jax.local_devices()[0])
     state = stabie.init_state(
         problem, settings, params, initial_positions(8), jax.random.PRNGKey(0)
     )
@@ -123,12 +151,16 @@ def main(workdir, n_epochs, shard=False):
     state, _ = stabie.run_stabie(
         problem, settings, state, workdir, progress=False, shard_fn=shard_fn
     )
-    np.save(f"{workdir}/final_params.npy", np.asarray(state.train.params["log_k"]))
+    if jax.process_index() == 0:
+        np.save(f"{workdir}/final_params.npy", np.asarray(state.train.params["log_k"]))
 
 
 if __name__ == "__main__":
+    options = sys.argv[3:]
     main(
         sys.argv[1],
         int(sys.argv[2]) if len(sys.argv) > 2 else SETTINGS.max_epochs,
-        shard=len(sys.argv) > 3 and sys.argv[3] == "shard",
+        shard="shard" in options,
     )
+    if _DISTRIBUTED:
+        jax.distributed.shutdown()

@@ -7,6 +7,8 @@ shapes.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -15,8 +17,13 @@ from stabie_jax.md.state import History
 __all__ = ["init_history", "push_history", "read_history", "truncate_history"]
 
 
+@functools.partial(jax.jit, static_argnums=1)
 def init_history(md, length: int) -> History:
-    """A ring of ``length`` slots per replica holding ``md`` (leaves ``[R, ...]``) as save 0."""
+    """A ring of ``length`` slots per replica holding ``md`` (leaves ``[R, ...]``) as save 0.
+
+    Jitted: the replicas may live on devices of several processes (``jax.distributed``), where
+    only compiled computations may touch them.
+    """
 
     def ring(x):
         buf = jnp.zeros((x.shape[0], length) + x.shape[1:], x.dtype)

@@ -153,6 +153,19 @@ def run_stabie(
     return state, records
 
 
+def place_on(x, sharding: jax.sharding.Sharding) -> jax.Array:
+    """``jax.device_put(x, sharding)``, also when ``sharding`` spans several processes
+    (``jax.distributed``), where every process holds the same values of ``x``: an array already
+    spread over the processes is resharded by a compiled identity, a local one is sliced into
+    this process's shards."""
+    if jax.process_count() == 1 or sharding.is_fully_addressable:
+        return jax.device_put(x, sharding)
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return jax.jit(lambda a: a, out_shardings=sharding)(x)
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
 def _replicated_like(train: TrainState, replicas: ReplicaState) -> TrainState:
     """``train``'s arrays replicated on every device the sharded ``replicas`` use.
 
@@ -165,7 +178,7 @@ def _replicated_like(train: TrainState, replicas: ReplicaState) -> TrainState:
     everywhere = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
 
     def place(x):
-        return jax.device_put(x, everywhere) if isinstance(x, jax.Array) else x
+        return place_on(x, everywhere) if isinstance(x, jax.Array) else x
 
     return train._replace(
         params=jax.tree.map(place, train.params),
@@ -194,7 +207,7 @@ def shard_replicas(replicas: ReplicaState, mesh: jax.sharding.Mesh | None = None
 
     def place(x):
         if isinstance(x, jax.Array | np.ndarray) and x.ndim >= 1 and x.shape[0] == n_replicas:
-            return jax.device_put(x, spec)
+            return place_on(x, spec)
         return x
 
     return jax.tree.map(place, replicas)

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from stabie_jax import units
+from stabie_jax.host import to_host
 from stabie_jax.md import ReplicaState, Simulator, Trajectory
 from stabie_jax.plateau import PlateauState, plateau_update
 from stabie_jax.stabie.learning_step import (
@@ -71,9 +72,9 @@ def init_state(
 
 def _epoch_stability(problem: StabieProblem, replicas: ReplicaState, traj: Trajectory):
     """``[R]`` bool: criterion passed, state finite, and every recorded energy finite."""
-    stable = np.asarray(problem.stable_fn(traj)) & ~np.asarray(replicas.nonfinite)
+    stable = to_host(problem.stable_fn(traj)) & ~to_host(replicas.nonfinite)
     if traj.potential_energy is not None:
-        stable &= np.all(np.isfinite(np.asarray(traj.potential_energy)), axis=0)
+        stable &= np.all(np.isfinite(to_host(traj.potential_energy)), axis=0)
     return stable
 
 
@@ -87,7 +88,7 @@ def frames_within_criterion(stable_fn: Callable, traj: Trajectory) -> np.ndarray
     """
     n_frames = traj.positions.shape[0]
     columns = [
-        np.asarray(stable_fn(jax.tree.map(lambda a, f=f: a[: f + 1], traj)), bool)
+        to_host(stable_fn(jax.tree.map(lambda a, f=f: a[: f + 1], traj)), bool)
         for f in range(n_frames)
     ]
     return np.logical_and.accumulate(np.stack(columns), axis=0)
@@ -112,19 +113,19 @@ def _budget_left(settings: StabieSettings, counters: LoopCounters, dt, started: 
 
 def _reset_some_stable(sim: Simulator, replicas: ReplicaState, key, probability: float):
     """Authors' reset: ceil(p·#stable) stable replicas go back to a random saved state."""
-    alive = np.asarray(replicas.alive)
+    alive = to_host(replicas.alive)
     n_reset = math.ceil(probability * int(alive.sum()))
     if n_reset == 0:
         return replicas, 0
     k_pick, k_back = jax.random.split(key)
     candidates = np.flatnonzero(alive)
-    picked = np.asarray(jax.random.choice(k_pick, candidates, (n_reset,), replace=False))
+    picked = to_host(jax.random.choice(k_pick, candidates, (n_reset,), replace=False))
     mask = np.zeros(alive.shape, bool)
     mask[picked] = True
-    available = np.minimum(np.asarray(replicas.history.count), sim.history_length)
-    back = np.floor(np.asarray(jax.random.uniform(k_back, alive.shape)) * available).astype(int)
+    available = np.minimum(to_host(replicas.history.count), sim.history_length)
+    back = np.floor(to_host(jax.random.uniform(k_back, alive.shape)) * available).astype(int)
     replicas, ok = sim.rewind(replicas, jnp.asarray(mask), jnp.asarray(back, jnp.int32))
-    return replicas, int(np.asarray(ok).sum())
+    return replicas, int(to_host(ok).sum())
 
 
 def make_simulation_epoch(problem: StabieProblem, settings: StabieSettings) -> Callable:
@@ -149,16 +150,16 @@ def make_simulation_epoch(problem: StabieProblem, settings: StabieSettings) -> C
         start = replicas
         replicas, traj = sim.simulate(train.params, replicas, t, every, record_energy=True)
         stable = _epoch_stability(problem, replicas, traj)
-        newly_unstable = np.asarray(start.alive) & ~stable
+        newly_unstable = to_host(start.alive) & ~stable
         replicas = sim.select(jnp.asarray(newly_unstable), _freeze(start), replicas)
-        f_unst = 1.0 - float(np.mean(np.asarray(replicas.alive)))
+        f_unst = 1.0 - float(np.mean(to_host(replicas.alive)))
         counters = counters.bump(epoch=1, phase_epoch=1, simulated_steps=t).with_plateau(
             counters.plateau()._replace(learning_rate=0.0)
         )
         record.update(
             unstable_fraction=f_unst,
             newly_unstable=int(newly_unstable.sum()),
-            alive_at_start=int(np.asarray(start.alive).sum()),
+            alive_at_start=int(to_host(start.alive).sum()),
             learning_rate=0.0,
         )
         anchors = replicas
@@ -178,7 +179,7 @@ def _energy_spread(traj: Trajectory, kT: float) -> dict:
     if traj.potential_energy is None:
         return {}
     _, mask = trajectory_samples(traj)
-    u = np.asarray(traj.potential_energy).reshape(-1)[np.asarray(mask)]
+    u = to_host(traj.potential_energy).reshape(-1)[to_host(mask)]
     if u.size == 0:
         return {}
     median = float(np.median(u))
@@ -212,7 +213,7 @@ def _learning_samples(problem: StabieProblem, settings: StabieSettings, traj: Tr
     """The trajectory whose frames feed the step, and the record entries that describe it."""
     if settings.learning_samples == "all":
         return traj, {}
-    valid = np.asarray(trajectory_samples(traj)[1]).reshape(traj.alive.shape)
+    valid = to_host(trajectory_samples(traj)[1]).reshape(traj.alive.shape)
     within = frames_within_criterion(problem.stable_fn, traj)
     fraction = float((within & valid).sum()) / max(int(valid.sum()), 1)
     traj = traj._replace(alive=jnp.asarray(within) & traj.alive)
