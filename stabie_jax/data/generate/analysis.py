@@ -21,6 +21,7 @@ import math
 import numpy as np
 
 from stabie_jax import units
+from stabie_jax.data.bonds import find_bonds
 
 __all__ = [
     "YEH_HUMMER_XI",
@@ -44,23 +45,18 @@ J. Phys. Chem. B 108, 15873 (2004)); dimensionless."""
 def covalent_bonds(
     atomic_numbers: np.ndarray, positions: np.ndarray, scale: float = 1.2
 ) -> list[tuple[int, int]]:
-    """Pairs closer than ``scale`` × the sum of covalent radii (ASE's table, Cordero 2008).
+    """The bonds of one frame: :func:`stabie_jax.data.find_bonds` of that frame alone.
 
     Args:
       atomic_numbers: ``[N]``.
       positions: ``[N,3]`` Å (no periodicity).
-      scale: tolerance factor on r_cov,i + r_cov,j.
+      scale: tolerance factor on r_cov,i + r_cov,j (ASE's covalent radii, Cordero 2008).
 
     Returns:
       Sorted list of bonded pairs ``(i, j)`` with ``i < j``.
     """
-    from ase.data import covalent_radii
-
-    radii = covalent_radii[np.asarray(atomic_numbers)]
-    d = np.linalg.norm(positions[:, None, :] - positions[None, :, :], axis=-1)
-    bonded = d < scale * (radii[:, None] + radii[None, :])
-    i, j = np.nonzero(np.triu(bonded, k=1))
-    return list(zip(i.tolist(), j.tolist(), strict=True))
+    graph = find_bonds(np.asarray(positions), atomic_numbers, tolerance=scale, min_fraction=1.0)
+    return [tuple(pair) for pair in np.asarray(graph.bonds).tolist()]
 
 
 def kinetic_energy_ev(velocities: np.ndarray, masses: np.ndarray) -> np.ndarray:
