@@ -105,7 +105,6 @@ def run(config, workdir) -> dict:
             ),
         )
         records, rate = stages.training_curve_inputs(config, workdir)
-        run = settings.run
         return workflows.write_molecule_report(
             settings,
             molecule,
@@ -113,11 +112,10 @@ def run(config, workdir) -> dict:
             numbers,
             out,
             system=str(config.system),
-            title=(
-                f"{config.system} ({config.get('variant', '')}, data {config.data.source}): "
-                f"{run.n_replicas} replicas × {run.total_steps * run.timestep_fs / 1000.0:g} ps "
-                f"at {run.temperature_kelvin:g} K, bond-length deviation > "
-                f"{settings.bond_deviation_angstrom} Å"
+            title=stages.evaluation_title(
+                config,
+                settings.run,
+                f"bond-length deviation > {settings.bond_deviation_angstrom} Å",
             ),
             config=config.to_dict(),
             wall_clock_seconds=wall,

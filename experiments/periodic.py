@@ -218,12 +218,11 @@ def evaluate_periodic(
         numbers,
         out,
         system=str(config.system),
-        title=(
-            f"{config.system} ({config.get('variant', '')}, data {config.data.source}): "
-            f"{run.n_replicas} replicas × {run.total_steps * run.timestep_fs / 1000.0:g} ps at "
-            f"{run.temperature_kelvin:g} K, "
+        title=stages.evaluation_title(
+            config,
+            run,
             f"{periodic_evaluation.criterion_text(settings.criterion, settings.threshold)} "
-            f"(checked every {run.check_every_steps * run.timestep_fs / 1000:g} ps)"
+            f"(checked every {run.check_every_steps * run.timestep_fs / 1000:g} ps)",
         ),
         config=config.to_dict(),
         wall_clock_seconds=wall,

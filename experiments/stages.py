@@ -43,6 +43,7 @@ __all__ = [
     "claim_stabie",
     "data_fingerprint",
     "evaluation_models",
+    "evaluation_title",
     "run_pretrain",
     "run_stages",
     "training_curve_inputs",
@@ -264,3 +265,13 @@ def training_curve_inputs(config, workdir) -> tuple[list, dict]:
         "lr_scale": float(config.stabie.learning_rate) / exact,
         "lr_label": f"learning rate α ({convention} convention, as configured)",
     }
+
+
+def evaluation_title(config, run, criterion: str) -> str:
+    """The evaluation report's title: system, variant, data, replicas × length at T, and the
+    stability criterion in words (``run`` is the :class:`stabie_jax.workflows.EvaluationRun`)."""
+    length_ps = run.total_steps * run.timestep_fs / 1000.0
+    return (
+        f"{config.system} ({config.get('variant', '')}, data {config.data.source}): "
+        f"{run.n_replicas} replicas × {length_ps:g} ps at {run.temperature_kelvin:g} K, {criterion}"
+    )
