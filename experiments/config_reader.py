@@ -158,6 +158,7 @@ def stabie_settings_kwargs(config) -> dict:
         max_reuse_steps=int(s.get("max_reuse_steps", 10)),
         split_cosine_every=int(s.get("split_cosine_every", 0)),
         learning_samples=str(s.get("learning_samples", "all")),
+        grad_clip_scope=str(s.get("grad_clip_scope", "sum")),
     )
 
 

@@ -206,6 +206,7 @@ def test_shipped_configs_pass_the_setup_checks(system, variant):
         ("evaluate.n_replicas", 10_000, r"n_replicas = 10000 exceeds config\.data\.n_test"),
         ("md.replica_batch_size", -2, r"replica_batch_size = -2 must be >= 0"),
         ("stabie.learning_samples", "stable", r"learning_samples = 'stable' must be one of"),
+        ("stabie.grad_clip_scope", "both", r"grad_clip_scope = 'both' must be one of"),
     ],
 )
 def test_invalid_settings_are_refused_before_any_compute(key, value, message):

@@ -58,6 +58,9 @@ def schedule_fields(stabie: ml_collections.ConfigDict, *, reset_probability: flo
     stabie.max_epochs = 500
     stabie.max_learning_epochs = 100
     stabie.grad_clip_norm = 1.0
+    # What the clip clips: "sum" (the authors': the combined gradient) or "each_term" (the
+    # observable and the lambda-weighted QM gradients separately, then added).
+    stabie.grad_clip_scope = "sum"
     stabie.plateau_factor = 0.2
     stabie.plateau_patience = 10
     stabie.min_lr_fraction = 1.0 / 25.0
@@ -207,9 +210,13 @@ def check_config(config) -> list[str]:
             "the evaluation starts one replica from each held-out test frame; lower "
             "evaluate.n_replicas or raise data.n_test"
         )
-    from stabie_jax.stabie import LEARNING_SAMPLES  # configs stay importable without jax
+    # configs stay importable without jax
+    from stabie_jax.stabie import GRAD_CLIP_SCOPES, LEARNING_SAMPLES
 
-    for path, choices in {"stabie.learning_samples": LEARNING_SAMPLES}.items():
+    for path, choices in {
+        "stabie.learning_samples": LEARNING_SAMPLES,
+        "stabie.grad_clip_scope": GRAD_CLIP_SCOPES,
+    }.items():
         value = _lookup(config, path)
         if value is not _MISSING and value not in choices:
             problems.append(f"config.{path} = {value!r} must be one of {choices}")

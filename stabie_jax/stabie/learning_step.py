@@ -25,11 +25,15 @@ __all__ = [
 
 
 def make_optimizer(settings: StabieSettings) -> optax.GradientTransformation:
-    """SGD (the authors' optimizer) after global-norm clipping, learning rate injectable."""
+    """SGD (the authors' optimizer) after global-norm clipping, learning rate injectable.
+
+    With ``settings.grad_clip_scope == "each_term"`` the optimizer does not clip: the two
+    terms were clipped by :func:`make_gradient_fn` before they were added.
+    """
 
     def build(learning_rate):
         parts = []
-        if settings.grad_clip_norm is not None:
+        if settings.grad_clip_norm is not None and settings.grad_clip_scope == "sum":
             parts.append(optax.clip_by_global_norm(settings.grad_clip_norm))
         parts.append(optax.sgd(learning_rate))
         return optax.chain(*parts)
@@ -43,7 +47,16 @@ def _with_learning_rate(opt_state, learning_rate: float):
     return opt_state._replace(hyperparams=hyper)
 
 
-def make_gradient_fn(problem: StabieProblem, qm_weight: float) -> Callable:
+def _clip_to(tree, max_norm: float):
+    """``tree`` scaled to global norm ``max_norm`` when it is longer (optax's rule)."""
+    norm = optax.tree.norm(tree)
+    scale = jnp.where(norm > max_norm, max_norm / jnp.maximum(norm, jnp.finfo(norm.dtype).tiny), 1)
+    return jax.tree.map(lambda g: (g * scale).astype(g.dtype), tree)
+
+
+def make_gradient_fn(
+    problem: StabieProblem, qm_weight: float, clip_each_term: float | None = None
+) -> Callable:
     """Jitted ``(params, trajectory, key, log_weights=None) -> (grads, metrics)`` of
     ``L_obs + λ·L_QM`` (``log_weights``: the frames' reweighting, passed to the observable loss).
 
@@ -52,7 +65,13 @@ def make_gradient_fn(problem: StabieProblem, qm_weight: float) -> Callable:
     ``qm_grad_norm`` (of ``λ·∇L_QM``), ``grad_norm`` (of the sum), ``obs_share`` (the
     observable gradient's projection on the sum, ``⟨g_obs, g⟩/‖g‖²``; the QM share is
     ``1 − obs_share``) and ``grad_cosine`` (between the two terms; 0 when either vanishes).
-    Clipping scales both terms alike, so the shares are also those of the applied update.
+
+    ``clip_each_term``: when given, ``∇L_obs`` and ``λ·∇L_QM`` are each clipped to this global
+    norm before they are added (``StabieSettings.grad_clip_scope == "each_term"``); the
+    returned ``grads`` are then that sum, ``obs_grad_norm`` and ``qm_grad_norm`` stay the
+    unclipped norms and ``grad_norm`` and ``obs_share`` are those of the clipped sum. Without
+    it, a later global clip scales both terms alike, so the shares are also those of the
+    applied update either way.
     """
     use_qm = problem.qm_loss_fn is not None and bool(qm_weight)
 
@@ -68,8 +87,11 @@ def make_gradient_fn(problem: StabieProblem, qm_weight: float) -> Callable:
         else:
             qm = jnp.zeros((), obs_loss.dtype)
             g_qm = jax.tree.map(jnp.zeros_like, g_obs)
+        n_obs, n_qm = optax.tree.norm(g_obs), optax.tree.norm(g_qm)
+        if clip_each_term is not None:
+            g_obs, g_qm = _clip_to(g_obs, clip_each_term), _clip_to(g_qm, clip_each_term)
         grads = jax.tree.map(jnp.add, g_obs, g_qm)
-        n_obs, n_qm, n_all = (optax.tree.norm(g) for g in (g_obs, g_qm, grads))
+        n_all = optax.tree.norm(grads)
         tiny = jnp.finfo(n_all.dtype).tiny
         metrics = {
             **aux,
@@ -158,15 +180,17 @@ class LearningStep(NamedTuple):
 
 def make_learning_step(problem: StabieProblem, settings: StabieSettings) -> Callable:
     """``(params, opt_state, trajectory, key, learning_rate, log_weights=None) -> LearningStep``:
-    ONE optimizer step on ``L_obs + λ·L_QM`` from a recorded trajectory (clip, then SGD at the
-    given rate); with ``log_weights`` the frames are reweighted (sample reuse).
+    ONE optimizer step on ``L_obs + λ·L_QM`` from a recorded trajectory (clip, of the sum or of
+    each term as ``settings.grad_clip_scope`` says, then SGD at the given rate); with
+    ``log_weights`` the frames are reweighted (sample reuse).
 
     This is the whole learning-phase update of the driver. A step is not applied when the
     estimator overflowed, had fewer than 2 valid samples (no covariance: the step would be pure
     QM or nothing), or the loss or gradient is non-finite.
     """
     optimizer = make_optimizer(settings)
-    gradient_fn = make_gradient_fn(problem, settings.qm_weight)
+    clip_each = settings.grad_clip_norm if settings.grad_clip_scope == "each_term" else None
+    gradient_fn = make_gradient_fn(problem, settings.qm_weight, clip_each)
 
     @jax.jit
     def apply(grads, opt_state, params, learning_rate):

@@ -45,6 +45,9 @@ METRICS_FILE = run_loop.METRICS_FILE
 LEARNING_SAMPLES = ("all", "within_criterion")
 """Choices of :attr:`StabieSettings.learning_samples`."""
 
+GRAD_CLIP_SCOPES = ("sum", "each_term")
+"""Choices of :attr:`StabieSettings.grad_clip_scope`."""
+
 
 CHECKPOINT_DIR = run_loop.CHECKPOINT_DIR
 
@@ -62,7 +65,8 @@ class StabieSettings:
       qm_weight: ``λ``, weight of the energy/force loss gradient (aspirin 10, water 0).
       f_max: unstable fraction that ends a simulation phase (0.75).
       f_min: unstable fraction that ends a learning phase (0.0).
-      grad_clip_norm: global-norm clipping of the combined gradient (1.0; None = off).
+      grad_clip_norm: global-norm clipping of the gradient (1.0; None = off); what it clips is
+        ``grad_clip_scope``.
       plateau_factor, plateau_patience: ReduceLROnPlateau on the unstable fraction (0.2, 10).
       min_lr_fraction: learning ends when lr < α·min_lr_fraction (1/25).
       reset_probability: fraction of stable replicas reset at a simulation phase's start (0.05).
@@ -92,6 +96,11 @@ class StabieSettings:
         or ``"within_criterion"`` (each replica's frames up to, not including, the first one
         at which the training stability criterion fails, :func:`frames_within_criterion`).
         The unstable fraction is measured on all frames either way.
+      grad_clip_scope: what ``grad_clip_norm`` clips: ``"sum"`` (the authors'): the combined
+        gradient ``∇L_obs + λ·∇L_QM``, so when one term is orders of magnitude larger the
+        update follows it alone; or ``"each_term"``: ``∇L_obs`` and ``λ·∇L_QM`` are each
+        clipped to ``grad_clip_norm`` and then added, so both act on every step (the update's
+        norm is then at most ``2·grad_clip_norm``).
     """
 
     steps_per_epoch: int
@@ -116,6 +125,7 @@ class StabieSettings:
     max_reuse_steps: int = 10
     split_cosine_every: int = 0
     learning_samples: str = "all"
+    grad_clip_scope: str = "sum"
 
     def __post_init__(self):
         if self.steps_per_epoch < 1 or self.sample_every < 1:
@@ -143,6 +153,10 @@ class StabieSettings:
         if self.learning_samples not in LEARNING_SAMPLES:
             raise ValueError(
                 f"learning_samples must be one of {LEARNING_SAMPLES}, got {self.learning_samples!r}"
+            )
+        if self.grad_clip_scope not in GRAD_CLIP_SCOPES:
+            raise ValueError(
+                f"grad_clip_scope must be one of {GRAD_CLIP_SCOPES}, got {self.grad_clip_scope!r}"
             )
 
 
