@@ -4,8 +4,10 @@ Flags:
   --config: an ml_collections config file, ``path.py[:variant]`` (``--config.x=y`` overrides).
   --workdir: output directory (default ``runs/<system>_<variant>``).
   --platform: ``cpu``, ``gpu`` or ``tpu`` (sets ``JAX_PLATFORMS`` before JAX starts).
-  --host_devices: fake N CPU devices (``--xla_force_host_platform_device_count``) to try
-    multi-device sharding on a CPU.
+  --host_devices: N CPU devices (``--xla_force_host_platform_device_count``). Default: with
+    ``config.md.layout = "auto"``, one per physical core this process may use (the fast CPU
+    layout: each core steps its share of the replicas); ``--host_devices=1`` turns it off. An
+    ``XLA_FLAGS`` that already sets the count wins. GPU/TPU devices are not affected.
   --distributed: call ``jax.distributed.initialize()`` (multi-host; coordinator, process count
     and id come from the environment or the flags below, as JAX documents).
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import importlib
 import logging as pylogging
 import os
+import pathlib
 import sys
 from contextlib import nullcontext
 
@@ -35,22 +38,58 @@ def define_flags(default_config: str) -> None:
     )
     flags.DEFINE_string("workdir", None, "Output directory (default runs/<system>_<variant>).")
     flags.DEFINE_enum("platform", None, ["cpu", "gpu", "cuda", "tpu"], "JAX platform.")
-    flags.DEFINE_integer("host_devices", None, "Fake this many CPU devices (testing sharding).")
+    flags.DEFINE_integer(
+        "host_devices",
+        None,
+        "CPU devices to split the replicas over (default with md.layout=auto: one per physical "
+        "core; 1 = a single CPU device).",
+        lower_bound=1,
+    )
     flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host).")
     flags.DEFINE_string("coordinator_address", None, "Multi-host coordinator host:port.")
     flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
     flags.DEFINE_integer("process_id", None, "Multi-host: id of this process.")
 
 
+def physical_cores() -> int:
+    """Physical cores this process may run on: its CPU affinity, hyperthread siblings counted
+    once (Linux ``/sys`` topology; the logical CPU count where that is not readable)."""
+    if hasattr(os, "sched_getaffinity"):
+        cpus = sorted(os.sched_getaffinity(0))
+    else:
+        cpus = list(range(os.cpu_count() or 1))
+    cores = set()
+    for cpu in cpus:
+        siblings = pathlib.Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
+        try:
+            cores.add(siblings.read_text().strip())
+        except OSError:
+            return max(1, len(cpus))
+    return max(1, len(cores))
+
+
+def host_device_count(config) -> int | None:
+    """CPU devices to create: ``--host_devices``, else one per physical core when
+    ``config.md.layout`` is ``"auto"`` (the default), else None (JAX's default, one). None
+    too when ``XLA_FLAGS`` already sets the count."""
+    if FLAGS.host_devices:
+        return int(FLAGS.host_devices)
+    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return None
+    md = config.get("md")
+    if md is None or str(md.get("layout", "auto")) != "auto":
+        return None
+    return physical_cores()
+
+
 def _configure_jax(config) -> None:
     """Device and precision choices, made once before any computation."""
     if FLAGS.platform:
         os.environ["JAX_PLATFORMS"] = FLAGS.platform
-    if FLAGS.host_devices:
+    n_host = host_device_count(config)
+    if n_host:
         xla = os.environ.get("XLA_FLAGS", "")
-        os.environ["XLA_FLAGS"] = (
-            f"{xla} --xla_force_host_platform_device_count={FLAGS.host_devices}".strip()
-        )
+        os.environ["XLA_FLAGS"] = f"{xla} --xla_force_host_platform_device_count={n_host}".strip()
     import jax
 
     if FLAGS.distributed:

@@ -9,9 +9,12 @@ the config recorded with a trained model. Units are converted where the value is
 from __future__ import annotations
 
 import json
+import logging
 import math
 
-from stabie_jax import checkpoint, data, observables, units, workflows
+import jax
+
+from stabie_jax import checkpoint, data, md, observables, units, workflows
 from stabie_jax import pretrain as pretrain_lib
 from stabie_jax.evaluation import store as evaluation_store
 
@@ -100,10 +103,29 @@ def pretrain_settings_from_config(config) -> pretrain_lib.PretrainSettings:
     )
 
 
-def replica_batch_size(config) -> int | None:
-    """``config.md.replica_batch_size`` for ``make_simulator``: 0 (or absent, as in configs saved
-    before it existed) means None, i.e. ``vmap`` over all of a device's replicas."""
-    return int(config.md.get("replica_batch_size", 0)) or None
+def replica_batch_size(config, n_replicas: int) -> int | None:
+    """``replica_batch_size`` of ``make_simulator`` for ``n_replicas`` replicas.
+
+    ``config.md.replica_batch_size`` when it is > 0; otherwise ``config.md.layout`` decides:
+    ``"auto"`` (the default, also for configs saved before it existed) is
+    :func:`stabie_jax.md.auto_replica_batch_size` (chunks of 2 on a CPU whose devices split the
+    replicas, ``vmap`` elsewhere), ``"vmap"`` is None (``vmap`` over each device's replicas).
+    """
+    explicit = int(config.md.get("replica_batch_size", 0))
+    if explicit > 0:
+        return explicit
+    if str(config.md.get("layout", "auto")) == "vmap":
+        return None
+    devices = jax.devices()
+    if len(devices) > 1 and int(n_replicas) % len(devices):
+        logging.warning(
+            "%d replicas do not split evenly over the %d devices: they run on one device. "
+            "Choose a multiple of %d replicas (or --host_devices) for the fast layout.",
+            int(n_replicas),
+            len(devices),
+            len(devices),
+        )
+    return md.auto_replica_batch_size(int(n_replicas), devices)
 
 
 def md_integrator(config, section: str = "md") -> str:
@@ -233,7 +255,7 @@ def molecule_stabie_inputs(config) -> workflows.MoleculeStabieInputs:
         timestep_fs=float(m.timestep_fs),
         thermostat_ttime_steps=int(m.thermostat_ttime_steps),
         rescale_velocities=bool(m.rescale_velocities),
-        replica_batch_size=replica_batch_size(config),
+        replica_batch_size=replica_batch_size(config, int(s.n_replicas)),
         n_replicas=int(s.n_replicas),
         history_length=int(s.history_length),
         learning=learning_inputs(config),
@@ -273,7 +295,9 @@ def periodic_md(config, section: str = "md") -> workflows.PeriodicMD:
         history_length=int(config.stabie.history_length),
         neighbor_skin_angstrom=float(config.model.neighbor_skin_angstrom),
         integrator_kwargs=integrator_kwargs(config, section),
-        replica_batch_size=replica_batch_size(config),
+        replica_batch_size=replica_batch_size(
+            config, config.stabie.n_replicas if section == "md" else config.evaluate.n_replicas
+        ),
     )
 
 
@@ -298,7 +322,10 @@ def periodic_stabie_inputs(config) -> workflows.PeriodicStabieInputs:
     )
 
 
-_NOT_IN_FINGERPRINT = ("extra_models", "checkpoint_every_seconds")
+# Keys that do not change a model's evaluation: the other models, how often progress is saved,
+# and md.layout (a choice of chunking that "auto" makes per machine, like the device count,
+# which is not recorded either; an explicit md.replica_batch_size still is, as before).
+_NOT_IN_FINGERPRINT = ("extra_models", "checkpoint_every_seconds", "layout")
 
 
 def evaluation_fingerprint(config, name: str, params, data_spec) -> str:
@@ -306,9 +333,9 @@ def evaluation_fingerprint(config, name: str, params, data_spec) -> str:
 
     Args:
       config: the experiment config (its ``evaluate``, ``md`` and, if present, ``observable``
-        sections enter; ``evaluate.extra_models`` and ``evaluate.checkpoint_every_seconds`` do
-        not: the other models evaluated alongside and how often progress is saved do not change
-        this one's result).
+        sections enter; ``evaluate.extra_models``, ``evaluate.checkpoint_every_seconds`` and
+        ``md.layout`` do not: the other models evaluated alongside, how often progress is saved
+        and the automatic layout do not change this one's result beyond float round-off).
       name: the model's name in the comparison.
       params: its parameters (checksummed).
       data_spec: JSON-able description of the data the evaluation uses.
@@ -364,7 +391,7 @@ def molecule_evaluation(config, molecule: data.MoleculeData) -> workflows.Molecu
         run=evaluation_run(config),
         bond_deviation_angstrom=float(e.bond_deviation_angstrom),
         integrator_kwargs=integrator_kwargs(config, "evaluate"),
-        replica_batch_size=replica_batch_size(config),
+        replica_batch_size=replica_batch_size(config, int(e.n_replicas)),
         reference_temperature_kelvin=reference_temperature(config) or T,
         h_of_r_r_max_angstrom=float(config.observable.r_max_angstrom),
         h_of_r_n_bins=int(config.observable.n_bins),

@@ -72,7 +72,7 @@ _RUN_ONLY = {
         "max_wall_seconds",  # a budget: a resume may be given more time
     ),
     "stabie": ("checkpoint_every", "max_wall_hours", "split_cosine_every"),  # diagnostics
-    "md": ("replica_batch_size",),
+    "md": ("replica_batch_size", "layout"),
     "data": ("n_test", "test_source", "download"),
 }
 

@@ -288,6 +288,61 @@ def test_device_flags_take_effect_before_model_code_is_imported(system, tmp_path
     assert "unknown stage" in done.stderr
 
 
+@pytest.mark.parametrize("layout", ["auto", "vmap"])
+def test_default_layout_gives_one_cpu_device_per_core(layout, tmp_path):
+    """Without ``--host_devices``, ``md.layout=auto`` starts one CPU device per physical core
+    (the fast CPU layout); ``md.layout=vmap`` keeps JAX's single CPU device."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from experiments import app
+
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.aspirin",
+            "--config=experiments/configs/aspirin.py:smoke",
+            f"--workdir={tmp_path}",
+            "--config.stages=no_such_stage",
+            f"--config.md.layout={layout}",
+            "-v",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=pathlib.Path(__file__).resolve().parents[1],
+    )
+    line = next((x for x in done.stderr.splitlines() if "JAX " in x and " on [" in x), None)
+    assert line is not None, done.stderr[-3000:]
+    n_devices = len(re.findall(r"CpuDevice\(id=\d+\)", line))
+    assert n_devices == (app.physical_cores() if layout == "auto" else 1), line
+    assert 1 <= app.physical_cores() <= os.cpu_count()
+
+
+def test_replica_batch_size_from_the_layout_settings():
+    """An explicit md.replica_batch_size wins; layout "vmap" is no chunks; "auto" on this
+    process's devices is stabie_jax.md.auto_replica_batch_size."""
+    import jax
+
+    from stabie_jax import md
+
+    config = aspirin.get_config("cpu")
+    assert config.md.layout == "auto" and config.md.replica_batch_size == 0
+    assert config_reader.replica_batch_size(config, 32) == md.auto_replica_batch_size(
+        32, jax.devices()
+    )
+    config.md.layout = "vmap"
+    assert config_reader.replica_batch_size(config, 32) is None
+    config.md.replica_batch_size = 4
+    assert config_reader.replica_batch_size(config, 32) == 4
+
+
 def test_water_refuses_a_qm_weight_it_cannot_use(tmp_path):
     from experiments import periodic
 

@@ -608,3 +608,18 @@ def test_simulator_on_a_mesh_matches_one_device():
         timeout=600,
     )
     assert "MESH_OK" in result.stdout, result.stderr[-3000:]
+
+
+def test_auto_replica_batch_size_chunks_only_cpu_replicas_split_over_devices():
+    """Chunks of 2 where each of several CPU devices steps its share (measured fast layout);
+    ``vmap`` on one device, on accelerators, and when the replicas do not split evenly."""
+    import types
+
+    from stabie_jax import md
+
+    cpu, gpu = types.SimpleNamespace(platform="cpu"), types.SimpleNamespace(platform="gpu")
+    assert md.auto_replica_batch_size(128, [cpu, cpu]) == md.CPU_CHUNK == 2
+    assert md.auto_replica_batch_size(64, [cpu] * 4) == 2
+    assert md.auto_replica_batch_size(6, [cpu] * 4) is None  # 6 replicas, 4 devices: one device
+    assert md.auto_replica_batch_size(128, [cpu]) is None
+    assert md.auto_replica_batch_size(128, [gpu, gpu]) is None

@@ -207,6 +207,7 @@ def test_shipped_configs_pass_the_setup_checks(system, variant):
         ("md.replica_batch_size", -2, r"replica_batch_size = -2 must be >= 0"),
         ("stabie.learning_samples", "stable", r"learning_samples = 'stable' must be one of"),
         ("stabie.grad_clip_scope", "both", r"grad_clip_scope = 'both' must be one of"),
+        ("md.layout", "chunks", r"md\.layout = 'chunks' must be one of \('auto', 'vmap'\)"),
     ],
 )
 def test_invalid_settings_are_refused_before_any_compute(key, value, message):

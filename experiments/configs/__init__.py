@@ -81,6 +81,9 @@ def schedule_fields(stabie: ml_collections.ConfigDict, *, reset_probability: flo
     stabie.learning_samples = "all"
 
 
+MD_LAYOUTS = ("auto", "vmap")
+"""Choices of ``config.md.layout`` (:func:`experiments.config_reader.replica_batch_size`)."""
+
 # --- validation at setup, before any compute ---------------------------------------------------
 _POSITIVE = (
     "md.temperature_kelvin",
@@ -216,6 +219,7 @@ def check_config(config) -> list[str]:
     for path, choices in {
         "stabie.learning_samples": LEARNING_SAMPLES,
         "stabie.grad_clip_scope": GRAD_CLIP_SCOPES,
+        "md.layout": MD_LAYOUTS,
     }.items():
         value = _lookup(config, path)
         if value is not _MISSING and value not in choices:

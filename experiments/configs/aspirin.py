@@ -76,9 +76,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.md.integrator = "authors_nose_hoover"
     c.md.langevin_gamma_per_ps = 0.1  # authors' Langevin friction, 1/ps
     c.md.rescale_velocities = True  # authors rescale initial KE to exactly 3N kT / 2
-    # Replicas stepped together per device: 0 = all (vmap; best on accelerators). On a CPU run
-    # with --host_devices=$(nproc) and 2 here: cache-sized chunks on every core, 1.8x the MD
-    # throughput at R = 128 on 2 cores (benchmarks/RESULTS.md). Same dynamics up to round-off.
+    # Replica layout (same dynamics up to round-off, not part of the stage records). "auto": on a
+    # CPU the entry points fake one device per core and each device steps chunks of 2 replicas
+    # (1.8x the MD throughput of one vmapped device at R = 128 on 2 cores, benchmarks/
+    # RESULTS.md); on a GPU/TPU every device vmaps its replicas. "vmap": no chunks anywhere.
+    # replica_batch_size > 0: chunks of that many replicas, whatever the layout.
+    c.md.layout = "auto"
     c.md.replica_batch_size = 0
 
     # --- training observable: h(r) (docs/method.md, Observables and reference data) -------------

@@ -77,6 +77,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.md.integrator = "authors_nose_hoover"  # or "nose_hoover_chain", "langevin"
     c.md.langevin_gamma_per_ps = 0.1
     c.md.rescale_velocities = True
+    c.md.layout = "auto"  # see configs/aspirin.py
     c.md.replica_batch_size = 0
 
     # --- training observable ---------------------------------------------------------------------

@@ -22,6 +22,7 @@ from stabie_jax.md.integrators import (
     authors_nose_hoover_invariant,
     authors_thermostat_constants,
 )
+from stabie_jax.md.layout import CPU_CHUNK, auto_replica_batch_size
 from stabie_jax.md.replicas import (
     History,
     ReplicaState,
@@ -69,6 +70,8 @@ __all__ = [
     "maxwell_boltzmann_momenta",
     "periodic_space",
     "replica_mesh",
+    "CPU_CHUNK",
+    "auto_replica_batch_size",
     "tau_from_ttime",
     "tau_from_wavenumber",
     "thermostat_kinetic_energy_period",

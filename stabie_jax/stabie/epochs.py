@@ -150,7 +150,8 @@ def make_simulation_epoch(problem: StabieProblem, settings: StabieSettings) -> C
         start = replicas
         replicas, traj = sim.simulate(train.params, replicas, t, every, record_energy=True)
         stable = _epoch_stability(problem, replicas, traj)
-        newly_unstable = to_host(start.alive) & ~stable
+        alive_at_start = to_host(start.alive)
+        newly_unstable = alive_at_start & ~stable
         replicas = sim.select(jnp.asarray(newly_unstable), _freeze(start), replicas)
         f_unst = 1.0 - float(np.mean(to_host(replicas.alive)))
         counters = counters.bump(epoch=1, phase_epoch=1, simulated_steps=t).with_plateau(
@@ -159,7 +160,7 @@ def make_simulation_epoch(problem: StabieProblem, settings: StabieSettings) -> C
         record.update(
             unstable_fraction=f_unst,
             newly_unstable=int(newly_unstable.sum()),
-            alive_at_start=int(to_host(start.alive).sum()),
+            alive_at_start=int(alive_at_start.sum()),
             learning_rate=0.0,
         )
         anchors = replicas
