@@ -44,6 +44,8 @@ def test_each_term_clips_the_two_gradients_separately():
     np.testing.assert_allclose(out.metrics["obs_grad_norm"], np.linalg.norm(g_obs), rtol=1e-6)
     np.testing.assert_allclose(out.metrics["qm_grad_norm"], np.linalg.norm(g_qm), rtol=1e-6)
     np.testing.assert_allclose(out.metrics["grad_norm"], np.linalg.norm(g), rtol=1e-6)
+    cosine = g_obs @ g_qm / np.linalg.norm(g_obs) / np.linalg.norm(g_qm)
+    np.testing.assert_allclose(out.metrics["grad_cosine"], cosine, rtol=1e-6)
     share = _clipped(g_obs, CLIP) @ g / (g @ g)
     assert 0.3 < share < 0.7  # both terms act
     np.testing.assert_allclose(out.metrics["obs_share"], share, rtol=1e-6)

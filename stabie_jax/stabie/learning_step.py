@@ -88,11 +88,16 @@ def make_gradient_fn(
             qm = jnp.zeros((), obs_loss.dtype)
             g_qm = jax.tree.map(jnp.zeros_like, g_obs)
         n_obs, n_qm = optax.tree.norm(g_obs), optax.tree.norm(g_qm)
+        tiny = jnp.finfo(n_obs.dtype).tiny
+        cosine = jnp.where(  # of the unclipped terms (clipping only rescales them)
+            (n_obs > 0) & (n_qm > 0),
+            optax.tree.vdot(g_obs, g_qm) / jnp.maximum(n_obs * n_qm, tiny),
+            0.0,
+        )
         if clip_each_term is not None:
             g_obs, g_qm = _clip_to(g_obs, clip_each_term), _clip_to(g_qm, clip_each_term)
         grads = jax.tree.map(jnp.add, g_obs, g_qm)
         n_all = optax.tree.norm(grads)
-        tiny = jnp.finfo(n_all.dtype).tiny
         metrics = {
             **aux,
             "obs_loss": obs_loss,
@@ -104,11 +109,7 @@ def make_gradient_fn(
             "obs_share": jnp.where(
                 n_all > 0, optax.tree.vdot(g_obs, grads) / jnp.maximum(n_all**2, tiny), 0.0
             ),
-            "grad_cosine": jnp.where(
-                (n_obs > 0) & (n_qm > 0),
-                optax.tree.vdot(g_obs, g_qm) / jnp.maximum(n_obs * n_qm, tiny),
-                0.0,
-            ),
+            "grad_cosine": cosine,
         }
         return grads, metrics
 
