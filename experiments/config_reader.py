@@ -181,6 +181,7 @@ def stabie_settings_kwargs(config) -> dict:
         split_cosine_every=int(s.get("split_cosine_every", 0)),
         learning_samples=str(s.get("learning_samples", "all")),
         grad_clip_scope=str(s.get("grad_clip_scope", "sum")),
+        qm_clip_fraction=float(s.get("qm_clip_fraction", 1.0)),
     )
 
 

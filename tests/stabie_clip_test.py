@@ -69,6 +69,20 @@ def test_each_term_leaves_a_term_under_the_clip_unchanged():
     np.testing.assert_allclose(w, -LR * g, rtol=1e-6)
 
 
+def test_qm_clip_fraction_shortens_only_the_qm_term():
+    settings = StabieSettings(
+        1, 1, LR, LAM, grad_clip_norm=CLIP, grad_clip_scope="each_term", qm_clip_fraction=0.25
+    )
+    params = {"w": jnp.zeros(3)}
+    out = make_learning_step(_problem(), settings)(
+        params, make_optimizer(settings).init(params), None, jax.random.key(0), LR
+    )
+    g = _clipped(-1000.0 * A, CLIP) + _clipped(-LAM * B, 0.25 * CLIP)
+    np.testing.assert_allclose(np.asarray(out.params["w"]), -LR * g, rtol=1e-6)
+    with pytest.raises(ValueError, match="qm_clip_fraction"):
+        dataclasses.replace(settings, qm_clip_fraction=0.0)
+
+
 def test_unknown_clip_scope_is_refused():
     with pytest.raises(ValueError, match="grad_clip_scope"):
         StabieSettings(1, 1, LR, LAM, grad_clip_scope="both")

@@ -61,6 +61,8 @@ def schedule_fields(stabie: ml_collections.ConfigDict, *, reset_probability: flo
     # What the clip clips: "sum" (the authors': the combined gradient) or "each_term" (the
     # observable and the lambda-weighted QM gradients separately, then added).
     stabie.grad_clip_scope = "sum"
+    # With "each_term": the QM term's clip as a fraction of grad_clip_norm.
+    stabie.qm_clip_fraction = 1.0
     stabie.plateau_factor = 0.2
     stabie.plateau_patience = 10
     stabie.min_lr_fraction = 1.0 / 25.0
@@ -102,6 +104,7 @@ _POSITIVE = (
     "stabie.steps_per_epoch",
     "stabie.sample_every",
     "stabie.learning_rate",
+    "stabie.qm_clip_fraction",
     "stabie.max_epochs",
     "stabie.history_length",
     "stabie.bond_deviation_angstrom",

@@ -55,7 +55,10 @@ def _clip_to(tree, max_norm: float):
 
 
 def make_gradient_fn(
-    problem: StabieProblem, qm_weight: float, clip_each_term: float | None = None
+    problem: StabieProblem,
+    qm_weight: float,
+    clip_each_term: float | None = None,
+    qm_clip_fraction: float = 1.0,
 ) -> Callable:
     """Jitted ``(params, trajectory, key, log_weights=None) -> (grads, metrics)`` of
     ``L_obs + λ·L_QM`` (``log_weights``: the frames' reweighting, passed to the observable loss).
@@ -67,7 +70,8 @@ def make_gradient_fn(
     ``1 − obs_share``) and ``grad_cosine`` (between the two terms; 0 when either vanishes).
 
     ``clip_each_term``: when given, ``∇L_obs`` and ``λ·∇L_QM`` are each clipped to this global
-    norm before they are added (``StabieSettings.grad_clip_scope == "each_term"``); the
+    norm before they are added (``StabieSettings.grad_clip_scope == "each_term"``; the QM term
+    to ``qm_clip_fraction`` of it); the
     returned ``grads`` are then that sum, ``obs_grad_norm`` and ``qm_grad_norm`` stay the
     unclipped norms and ``grad_norm`` and ``obs_share`` are those of the clipped sum. Without
     it, a later global clip scales both terms alike, so the shares are also those of the
@@ -95,7 +99,8 @@ def make_gradient_fn(
             0.0,
         )
         if clip_each_term is not None:
-            g_obs, g_qm = _clip_to(g_obs, clip_each_term), _clip_to(g_qm, clip_each_term)
+            g_obs = _clip_to(g_obs, clip_each_term)
+            g_qm = _clip_to(g_qm, clip_each_term * qm_clip_fraction)
         grads = jax.tree.map(jnp.add, g_obs, g_qm)
         n_all = optax.tree.norm(grads)
         metrics = {
@@ -191,7 +196,9 @@ def make_learning_step(problem: StabieProblem, settings: StabieSettings) -> Call
     """
     optimizer = make_optimizer(settings)
     clip_each = settings.grad_clip_norm if settings.grad_clip_scope == "each_term" else None
-    gradient_fn = make_gradient_fn(problem, settings.qm_weight, clip_each)
+    gradient_fn = make_gradient_fn(
+        problem, settings.qm_weight, clip_each, settings.qm_clip_fraction
+    )
 
     @jax.jit
     def apply(grads, opt_state, params, learning_rate):

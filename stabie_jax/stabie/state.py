@@ -101,6 +101,9 @@ class StabieSettings:
         update follows it alone; or ``"each_term"``: ``∇L_obs`` and ``λ·∇L_QM`` are each
         clipped to ``grad_clip_norm`` and then added, so both act on every step (the update's
         norm is then at most ``2·grad_clip_norm``).
+      qm_clip_fraction: with ``"each_term"``, the QM term is clipped to
+        ``qm_clip_fraction·grad_clip_norm`` (1.0: the same norm as the observable term; smaller
+        values let it pull back less than a full step).
     """
 
     steps_per_epoch: int
@@ -126,6 +129,7 @@ class StabieSettings:
     split_cosine_every: int = 0
     learning_samples: str = "all"
     grad_clip_scope: str = "sum"
+    qm_clip_fraction: float = 1.0
 
     def __post_init__(self):
         if self.steps_per_epoch < 1 or self.sample_every < 1:
@@ -158,6 +162,8 @@ class StabieSettings:
             raise ValueError(
                 f"grad_clip_scope must be one of {GRAD_CLIP_SCOPES}, got {self.grad_clip_scope!r}"
             )
+        if not self.qm_clip_fraction > 0:
+            raise ValueError(f"qm_clip_fraction must be > 0, got {self.qm_clip_fraction}")
 
 
 class StabieProblem(NamedTuple):
