@@ -48,10 +48,10 @@ def _with_learning_rate(opt_state, learning_rate: float):
 
 
 def _clip_to(tree, max_norm: float):
-    """``tree`` scaled to global norm ``max_norm`` when it is longer (optax's rule)."""
-    norm = optax.tree.norm(tree)
-    scale = jnp.where(norm > max_norm, max_norm / jnp.maximum(norm, jnp.finfo(norm.dtype).tiny), 1)
-    return jax.tree.map(lambda g: (g * scale).astype(g.dtype), tree)
+    """``tree`` scaled to global norm ``max_norm`` when it is longer: the same
+    ``optax.clip_by_global_norm`` that clips the sum with ``grad_clip_scope == "sum"``."""
+    clip = optax.clip_by_global_norm(max_norm)
+    return clip.update(tree, clip.init(tree))[0]
 
 
 def make_gradient_fn(
