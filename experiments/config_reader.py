@@ -269,6 +269,8 @@ def molecule_stabie_inputs(config) -> workflows.MoleculeStabieInputs:
         chain_tau_factor=chain_tau_factor(config),
         langevin_gamma_per_ps=float(m.get("langevin_gamma_per_ps", 0.1)),
         reanchor_energy=bool(s.get("reanchor_energy", False)),
+        estimator_chunk_size=int(s.get("estimator_chunk_size", 0)) or None,
+        qm_chunk_size=int(s.get("qm_chunk_size", 0)) or None,
     )
 
 

@@ -77,17 +77,31 @@ def _pad_and_split(tree: PyTree, n: int, size: int) -> tuple[PyTree, int]:
     return jax.tree_util.tree_map(leaf, tree), pad
 
 
-def _map(fn: Callable, xs: PyTree, chunk_size: int | None):
-    """``vmap(fn)(xs)``, or ``lax.map`` over chunks so intermediates stay one chunk in size."""
-    if chunk_size is None or chunk_size >= _num_samples(xs):
+def _map(fn: Callable, xs: PyTree, chunk_size: int | None, mesh=None):
+    """``vmap(fn)(xs)``, or ``lax.map`` over chunks so intermediates stay one chunk in size;
+    with a ``mesh`` of several devices, each device maps its share of ``xs`` (padded)."""
+    n = _num_samples(xs)
+    if mesh is not None and mesh.devices.size > 1:
+        axes = tuple(mesh.axis_names)
+        padded = -(-n // mesh.devices.size) * mesh.devices.size
+        split = jax.sharding.PartitionSpec(axes)
+        out = jax.shard_map(
+            lambda x: _map(fn, x, chunk_size),
+            mesh=mesh,
+            in_specs=(split,),
+            out_specs=split,
+            check_vma=False,  # samples are independent; not differentiated
+        )(_pad_to(xs, n, padded))
+        return jax.tree_util.tree_map(lambda a: a[:n], out)
+    if chunk_size is None or chunk_size >= n:
         return jax.vmap(fn)(xs)
     return jax.lax.map(fn, xs, batch_size=chunk_size)
 
 
 def _observables(
-    observable_fn: Callable, samples: PyTree, chunk_size: int | None = None
+    observable_fn: Callable, samples: PyTree, chunk_size: int | None = None, mesh=None
 ) -> tuple[jax.Array, tuple]:
-    g = jnp.asarray(_map(observable_fn, samples, chunk_size))
+    g = jnp.asarray(_map(observable_fn, samples, chunk_size, mesh))
     if not jnp.issubdtype(g.dtype, jnp.inexact):
         g = g.astype(jnp.result_type(float))
     n = g.shape[0]
@@ -200,8 +214,49 @@ def _masked_mean(g: jax.Array, mask: jax.Array, w=None) -> jax.Array:
     return jnp.sum(g * w[:, None], axis=0) / jnp.maximum(jnp.sum(w), jnp.finfo(g.dtype).tiny)
 
 
-def _weighted_energy_grad(energy_fn, params, samples, coefficients, chunk_size):
-    """``∇_θ Σ_i c_i U_θ(x_i)`` as one backward pass (or a scan over chunks of samples)."""
+def _weighted_energy_grad(energy_fn, params, samples, coefficients, chunk_size, mesh=None):
+    """``∇_θ Σ_i c_i U_θ(x_i)`` as one backward pass (or a scan over chunks of samples).
+
+    With a ``mesh``, the samples are split evenly over its devices (padded with weight-0 copies
+    of sample 0), each device takes the gradient of its share and the shares are summed
+    (``psum``): the same sum, computed in parallel.
+    """
+    if mesh is None or mesh.devices.size < 2:
+        return _local_weighted_energy_grad(energy_fn, params, samples, coefficients, chunk_size)
+    axes = tuple(mesh.axis_names)
+    n_devices = mesh.devices.size
+    n = coefficients.shape[0]
+    padded = -(-n // n_devices) * n_devices
+    samples = _pad_to(samples, n, padded)
+    cs = _pad_to(coefficients, n, padded) * (jnp.arange(padded) < n).astype(coefficients.dtype)
+    split = jax.sharding.PartitionSpec(axes)
+
+    def local(p, xs, c):
+        grad = _local_weighted_energy_grad(energy_fn, p, xs, c, chunk_size)
+        return jax.lax.psum(grad, axes)
+
+    return jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=(jax.sharding.PartitionSpec(), split, split),
+        out_specs=jax.sharding.PartitionSpec(),
+        check_vma=False,  # not differentiated: the result is summed explicitly
+    )(params, samples, cs)
+
+
+def _pad_to(tree: PyTree, n: int, size: int) -> PyTree:
+    """Leading axis padded from ``n`` to ``size`` by repeating entry 0."""
+    if size == n:
+        return tree
+
+    def leaf(x):
+        x = jnp.asarray(x)
+        return jnp.concatenate([x, jnp.repeat(x[:1], size - n, axis=0)], axis=0)
+
+    return jax.tree_util.tree_map(leaf, tree)
+
+
+def _local_weighted_energy_grad(energy_fn, params, samples, coefficients, chunk_size):
     n = coefficients.shape[0]
 
     def weighted_sum(p, xs, cs):

@@ -290,6 +290,7 @@ def boltzmann_expectation(
     *,
     batch_size: int | None = None,
     chunk_size: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> Callable:
     """Differentiable ensemble average ``⟨g⟩`` whose gradient is the Boltzmann estimator.
 
@@ -311,6 +312,9 @@ def boltzmann_expectation(
       chunk_size: if given, the observables and the backward pass are evaluated in chunks of
         this many samples (``lax.map`` / ``lax.scan``), so peak memory is that of one chunk's
         forward+backward whatever N is; None = one pass.
+      mesh: if given (several devices), the samples are split over its devices: each computes
+        the observables of its share and ``∇_θ Σ c_i U_θ(x_i)`` over it (in ``chunk_size``
+        chunks), and the shares' gradients are summed. The result is the same up to round-off.
 
     Returns:
       A jitted ``(params, samples, mask=None, log_weights=None) -> ⟨g⟩`` of shape
@@ -324,7 +328,7 @@ def boltzmann_expectation(
       -1.0
     """
 
-    return _global(energy_fn, observable_fn, kT, batch_size, chunk_size, per_batch=False)
+    return _global(energy_fn, observable_fn, kT, batch_size, chunk_size, mesh, per_batch=False)
 
 
 def boltzmann_batch_means(
@@ -334,6 +338,7 @@ def boltzmann_batch_means(
     *,
     batch_size: int | None = None,
     chunk_size: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> Callable:
     """Per-minibatch averages ``ḡ_b``, each differentiable with its own Boltzmann estimator.
 
@@ -346,7 +351,7 @@ def boltzmann_batch_means(
     ``‖⟨g⟩ − g_ref‖²`` by ``O(1/B)``: ``ḡ_b`` is correlated with ``J_b``.
 
     Args:
-      energy_fn, observable_fn, kT, batch_size, chunk_size: as for
+      energy_fn, observable_fn, kT, batch_size, chunk_size, mesh: as for
         :func:`boltzmann_expectation`.
 
     Returns:
@@ -356,10 +361,10 @@ def boltzmann_batch_means(
       with ``log_weights``), sum to 1, and are 0 for batches with fewer than 2 valid samples.
     """
 
-    return _global(energy_fn, observable_fn, kT, batch_size, chunk_size, per_batch=True)
+    return _global(energy_fn, observable_fn, kT, batch_size, chunk_size, mesh, per_batch=True)
 
 
-def _global(energy_fn, observable_fn, kT, batch_size, chunk_size, *, per_batch: bool):
+def _global(energy_fn, observable_fn, kT, batch_size, chunk_size, mesh, *, per_batch: bool):
     """Shared body of :func:`boltzmann_expectation` and :func:`boltzmann_batch_means`."""
 
     def value(g, mask, obs_shape, log_weights):
@@ -368,11 +373,11 @@ def _global(energy_fn, observable_fn, kT, batch_size, chunk_size, *, per_batch: 
 
     @jax.custom_vjp
     def _value(params, samples, mask, log_weights):
-        g, obs_shape = _observables(observable_fn, samples, chunk_size)
+        g, obs_shape = _observables(observable_fn, samples, chunk_size, mesh)
         return value(g, mask, obs_shape, log_weights)
 
     def fwd(params, samples, mask, log_weights):
-        g, obs_shape = _observables(observable_fn, samples, chunk_size)
+        g, obs_shape = _observables(observable_fn, samples, chunk_size, mesh)
         out = value(g, mask, obs_shape, log_weights)
         return out, (params, samples, mask, log_weights, g)
 
@@ -381,7 +386,7 @@ def _global(energy_fn, observable_fn, kT, batch_size, chunk_size, *, per_batch: 
         coefficients = _batch_coefficients if per_batch else _sample_coefficients
         w = _sample_weights(mask, log_weights, g.dtype)
         c = coefficients(g, mask, kT, batch_size, v, w)
-        grad = _weighted_energy_grad(energy_fn, params, samples, c, chunk_size)
+        grad = _weighted_energy_grad(energy_fn, params, samples, c, chunk_size, mesh)
         return grad, None, None, None if log_weights is None else jnp.zeros_like(log_weights)
 
     _value.defvjp(fwd, bwd)

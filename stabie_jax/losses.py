@@ -263,13 +263,22 @@ def make_training_set_qm_loss(
     batches_per_step: int,
     energy_weight: float,
     force_weight: float,
+    chunk_size: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> Callable:
     """``(params, key) -> L_QM``: the QM term of a StABlE step on the training frames.
 
     The mean of :func:`qm_loss` over batches of ``batch_size`` frames: ``batches_per_step``
     batches drawn at random (without replacement) with ``key`` in every step, or, with
     ``batches_per_step <= 0``, every whole batch of the training set in order (the authors':
-    the mean over all training batches; ``key`` unused).
+    the mean over all training batches; ``key`` unused). All batches are full, so this is the
+    mean of the per-frame losses over the frames of the step's batches.
+
+    How it is computed does not change the value beyond round-off: the frames are evaluated in
+    chunks of ``chunk_size`` (default ``batch_size``) with ``lax.map`` and, with a ``mesh`` of
+    several devices, split evenly over its devices (``shard_map``; padding frames get weight
+    0), each device summing its share's per-frame losses (``psum``). Differentiable in
+    ``params`` (``jax.grad`` through the ``shard_map`` sums the devices' gradients).
 
     Args:
       potential: the model's :class:`~stabie_jax.models.potential.Potential`.
@@ -277,34 +286,57 @@ def make_training_set_qm_loss(
       batch_size: frames per batch (at most ``F``).
       batches_per_step: random batches per step, or ``<= 0`` for all ``F // batch_size``.
       energy_weight, force_weight: ``λ_U``, ``λ_F`` of :func:`qm_loss`.
+      chunk_size: frames evaluated together (memory and cache use; default ``batch_size``).
+      mesh: devices to split the frames over (a 1-D mesh such as the simulator's); None = one.
     """
     n = frames.positions.shape[0]
     if not 0 < batch_size <= n:
         raise ValueError(f"batch_size={batch_size} must lie in [1, {n}] (the training frames)")
-    kw = dict(energy_weight=energy_weight, force_weight=force_weight)
-
-    def batch_loss(params, idx):
-        return qm_loss(potential, params, jax.tree.map(lambda x: x[idx], frames), **kw)
-
-    if batches_per_step <= 0:
-        n_batches = n // batch_size
-        batches = jnp.arange(n_batches * batch_size).reshape(n_batches, batch_size)
-
-        def loss_fn(params, key):
-            del key
-            return jnp.mean(jax.lax.map(lambda idx: batch_loss(params, idx), batches))
-
-        return loss_fn
-
-    if batches_per_step * batch_size > n:
+    if batches_per_step > 0 and batches_per_step * batch_size > n:
         raise ValueError(
             f"batches_per_step * batch_size = {batches_per_step * batch_size} exceeds the {n} "
             "training frames (batches are drawn without replacement)"
         )
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1 (frames per chunk), got {chunk_size}")
+    kw = dict(energy_weight=energy_weight, force_weight=force_weight)
+    n_used = (n // batch_size if batches_per_step <= 0 else batches_per_step) * batch_size
+    n_devices = 1 if mesh is None else int(mesh.devices.size)
+    chunk = min(chunk_size or batch_size, -(-n_used // n_devices))
+    n_chunks = -(-n_used // (chunk * n_devices)) * n_devices
+    padded = n_chunks * chunk
+
+    def local_sum(params, idx, weights):
+        """``Σ_f w_f ℓ_f`` over ``idx [k, chunk]`` frame indices (weights ``[k, chunk]``)."""
+
+        def chunk_sum(args):
+            i, w = args
+            batch = jax.tree.map(lambda x: x[i], frames)
+            return qm_loss(potential, params, batch, weights=w, **kw) * jnp.sum(w)
+
+        return jnp.sum(jax.lax.map(chunk_sum, (idx, weights)))
+
+    summed = local_sum
+    if n_devices > 1:
+        axes = tuple(mesh.axis_names)
+        split = jax.sharding.PartitionSpec(axes)
+        summed = jax.shard_map(
+            lambda p, i, w: jax.lax.psum(local_sum(p, i, w), axes),
+            mesh=mesh,
+            in_specs=(jax.sharding.PartitionSpec(), split, split),
+            out_specs=jax.sharding.PartitionSpec(),
+        )
+
+    def frame_indices(key):
+        if batches_per_step <= 0:
+            return jnp.arange(n_used)
+        return jax.random.choice(key, n, (n_used,), replace=False)
 
     def loss_fn(params, key):
-        idx = jax.random.choice(key, n, (batches_per_step, batch_size), replace=False)
-        return jnp.mean(jax.lax.map(lambda i: batch_loss(params, i), idx))
+        idx = jnp.zeros((padded,), jnp.int32).at[:n_used].set(frame_indices(key))
+        weights = (jnp.arange(padded) < n_used).astype(frames.positions.dtype)
+        total = summed(params, idx.reshape(n_chunks, chunk), weights.reshape(n_chunks, chunk))
+        return total / n_used
 
     return loss_fn
 

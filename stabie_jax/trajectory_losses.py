@@ -109,6 +109,8 @@ def global_observable_loss(
     batch_size: int | None = None,
     reduction: str = "sum",
     vjp: str = "global",
+    chunk_size: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> Callable:
     """``L_obs = ‖⟨g⟩ − g_ref‖²`` over all recorded frames with the global estimator.
 
@@ -121,6 +123,9 @@ def global_observable_loss(
         the key before being cut into minibatches (:func:`sample_order`), as the authors do.
       reduction: ``"sum"`` over components (default) or ``"mean"`` (module docstring).
       vjp: ``"global"`` (default) or ``"per_batch"`` (the authors'; module docstring).
+      chunk_size, mesh: how the estimator's backward pass is laid out (frames per chunk; the
+        devices it is split over), :func:`stabie_jax.estimator.boltzmann_expectation`. They
+        change the result only by round-off.
 
     Returns:
       ``(params, trajectory, key, log_weights=None) -> (loss, {"observable": ⟨g⟩,
@@ -130,7 +135,9 @@ def global_observable_loss(
     """
     _check_choices(reduction, vjp)
     build = boltzmann_expectation if vjp == "global" else boltzmann_batch_means
-    expectation = build(energy_fn, observable_fn, kT, batch_size=batch_size)
+    expectation = build(
+        energy_fn, observable_fn, kT, batch_size=batch_size, chunk_size=chunk_size, mesh=mesh
+    )
     g_ref = jnp.asarray(observable_ref)
 
     def loss_fn(params, trajectory: Trajectory, key, log_weights=None):

@@ -45,6 +45,10 @@ Estimator diagnostics, logged in learning epochs: ``sample_energy_above_median_k
 value means a few frames dominate the covariance) and, every ``split_cosine_every`` epochs,
 ``obs_split_cosine`` (:func:`make_split_cosine_fn`).
 
+Timings (wall seconds) in every epoch's record: ``md_seconds`` (the simulation and its
+stability check) and, in learning epochs, ``step_seconds`` (the learning step: both gradients,
+the update and the host checks); ``wall_seconds`` is the run's total so far.
+
 **Which frames feed the step** (``learning_samples``). ``"all"`` (the authors'): every recorded
 frame of an alive replica with finite positions and energy, including the frames after a
 replica has left the physical region. ``"within_criterion"``: each replica's frames before the
@@ -88,6 +92,7 @@ from stabie_jax.stabie.driver import (
     init_from_frames,
     run_stabie,
     shard_replicas,
+    shard_state,
 )
 from stabie_jax.stabie.epochs import (
     frames_within_criterion,
@@ -152,4 +157,5 @@ __all__ = [
     "reuse_samples",
     "run_stabie",
     "shard_replicas",
+    "shard_state",
 ]

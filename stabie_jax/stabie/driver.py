@@ -33,6 +33,7 @@ __all__ = [
     "init_from_frames",
     "run_stabie",
     "shard_replicas",
+    "shard_state",
 ]
 
 
@@ -119,10 +120,7 @@ def run_stabie(
 
         state = loop.resume(state, restore=resume).state
         if shard_fn is not None:
-            replicas = shard_fn(state.replicas)
-            state = StabieState(
-                _replicated_like(state.train, replicas), replicas, shard_fn(state.anchors)
-            )
+            state = shard_state(state, shard_fn)
         while _budget_left(settings, state.train.counters, dt, started):
             counters = state.train.counters
             phase = int(counters.phase)
@@ -185,6 +183,15 @@ def _replicated_like(train: TrainState, replicas: ReplicaState) -> TrainState:
         opt_state=jax.tree.map(place, train.opt_state),
         key=place(train.key),
     )
+
+
+def shard_state(state: StabieState, shard_fn: Callable | None = None) -> StabieState:
+    """``state`` with its replicas and anchors placed by ``shard_fn`` (default
+    :func:`shard_replicas`) and its training arrays replicated on the same devices, as
+    :func:`run_stabie` places them after init and restore."""
+    shard_fn = shard_replicas if shard_fn is None else shard_fn
+    replicas = shard_fn(state.replicas)
+    return StabieState(_replicated_like(state.train, replicas), replicas, shard_fn(state.anchors))
 
 
 def shard_replicas(replicas: ReplicaState, mesh: jax.sharding.Mesh | None = None) -> ReplicaState:

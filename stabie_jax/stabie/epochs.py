@@ -148,8 +148,10 @@ def make_simulation_epoch(problem: StabieProblem, settings: StabieSettings) -> C
                 sim, replicas, key, settings.reset_probability
             )
         start = replicas
+        clock = time.perf_counter()
         replicas, traj = sim.simulate(train.params, replicas, t, every, record_energy=True)
-        stable = _epoch_stability(problem, replicas, traj)
+        stable = _epoch_stability(problem, replicas, traj)  # waits for the simulation
+        record["md_seconds"] = time.perf_counter() - clock
         alive_at_start = to_host(start.alive)
         newly_unstable = alive_at_start & ~stable
         replicas = sim.select(jnp.asarray(newly_unstable), _freeze(start), replicas)
@@ -293,15 +295,20 @@ def make_learning_epoch(problem: StabieProblem, settings: StabieSettings) -> Cal
     def epoch(state: StabieState, key) -> tuple[StabieState, dict]:
         train, _, anchors = state
         counters = train.counters
+        clock = time.perf_counter()
         replicas, traj = sim.simulate(train.params, anchors, t, every, record_energy=True)
-        stable = _epoch_stability(problem, replicas, traj)
+        stable = _epoch_stability(problem, replicas, traj)  # waits for the simulation
+        md_seconds = time.perf_counter() - clock
         f_unst = 1.0 - float(np.mean(stable))
         traj, samples_record = _learning_samples(problem, settings, traj)
         lr = counters.plateau().learning_rate
+        clock = time.perf_counter()
         params, opt_state, metrics, finite, skipped = learning_step(
             train.params, train.opt_state, traj, key, lr
         )
+        step_seconds = time.perf_counter() - clock  # the step reads its metrics on the host
         record = _step_record(f_unst, int(counters.phase_epoch), lr, metrics, finite, skipped)
+        record.update(md_seconds=md_seconds, step_seconds=step_seconds)
         record.update(samples_record)
         record.update(_energy_spread(traj, sim.kT))
         if (

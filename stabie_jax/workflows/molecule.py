@@ -66,6 +66,8 @@ class MoleculeStabieInputs(NamedTuple):
     chain_tau_factor: float = 1.0  # chain tau = factor * ttime * dt
     langevin_gamma_per_ps: float = 0.1  # friction of integrator="langevin", 1/ps
     reanchor_energy: bool = False  # re-fit the zero of U on the training frames after StABlE
+    estimator_chunk_size: int | None = None  # frames per chunk of the estimator's backward pass
+    qm_chunk_size: int | None = None  # training frames per chunk of the QM term
 
 
 def molecule_problem(
@@ -77,7 +79,9 @@ def molecule_problem(
     """The StABlE problem of a molecule in free space: the simulator (``inp``'s integrator at
     ``inp.temperature_kelvin``, replicas over the devices, a non-finite check), the bond-length
     deviation criterion on ``molecule.bonds``, the global-estimator loss of ``observable`` and,
-    when ``inp.learning.qm_weight`` is set, the QM loss on the training frames."""
+    when ``inp.learning.qm_weight`` is set, the QM loss on the training frames. The estimator's
+    backward pass and the QM loss are split over the simulator's devices, in chunks of
+    ``inp.estimator_chunk_size`` frames and ``inp.qm_chunk_size`` training frames."""
     z = molecule.atomic_numbers
     space = md.free_space()
     potential = checkpoint.make_model_potential(
@@ -86,6 +90,7 @@ def molecule_problem(
     kT = units.kT(inp.temperature_kelvin)
     dt = units.fs_to_internal(inp.timestep_fs)
     t = int(inp.learning.settings_kwargs["steps_per_epoch"])
+    mesh = md.replica_mesh(inp.n_replicas)
     simulator = md.make_simulator(
         potential.energy_fn,
         md.masses_from_atomic_numbers(z),
@@ -95,7 +100,7 @@ def molecule_problem(
         tau=inp.chain_tau_factor * inp.thermostat_ttime_steps * dt,
         history_every=t,
         history_length=inp.history_length,
-        mesh=md.replica_mesh(inp.n_replicas),
+        mesh=mesh,
         replica_batch_size=inp.replica_batch_size,
         integrator=inp.integrator,
         ttime_steps=inp.thermostat_ttime_steps,
@@ -122,6 +127,8 @@ def molecule_problem(
         batch_size=inp.learning.minibatch_size,
         reduction=inp.learning.observable_reduction,
         vjp=inp.learning.observable_vjp,
+        chunk_size=inp.estimator_chunk_size,
+        mesh=mesh,
     )
     qm_fn = None
     if inp.learning.qm_weight:
@@ -132,6 +139,8 @@ def molecule_problem(
             batches_per_step=inp.qm_batches_per_step,
             energy_weight=inp.qm_energy_weight,
             force_weight=inp.qm_force_weight,
+            chunk_size=inp.qm_chunk_size,
+            mesh=mesh,
         )
     problem = stabie_lib.StabieProblem(
         simulator, stable_fn, obs_loss, qm_fn, energy_fn=potential.energy_fn

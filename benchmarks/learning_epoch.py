@@ -1,0 +1,226 @@
+"""Cost of one paper-scale aspirin learning epoch, part by part.
+
+A learning epoch simulates all R replicas for t steps from their anchors, recording every S-th
+frame, then takes ONE optimizer step on ``L_obs + λ·L_QM``. This script builds that epoch
+exactly as ``python -m experiments.aspirin --config=experiments/configs/aspirin.py`` does (the
+paper config, its replica layout: one CPU device per physical core unless ``--devices``), from a
+saved stabie_jax model, and times, on the trajectory of a real learning epoch:
+
+* ``md``: the t-step simulation of the R replicas (frames and energies recorded);
+* ``stability``: the bond-length criterion over the recorded frames, on the host;
+* ``obs gradient``: the observable loss's gradient by the Boltzmann estimator over the F·R
+  recorded frames (the configured minibatches and VJP form);
+* ``qm gradient``: ``∇L_QM`` over the training frames (the configured QM batches);
+* ``learning step``: the whole step (both gradients, their diagnostics, clip, update, the host
+  checks);
+* ``learning epoch``: the driver's whole epoch function (MD + everything else).
+
+Every part is timed after a first call that compiles it (``first_s``); ``median_s`` of
+``--repeats`` calls. The part outside the MD is ``learning epoch − md``.
+
+Usage (from the repository root)::
+
+    python benchmarks/learning_epoch.py --model WORKDIR/model_pretrained \\
+        --data '../shared/data/rmd17_aspirin/rmd17_aspirin_train_0*.npz' \\
+        --output benchmarks/results/learning_epoch_cpu.md
+
+``--model`` is any stabie_jax model checkpoint of the paper's SchNet (the ``model_pretrained``
+folder of an aspirin workdir, or the authors' model imported with ``python -m
+stabie_jax.interop import-schnet``). ``--replicas`` and ``--steps`` shrink the problem for a
+quick look; ``--set stabie.KEY=VALUE`` overrides any config field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import harness  # benchmarks/harness.py: this script's folder is on sys.path
+
+sys.path.insert(0, str(harness.REPO))
+
+
+def _parse_value(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def build(args):
+    """The paper aspirin problem, settings and initial state, as the entry point builds them."""
+    import jax
+
+    from experiments import config_reader
+    from experiments import molecule as molecule_app
+    from experiments.configs import aspirin
+    from stabie_jax import checkpoint, data, units, workflows
+    from stabie_jax import stabie as stabie_lib
+
+    config = aspirin.get_config()
+    with config.unlocked():
+        config.data.source = args.data
+        config.data.labels = args.labels
+        config.stabie.n_replicas = args.replicas
+        config.stabie.steps_per_epoch = args.steps
+        for item in args.set:
+            key, _, value = item.partition("=")
+            section, field = key.split(".", 1)
+            config[section][field] = _parse_value(value)
+    d = config.data
+    molecule = data.load_molecule_data(d.source, **config_reader.data_split_kwargs(d))
+    observable = molecule_app.training_observable(config, molecule)
+    inputs = config_reader.molecule_stabie_inputs(config)
+    loaded = checkpoint.load_model_checkpoint(args.model)
+    problem = workflows.molecule_problem(loaded, molecule, inputs, observable)
+    settings, _ = workflows.stabie_settings(
+        inputs.learning, units.kT(inputs.temperature_kelvin), observable.size
+    )
+    state, _ = stabie_lib.init_from_frames(
+        problem,
+        settings,
+        loaded.params,
+        molecule.train.positions,
+        n_replicas=inputs.n_replicas,
+        key=jax.random.PRNGKey(0),
+        rescale_velocities=inputs.rescale_velocities,
+    )
+    if jax.device_count() > 1 and inputs.n_replicas % jax.device_count() == 0:
+        state = stabie_lib.shard_state(state)
+    return config, molecule, problem, settings, state
+
+
+def measure(args) -> list[dict]:
+    import jax
+    import numpy as np
+
+    from stabie_jax import stabie as stabie_lib
+    from stabie_jax.host import to_host
+    from stabie_jax.plateau import PlateauState
+
+    config, molecule, problem, settings, state = build(args)
+    sim = problem.simulator
+    params, opt_state = state.train.params, state.train.opt_state
+    t, every = settings.steps_per_epoch, settings.sample_every
+    rows = []
+
+    def row(name, timing, note=""):
+        rows.append({"part": name, **timing, "note": note})
+        print(f"{name:>16}: first {timing['first_s']:.2f} s, median {timing['median_s']:.2f} s")
+
+    # A learning epoch starts from anchors with every replica alive.
+    anchors = state.anchors
+    learning_state = state._replace(replicas=anchors)
+    epoch = stabie_lib.make_learning_epoch(problem, settings)
+    counters = state.train.counters._replace(phase=np.asarray(stabie_lib.LEARNING, np.int64))
+    learning_state = learning_state._replace(
+        train=state.train._replace(
+            counters=counters.with_plateau(PlateauState(settings.learning_rate, float("inf"), 0, 0))
+        )
+    )
+    key = jax.random.PRNGKey(1)
+    row(
+        "learning epoch",
+        harness.time_call(lambda: epoch(learning_state, key)[0].train.params, repeats=args.repeats),
+        "the driver's epoch function",
+    )
+
+    def simulate():
+        return sim.simulate(params, anchors, t, every, record_energy=True)
+
+    row("md", harness.time_call(simulate, repeats=args.repeats), f"R = {args.replicas}, t = {t}")
+    replicas, traj = simulate()
+
+    def stability():
+        return to_host(problem.stable_fn(traj)) & ~to_host(replicas.nonfinite)
+
+    row("stability", harness.time_call(stability, repeats=args.repeats), "bond criterion, host")
+    n_frames = int(np.prod(traj.alive.shape))
+    obs_grad = stabie_lib.make_gradient_fn(problem, 0.0)
+    row(
+        "obs gradient",
+        harness.time_call(obs_grad, params, traj, key, repeats=args.repeats),
+        f"{n_frames} frames, B = {config.stabie.minibatch_size}",
+    )
+    if problem.qm_loss_fn is not None:
+        qm_grad = jax.jit(jax.value_and_grad(problem.qm_loss_fn))
+        row(
+            "qm gradient",
+            harness.time_call(qm_grad, params, key, repeats=args.repeats),
+            f"{molecule.train.n_frames} frames, batch {config.stabie.qm_batch_size}",
+        )
+    step = stabie_lib.make_learning_step(problem, settings)
+    row(
+        "learning step",
+        harness.time_call(
+            lambda: step(params, opt_state, traj, key, settings.learning_rate).params,
+            repeats=args.repeats,
+        ),
+        "both gradients, clip, update, host checks",
+    )
+    return rows
+
+
+def markdown(rows, args) -> str:
+    by_name = {r["part"]: r for r in rows}
+    total, md = by_name["learning epoch"]["median_s"], by_name["md"]["median_s"]
+    lines = [
+        "# One aspirin learning epoch, part by part",
+        "",
+        *harness.environment_lines(),
+        "",
+        "| part | first call (s) | median (s) | note |",
+        "|---|---:|---:|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['part']} | {r['first_s']:.2f} | {r['median_s']:.2f} | {r['note']} |")
+    lines += [
+        "",
+        f"Outside the MD: {total - md:.2f} s = {100 * (total - md) / md:.0f} % of the MD part "
+        f"({md:.2f} s).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True, help="stabie_jax model checkpoint folder")
+    parser.add_argument(
+        "--data",
+        default=str(harness.SHARED / "rmd17_aspirin" / "rmd17_aspirin_train_0*.npz"),
+        help="training frames (the config's data.source)",
+    )
+    parser.add_argument("--labels", default="md17", help="data.labels (rMD17: md17 or rmd17)")
+    parser.add_argument("--replicas", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--devices", type=int, default=None, help="CPU devices (default: one per physical core)"
+    )
+    parser.add_argument("--set", action="append", default=[], help="config override KEY=VALUE")
+    parser.add_argument("--output", default=None, help="write a markdown table here")
+    args = parser.parse_args(argv)
+
+    from experiments.app import physical_cores
+
+    if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+        n = args.devices or physical_cores()
+        os.environ["XLA_FLAGS"] = (
+            f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}"
+        ).strip()
+    started = time.time()
+    rows = measure(args)
+    text = markdown(rows, args)
+    print(text)
+    print(f"({time.time() - started:.0f} s in all)")
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text)
+
+
+if __name__ == "__main__":
+    main()
