@@ -58,7 +58,7 @@ def build(args):
     from experiments import config_reader
     from experiments import molecule as molecule_app
     from experiments.configs import aspirin
-    from stabie_jax import checkpoint, data, units, workflows
+    from stabie_jax import checkpoint, data, md, units, workflows
     from stabie_jax import stabie as stabie_lib
 
     config = aspirin.get_config()
@@ -89,7 +89,7 @@ def build(args):
         key=jax.random.PRNGKey(0),
         rescale_velocities=inputs.rescale_velocities,
     )
-    if jax.device_count() > 1 and inputs.n_replicas % jax.device_count() == 0:
+    if md.splits_replicas(inputs.n_replicas):
         state = stabie_lib.shard_state(state)
     return config, molecule, problem, settings, state
 

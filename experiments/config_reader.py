@@ -117,7 +117,7 @@ def replica_batch_size(config, n_replicas: int) -> int | None:
     if str(config.md.get("layout", "auto")) == "vmap":
         return None
     devices = jax.devices()
-    if len(devices) > 1 and int(n_replicas) % len(devices):
+    if len(devices) > 1 and not md.splits_replicas(int(n_replicas), devices):
         logging.warning(
             "%d replicas do not split evenly over the %d devices: they run on one device. "
             "Choose a multiple of %d replicas (or --host_devices) for the fast layout.",

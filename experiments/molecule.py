@@ -20,10 +20,8 @@ import logging
 import pathlib
 import time
 
-import jax
-
 from experiments import config_reader, configs, stages
-from stabie_jax import data, observables, workflows
+from stabie_jax import data, md, observables, workflows
 
 
 def training_observable(config, molecule: data.MoleculeData) -> observables.BuiltObservable:
@@ -76,7 +74,6 @@ def run(config, workdir) -> dict:
         )
 
     def stabie(pretrained_dir):
-        n_devices = jax.device_count()
         return workflows.train_molecule(
             pretrained_dir,
             molecule,
@@ -86,7 +83,7 @@ def run(config, workdir) -> dict:
             seed=int(config.seed),
             metadata={"config": config_reader.stabie_run_config(config)},
             progress=bool(config.progress),
-            shard=n_devices > 1 and int(config.stabie.n_replicas) % n_devices == 0,
+            shard=md.splits_replicas(int(config.stabie.n_replicas)),
             tensorboard=bool(config.get("tensorboard", False)),
             observable=observable,
         )

@@ -29,14 +29,10 @@ from __future__ import annotations
 import logging
 import pathlib
 
-import jax
 import numpy as np
 
 from experiments import config_reader, configs, stages
-from stabie_jax import (
-    observables,
-    workflows,
-)
+from stabie_jax import md, observables, workflows
 from stabie_jax.localized_estimator import neighbourhoods_from_bonds
 from stabie_jax.models.gemnet_t import GemNetT
 from stabie_jax.models.gemnet_table import max_neighbors_in_frames, suggested_capacity
@@ -178,7 +174,6 @@ def run_stabie_stage(
 ) -> pathlib.Path:
     """:func:`stabie_jax.workflows.train_periodic` with the config's settings; returns the
     trained model's checkpoint directory."""
-    n_dev, n_replicas = jax.device_count(), int(config.stabie.n_replicas)
     return workflows.train_periodic(
         pretrained_dir,
         periodic,
@@ -189,7 +184,7 @@ def run_stabie_stage(
         model_dir=workdir / stages.STABIE_MODEL,
         metadata={"config": config_reader.stabie_run_config(config)},
         progress=bool(config.progress),
-        shard=n_dev > 1 and n_replicas % n_dev == 0,
+        shard=md.splits_replicas(int(config.stabie.n_replicas)),
         tensorboard=bool(config.get("tensorboard", False)),
     )
 

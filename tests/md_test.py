@@ -623,3 +623,6 @@ def test_auto_replica_batch_size_chunks_only_cpu_replicas_split_over_devices():
     assert md.auto_replica_batch_size(6, [cpu] * 4) is None  # 6 replicas, 4 devices: one device
     assert md.auto_replica_batch_size(128, [cpu]) is None
     assert md.auto_replica_batch_size(128, [gpu, gpu]) is None
+    # the one rule every layout decision uses
+    assert md.splits_replicas(128, [gpu, gpu]) and md.splits_replicas(6, [cpu] * 3)
+    assert not md.splits_replicas(6, [cpu] * 4) and not md.splits_replicas(128, [cpu])

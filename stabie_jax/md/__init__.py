@@ -22,7 +22,7 @@ from stabie_jax.md.integrators import (
     authors_nose_hoover_invariant,
     authors_thermostat_constants,
 )
-from stabie_jax.md.layout import CPU_CHUNK, auto_replica_batch_size
+from stabie_jax.md.layout import CPU_CHUNK, auto_replica_batch_size, splits_replicas
 from stabie_jax.md.replicas import (
     History,
     ReplicaState,
@@ -72,6 +72,7 @@ __all__ = [
     "replica_mesh",
     "CPU_CHUNK",
     "auto_replica_batch_size",
+    "splits_replicas",
     "tau_from_ttime",
     "tau_from_wavenumber",
     "thermostat_kinetic_energy_period",

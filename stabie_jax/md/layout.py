@@ -21,11 +21,20 @@ __all__ = [
     "auto_replica_batch_size",
     "replica_layout",
     "replica_mesh",
+    "splits_replicas",
 ]
 
 CPU_CHUNK = 2
 """Replicas per chunk on each CPU device in the automatic layout: the per-edge arrays of a
 40-atom molecule's SchNet step then stay in cache (benchmarks/RESULTS.md, issue 11)."""
+
+
+def splits_replicas(n_replicas: int, devices=None) -> bool:
+    """True when there are several ``devices`` (default ``jax.devices()``) and they split
+    ``n_replicas`` evenly: the one condition under which the replicas are spread over devices
+    (:func:`replica_mesh`, :func:`auto_replica_batch_size`, the driver's sharding)."""
+    n_devices = len(jax.devices() if devices is None else list(np.asarray(devices).reshape(-1)))
+    return n_devices > 1 and int(n_replicas) % n_devices == 0
 
 
 def replica_mesh(n_replicas: int, devices=None) -> jax.sharding.Mesh | None:
@@ -40,7 +49,7 @@ def replica_mesh(n_replicas: int, devices=None) -> jax.sharding.Mesh | None:
       evenly; None (everything on one device) otherwise.
     """
     devices = np.asarray(jax.devices() if devices is None else devices)
-    if devices.size < 2 or n_replicas % devices.size:
+    if not splits_replicas(n_replicas, devices):
         return None
     return jax.sharding.Mesh(devices.reshape(-1), ("replica",))
 
@@ -61,8 +70,7 @@ def auto_replica_batch_size(n_replicas: int, devices=None) -> int | None:
     """
     devices = list(jax.devices() if devices is None else devices)
     on_cpu = all(d.platform == "cpu" for d in devices)
-    split = len(devices) > 1 and n_replicas % len(devices) == 0  # as replica_mesh
-    return CPU_CHUNK if on_cpu and split else None
+    return CPU_CHUNK if on_cpu and splits_replicas(n_replicas, devices) else None
 
 
 class ReplicaLayout(NamedTuple):
