@@ -8,12 +8,14 @@ saved stabie_jax model, and times, on the trajectory of a real learning epoch:
 
 * ``md``: the t-step simulation of the R replicas (frames and energies recorded);
 * ``stability``: the bond-length criterion over the recorded frames, on the host;
+* ``learning step``: the whole step in the configured layout (both gradients, their
+  diagnostics, clip, update, the host checks);
+* ``learning epoch``: the driver's whole epoch function (MD + everything else);
 * ``obs gradient``: the observable loss's gradient by the Boltzmann estimator over the F·R
-  recorded frames (the configured minibatches and VJP form);
-* ``qm gradient``: ``∇L_QM`` over the training frames (the configured QM batches);
-* ``learning step``: the whole step (both gradients, their diagnostics, clip, update, the host
-  checks);
-* ``learning epoch``: the driver's whole epoch function (MD + everything else).
+  recorded frames (the configured minibatches and VJP form), side by side: on one device in
+  one pass (the layout before the split) and split over the devices in chunks
+  (``--obs-chunks``);
+* ``qm gradient``: ``∇L_QM`` over the training frames, the same way (``--qm-chunks``).
 
 Every part is timed after a first call that compiles it (``first_s``); ``median_s`` of
 ``--repeats`` calls. The part outside the MD is ``learning epoch − md``.
@@ -52,7 +54,8 @@ def _parse_value(text: str):
 
 
 def build(args):
-    """The paper aspirin problem, settings and initial state, as the entry point builds them."""
+    """The paper aspirin problem, settings and initial state, as the entry point builds them,
+    and what the loss variants need."""
     import jax
 
     from experiments import config_reader
@@ -91,18 +94,63 @@ def build(args):
     )
     if md.splits_replicas(inputs.n_replicas):
         state = stabie_lib.shard_state(state)
-    return config, molecule, problem, settings, state
+    return config, molecule, observable, inputs, loaded, problem, settings, state
+
+
+def loss_builders(molecule, observable, inputs, loaded):
+    """``obs(chunk, mesh)`` and ``qm(chunk, mesh)``: the problem's two losses in a given layout
+    (``mesh=None``: one device, as before the split; ``chunk=None``: one pass / QM batches)."""
+    import jax.numpy as jnp
+
+    from stabie_jax import checkpoint, losses, md, trajectory_losses, units
+
+    potential = checkpoint.make_model_potential(
+        loaded.module, loaded.metadata, md.free_space().displacement_fn
+    )
+    frames = losses.LabelledFrames.from_dataset(molecule.train)
+
+    def obs(chunk, mesh):
+        return trajectory_losses.global_observable_loss(
+            potential.energy_fn,
+            observable.frame_fn,
+            jnp.asarray(observable.reference),
+            units.kT(inputs.temperature_kelvin),
+            batch_size=inputs.learning.minibatch_size,
+            reduction=inputs.learning.observable_reduction,
+            vjp=inputs.learning.observable_vjp,
+            chunk_size=chunk,
+            mesh=mesh,
+        )
+
+    def qm(chunk, mesh):
+        return losses.make_training_set_qm_loss(
+            potential,
+            frames,
+            batch_size=inputs.qm_batch_size,
+            batches_per_step=inputs.qm_batches_per_step,
+            energy_weight=inputs.qm_energy_weight,
+            force_weight=inputs.qm_force_weight,
+            chunk_size=chunk,
+            mesh=mesh,
+        )
+
+    return obs, qm
+
+
+def _chunks(text: str) -> list:
+    return [None if c in ("0", "none") else int(c) for c in text.split(",") if c]
 
 
 def measure(args) -> list[dict]:
     import jax
     import numpy as np
 
+    from stabie_jax import md
     from stabie_jax import stabie as stabie_lib
     from stabie_jax.host import to_host
     from stabie_jax.plateau import PlateauState
 
-    config, molecule, problem, settings, state = build(args)
+    config, molecule, observable, inputs, loaded, problem, settings, state = build(args)
     sim = problem.simulator
     params, opt_state = state.train.params, state.train.opt_state
     t, every = settings.steps_per_epoch, settings.sample_every
@@ -110,23 +158,21 @@ def measure(args) -> list[dict]:
 
     def row(name, timing, note=""):
         rows.append({"part": name, **timing, "note": note})
-        print(f"{name:>16}: first {timing['first_s']:.2f} s, median {timing['median_s']:.2f} s")
+        print(f"{name:>28}: first {timing['first_s']:.2f} s, median {timing['median_s']:.2f} s")
 
     # A learning epoch starts from anchors with every replica alive.
     anchors = state.anchors
-    learning_state = state._replace(replicas=anchors)
-    epoch = stabie_lib.make_learning_epoch(problem, settings)
     counters = state.train.counters._replace(phase=np.asarray(stabie_lib.LEARNING, np.int64))
-    learning_state = learning_state._replace(
-        train=state.train._replace(
-            counters=counters.with_plateau(PlateauState(settings.learning_rate, float("inf"), 0, 0))
-        )
+    plateau = PlateauState(settings.learning_rate, float("inf"), 0, 0)
+    learning_state = state._replace(
+        train=state.train._replace(counters=counters.with_plateau(plateau)), replicas=anchors
     )
+    epoch = stabie_lib.make_learning_epoch(problem, settings)
     key = jax.random.PRNGKey(1)
     row(
         "learning epoch",
         harness.time_call(lambda: epoch(learning_state, key)[0].train.params, repeats=args.repeats),
-        "the driver's epoch function",
+        "the driver's epoch function, configured layout",
     )
 
     def simulate():
@@ -139,20 +185,6 @@ def measure(args) -> list[dict]:
         return to_host(problem.stable_fn(traj)) & ~to_host(replicas.nonfinite)
 
     row("stability", harness.time_call(stability, repeats=args.repeats), "bond criterion, host")
-    n_frames = int(np.prod(traj.alive.shape))
-    obs_grad = stabie_lib.make_gradient_fn(problem, 0.0)
-    row(
-        "obs gradient",
-        harness.time_call(obs_grad, params, traj, key, repeats=args.repeats),
-        f"{n_frames} frames, B = {config.stabie.minibatch_size}",
-    )
-    if problem.qm_loss_fn is not None:
-        qm_grad = jax.jit(jax.value_and_grad(problem.qm_loss_fn))
-        row(
-            "qm gradient",
-            harness.time_call(qm_grad, params, key, repeats=args.repeats),
-            f"{molecule.train.n_frames} frames, batch {config.stabie.qm_batch_size}",
-        )
     step = stabie_lib.make_learning_step(problem, settings)
     row(
         "learning step",
@@ -160,8 +192,28 @@ def measure(args) -> list[dict]:
             lambda: step(params, opt_state, traj, key, settings.learning_rate).params,
             repeats=args.repeats,
         ),
-        "both gradients, clip, update, host checks",
+        "configured layout: both gradients, clip, update, host checks",
     )
+    n_frames = int(np.prod(traj.alive.shape))
+    mesh = md.replica_mesh(args.replicas)
+    obs, qm = loss_builders(molecule, observable, inputs, loaded)
+    layouts = [(None, None)] + ([(mesh, c) for c in _chunks(args.obs_chunks)] if mesh else [])
+    for where, chunk in layouts:
+        fn = jax.jit(jax.value_and_grad(obs(chunk, where), has_aux=True))
+        row(
+            f"obs gradient {'split' if where else 'one device'}, chunk {chunk}",
+            harness.time_call(fn, params, traj, key, repeats=args.repeats),
+            f"{n_frames} frames, B = {inputs.learning.minibatch_size}",
+        )
+    if problem.qm_loss_fn is not None:
+        layouts = [(None, None)] + ([(mesh, c) for c in _chunks(args.qm_chunks)] if mesh else [])
+        for where, chunk in layouts:
+            fn = jax.jit(jax.value_and_grad(qm(chunk, where)))
+            row(
+                f"qm gradient {'split' if where else 'one device'}, chunk {chunk}",
+                harness.time_call(fn, params, key, repeats=args.repeats),
+                f"{molecule.train.n_frames} frames",
+            )
     return rows
 
 
@@ -200,6 +252,12 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument(
         "--devices", type=int, default=None, help="CPU devices (default: one per physical core)"
+    )
+    parser.add_argument(
+        "--obs-chunks", default="0,4,16", help="estimator chunks to compare, split (0 = none)"
+    )
+    parser.add_argument(
+        "--qm-chunks", default="40,8,2", help="QM-term chunks to compare, split (0 = batches)"
     )
     parser.add_argument("--set", action="append", default=[], help="config override KEY=VALUE")
     parser.add_argument("--output", default=None, help="write a markdown table here")

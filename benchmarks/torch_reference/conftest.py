@@ -8,4 +8,4 @@ import jax
 
 jax.config.update("jax_debug_nans", True)
 
-collect_ignore = ["nose_hoover_torch.py", "schnet_torch.py"]
+collect_ignore = ["mdsim_torch.py", "nose_hoover_torch.py", "schnet_torch.py"]
