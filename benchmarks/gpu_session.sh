@@ -64,6 +64,11 @@ timeout "${TIMING_SECONDS:-150}" python3 -m experiments.aspirin \
   --config.init_checkpoint="$MODELS/authors_pretrained" --config.stages=stabie \
   --config.stabie.f_max=0.001 --config.stabie.max_epochs="${TIMING_EPOCHS:-4}"
 pack
+stamp "0b. one paper-scale learning epoch, part by part (learning_epoch.py)"
+timeout "${EPOCH_PARTS_SECONDS:-150}" python3 benchmarks/learning_epoch.py \
+  --model "$MODELS/authors_pretrained" --data "$DATA/rmd17_aspirin/rmd17_aspirin_train_0*.npz" \
+  --obs-chunks 0 --qm-chunks 40 --output "$RES/learning_epoch_gpu.md"
+pack
 stamp "1. paper-scale aspirin StABlE from the authors' pretrained model, ${STABIE_SECONDS} s budget"
 HOURS=$(python3 -c "print($STABIE_SECONDS / 3600)")
 timeout $((STABIE_SECONDS + 60)) python3 -m experiments.aspirin \
@@ -89,7 +94,7 @@ timeout 120 python3 -m experiments.aspirin --config=experiments/configs/aspirin.
 pack
 stamp "3. JAX vs PyTorch on the GPU (compare.py)"
 timeout 70 python3 benchmarks/compare.py --in-process --replicas "$R_COMPARE" --steps "$STEPS" \
-  --sides jax,jax_pairs,torch --output "$RES/compare_gpu.md"
+  --sides jax,jax_pairs,torch_geometric,torch --output "$RES/compare_gpu.md"
 pack
 
 stamp "4. MD throughput vs replicas and atoms (md_throughput.py)"

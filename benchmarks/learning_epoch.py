@@ -36,12 +36,32 @@ from __future__ import annotations
 
 import argparse
 import os
+import pathlib
 import sys
 import time
 
-import harness  # benchmarks/harness.py: this script's folder is on sys.path
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # repository root
 
-sys.path.insert(0, str(harness.REPO))
+
+def _set_cpu_devices(argv) -> None:
+    """One XLA CPU device per physical core (or ``--devices``), as the entry points do; must
+    run before anything imports jax_md, which starts JAX's backend."""
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--devices", type=int, default=None)
+    n = early.parse_known_args(argv)[0].devices
+    if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+        from experiments.app import physical_cores
+
+        os.environ["XLA_FLAGS"] = (
+            f"{os.environ.get('XLA_FLAGS', '')} "
+            f"--xla_force_host_platform_device_count={n or physical_cores()}"
+        ).strip()
+
+
+if __name__ == "__main__":
+    _set_cpu_devices(sys.argv[1:])
+
+import harness  # noqa: E402  (benchmarks/harness.py: this script's folder is on sys.path)
 
 
 def _parse_value(text: str):
@@ -75,7 +95,9 @@ def build(args):
             section, field = key.split(".", 1)
             config[section][field] = _parse_value(value)
     d = config.data
-    molecule = data.load_molecule_data(d.source, **config_reader.data_split_kwargs(d))
+    molecule = data.load_molecule_data(
+        d.source, test_source=d.test_source, **config_reader.data_split_kwargs(d)
+    )
     observable = molecule_app.training_observable(config, molecule)
     inputs = config_reader.molecule_stabie_inputs(config)
     loaded = checkpoint.load_model_checkpoint(args.model)
@@ -263,13 +285,6 @@ def main(argv=None):
     parser.add_argument("--output", default=None, help="write a markdown table here")
     args = parser.parse_args(argv)
 
-    from experiments.app import physical_cores
-
-    if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-        n = args.devices or physical_cores()
-        os.environ["XLA_FLAGS"] = (
-            f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}"
-        ).strip()
     started = time.time()
     rows = measure(args)
     text = markdown(rows, args)
