@@ -128,6 +128,19 @@ def replica_batch_size(config, n_replicas: int) -> int | None:
     return md.auto_replica_batch_size(int(n_replicas), devices)
 
 
+def estimator_chunk_size(config, n_replicas: int) -> int | None:
+    """Frames per chunk of the estimator's backward pass: ``config.stabie.estimator_chunk_size``
+    when it is > 0; otherwise ``config.md.layout`` decides: ``"auto"`` is
+    :func:`stabie_jax.md.auto_frame_chunk_size` (chunks of 4 on a CPU whose devices split the
+    replicas, one pass elsewhere), ``"vmap"`` one pass."""
+    explicit = int(config.stabie.get("estimator_chunk_size", 0))
+    if explicit > 0:
+        return explicit
+    if str(config.md.get("layout", "auto")) == "vmap":
+        return None
+    return md.auto_frame_chunk_size(int(n_replicas))
+
+
 def md_integrator(config, section: str = "md") -> str:
     """Integrator of ``config.<section>`` (``"md"`` for training, ``"evaluate"`` for the
     evaluation). Configs saved before the choice existed ran JAX-MD's chain; an evaluation
@@ -269,7 +282,7 @@ def molecule_stabie_inputs(config) -> workflows.MoleculeStabieInputs:
         chain_tau_factor=chain_tau_factor(config),
         langevin_gamma_per_ps=float(m.get("langevin_gamma_per_ps", 0.1)),
         reanchor_energy=bool(s.get("reanchor_energy", False)),
-        estimator_chunk_size=int(s.get("estimator_chunk_size", 0)) or None,
+        estimator_chunk_size=estimator_chunk_size(config, int(s.n_replicas)),
         qm_chunk_size=int(s.get("qm_chunk_size", 0)) or None,
     )
 

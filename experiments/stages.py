@@ -71,7 +71,13 @@ _RUN_ONLY = {
         "max_checkpoints_to_keep",
         "max_wall_seconds",  # a budget: a resume may be given more time
     ),
-    "stabie": ("checkpoint_every", "max_wall_hours", "split_cosine_every"),  # diagnostics
+    "stabie": (
+        "checkpoint_every",
+        "max_wall_hours",
+        "split_cosine_every",  # diagnostics
+        "estimator_chunk_size",  # layout: the same sums up to round-off
+        "qm_chunk_size",
+    ),
     "md": ("replica_batch_size", "layout"),
     "data": ("n_test", "test_source", "download"),
 }

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tiny_configs
 
-from experiments import config_reader, molecule, stages
+from experiments import config_reader, configs, molecule, stages
 from experiments.configs import ala3, aspirin, water
 from stabie_jax import checkpoint, hyperparameters, metrics_log, workflows
 from stabie_jax import workdir as workdir_lib
@@ -341,6 +341,33 @@ def test_replica_batch_size_from_the_layout_settings():
     assert config_reader.replica_batch_size(config, 32) is None
     config.md.replica_batch_size = 4
     assert config_reader.replica_batch_size(config, 32) == 4
+
+
+def test_estimator_chunk_size_from_the_layout_settings():
+    """The estimator's frame chunks follow the same rules: explicit wins, "vmap" is one pass,
+    "auto" is stabie_jax.md.auto_frame_chunk_size; the chunk keys are layout, not results."""
+    import jax
+
+    from experiments import stages
+    from stabie_jax import md
+
+    config = aspirin.get_config("cpu")
+    assert config.stabie.estimator_chunk_size == 0 and config.stabie.qm_chunk_size == 0
+    assert config_reader.estimator_chunk_size(config, 32) == md.auto_frame_chunk_size(
+        32, jax.devices()
+    )
+    inputs = config_reader.molecule_stabie_inputs(config)
+    assert inputs.qm_chunk_size is None
+    config.md.layout = "vmap"
+    assert config_reader.estimator_chunk_size(config, 32) is None
+    config.stabie.estimator_chunk_size = 8
+    config.stabie.qm_chunk_size = 10
+    assert config_reader.estimator_chunk_size(config, 32) == 8
+    assert config_reader.molecule_stabie_inputs(config).qm_chunk_size == 10
+    assert {"estimator_chunk_size", "qm_chunk_size"} <= set(stages._RUN_ONLY["stabie"])
+    config.stabie.qm_chunk_size = -1
+    with pytest.raises(ValueError, match="stabie.qm_chunk_size"):
+        configs.check_config(config)
 
 
 def test_water_refuses_a_qm_weight_it_cannot_use(tmp_path):

@@ -626,3 +626,6 @@ def test_auto_replica_batch_size_chunks_only_cpu_replicas_split_over_devices():
     # the one rule every layout decision uses
     assert md.splits_replicas(128, [gpu, gpu]) and md.splits_replicas(6, [cpu] * 3)
     assert not md.splits_replicas(6, [cpu] * 4) and not md.splits_replicas(128, [cpu])
+    assert md.auto_frame_chunk_size(128, [cpu, cpu]) == md.CPU_FRAME_CHUNK == 4
+    assert md.auto_frame_chunk_size(128, [cpu]) is None
+    assert md.auto_frame_chunk_size(128, [gpu, gpu]) is None

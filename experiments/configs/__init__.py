@@ -132,6 +132,8 @@ _NON_NEGATIVE = (
     "evaluate.vacf_window_steps",
     "evaluate.checkpoint_every_seconds",
     "md.replica_batch_size",
+    "stabie.estimator_chunk_size",
+    "stabie.qm_chunk_size",
 )
 _FRACTIONS = (
     "stabie.f_max",

@@ -118,6 +118,12 @@ def base_config() -> ml_collections.ConfigDict:
     # dynamics unchanged). The observable gradient cannot see a constant energy, so training moves
     # it as a side effect; the authors do not re-fit it.
     c.stabie.reanchor_energy = False
+    # Layout of the learning step's per-frame work (same sums up to round-off, not part of the
+    # stage records): frames per chunk of the estimator's backward pass (0 = with md.layout
+    # "auto", 4 on a CPU whose devices split the replicas, else one pass) and training frames per
+    # chunk of the QM term (0 = qm_batch_size). Both are split over the replicas' devices.
+    c.stabie.estimator_chunk_size = 0
+    c.stabie.qm_chunk_size = 0
     schedule_fields(c.stabie, reset_probability=0.05)
 
     # --- evaluation (paper Table 5, A.8) ---------------------------------------------------------

@@ -116,6 +116,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.stabie.n_bins = 100  # localized "bond_lengths": deviation bins ...
     c.stabie.per_bin = 5  # ... and molecules drawn per bin
     c.stabie.reanchor_energy = False
+    # Layout of the learning step's per-frame work (same sums up to round-off, not part of the
+    # stage records): frames per chunk of the estimator's backward pass (0 = with md.layout
+    # "auto", 4 on a CPU whose devices split the replicas, else one pass) and training frames per
+    # chunk of the QM term (0 = qm_batch_size). Both are split over the replicas' devices.
+    c.stabie.estimator_chunk_size = 0
+    c.stabie.qm_chunk_size = 0
     schedule_fields(c.stabie, reset_probability=0.05)
     c.stabie.max_epochs = 100
     c.stabie.max_learning_epochs = 50

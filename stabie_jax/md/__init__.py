@@ -22,7 +22,13 @@ from stabie_jax.md.integrators import (
     authors_nose_hoover_invariant,
     authors_thermostat_constants,
 )
-from stabie_jax.md.layout import CPU_CHUNK, auto_replica_batch_size, splits_replicas
+from stabie_jax.md.layout import (
+    CPU_CHUNK,
+    CPU_FRAME_CHUNK,
+    auto_frame_chunk_size,
+    auto_replica_batch_size,
+    splits_replicas,
+)
 from stabie_jax.md.replicas import (
     History,
     ReplicaState,
@@ -71,6 +77,8 @@ __all__ = [
     "periodic_space",
     "replica_mesh",
     "CPU_CHUNK",
+    "CPU_FRAME_CHUNK",
+    "auto_frame_chunk_size",
     "auto_replica_batch_size",
     "splits_replicas",
     "tau_from_ttime",

@@ -17,7 +17,9 @@ from jax import lax
 
 __all__ = [
     "CPU_CHUNK",
+    "CPU_FRAME_CHUNK",
     "ReplicaLayout",
+    "auto_frame_chunk_size",
     "auto_replica_batch_size",
     "replica_layout",
     "replica_mesh",
@@ -27,6 +29,23 @@ __all__ = [
 CPU_CHUNK = 2
 """Replicas per chunk on each CPU device in the automatic layout: the per-edge arrays of a
 40-atom molecule's SchNet step then stay in cache (benchmarks/RESULTS.md, issue 11)."""
+
+
+CPU_FRAME_CHUNK = 4
+"""Recorded frames per chunk of the Boltzmann estimator's backward pass on each CPU device in
+the automatic layout: measured on 2 cores, paper-scale aspirin (2,560 frames), the gradient took
+6.2 s in chunks of 4 and 8.3 s in chunks of 16 against 23.1 s in one pass per device
+(benchmarks/RESULTS.md)."""
+
+
+def auto_frame_chunk_size(n_replicas: int, devices=None) -> int | None:
+    """The automatic chunk of the estimator's per-frame work (``chunk_size`` of
+    :func:`stabie_jax.estimator.boltzmann_expectation`) for a run of ``n_replicas``:
+    :data:`CPU_FRAME_CHUNK` on a CPU whose devices split the replicas (the layout
+    :func:`auto_replica_batch_size` chunks), None (one pass) otherwise."""
+    devices = list(jax.devices() if devices is None else devices)
+    on_cpu = all(d.platform == "cpu" for d in devices)
+    return CPU_FRAME_CHUNK if on_cpu and splits_replicas(n_replicas, devices) else None
 
 
 def splits_replicas(n_replicas: int, devices=None) -> bool:
