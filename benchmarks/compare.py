@@ -118,6 +118,26 @@ def matmul_flop_rate(n: int = 2048, repeats: int = 10) -> float:
     return 2.0 * n**3 / best
 
 
+def _time_torch_steps(step, state, n_steps: int, device: str) -> tuple[float, float]:
+    """``(warm-up s, steps/s)``: one step timed alone, then ``n_steps`` timed together."""
+    import torch
+
+    def synchronize():
+        if device != "cpu":
+            torch.cuda.synchronize()
+
+    synchronize()
+    started = time.perf_counter()
+    state = step(state)
+    synchronize()
+    warm = time.perf_counter() - started
+    started = time.perf_counter()
+    for _ in range(n_steps):
+        state = step(state)
+    synchronize()
+    return warm, n_steps / (time.perf_counter() - started)
+
+
 def run_torch(params, positions, n_steps, dt, kT, device="cpu", chunk=None):
     """PyTorch Nosé–Hoover MD; ``chunk`` evaluates the forces that many replicas at a time."""
     import torch
@@ -136,10 +156,6 @@ def run_torch(params, positions, n_steps, dt, kT, device="cpu", chunk=None):
         md.masses_from_atomic_numbers(ASPIRIN_Z), dtype=torch.float32, device=device
     )
 
-    def synchronize():
-        if device != "cpu":
-            torch.cuda.synchronize()
-
     def batch_force(r):
         r = r.detach().requires_grad_(True)
         (grad,) = torch.autograd.grad(model.energy(z, r).sum(), r)
@@ -156,16 +172,7 @@ def run_torch(params, positions, n_steps, dt, kT, device="cpu", chunk=None):
         force_fn, dt, kT, tau=20 * dt, chain_length=3, degrees_of_freedom=3 * 21
     )
     state = init_state(r0, p0, masses, force_fn, chain_length=3)
-    synchronize()
-    started = time.perf_counter()
-    state = step(state)
-    synchronize()
-    warm = time.perf_counter() - started
-    started = time.perf_counter()
-    for _ in range(n_steps):
-        state = step(state)
-    synchronize()
-    return warm, n_steps / (time.perf_counter() - started)
+    return _time_torch_steps(step, state, n_steps, device)
 
 
 def run_torch_geometric(params, positions, n_steps, dt, kT, device="cpu"):
@@ -189,20 +196,7 @@ def run_torch_geometric(params, positions, n_steps, dt, kT, device="cpu"):
     m = torch.as_tensor(np.asarray(masses), dtype=r0.dtype, device=device).reshape(1, -1, 1)
     state = init(r0, torch.randn_like(r0) * torch.sqrt(m * kT))
 
-    def synchronize():
-        if device != "cpu":
-            torch.cuda.synchronize()
-
-    synchronize()
-    started = time.perf_counter()
-    state = step(state)
-    synchronize()
-    warm = time.perf_counter() - started
-    started = time.perf_counter()
-    for _ in range(n_steps):
-        state = step(state)
-    synchronize()
-    return warm, n_steps / (time.perf_counter() - started)
+    return _time_torch_steps(step, state, n_steps, device)
 
 
 _STARTED = time.perf_counter()

@@ -156,13 +156,24 @@ def _aspirin_like_geometries(n_rep: int, n_atoms: int, seed: int) -> np.ndarray:
     return np.stack(out)
 
 
+def _perturbed_params(module, z, scale: float, seed: int):
+    """The module's initial parameters plus ``scale``-sized Gaussian noise (a non-trivial model)."""
+    from stabie_jax.models.registry import init_params
+
+    params = init_params(module, z, jax.random.key(0))
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    leaves = [a + scale * jax.random.normal(k, a.shape) for a, k in zip(leaves, keys, strict=True)]
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
 def test_torch_schnet_matches_jax_schnet_in_float64():
     from jax_md import space
 
     from benchmarks.torch_reference.schnet_torch import TorchSchNet
     from stabie_jax.interop.torch_schnet import SchNetConfig
     from stabie_jax.models.potential import make_potential
-    from stabie_jax.models.registry import build_model, init_params
+    from stabie_jax.models.registry import build_model
 
     z = (6, 6, 6, 6, 6, 6, 6, 8, 8, 8, 6, 6, 8, 1, 1, 1, 1, 1, 1, 1, 1)  # aspirin
     config = SchNetConfig(num_interactions=3, energy_scale=0.8, energy_shift=-17637.8)
@@ -172,11 +183,7 @@ def test_torch_schnet_matches_jax_schnet_in_float64():
         energy_scale=0.8,
         energy_shift=-17637.8 / len(z),
     )
-    params = init_params(module, z, jax.random.key(0))
-    leaves, treedef = jax.tree_util.tree_flatten(params)
-    keys = jax.random.split(jax.random.key(1), len(leaves))
-    leaves = [a + 0.2 * jax.random.normal(k, a.shape) for a, k in zip(leaves, keys, strict=True)]
-    params = jax.tree_util.tree_unflatten(treedef, leaves)
+    params = _perturbed_params(module, z, scale=0.2, seed=1)
     positions = _aspirin_like_geometries(4, len(z), seed=2)
 
     with jax.enable_x64(True):
@@ -225,19 +232,15 @@ def test_torch_geometric_side_matches_stabie_jax_energies_forces_and_mdsim_steps
     from stabie_jax import md, units
     from stabie_jax.interop.torch_schnet import SchNetConfig
     from stabie_jax.models.potential import make_potential
-    from stabie_jax.models.registry import build_model, init_params
+    from stabie_jax.models.registry import build_model
 
     z = (6, 6, 6, 6, 6, 6, 6, 8, 8, 8, 6, 6, 8, 1, 1, 1, 1, 1, 1, 1, 1)  # aspirin
     config = SchNetConfig(num_interactions=3, energy_scale=0.8, energy_shift=-17637.8)
     module = build_model(
         "schnet", num_interactions=3, energy_scale=0.8, energy_shift=-17637.8 / len(z)
     )
-    params = init_params(module, z, jax.random.key(0))
-    leaves, treedef = jax.tree_util.tree_flatten(params)
-    keys = jax.random.split(jax.random.key(3), len(leaves))
     # a milder perturbation than above: forces of a few eV/Å keep 5 MD steps well-conditioned
-    leaves = [a + 0.05 * jax.random.normal(k, a.shape) for a, k in zip(leaves, keys, strict=True)]
-    params = jax.tree_util.tree_unflatten(treedef, leaves)
+    params = _perturbed_params(module, z, scale=0.05, seed=3)
     positions = _aspirin_like_geometries(3, len(z), seed=4)
     masses = np.asarray(md.masses_from_atomic_numbers(z), np.float64)
     dt, kT = units.fs_to_internal(0.5), units.kT(500.0)
