@@ -66,15 +66,9 @@ def _guard(samples: PyTree, mask: jax.Array) -> PyTree:
 def _pad_and_split(tree: PyTree, n: int, size: int) -> tuple[PyTree, int]:
     """Pad the leading axis to a multiple of ``size`` (repeating sample 0) and reshape."""
     n_groups = -(-n // size)
-    pad = n_groups * size - n
-
-    def leaf(x):
-        x = jnp.asarray(x)
-        if pad:
-            x = jnp.concatenate([x, jnp.repeat(x[:1], pad, axis=0)], axis=0)
-        return x.reshape((n_groups, size) + x.shape[1:])
-
-    return jax.tree_util.tree_map(leaf, tree), pad
+    padded = _pad_to(tree, n, n_groups * size)
+    split = lambda x: jnp.asarray(x).reshape((n_groups, size) + jnp.shape(x)[1:])  # noqa: E731
+    return jax.tree_util.tree_map(split, padded), n_groups * size - n
 
 
 def _map(fn: Callable, xs: PyTree, chunk_size: int | None, mesh=None):
