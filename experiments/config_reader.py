@@ -195,6 +195,7 @@ def stabie_settings_kwargs(config) -> dict:
         learning_samples=str(s.get("learning_samples", "all")),
         grad_clip_scope=str(s.get("grad_clip_scope", "sum")),
         qm_clip_fraction=float(s.get("qm_clip_fraction", 1.0)),
+        project_conflict=bool(s.get("project_conflict", False)),
     )
 
 

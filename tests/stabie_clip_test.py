@@ -98,3 +98,52 @@ def test_each_term_without_a_clip_is_the_plain_sum():
         np.asarray(out.params["w"]), -LR * (-1000.0 * A - LAM * B), rtol=1e-6
     )
     assert dataclasses.replace(settings, grad_clip_scope="sum").grad_clip_scope == "sum"
+
+
+def _projected_step(scope, a, b, clip=CLIP):
+    """One step with ``project_conflict`` on the quadratic losses with optima ``a`` and ``b``."""
+    obs = lambda p, traj, key: (0.5 * 1000.0 * jnp.sum((p["w"] - a) ** 2), {})
+    qm = lambda p, key: 0.5 * jnp.sum((p["w"] - b) ** 2)
+    settings = StabieSettings(
+        1, 1, LR, LAM, grad_clip_norm=clip, grad_clip_scope=scope, project_conflict=True
+    )
+    params = {"w": jnp.zeros(3)}
+    out = make_learning_step(StabieProblem(None, None, obs, qm), settings)(
+        params, make_optimizer(settings).init(params), None, jax.random.key(0), LR
+    )
+    return out, np.asarray(out.params["w"])
+
+
+@pytest.mark.parametrize("scope", ["sum", "each_term"])
+def test_project_conflict_removes_the_component_along_the_qm_term(scope):
+    # B' has a negative inner product with A: the gradients -1000 A and -λ B' conflict
+    b = np.array([-0.5, 0.2, -0.3])
+    g_obs, g_qm = -1000.0 * A, -LAM * b
+    assert g_obs @ g_qm < 0
+    out, w = _projected_step(scope, A, b)
+    g_perp = g_obs - (g_obs @ g_qm) / (g_qm @ g_qm) * g_qm
+    np.testing.assert_allclose(g_perp @ g_qm, 0.0, atol=1e-9 * np.linalg.norm(g_obs))
+    if scope == "sum":
+        g = _clipped(g_perp + g_qm, CLIP)
+    else:
+        g = _clipped(g_perp, CLIP) + _clipped(g_qm, CLIP)
+    np.testing.assert_allclose(w, -LR * g, rtol=1e-5)
+    # the step no longer raises L_QM to first order: <Δθ, ∇L_QM> <= 0 (∇L_QM = -b at θ = 0)
+    assert w @ (-b) < 0
+    # without the projection the same step raises it
+    w_plain = -LR * _clipped(g_obs + g_qm, CLIP)
+    assert w_plain @ (-b) > 0
+    cosine = g_obs @ g_qm / np.linalg.norm(g_obs) / np.linalg.norm(g_qm)
+    assert out.metrics["obs_projected"] == 1.0
+    np.testing.assert_allclose(out.metrics["obs_removed_fraction"], -cosine, rtol=1e-5)
+    np.testing.assert_allclose(
+        np.linalg.norm(g_obs - g_perp) / np.linalg.norm(g_obs), -cosine, rtol=1e-9
+    )
+
+
+def test_project_conflict_leaves_agreeing_terms_alone():
+    b = np.array([0.5, -0.2, 0.1])  # <A, b> > 0: no conflict
+    out, w = _projected_step("sum", A, b)
+    np.testing.assert_allclose(w, -LR * _clipped(-1000.0 * A - LAM * b, CLIP), rtol=1e-6)
+    assert out.metrics["obs_projected"] == 0.0
+    assert out.metrics["obs_removed_fraction"] == 0.0

@@ -63,6 +63,10 @@ def schedule_fields(stabie: ml_collections.ConfigDict, *, reset_probability: flo
     stabie.grad_clip_scope = "sum"
     # With "each_term": the QM term's clip as a fraction of grad_clip_norm.
     stabie.qm_clip_fraction = 1.0
+    # When the observable and the lambda-weighted QM gradients conflict (negative inner
+    # product), drop the observable gradient's component along the QM one before clipping
+    # (docs/learning_step.md, Projecting a conflicting observable term). False: the authors'.
+    stabie.project_conflict = False
     stabie.plateau_factor = 0.2
     stabie.plateau_patience = 10
     stabie.min_lr_fraction = 1.0 / 25.0

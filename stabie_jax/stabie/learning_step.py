@@ -59,6 +59,7 @@ def make_gradient_fn(
     qm_weight: float,
     clip_each_term: float | None = None,
     qm_clip_fraction: float = 1.0,
+    project_conflict: bool = False,
 ) -> Callable:
     """Jitted ``(params, trajectory, key, log_weights=None) -> (grads, metrics)`` of
     ``L_obs + λ·L_QM`` (``log_weights``: the frames' reweighting, passed to the observable loss).
@@ -76,6 +77,13 @@ def make_gradient_fn(
     unclipped norms and ``grad_norm`` and ``obs_share`` are those of the clipped sum. Without
     it, a later global clip scales both terms alike, so the shares are also those of the
     applied update either way.
+
+    ``project_conflict``: when the two terms conflict (``⟨g_obs, g_qm⟩ < 0``, with
+    ``g_qm = λ·∇L_QM``), ``g_obs`` first loses its component along ``g_qm``,
+    ``g_obs ← g_obs − ⟨g_obs, g_qm⟩/‖g_qm‖² · g_qm`` (gradient projection as in PCGrad,
+    Yu et al. 2020), so that to first order the observable term no longer raises ``L_QM``;
+    before any clip. Logged as ``obs_projected`` (1 when the projection acted) and
+    ``obs_removed_fraction`` (``‖removed component‖/‖g_obs‖ = −cos``, 0 when it did not act).
     """
     use_qm = problem.qm_loss_fn is not None and bool(qm_weight)
 
@@ -98,6 +106,16 @@ def make_gradient_fn(
             optax.tree.vdot(g_obs, g_qm) / jnp.maximum(n_obs * n_qm, tiny),
             0.0,
         )
+        projection = {}
+        if project_conflict and use_qm:
+            inner = optax.tree.vdot(g_obs, g_qm)
+            acts = (inner < 0) & (n_qm > 0)
+            scale = jnp.where(acts, inner / jnp.maximum(n_qm**2, tiny), 0.0)
+            g_obs = jax.tree.map(lambda a, b: a - scale.astype(a.dtype) * b, g_obs, g_qm)
+            projection = {
+                "obs_projected": acts.astype(n_obs.dtype),
+                "obs_removed_fraction": jnp.where(acts, -cosine, 0.0),
+            }
         if clip_each_term is not None:
             g_obs = _clip_to(g_obs, clip_each_term)
             g_qm = _clip_to(g_qm, clip_each_term * qm_clip_fraction)
@@ -115,6 +133,7 @@ def make_gradient_fn(
                 n_all > 0, optax.tree.vdot(g_obs, grads) / jnp.maximum(n_all**2, tiny), 0.0
             ),
             "grad_cosine": cosine,
+            **projection,
         }
         return grads, metrics
 
@@ -186,8 +205,9 @@ class LearningStep(NamedTuple):
 
 def make_learning_step(problem: StabieProblem, settings: StabieSettings) -> Callable:
     """``(params, opt_state, trajectory, key, learning_rate, log_weights=None) -> LearningStep``:
-    ONE optimizer step on ``L_obs + λ·L_QM`` from a recorded trajectory (clip, of the sum or of
-    each term as ``settings.grad_clip_scope`` says, then SGD at the given rate); with
+    ONE optimizer step on ``L_obs + λ·L_QM`` from a recorded trajectory (the observable term
+    projected off a conflicting QM term when ``settings.project_conflict``; clip, of the sum or
+    of each term as ``settings.grad_clip_scope`` says, then SGD at the given rate); with
     ``log_weights`` the frames are reweighted (sample reuse).
 
     This is the whole learning-phase update of the driver. A step is not applied when the
@@ -197,7 +217,11 @@ def make_learning_step(problem: StabieProblem, settings: StabieSettings) -> Call
     optimizer = make_optimizer(settings)
     clip_each = settings.grad_clip_norm if settings.grad_clip_scope == "each_term" else None
     gradient_fn = make_gradient_fn(
-        problem, settings.qm_weight, clip_each, settings.qm_clip_fraction
+        problem,
+        settings.qm_weight,
+        clip_each,
+        settings.qm_clip_fraction,
+        settings.project_conflict,
     )
 
     @jax.jit

@@ -104,6 +104,11 @@ class StabieSettings:
       qm_clip_fraction: with ``"each_term"``, the QM term is clipped to
         ``qm_clip_fraction·grad_clip_norm`` (1.0: the same norm as the observable term; smaller
         values let it pull back less than a full step).
+      project_conflict: when ``∇L_obs`` and ``λ·∇L_QM`` point against each other (negative
+        inner product), remove from ``∇L_obs`` its component along ``λ·∇L_QM`` before the
+        terms are clipped and added, so that the observable term does not raise ``L_QM`` to
+        first order (the update direction changes; its length is still set by the clip).
+        False (the authors'): the terms are added as they are.
     """
 
     steps_per_epoch: int
@@ -130,6 +135,7 @@ class StabieSettings:
     learning_samples: str = "all"
     grad_clip_scope: str = "sum"
     qm_clip_fraction: float = 1.0
+    project_conflict: bool = False
 
     def __post_init__(self):
         if self.steps_per_epoch < 1 or self.sample_every < 1:
