@@ -304,6 +304,7 @@ def localized_expectation(
     *,
     batch_size: int | None = None,
     chunk_size: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> Callable:
     """Memory-flat localized estimator that evaluates each frame once, not once per sample.
 
@@ -323,6 +324,8 @@ def localized_expectation(
         :func:`stabie_jax.estimator.boltzmann_expectation`).
       chunk_size: if given, the backward pass scans over chunks of this many frames and the
         observables are evaluated in chunks of this many samples.
+      mesh: if given (several devices), the backward pass's frames are split over its devices
+        and the per-device gradients summed (the same sum; the simulator's mesh).
 
     Returns:
       A jitted ``(params, frames [F, n_atoms, 3], frame_index [M], atoms [M, k], mask=None,
@@ -332,7 +335,7 @@ def localized_expectation(
       are never evaluated on their own values (they may hold NaN).
     """
 
-    return _localized(per_atom_energy_fn, observable_fn, kT, batch_size, chunk_size, False)
+    return _localized(per_atom_energy_fn, observable_fn, kT, batch_size, chunk_size, mesh, False)
 
 
 def localized_batch_means(
@@ -342,20 +345,24 @@ def localized_batch_means(
     *,
     batch_size: int | None = None,
     chunk_size: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> Callable:
     """Per-minibatch means of the localized estimator (the authors' form for water).
 
     :func:`stabie_jax.estimator.boltzmann_batch_means` for (frame, neighbourhood) samples,
-    evaluated as :func:`localized_expectation` does (each frame's per-atom energies once).
+    evaluated as :func:`localized_expectation` does (each frame's per-atom energies once;
+    ``chunk_size`` and ``mesh`` as there).
 
     Returns:
       A jitted ``(params, frames [F, n_atoms, 3], frame_index [M], atoms [M, k], mask=None,
       log_weights=None) -> (means [n_batches, *obs_shape], weights [n_batches])``.
     """
-    return _localized(per_atom_energy_fn, observable_fn, kT, batch_size, chunk_size, True)
+    return _localized(per_atom_energy_fn, observable_fn, kT, batch_size, chunk_size, mesh, True)
 
 
-def _localized(per_atom_energy_fn, observable_fn, kT, batch_size, chunk_size, per_batch: bool):
+def _localized(
+    per_atom_energy_fn, observable_fn, kT, batch_size, chunk_size, mesh, per_batch: bool
+):
     """Shared body of :func:`localized_expectation` and :func:`localized_batch_means`."""
 
     def weighted_frame_energy(params, frame_and_weights):
@@ -396,6 +403,7 @@ def _localized(per_atom_energy_fn, observable_fn, kT, batch_size, chunk_size, pe
             (frames, weights),
             jnp.ones((n_frames,), c.dtype),
             chunk_size,
+            mesh,
         )
         d_log_weights = None if log_weights is None else jnp.zeros_like(log_weights)
         return grad, None, None, None, None, d_log_weights

@@ -165,6 +165,8 @@ def local_observable_loss(
     overflow_fn: Callable | None = None,
     reduction: str = "sum",
     vjp: str = "global",
+    chunk_size: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> Callable:
     """Localized ``L_obs = ‖⟨g⟩ − g_ref‖²`` for water: per-molecule O–H bond lengths.
 
@@ -189,6 +191,9 @@ def local_observable_loss(
         ``aux["overflow"]`` and the driver then skips the step.
       reduction: ``"sum"`` over the components (default) or ``"mean"``.
       vjp: ``"global"`` (default) or ``"per_batch"`` (the authors').
+      chunk_size, mesh: layout of the estimator's backward pass over the frames (chunks of
+        this many frames; split over the mesh's devices), as
+        :func:`stabie_jax.localized_estimator.localized_expectation`; the value is the same.
 
     Returns:
       ``(params, trajectory, key, log_weights=None) -> (loss, aux)``; ``log_weights``
@@ -203,7 +208,14 @@ def local_observable_loss(
 
     _check_choices(reduction, vjp)
     build = localized_expectation if vjp == "global" else localized_batch_means
-    expectation = build(per_atom_energy_fn, sample_observable, kT, batch_size=batch_size)
+    expectation = build(
+        per_atom_energy_fn,
+        sample_observable,
+        kT,
+        batch_size=batch_size,
+        chunk_size=chunk_size,
+        mesh=mesh,
+    )
 
     def loss_fn(params, trajectory: Trajectory, key, log_weights=None):
         frames, frame_ok = trajectory_samples(trajectory)

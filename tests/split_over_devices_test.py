@@ -1,10 +1,10 @@
 """The learning step's sample work split over devices gives the same numbers as one device.
 
-The estimator's backward pass (``∇_θ Σ c_i U_θ(x_i)``) and the training-set QM loss can run in
-chunks and over a device mesh (``mesh=``); both are sums over samples or frames, so the split
-changes only the summation order. Each check runs in a subprocess with 3 fake CPU devices (3
-does not divide the sample counts, so the padding is exercised) and compares against the same
-function without a mesh or chunks, in float64.
+The estimator's backward pass (``∇_θ Σ c_i U_θ(x_i)``, also in its localized form) and the
+training-set QM loss can run in chunks and over a device mesh (``mesh=``); both are sums over
+samples or frames, so the split changes only the summation order. Each check runs in a
+subprocess with 3 fake CPU devices (3 does not divide the sample counts, so the padding is
+exercised) and compares against the same function without a mesh or chunks, in float64.
 """
 
 from __future__ import annotations
@@ -75,6 +75,40 @@ SCRIPT = textwrap.dedent(
             for name in grads:
                 a, b = float(grads[name]), float(g2[name])
                 assert abs(a) > 1e-3 and abs(a - b) <= 1e-10 * abs(a), (per_step, extra, name)
+
+    # the localized estimator (water's): each frame's per-atom energies once, split by frame
+    from stabie_jax import localized_estimator as le
+
+    def per_atom(p, x):
+        d = x[:, None] - x[None]
+        r = jnp.sqrt(jnp.sum(d**2, -1) + jnp.eye(4))
+        return 0.5 * jnp.sum(p["k"] * (r - p["r0"]) ** 2 * (1 - jnp.eye(4)), axis=1)
+
+    def bond(sample):
+        x, a = sample.positions, sample.atoms
+        return jnp.linalg.norm(x[a[1]] - x[a[0]])[None]
+
+    frames = jnp.asarray(np.random.default_rng(2).normal(size=(13, 4, 3)))
+    pairs = np.array([[0, 1], [2, 3], [1, 2]])
+    frame_index = jnp.asarray(np.repeat(np.arange(13), 3))
+    atoms = jnp.asarray(np.tile(pairs, (13, 1)))
+    lmask = jnp.arange(39) % 5 != 2
+    for build in (le.localized_expectation, le.localized_batch_means):
+        def lgrad(**kw):
+            f = build(per_atom, bond, 0.7, batch_size=6, **kw)
+            def loss(p):
+                out = f(p, frames, frame_index, atoms, lmask)
+                means = out[0] if isinstance(out, tuple) else out
+                return jnp.sum((means - 1.2) ** 2)
+            return jax.value_and_grad(loss)(params)
+        value, plain = lgrad()
+        for kw in (dict(mesh=mesh), dict(mesh=mesh, chunk_size=2)):
+            v2, split = lgrad(**kw)
+            assert abs(float(v2) - float(value)) <= 1e-12 * abs(float(value)), (kw, v2, value)
+            for name in plain:
+                a, b = float(plain[name]), float(split[name])
+                ok = abs(a) > 1e-3 and abs(a - b) <= 1e-10 * abs(a)
+                assert ok, (build.__name__, kw, name, a, b)
     print("OK")
     """
 )

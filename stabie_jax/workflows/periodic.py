@@ -262,13 +262,15 @@ def periodic_observable_loss(
     minibatch_size: int,
     n_bins: int,
     per_bin: int,
+    mesh: jax.sharding.Mesh | None = None,
 ):
     """``(loss, per_atom_energy_fn)`` of the built training observable.
 
     ``template`` is an allocated neighbour list that the estimator's per-atom energies update
     inside jit; its overflow is reported as ``aux["overflow"]``, and the driver skips such a
     step. The localized loss balances neighbourhoods over ``n_bins`` deviation bins of
-    ``per_bin`` each.
+    ``per_bin`` each. ``mesh`` (the simulator's) splits the estimator's backward pass over the
+    frames across its devices.
     """
 
     def per_atom_energy_fn(params, positions):
@@ -293,6 +295,7 @@ def periodic_observable_loss(
             overflow_fn=overflow_fn,
             reduction=reduction,
             vjp=vjp,
+            mesh=mesh,
         )
         return loss, per_atom_energy_fn
     global_loss = trajectory_losses.global_observable_loss(
@@ -303,6 +306,7 @@ def periodic_observable_loss(
         batch_size=minibatch_size,
         reduction=reduction,
         vjp=vjp,
+        mesh=mesh,
     )
 
     def loss(params, trajectory, key, log_weights=None):
@@ -387,6 +391,7 @@ def train_periodic(
         minibatch_size=inputs.learning.minibatch_size,
         n_bins=inputs.n_bins,
         per_bin=inputs.per_bin,
+        mesh=md.replica_mesh(inputs.n_replicas),  # the simulator's
     )
     problem = stabie_lib.StabieProblem(
         sim,
