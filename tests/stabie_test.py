@@ -224,3 +224,39 @@ def test_observable_is_normalised():
     positions = jnp.asarray(toy.initial_positions(1)[0])
     assert float(jnp.sum(toy.observable_fn(positions))) == pytest.approx(100.0, rel=1e-5)
     assert observables.h_of_r_centers(3.0, 150).shape == (150,)
+
+
+def test_project_conflict_is_logged_per_learning_epoch(tmp_path):
+    # One parameter: the two gradients are parallel (cosine ±1), so a conflicting observable
+    # gradient is projected to zero and the step is the QM term's alone. A QM optimum on
+    # either side of the start gives both cases.
+    sim = toy.make_simulator()
+    h_ref = toy.reference_h(sim)
+    seen = set()
+    for offset in (-1.0, 1.0):
+        target = toy.LOG_K_PRETRAINED + offset
+        problem = toy.make_problem(sim, h_ref)._replace(
+            qm_loss_fn=lambda params, key, target=target: (params["log_k"] - target) ** 2
+        )
+        settings = dataclasses.replace(
+            toy.SETTINGS, qm_weight=0.1, max_epochs=4, project_conflict=True
+        )
+        params0 = {"log_k": jnp.asarray(toy.LOG_K_PRETRAINED, jnp.float32)}
+        state = stabie.init_state(
+            problem, settings, params0, toy.initial_positions(8), jax.random.PRNGKey(0)
+        )
+        workdir = tmp_path / str(offset)
+        _, records = stabie.run_stabie(problem, settings, state, workdir, progress=False)
+        learning = [r for r in records if r["phase"] == "learning" and r["step_applied"]]
+        assert learning
+        for r in learning:
+            conflict = r["grad_cosine"] < 0
+            seen.add(conflict)
+            assert r["obs_projected"] == float(conflict)
+            removed = max(0.0, -r["grad_cosine"])
+            assert r["obs_removed_fraction"] == pytest.approx(removed, abs=1e-6)
+            if conflict:  # nothing of the observable term is left (float32 round-off)
+                assert abs(r["obs_share"]) < 1e-3
+        logged = metrics_log.read_records(workdir / stabie.METRICS_FILE)
+        assert all("obs_projected" in r for r in logged if r["phase"] == "learning")
+    assert seen == {True, False}

@@ -193,6 +193,7 @@ def _energy_spread(traj: Trajectory, kT: float) -> dict:
 
 
 _STEP_METRICS = ("grad_norm", "obs_grad_norm", "qm_grad_norm", "obs_share", "grad_cosine")
+_PROJECTION_METRICS = ("obs_projected", "obs_removed_fraction")
 
 
 def _step_record(f_unst, phase_epoch, lr, metrics, finite, skipped) -> dict[str, Any]:
@@ -207,6 +208,8 @@ def _step_record(f_unst, phase_epoch, lr, metrics, finite, skipped) -> dict[str,
         n_samples=int(metrics["n_samples"]),
         **{k: float(metrics[k]) for k in _STEP_METRICS + ("update_norm",)},
     )
+    # with StabieSettings.project_conflict
+    record.update({k: float(metrics[k]) for k in _PROJECTION_METRICS if k in metrics})
     if skipped:
         record["skipped"] = skipped
     return record
