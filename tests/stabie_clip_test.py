@@ -16,9 +16,10 @@ B = np.array([0.5, 0.2, -0.1])  # ∇L_QM at θ = 0 is −B
 LAM, CLIP, LR = 4.0, 1.0, 1e-2
 
 
-def _problem():
-    obs = lambda p, traj, key: (0.5 * 1000.0 * jnp.sum((p["w"] - A) ** 2), {})
-    qm = lambda p, key: 0.5 * jnp.sum((p["w"] - B) ** 2)
+def _problem(a=A, b=B):
+    """Quadratic observable and QM losses with optima ``a`` and ``b``."""
+    obs = lambda p, traj, key: (0.5 * 1000.0 * jnp.sum((p["w"] - a) ** 2), {})
+    qm = lambda p, key: 0.5 * jnp.sum((p["w"] - b) ** 2)
     return StabieProblem(None, None, obs, qm)
 
 
@@ -102,13 +103,11 @@ def test_each_term_without_a_clip_is_the_plain_sum():
 
 def _projected_step(scope, a, b, clip=CLIP):
     """One step with ``project_conflict`` on the quadratic losses with optima ``a`` and ``b``."""
-    obs = lambda p, traj, key: (0.5 * 1000.0 * jnp.sum((p["w"] - a) ** 2), {})
-    qm = lambda p, key: 0.5 * jnp.sum((p["w"] - b) ** 2)
     settings = StabieSettings(
         1, 1, LR, LAM, grad_clip_norm=clip, grad_clip_scope=scope, project_conflict=True
     )
     params = {"w": jnp.zeros(3)}
-    out = make_learning_step(StabieProblem(None, None, obs, qm), settings)(
+    out = make_learning_step(_problem(a, b), settings)(
         params, make_optimizer(settings).init(params), None, jax.random.key(0), LR
     )
     return out, np.asarray(out.params["w"])

@@ -101,14 +101,12 @@ def make_gradient_fn(
             g_qm = jax.tree.map(jnp.zeros_like, g_obs)
         n_obs, n_qm = optax.tree.norm(g_obs), optax.tree.norm(g_qm)
         tiny = jnp.finfo(n_obs.dtype).tiny
+        inner = optax.tree.vdot(g_obs, g_qm)
         cosine = jnp.where(  # of the unclipped terms (clipping only rescales them)
-            (n_obs > 0) & (n_qm > 0),
-            optax.tree.vdot(g_obs, g_qm) / jnp.maximum(n_obs * n_qm, tiny),
-            0.0,
+            (n_obs > 0) & (n_qm > 0), inner / jnp.maximum(n_obs * n_qm, tiny), 0.0
         )
         projection = {}
         if project_conflict and use_qm:
-            inner = optax.tree.vdot(g_obs, g_qm)
             acts = (inner < 0) & (n_qm > 0)
             scale = jnp.where(acts, inner / jnp.maximum(n_qm**2, tiny), 0.0)
             g_obs = jax.tree.map(lambda a, b: a - scale.astype(a.dtype) * b, g_obs, g_qm)
