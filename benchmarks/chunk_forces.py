@@ -103,10 +103,7 @@ def main(argv=None):
             f"{row['max_rel_diff']:.1e} |"
         )
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.output:
-        with open(args.output, "w") as fh:
-            fh.write(text)
+    harness.print_and_write(text, args.output)
 
 
 if __name__ == "__main__":

@@ -16,13 +16,10 @@ from __future__ import annotations
 
 import os
 
-if __name__ == "__main__" and "--xla_force_host_platform_device_count" not in os.environ.get(
-    "XLA_FLAGS", ""
-):
-    os.environ["XLA_FLAGS"] = (
-        os.environ.get("XLA_FLAGS", "")
-        + f" --xla_force_host_platform_device_count={os.cpu_count()}"
-    ).strip()
+import host_devices  # before anything starts JAX's backend
+
+if __name__ == "__main__":
+    host_devices.request(os.cpu_count())
 
 import argparse
 import time
@@ -108,10 +105,7 @@ def main(argv=None):
         lines.append(f"| {chunk} | {1e3 * t_v:.1f} | {1e3 * t_f:.1f} | {t_f / t_v:.3f} | {same} |")
         print(lines[-1], flush=True)
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.output:
-        with open(args.output, "w") as fh:
-            fh.write(text)
+    harness.print_and_write(text, args.output)
 
 
 if __name__ == "__main__":

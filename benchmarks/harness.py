@@ -102,6 +102,13 @@ def environment_lines(
     ]
 
 
+def print_and_write(text: str, output: str | None) -> None:
+    """Print a report and, when ``output`` is given, write it there too."""
+    print(text)
+    if output:
+        pathlib.Path(output).write_text(text)
+
+
 def aspirin_geometry() -> tuple[np.ndarray, np.ndarray, str]:
     """One aspirin structure: ``(positions [21, 3] float32 Å, atomic numbers [21], source)``.
 

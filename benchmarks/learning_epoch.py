@@ -35,10 +35,11 @@ quick look; ``--set stabie.KEY=VALUE`` overrides any config field.
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
 import sys
 import time
+
+import host_devices  # benchmarks/host_devices.py: no imports that start JAX
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # repository root
 
@@ -49,13 +50,11 @@ def _set_cpu_devices(argv) -> None:
     early = argparse.ArgumentParser(add_help=False)
     early.add_argument("--devices", type=int, default=None)
     n = early.parse_known_args(argv)[0].devices
-    if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    if n is None:
         from experiments.app import physical_cores
 
-        os.environ["XLA_FLAGS"] = (
-            f"{os.environ.get('XLA_FLAGS', '')} "
-            f"--xla_force_host_platform_device_count={n or physical_cores()}"
-        ).strip()
+        n = physical_cores()
+    host_devices.request(n)
 
 
 if __name__ == "__main__":

@@ -28,13 +28,10 @@ import sys
 import tempfile
 import time
 
-if __name__ == "__main__" and "--xla_force_host_platform_device_count" not in os.environ.get(
-    "XLA_FLAGS", ""
-):
-    os.environ["XLA_FLAGS"] = (
-        os.environ.get("XLA_FLAGS", "")
-        + f" --xla_force_host_platform_device_count={os.cpu_count()}"
-    ).strip()
+import host_devices  # before anything starts JAX's backend
+
+if __name__ == "__main__":
+    host_devices.request(os.cpu_count())
 
 import compare  # benchmarks/compare.py: the sides being explained
 import harness
@@ -191,10 +188,7 @@ def main(argv=None):
     for kind, seconds in out["thread_s_per_step"].items():
         lines.append(f"| {kind} | {1e3 * seconds:.1f} | {seconds / busy:.1%} |")
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(text)
+    harness.print_and_write(text, args.output)
     json.dump(out, sys.stderr)
 
 
