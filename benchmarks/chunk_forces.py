@@ -15,7 +15,6 @@ Only the force evaluation is timed (no integrator); paper-size SchNet, each pair
 from __future__ import annotations
 
 import argparse
-import time
 
 import compare  # benchmarks/compare.py: the same model and geometry
 import harness
@@ -60,13 +59,9 @@ def measure(n_rep: int, chunk: int, repeats: int) -> dict:
         run = jax.jit(
             lambda p, x, f=force: jax.lax.map(lambda r: f(p, r), x.reshape(-1, chunk, n_atoms, 3))
         )
-        forces = np.asarray(jax.block_until_ready(run(params, positions)))
-        times = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            jax.block_until_ready(run(params, positions))
-            times.append(time.perf_counter() - started)
-        out[name] = {"median_s": float(np.median(times)), "min_s": min(times), "forces": forces}
+        timing = harness.time_call(run, params, positions, repeats=repeats)  # compiles first
+        forces = np.asarray(run(params, positions))
+        out[name] = {"median_s": timing["median_s"], "min_s": timing["best_s"], "forces": forces}
     scale = np.max(np.abs(out["vmap"]["forces"]))
     diff = float(np.max(np.abs(out["vmap"]["forces"] - out["flat"]["forces"])) / scale)
     return {"chunk": chunk, "vmap": out["vmap"], "flat": out["flat"], "max_rel_diff": diff}
